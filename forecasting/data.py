@@ -1,0 +1,150 @@
+"""From a dataset name to scaled train/validation/test windows, following the papers' protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from forecasting.datasets import resolve_dataset
+from forecasting.loading import DataError, MissingPolicy, TimeSeriesTable, read_table
+from forecasting.splits import SplitBorders, StandardScaler, split_borders
+from forecasting.time_features import infer_freq, time_features
+from serving.artifact import sha256_file
+
+Features = Literal["S", "M"]
+_FREQ_ALIASES = {"h": "1h", "t": "15m", "15min": "15m", "d": "1d", "w": "1w"}
+
+
+@dataclass
+class DataConfig:
+    """What to load and how to cut it into windows.
+
+    features: "S" forecasts the target alone (univariate), "M" forecasts every channel (multivariate).
+    label_len: known values handed to a decoder before the horizon (Informer); 0 for other models.
+    """
+
+    dataset: str = "ETTh1"
+    features: Features = "S"
+    target: str = "OT"
+    lookback: int = 96
+    horizon: int = 24
+    label_len: int = 0
+    missing: MissingPolicy = "error"
+    date_column: str = "date"
+    split: str | None = None  # default: the known dataset's protocol, else "ratio"
+    freq: str | None = None  # default: the known dataset's, else inferred from the timestamps
+    data_dir: str | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out.pop("data_dir")  # where the data lives is machine-specific, not part of the model's identity
+        return out
+
+
+class WindowDataset:
+    """All (lookback, horizon) windows of one split, scaled, gathered in vectorised batches."""
+
+    def __init__(self, values: np.ndarray, marks: np.ndarray, lookback: int, horizon: int, label_len: int) -> None:
+        if len(values) < lookback + horizon:
+            raise ValueError(f"a split of {len(values)} rows is shorter than lookback + horizon = {lookback + horizon}")
+        self.values, self.marks = values, marks
+        self.lookback, self.horizon, self.label_len = lookback, horizon, label_len
+        self._x = sliding_window_view(values, lookback, axis=0)  # (N', C, L) views, no copy
+        self._y = sliding_window_view(values[lookback:], horizon, axis=0)
+        self._mx = sliding_window_view(marks, lookback, axis=0)
+        self._my = sliding_window_view(marks[lookback - label_len :], label_len + horizon, axis=0)
+
+    def __len__(self) -> int:
+        return len(self.values) - self.lookback - self.horizon + 1
+
+    def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        """x (B, L, C), y (B, H, C), x_mark (B, L, F), y_mark (B, label_len + H, F)."""
+
+        def take(view: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(view[index].transpose(0, 2, 1)))
+
+        return {"x": take(self._x), "y": take(self._y), "x_mark": take(self._mx), "y_mark": take(self._my)}
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        rng: np.random.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Every window once (this shard's share when ``shard = (rank, world)``); the last batch may be short."""
+        order = np.arange(len(self))
+        if shuffle:
+            (rng or np.random.default_rng()).shuffle(order)
+        rank, world = shard
+        order = order[rank::world]
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+@dataclass
+class PreparedData:
+    config: DataConfig
+    table: TimeSeriesTable
+    channels: tuple[str, ...]  # the model's input/output channels
+    scaler: StandardScaler  # for those channels, fitted on the training rows
+    borders: SplitBorders
+    freq: str
+    fingerprint: str  # sha256 of the source file
+    train: WindowDataset
+    val: WindowDataset
+    test: WindowDataset
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+
+def prepare_data(config: DataConfig) -> PreparedData:
+    path, spec = resolve_dataset(config.dataset, config.data_dir)
+    columns = None
+    if config.features == "S":
+        columns = [config.target]
+    elif config.features != "M":
+        raise ValueError(f"features must be 'S' (target only) or 'M' (all channels), not {config.features!r}")
+    table = read_table(path, date_column=config.date_column, missing=config.missing, columns=columns)
+    if config.features == "S":
+        table.column_index(config.target)
+    need = config.lookback + config.horizon
+    if len(table) < need:
+        raise DataError(path, f"series has {len(table)} rows, shorter than lookback + horizon = {need}")
+    if config.label_len > config.lookback:
+        raise ValueError(f"label_len {config.label_len} exceeds lookback {config.lookback}")
+    freq = config.freq or (spec.freq if spec else infer_freq(table.timestamps))
+    freq = _FREQ_ALIASES.get(freq, freq)
+    borders = split_borders(len(table), config.split or (spec.split if spec else "ratio"), config.lookback)
+    scaler = StandardScaler.fit(table.values[slice(*borders.train)])
+    scaled = scaler.transform(table.values)
+    marks = time_features(table.timestamps, freq)
+
+    def window(rows: tuple[int, int], name: str) -> WindowDataset:
+        try:
+            return WindowDataset(
+                scaled[slice(*rows)], marks[slice(*rows)], config.lookback, config.horizon, config.label_len
+            )
+        except ValueError as err:
+            raise DataError(path, f"{name} split: {err}") from err
+
+    return PreparedData(
+        config=config,
+        table=table,
+        channels=table.columns,
+        scaler=scaler,
+        borders=borders,
+        freq=freq,
+        fingerprint=sha256_file(Path(path)),
+        train=window(borders.train, "train"),
+        val=window(borders.val, "validation"),
+        test=window(borders.test, "test"),
+    )

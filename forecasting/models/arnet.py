@@ -1,0 +1,124 @@
+"""AR-Net (Triebe et al., 2019): an autoregressive model fitted by SGD, with a sparsity regulariser.
+
+p lags map to n_forecasts values through a linear layer (optionally hidden layers first). Channels are
+independent and share weights, so the same model serves one series or many.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from forecasting.models.base import ForecastModel
+
+
+@dataclass
+class ARNetConfig:
+    """AR-Net's settings.
+
+    sparsity: the target share s of non-zero coefficients in (0, 1]; None or 1 turns the regulariser off.
+        lambda(s) = c_lambda * (1/s - 1), c_lambda = sqrt(L_hat) / 100, where L_hat is the training loss
+        reached without regularisation (measured when it switches on).
+    reg_start / reg_ramp: the regulariser is off for the first ``reg_start`` of training (so L_hat can be
+        measured and the fit found first), then its weight rises linearly to 1 over ``reg_ramp``.
+    """
+
+    n_lags: int = 96
+    n_forecasts: int = 24
+    hidden_sizes: tuple[int, ...] = ()
+    sparsity: float | None = None
+    c1: float = 3.0
+    c2: float = 3.0
+    reg_start: float = 0.2
+    reg_ramp: float = 0.3
+    loss: Literal["huber", "mse"] = "huber"
+    huber_delta: float = 1.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(self.hidden_sizes)
+        if self.n_lags < 1 or self.n_forecasts < 1:
+            raise ValueError("n_lags and n_forecasts must be positive")
+        if self.sparsity is not None and not 0 < self.sparsity <= 1:
+            raise ValueError(f"sparsity must be in (0, 1], got {self.sparsity}")
+        if self.loss not in ("huber", "mse"):
+            raise ValueError(f"loss must be 'huber' or 'mse', got {self.loss!r}")
+
+
+def sparsity_penalty(weights: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+    """R(theta) = mean_i [2 / (1 + exp(-c1 * |theta_i|^(1/c2))) - 1]: ~|theta| near 0, saturating at 1."""
+    return (2.0 / (1.0 + torch.exp(-c1 * weights.abs().pow(1.0 / c2))) - 1.0).mean()
+
+
+class ARNet(ForecastModel):
+    kind = "arnet"
+
+    def __init__(self, config: ARNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        sizes = (config.n_lags, *config.hidden_sizes, config.n_forecasts)
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+            layers.append(nn.Linear(n_in, n_out, bias=config.bias))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        if not config.hidden_sizes:
+            nn.init.zeros_(self.net[0].weight)  # the AR start of the paper: no coefficient assumed
+        self.register_buffer("reg_lambda", torch.zeros(()))
+
+    @property
+    def context_length(self) -> int:
+        return self.config.n_lags
+
+    @property
+    def step(self) -> int:
+        return self.config.n_forecasts
+
+    def forward(
+        self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch, lags, channels = x.shape
+        flat = x.permute(0, 2, 1).reshape(batch * channels, lags)
+        out = self.net(flat)
+        return out.reshape(batch, channels, -1).permute(0, 2, 1)
+
+    def ar_coefficients(self) -> torch.Tensor:
+        """(n_forecasts, p) coefficients of the linear model, lag 1 first (only for the linear model)."""
+        if self.config.hidden_sizes:
+            raise ValueError("a model with hidden layers has no AR coefficients")
+        return self.net[0].weight.detach().flip(-1)
+
+    def _regularisation_weight(self, progress: float) -> float:
+        cfg = self.config
+        if cfg.sparsity is None or cfg.sparsity >= 1 or progress < cfg.reg_start:
+            return 0.0
+        return min(1.0, (progress - cfg.reg_start) / max(cfg.reg_ramp, 1e-9))
+
+    def loss(self, batch: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
+        pred = self.predict(batch)
+        if self.config.loss == "huber":
+            data_loss = nn.functional.huber_loss(pred, batch["y"], delta=self.config.huber_delta)
+        else:
+            data_loss = nn.functional.mse_loss(pred, batch["y"])
+        weight = self._regularisation_weight(progress)
+        if weight == 0.0:
+            return data_loss
+        penalty = sparsity_penalty(self.net[0].weight, self.config.c1, self.config.c2)
+        return data_loss + weight * self.reg_lambda * penalty
+
+    def on_epoch_end(self, progress: float, train_loss: float) -> None:
+        cfg = self.config
+        if cfg.sparsity is not None and cfg.sparsity < 1 and progress >= cfg.reg_start and self.reg_lambda == 0:
+            c_lambda = math.sqrt(max(train_loss, 0.0)) / 100.0
+            self.reg_lambda.fill_(c_lambda * (1.0 / cfg.sparsity - 1.0))
+
+    def selection_from(self) -> float:
+        if self.config.sparsity is None or self.config.sparsity >= 1:
+            return 0.0
+        return self.config.reg_start + self.config.reg_ramp

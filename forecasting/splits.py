@@ -1,0 +1,74 @@
+"""The published train/validation/test splits and the train-only scaler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_HOURS_PER_MONTH = 30 * 24
+
+
+@dataclass(frozen=True)
+class SplitBorders:
+    """Row ranges [start, end) of each split; val and test start ``lookback`` rows early, as in the papers."""
+
+    train: tuple[int, int]
+    val: tuple[int, int]
+    test: tuple[int, int]
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+
+def split_borders(n_rows: int, kind: str, lookback: int) -> SplitBorders:
+    """ETT: 12/4/4 months (hourly, or 4 rows per hour for 15-minute data); otherwise 70/10/20."""
+    if kind in ("ett_hourly", "ett_minute"):
+        per_hour = 1 if kind == "ett_hourly" else 4
+        month = _HOURS_PER_MONTH * per_hour
+        train_end, val_end, test_end = 12 * month, 16 * month, 20 * month
+        if n_rows < test_end:
+            raise ValueError(f"ETT split needs {test_end} rows, the file has {n_rows}")
+    elif kind == "ratio":
+        n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
+        train_end, val_end, test_end = n_train, n_rows - n_test, n_rows
+    else:
+        raise ValueError(f"unknown split kind {kind!r} (ett_hourly, ett_minute, ratio)")
+    if lookback >= train_end:
+        raise ValueError(f"lookback {lookback} is not shorter than the training split ({train_end} rows)")
+    return SplitBorders(
+        train=(0, train_end),
+        val=(max(train_end - lookback, 0), val_end),
+        test=(max(val_end - lookback, 0), test_end),
+    )
+
+
+@dataclass(frozen=True)
+class StandardScaler:
+    """Per-channel mean/std fitted on the training rows only (sklearn's definition: population std)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> StandardScaler:
+        mean = values.mean(axis=0, dtype=np.float64)
+        std = values.std(axis=0, dtype=np.float64)
+        std = np.where(std > 0, std, 1.0)  # a constant channel is left unscaled rather than divided by zero
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        return (values * self.std + self.mean).astype(np.float32)
+
+    def select(self, index: list[int]) -> StandardScaler:
+        return StandardScaler(self.mean[index], self.std[index])
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> StandardScaler:
+        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32))

@@ -1,0 +1,225 @@
+"""The model artifact: the one contract between training and serving.
+
+An artifact is a folder ``<store>/<name>/<version>/`` holding ``manifest.json``, the ONNX graphs and any
+side tables. It is written into a hidden temporary folder beside its final place and renamed into place,
+so a reader never sees half an artifact. This module imports neither torch nor grpc: training writes
+artifacts with it and serving reads them with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_KINDS = ("arnet", "informer", "autotimes", "prorec")
+ROLLOUT_KINDS = ("window_shift", "kv_cache", "constrained_beam")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Keys every manifest carries, whatever the model; model-specific facts live beside them.
+REQUIRED_KEYS = ("format_version", "name", "version", "model_kind", "rollout", "graphs", "files", "created_at")
+
+
+class ArtifactError(ValueError):
+    """An artifact that is missing, malformed, or does not match its checksums."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def graph_path(self, role: str) -> Path:
+        return self.path / self.manifest["graphs"][role]["file"]
+
+
+def check_name(name: str, field: str = "name") -> str:
+    if not _NAME_RE.match(name):
+        raise ArtifactError(
+            f"{field} {name!r} is not a valid model name: use letters, digits, '.', '_' or '-' (at most 128)"
+        )
+    return name
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(store: Path, name: str) -> str:
+    versions = _versions(store / name)
+    return str(versions[-1] + 1 if versions else 1)
+
+
+@contextmanager
+def staged_artifact(store: Path | str, name: str, version: str | None = None) -> Iterator[tuple[Path, str]]:
+    """Yield a temporary folder to fill and the version it will get, then publish it atomically.
+
+    If the body raises, the temporary folder is removed and nothing appears in the store. Versions are
+    increasing integers. If the chosen version appears meanwhile (another export), publishing fails rather
+    than renumbering an artifact whose manifest already names its version.
+    """
+    store = Path(store)
+    check_name(name)
+    model_dir = store / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        chosen = version or next_version(store, name)
+        yield tmp, chosen
+        _fsync_tree(tmp)
+        target = model_dir / chosen
+        if target.exists():
+            raise ArtifactError(f"{target} already exists: versions are never overwritten")
+        os.rename(tmp, target)  # atomic on one filesystem
+        _fsync_dir(model_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the sha256 of every file in ``folder`` and write ``manifest.json`` (call last)."""
+    files = {
+        p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    full = {**manifest, "files": files}
+    missing = [k for k in REQUIRED_KEYS if k not in full]
+    if missing:
+        raise ArtifactError(f"manifest lacks required keys {missing}")
+    atomic_write_text(folder / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
+    return full
+
+
+def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
+    """Read and check an artifact folder: schema, graph references and (if ``verify``) every checksum."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: no {MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path}: manifest is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{manifest_path}: missing keys {missing}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: format_version {manifest['format_version']} is not supported (want {FORMAT_VERSION})"
+        )
+    if manifest["model_kind"] not in MODEL_KINDS:
+        raise ArtifactError(f"{manifest_path}: unknown model_kind {manifest['model_kind']!r}")
+    if manifest["rollout"].get("kind") not in ROLLOUT_KINDS:
+        raise ArtifactError(f"{manifest_path}: unknown rollout kind {manifest['rollout'].get('kind')!r}")
+    files: dict[str, dict[str, Any]] = manifest["files"]
+    for role, graph in manifest["graphs"].items():
+        if graph.get("file") not in files:
+            raise ArtifactError(f"{manifest_path}: graph {role!r} names file {graph.get('file')!r} not in files")
+    if verify:
+        for rel, meta in files.items():
+            file = path / rel
+            if not file.is_file():
+                raise ArtifactError(f"{path}: file {rel} listed in the manifest is missing")
+            actual = sha256_file(file)
+            if actual != meta["sha256"]:
+                raise ArtifactError(
+                    f"{path}: checksum mismatch for {rel} (manifest {meta['sha256'][:12]}…, file {actual[:12]}…)"
+                )
+        extra = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != MANIFEST} - set(
+            files
+        )
+        if extra:
+            raise ArtifactError(f"{path}: files not in the manifest: {sorted(extra)}")
+    return Artifact(path=path, manifest=manifest)
+
+
+def list_artifacts(store: Path | str) -> Iterator[Path]:
+    """Every published ``name/version`` folder in a store (staging folders are skipped)."""
+    store = Path(store)
+    if not store.is_dir():
+        return
+    for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for version in _versions(model_dir):
+            yield model_dir / str(version)
+
+
+def resolve(store: Path | str, name: str, version: str | None = None) -> Path:
+    """The folder of ``name`` at ``version`` (latest when None); ArtifactError when absent."""
+    model_dir = Path(store) / check_name(name)
+    versions = _versions(model_dir)
+    if not versions:
+        raise ArtifactError(f"no model named {name!r} in store {store}")
+    if version is None:
+        return model_dir / str(versions[-1])
+    if not version.isdigit() or int(version) not in versions:
+        raise ArtifactError(f"model {name!r} has no version {version!r} (has {versions})")
+    return model_dir / str(int(version))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``: readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(root)

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real benchmark data folder, found the same way the product finds it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ARCAST_NO_DOWNLOAD", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    from forecasting.datasets import find_data_dir
+
+    path = find_data_dir()
+    if not (path / "ETT" / "ETTh1.csv").is_file():
+        pytest.fail(f"benchmark data not found at {path}: set ARCAST_DATA_DIR to the shared data folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def etth1_slice(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 2000 rows of the real ETTh1 file, as a CSV of our own (70/10/20 split)."""
+    import polars as pl
+
+    path = tmp_path_factory.mktemp("data") / "etth1_slice.csv"
+    pl.read_csv(data_dir / "ETT/ETTh1.csv").head(2000).write_csv(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def arnet_run(etth1_slice: Path):
+    """A small AR-Net trained on the ETTh1 slice (univariate OT): lookback 48, 12 values per step."""
+    from forecasting.data import DataConfig
+    from forecasting.runs import train_run
+    from forecasting.training import TrainConfig
+
+    return train_run(
+        "arnet",
+        DataConfig(dataset=str(etth1_slice), features="S", target="OT", lookback=48, horizon=12),
+        {"hidden_sizes": [16]},
+        TrainConfig(epochs=4, batch_size=64, lr=3e-3, progress=False),
+    )
+
+
+@pytest.fixture(scope="session")
+def model_store(arnet_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding the AR-Net above as ``etth1-arnet`` version 1."""
+    from forecasting.export import export_run
+
+    store = tmp_path_factory.mktemp("store")
+    export_run(arnet_run, store, "etth1-arnet", max_horizon=120)
+    return store

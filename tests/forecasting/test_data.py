@@ -1,0 +1,139 @@
+"""Data layer: published splits, train-only scaling, windows, calendar features, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from forecasting.data import DataConfig, prepare_data
+from forecasting.datasets import DatasetNotFound, resolve_dataset
+from forecasting.loading import DataError, read_table
+from forecasting.time_features import infer_freq, time_features
+
+
+@pytest.fixture(scope="module")
+def etth1(data_dir: Path):
+    return prepare_data(
+        DataConfig(dataset="ETTh1", features="M", lookback=96, horizon=24, label_len=48, data_dir=str(data_dir))
+    )
+
+
+def test_etth_split_is_12_4_4_months(etth1) -> None:
+    b = etth1.borders
+    assert b.train == (0, 8640)
+    assert b.val == (8640 - 96, 8640 + 2880)
+    assert b.test == (8640 + 2880 - 96, 8640 + 2 * 2880)
+    assert len(etth1.test) == 2880 - 24 + 1  # every test window, none dropped
+
+
+def test_ettm_split_is_four_times_longer(data_dir: Path) -> None:
+    prepared = prepare_data(DataConfig(dataset="ETTm1", lookback=96, horizon=96, data_dir=str(data_dir)))
+    assert prepared.borders.train == (0, 4 * 8640)
+    assert prepared.borders.test[1] == 4 * 5 * 2880
+    assert prepared.freq == "15m"
+
+
+def test_ratio_split_for_other_data(data_dir: Path) -> None:
+    prepared = prepare_data(DataConfig(dataset="exchange_rate", lookback=96, horizon=24, data_dir=str(data_dir)))
+    n = len(prepared.table)
+    assert prepared.borders.train == (0, int(n * 0.7))
+    assert prepared.borders.test == (n - int(n * 0.2) - 96, n)
+
+
+def test_scaler_is_fitted_on_train_rows_only(etth1) -> None:
+    train_rows = etth1.table.values[: etth1.borders.train[1]]
+    np.testing.assert_allclose(etth1.scaler.mean, train_rows.mean(axis=0, dtype=np.float64), rtol=1e-5)
+    np.testing.assert_allclose(etth1.scaler.std, train_rows.std(axis=0, dtype=np.float64), rtol=1e-5)
+    all_rows_mean = etth1.table.values.mean(axis=0)
+    assert not np.allclose(etth1.scaler.mean, all_rows_mean, rtol=1e-3)
+
+
+def test_windows_line_up_with_rows(etth1) -> None:
+    batch = etth1.test.batch(np.array([0, 5]))
+    start = etth1.borders.test[0]
+    scaled = etth1.scaler.transform(etth1.table.values)
+    np.testing.assert_allclose(batch["x"][1].numpy(), scaled[start + 5 : start + 5 + 96])
+    np.testing.assert_allclose(batch["y"][1].numpy(), scaled[start + 5 + 96 : start + 5 + 120])
+    assert batch["y_mark"].shape == (2, 48 + 24, 4)  # label_len + horizon calendar rows, 4 hourly features
+
+
+def test_univariate_selects_target(data_dir: Path) -> None:
+    prepared = prepare_data(DataConfig(dataset="ETTh1", features="S", target="HUFL", data_dir=str(data_dir)))
+    assert prepared.channels == ("HUFL",)
+    with pytest.raises(DataError, match="'nope'"):
+        prepare_data(DataConfig(dataset="ETTh1", features="S", target="nope", data_dir=str(data_dir)))
+
+
+def test_time_features_are_centred_and_bounded() -> None:
+    stamps = np.arange("2016-07-01T00", "2016-07-08T00", dtype="datetime64[h]").astype("datetime64[us]")
+    feats = time_features(stamps, "1h")
+    assert feats.shape == (168, 4)
+    assert feats.min() >= -0.5 and feats.max() <= 0.5
+    assert feats[:24, 0].tolist() == pytest.approx(np.arange(24) / 23 - 0.5)
+    assert infer_freq(stamps) == "1h"
+
+
+def write_csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "series.csv"
+    path.write_text(text)
+    return path
+
+
+GOOD = "date,a,b\n2020-01-01 00:00:00,1,2\n2020-01-01 01:00:00,2,3\n2020-01-01 02:00:00,3,4\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("when,a\n2020-01-01,1\n", r"line 1: no date column 'date'"),
+        ("date,a\n2020-01-01,1\n2020-13-45,2\n", r"line 3, column 'date': unparsable date '2020-13-45'"),
+        ("date,a\n2020-01-01,1\n2020-01-01,2\n", r"line 3, column 'date': duplicate timestamp"),
+        ("date,a\n2020-01-02,1\n2020-01-01,2\n", r"line 3, column 'date': unsorted"),
+        ("date,a\n2020-01-01,1\n2020-01-02,abc\n", r"line 3, column 'a': non-numeric value 'abc'"),
+        ("date,a\n2020-01-01,1\n2020-01-02,\n2020-01-03,3\n", r"line 3, column 'a': missing value"),
+        ("date,a\n2020-01-01,1\n,2\n", r"line 3, column 'date': missing date"),
+    ],
+)
+def test_bad_input_names_file_line_and_column(tmp_path: Path, text: str, message: str) -> None:
+    path = write_csv(tmp_path, text)
+    with pytest.raises(DataError, match=message) as info:
+        read_table(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"), [("ffill", [1.0, 1.0, 3.0, 4.0]), ("interpolate", [1.0, 2.0, 3.0, 4.0])]
+)
+def test_missing_value_policies(tmp_path: Path, policy: str, expected: list[float]) -> None:
+    path = write_csv(tmp_path, "date,a\n2020-01-01,1\n2020-01-02,NaN\n2020-01-03,3\n2020-01-04,4\n")
+    table = read_table(path, missing=policy)  # type: ignore[arg-type]
+    assert table.values[:, 0].tolist() == expected
+    assert table.filled_values == 1 and table.missing_policy == policy
+
+
+def test_other_date_formats(tmp_path: Path) -> None:
+    table = read_table(write_csv(tmp_path, "date,a\n1990/1/1 0:00,1\n1990/1/2 0:00,2\n"))
+    assert str(table.timestamps[1])[:10] == "1990-01-02"
+
+
+def test_series_shorter_than_lookback_plus_horizon(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, GOOD)
+    with pytest.raises(DataError, match=r"3 rows, shorter than lookback \+ horizon = 12"):
+        prepare_data(DataConfig(dataset=str(path), target="a", lookback=8, horizon=4))
+
+
+def test_custom_csv_with_ratio_split(tmp_path: Path, data_dir: Path) -> None:
+    path = tmp_path / "slice.csv"
+    pl.read_csv(data_dir / "ETT/ETTh1.csv").head(1000).write_csv(path)
+    prepared = prepare_data(DataConfig(dataset=str(path), lookback=48, horizon=12))
+    assert prepared.borders.train == (0, 700) and prepared.freq == "1h"
+
+
+def test_unknown_dataset_and_unpinned_download(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFound, match="neither a known dataset"):
+        resolve_dataset("no-such-data")
+    with pytest.raises(DatasetNotFound, match="no pinned sha256"):
+        resolve_dataset("ETTm2", data_dir=tmp_path)  # refused before any network access

@@ -1,0 +1,104 @@
+"""ONNX export: parity with torch, the artifact contract, atomic publishing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forecasting.export import ServingGraph, export_run
+from forecasting.runs import load_run, save_run
+from serving.artifact import ArtifactError, read_artifact, resolve
+from serving.rollout import WindowShiftModel
+
+
+def torch_rollout(run, context: np.ndarray, horizon: int) -> np.ndarray:
+    graph = ServingGraph(run.model, run.scaler.mean, run.scaler.std).eval()
+    window, out = torch.from_numpy(context), []
+    with torch.no_grad():
+        while sum(b.shape[1] for b in out) < horizon:
+            block = graph(window)
+            out.append(block)
+            window = torch.cat([window, block], 1)[:, -run.model.context_length :]
+    return torch.cat(out, 1)[:, :horizon].numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 37])
+def test_onnxruntime_matches_torch(arnet_run, model_store: Path, batch: int) -> None:
+    served = WindowShiftModel.load(read_artifact(resolve(model_store, "etth1-arnet")))
+    rng = np.random.default_rng(batch)
+    context = (rng.standard_normal((batch, 48, 1)) * 5 + 15).astype(np.float32)
+    step = served.step
+    np.testing.assert_allclose(
+        served.forecast(context, step), torch_rollout(arnet_run, context, step), atol=1e-5, rtol=0
+    )
+    horizon = 3 * step
+    np.testing.assert_allclose(
+        served.forecast(context, horizon), torch_rollout(arnet_run, context, horizon), atol=1e-5, rtol=0
+    )
+
+
+def test_manifest_carries_the_contract(model_store: Path) -> None:
+    artifact = read_artifact(resolve(model_store, "etth1-arnet"))
+    m = artifact.manifest
+    assert m["model_kind"] == "arnet" and m["rollout"] == {
+        "kind": "window_shift",
+        "context_length": 48,
+        "step": 12,
+        "max_horizon": 120,
+    }
+    assert m["graphs"]["forecast"]["inputs"][0]["shape"] == ["batch", 48, 1]
+    assert m["channels"] == ["OT"] and m["freq"] == "1h"
+    assert set(m["normalization"]) >= {"mean", "std", "applied"}
+    assert len(m["data"]["fingerprint"]) == 64 and "test" in m["metrics"]
+    assert max(m["parity"].values()) <= 1e-5
+    assert set(m["files"]) == {"forecast.onnx"}
+
+
+def test_tampered_artifact_is_refused(model_store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(resolve(model_store, "etth1-arnet"), copy)
+    with open(copy / "forecast.onnx", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for forecast\.onnx"):
+        read_artifact(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format_version 99"):
+        read_artifact(copy)
+
+
+def test_interrupted_export_leaves_nothing(arnet_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import forecasting.export as export
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the parity check")
+
+    monkeypatch.setattr(export, "parity_report", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(arnet_run, tmp_path, "half")
+    assert list((tmp_path / "half").iterdir()) == []  # no version folder, no staging leftovers
+    with pytest.raises(ArtifactError, match="no model named 'half'"):
+        resolve(tmp_path, "half")
+
+
+def test_versions_increase_and_never_overwrite(arnet_run, tmp_path: Path) -> None:
+    first = export_run(arnet_run, tmp_path, "m")
+    second = export_run(arnet_run, tmp_path, "m")
+    assert (first.version, second.version) == ("1", "2")
+    assert resolve(tmp_path, "m").name == "2"
+    with pytest.raises(ArtifactError, match="never overwritten"):
+        export_run(arnet_run, tmp_path, "m", version="1")
+
+
+def test_run_round_trip(arnet_run, tmp_path: Path) -> None:
+    save_run(arnet_run, tmp_path / "run")
+    loaded = load_run(tmp_path / "run")
+    x = torch.randn(3, 48, 1)
+    torch.testing.assert_close(loaded.model(x), arnet_run.model(x))
+    assert loaded.scaler.as_dict() == arnet_run.scaler.as_dict()

@@ -1,0 +1,59 @@
+"""Optuna tuning through the shared entry point: trials run, the study resumes, best settings retrain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+
+from forecasting.data import DataConfig
+from forecasting.training import TrainConfig
+from forecasting.tuning import BEST_PARAMS_FILE, tune
+
+
+def test_tune_resumes_and_writes_best_params(etth1_slice: Path, tmp_path: Path) -> None:
+    data = DataConfig(dataset=str(etth1_slice), lookback=48, horizon=12)
+    train = TrainConfig(epochs=3, progress=False)
+    first = tune("arnet", data, train, n_trials=3, out_dir=tmp_path, study_name="s")
+    second = tune("arnet", data, train, n_trials=2, out_dir=tmp_path, study_name="s")
+    assert first["n_trials"] == 3 and second["n_trials"] == 5  # the same SQLite study, resumed
+    study = optuna.load_study(study_name="s", storage=second["storage"])
+    finished = [
+        t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
+    assert len(finished) == 5
+    assert second["best_value"] == min(t.value for t in study.trials if t.value is not None)
+    best = json.loads((tmp_path / BEST_PARAMS_FILE).read_text())
+    assert best["settings"]["data"]["lookback"] == best["params"]["lookback"]
+    assert best["settings"]["train"]["lr"] == best["params"]["lr"]
+
+
+def test_train_from_best_params(etth1_slice: Path, tmp_path: Path) -> None:
+    from forecasting.cli import main
+
+    tune(
+        "arnet",
+        DataConfig(dataset=str(etth1_slice), lookback=48, horizon=12),
+        TrainConfig(epochs=2, progress=False),
+        n_trials=2,
+        out_dir=tmp_path / "tune",
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--params",
+                str(tmp_path / "tune" / BEST_PARAMS_FILE),
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    best = json.loads((tmp_path / "tune" / BEST_PARAMS_FILE).read_text())
+    assert info["data"]["lookback"] == best["params"]["lookback"]
+    assert info["train"]["lr"] == best["params"]["lr"]
