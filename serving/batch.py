@@ -1,0 +1,164 @@
+"""Batch scoring: many series from parquet/CSV scored in-process by the serving rollout, written as parquet.
+
+The series are split into fixed chunks (sorted ids). Each finished chunk is written atomically as a part file
+in ``OUTPUT.parts/``, so a job killed half-way and started again skips what is done and the final output has
+every series exactly once. Series that cannot be scored go to ``OUTPUT`` with suffix ``.errors.parquet``
+(series id and reason), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from serving.artifact import atomic_write, atomic_write_text, read_artifact, resolve, sha256_file
+from serving.rollout import WindowShiftModel
+from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
+
+JOB_FILE = "_job.json"
+ERROR_SCHEMA = {SERIES_ID: pl.String, "reason": pl.String}
+
+
+@dataclass
+class BatchSummary:
+    series: int
+    scored: int
+    failed: int
+    chunks: int
+    chunks_resumed: int
+    seconds: float
+    output: str
+    errors: str
+
+
+def errors_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".errors.parquet")
+
+
+def _check(series: SeriesInput, model: WindowShiftModel) -> str | None:
+    """Why this series cannot be scored, or None."""
+    steps = len(series.values)
+    if steps < model.context_length:
+        return f"{steps} steps of history, the model needs at least {model.context_length}"
+    tail = series.values[-model.context_length :]
+    if not np.isfinite(tail).all():
+        return "missing or non-finite values in the last context_length steps"
+    return None
+
+
+def _future(stamps: np.ndarray | None, horizon: int) -> np.ndarray | None:
+    if stamps is None or len(stamps) < 2:
+        return None
+    return stamps[-1] + (stamps[-1] - stamps[-2]) * np.arange(1, horizon + 1)
+
+
+def _score_chunk(
+    frame: pl.DataFrame, model: WindowShiftModel, horizon: int, rows_per_run: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    channels = list(model.artifact.manifest["channels"])
+    series = series_from_frame(frame, channels)
+    errors = [(s.id, reason) for s in series if (reason := _check(s, model))]
+    bad = {sid for sid, _ in errors}
+    good = [s for s in series if s.id not in bad]
+    parts = []
+    for start in range(0, len(good), rows_per_run):
+        block = good[start : start + rows_per_run]
+        context = np.stack([s.values[-model.context_length :] for s in block]).astype(np.float32)
+        out = model.forecast(context, horizon)
+        parts.extend(
+            forecast_frame(s.id, out[i], channels, _future(s.timestamps, horizon)) for i, s in enumerate(block)
+        )
+    scored = pl.concat(parts) if parts else pl.DataFrame()
+    return scored, pl.DataFrame(errors, schema=ERROR_SCHEMA, orient="row")
+
+
+def run_batch(
+    store: Path | str,
+    model_name: str,
+    input_path: Path | str,
+    output: Path | str,
+    horizon: int,
+    version: str | None = None,
+    chunk_series: int = 512,
+    rows_per_run: int = 1024,
+    progress: bool = True,
+) -> BatchSummary:
+    started = time.perf_counter()
+    output, input_path = Path(output), Path(input_path)
+    parts_dir = output.with_name(output.name + ".parts")
+    artifact_path = resolve(store, model_name, version)
+    model = WindowShiftModel.load(read_artifact(artifact_path))
+    if not 0 < horizon <= model.max_horizon:
+        raise ValueError(f"horizon: {horizon} is outside 1..{model.max_horizon} for {model_name}")
+    job = {
+        "input": str(input_path.resolve()),
+        "input_sha256": sha256_file(input_path),
+        "model": model_name,
+        "version": model.artifact.version,
+        "horizon": horizon,
+        "chunk_series": chunk_series,
+    }
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    job_file = parts_dir / JOB_FILE
+    if job_file.exists():
+        previous = json.loads(job_file.read_text())
+        if previous != job:
+            raise ValueError(
+                f"{parts_dir} holds a different unfinished job ({previous}); remove it or pick another --output"
+            )
+    else:
+        atomic_write_text(job_file, json.dumps(job, indent=2))
+
+    scan = scan_table(input_path)
+    if input_path.suffix.lower() == ".csv":  # one pass to parquet, so that each chunk's filter is cheap
+        staged = parts_dir / "_input.parquet"
+        if not staged.exists():
+            atomic_write(staged, lambda tmp: scan.sink_parquet(tmp))
+        scan = pl.scan_parquet(staged)
+    has_ids = SERIES_ID in scan.collect_schema().names()
+    if has_ids:
+        ids = scan.select(pl.col(SERIES_ID).cast(pl.String)).unique().sort(SERIES_ID).collect()[SERIES_ID].to_list()
+    else:
+        ids = ["0"]
+    chunks = [ids[i : i + chunk_series] for i in range(0, len(ids), chunk_series)] or [[]]
+    resumed = 0
+    for k, chunk in enumerate(tqdm(chunks, desc=f"batch {model_name}", unit="chunk", disable=not progress)):
+        part, part_errors = parts_dir / f"part-{k:06d}.parquet", parts_dir / f"errors-{k:06d}.parquet"
+        if part.exists():
+            resumed += 1
+            continue
+        frame = (scan.filter(pl.col(SERIES_ID).cast(pl.String).is_in(chunk)) if has_ids else scan).collect()
+        scored, errors = _score_chunk(frame, model, horizon, rows_per_run)
+        atomic_write(part_errors, errors.write_parquet)
+        atomic_write(part, scored.write_parquet)  # last: its presence marks the chunk done
+
+    scored = pl.concat([pl.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))], how="diagonal_relaxed")
+    errors = pl.concat([pl.read_parquet(p) for p in sorted(parts_dir.glob("errors-*.parquet"))], how="vertical")
+    atomic_write(errors_path(output), errors.write_parquet)
+    atomic_write(output, scored.write_parquet)
+    shutil.rmtree(parts_dir)
+    n_scored = scored[SERIES_ID].n_unique() if len(scored) else 0
+    return BatchSummary(
+        len(ids),
+        n_scored,
+        len(errors),
+        len(chunks),
+        resumed,
+        time.perf_counter() - started,
+        str(output),
+        str(errors_path(output)),
+    )
+
+
+def summary_json(summary: BatchSummary) -> str:
+    return json.dumps(asdict(summary), indent=2)
+
+
+__all__ = ["BatchSummary", "TableError", "run_batch", "summary_json"]

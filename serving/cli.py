@@ -1,0 +1,217 @@
+"""Command line: python -m serving serve | forecast | models | batch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import grpc
+import polars as pl
+
+from serving.artifact import ArtifactError
+from serving.batching import BatchingConfig
+from serving.tables import TableError, forecast_frame, scan_table, series_from_frame
+
+EXIT_BAD_INPUT = 2
+DESCRIPTION = """\
+Serve exported models over gRPC, call the service, and run batch scoring jobs.
+
+  python -m serving serve --store models --port 50051 --metrics-port 9100
+  python -m serving models --target 127.0.0.1:50051
+  python -m serving forecast --target 127.0.0.1:50051 --model etth1-arnet --horizon 24 --input history.csv
+  python -m serving batch --store models --model etth1-arnet --horizon 24 --input series.parquet --output out.parquet
+
+Series files (CSV or parquet) are long tables: series_id (optional), timestamp (optional) and a value column
+(or one column per model channel).
+"""
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.forecast_service import Limits
+    from serving.observability import configure_logging
+    from serving.server import ServerConfig, serve_until_signal
+
+    configure_logging(args.log_level, json_lines=args.log_format == "json")
+    config = ServerConfig(
+        store=Path(args.store),
+        host=args.host,
+        port=args.port,
+        batching=BatchingConfig(
+            enabled=not args.no_batching, max_rows=args.max_batch, max_wait_s=args.max_wait_ms / 1000
+        ),
+        limits=Limits(max_series=args.max_series, request_timeout_s=args.request_timeout),
+        providers=tuple(args.providers.split(",")) if args.providers else None,
+        intra_op_threads=args.threads,
+        keep_versions=args.keep_versions,
+        poll_interval_s=args.poll_interval,
+        max_workers=args.max_workers,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        metrics_port=args.metrics_port,
+        grace_s=args.grace,
+    )
+    return serve_until_signal(config)
+
+
+def _read_series(path: str, channels: list[str]) -> list:
+    return series_from_frame(scan_table(path).collect(), channels)
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from serving.client import ArcastClient
+
+    with ArcastClient(args.target, timeout_s=args.timeout) as client:
+        info = [
+            m
+            for m in client.list_models(args.model)
+            if m.name == args.model and (m.version == args.version if args.version else m.latest)
+        ]
+        if not info:
+            print(
+                f"error: model {args.model!r} (version {args.version or 'latest'}) is not served at {args.target}",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        channels = list(info[0].channels)
+        series = _read_series(args.input, channels)
+        result = client.forecast(
+            args.model,
+            [s.values for s in series],
+            args.horizon,
+            version=args.version,
+            ids=[s.id for s in series],
+            timestamps=[s.timestamps for s in series],
+        )
+    frame = pl.concat([forecast_frame(f.id, f.values, channels, f.timestamps) for f in result.forecasts])
+    if args.output:
+        out = Path(args.output)
+        frame.write_parquet(out) if out.suffix == ".parquet" else frame.write_csv(out)
+        print(f"{len(result.forecasts)} forecasts from {result.model} v{result.version} written to {out}")
+    else:
+        with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
+            print(f"{result.model} v{result.version}")
+            print(frame)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from serving.client import ArcastClient
+
+    with ArcastClient(args.target, timeout_s=args.timeout) as client:
+        models = client.list_models(args.prefix)
+    print(f"{'name':<24} {'version':>7} {'kind':<10} {'rollout':<14} {'context':>7} {'step':>5} {'max h':>6} latest")
+    for m in models:
+        print(
+            f"{m.name:<24} {m.version:>7} {m.model_kind:<10} {m.rollout_kind:<14} {m.context_length:>7} {m.step:>5} "
+            f"{m.max_horizon:>6} {'yes' if m.latest else ''}"
+        )
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from serving.batch import run_batch, summary_json
+
+    summary = run_batch(
+        args.store,
+        args.model,
+        args.input,
+        args.output,
+        args.horizon,
+        version=args.version,
+        chunk_series=args.chunk_series,
+    )
+    print(summary_json(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve every model in a store over gRPC",
+        description="Load every artifact in the model store (checksums and schema verified; a bad "
+        "one is refused and logged, the rest are served), pick up new versions without "
+        "a restart, batch concurrent requests, and drain gracefully on SIGTERM.",
+    )
+    serve.add_argument("--store", required=True, help="model store folder (models/<name>/<version>/)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (0 picks a free one; default 50051)")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (off by default)")
+    serve.add_argument("--no-batching", action="store_true", help="run each request alone (no dynamic batching)")
+    serve.add_argument("--max-batch", type=int, default=256, help="series per merged onnxruntime run (default 256)")
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="how long a request waits for company (default 2)"
+    )
+    serve.add_argument("--max-series", type=int, default=1024, help="series per request (default 1024)")
+    serve.add_argument("--max-message-mb", type=int, default=64, help="largest request in MiB (default 64)")
+    serve.add_argument("--request-timeout", type=float, default=30.0, help="seconds, when the client sets no deadline")
+    serve.add_argument("--providers", help="onnxruntime providers, comma-separated (default: what loads, GPU first)")
+    serve.add_argument("--threads", type=int, help="onnxruntime intra-op threads per session (default: usable cores)")
+    serve.add_argument("--keep-versions", type=int, default=2, help="newest versions kept loaded per model (default 2)")
+    serve.add_argument("--poll-interval", type=float, default=5.0, help="seconds between store scans (default 5)")
+    serve.add_argument("--max-workers", type=int, default=128, help="RPCs handled concurrently (default 128)")
+    serve.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight RPCs on SIGTERM")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="json", choices=["json", "text"])
+    serve.set_defaults(func=cmd_serve)
+
+    forecast = sub.add_parser(
+        "forecast",
+        help="call Forecast on a running server",
+        description="Read series from a CSV/parquet file, call Forecast, and print the forecasts "
+        "as a table or write them to --output (.csv or .parquet).",
+    )
+    forecast.add_argument("--target", required=True, help="server address HOST:PORT")
+    forecast.add_argument("--model", required=True)
+    forecast.add_argument("--version", help="model version (default latest)")
+    forecast.add_argument("--horizon", type=int, required=True)
+    forecast.add_argument("--input", required=True, help="series file: series_id?, timestamp?, value")
+    forecast.add_argument("--output", help="write forecasts here instead of printing")
+    forecast.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    forecast.set_defaults(func=cmd_forecast)
+
+    models = sub.add_parser("models", help="list the models a server has loaded")
+    models.add_argument("--target", required=True, help="server address HOST:PORT")
+    models.add_argument("--prefix", default="", help="only names starting with this")
+    models.add_argument("--timeout", type=float, default=10.0)
+    models.set_defaults(func=cmd_models)
+
+    batch = sub.add_parser(
+        "batch",
+        help="score many series from a file in-process (resumable)",
+        description="Score every series of a long-format CSV/parquet file with the serving rollout "
+        "and write long-format parquet. Killed and restarted with the same arguments, it "
+        "resumes; unscorable series are listed in OUTPUT's .errors.parquet.",
+    )
+    batch.add_argument("--store", required=True, help="model store folder")
+    batch.add_argument("--model", required=True)
+    batch.add_argument("--version", help="model version (default latest)")
+    batch.add_argument("--horizon", type=int, required=True)
+    batch.add_argument("--input", required=True, help="series_id, timestamp?, value (CSV or parquet)")
+    batch.add_argument("--output", required=True, help="output parquet file")
+    batch.add_argument("--chunk-series", type=int, default=512, help="series per resumable chunk (default 512)")
+    batch.set_defaults(func=cmd_batch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except grpc.RpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return EXIT_BAD_INPUT if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
+    except (ArtifactError, TableError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

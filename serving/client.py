@@ -1,0 +1,109 @@
+"""A Python client for the arcast gRPC API (what notebooks, jobs and the client CLI use)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
+
+
+@dataclass
+class Forecast:
+    id: str
+    values: np.ndarray  # (horizon, channels)
+    timestamps: np.ndarray | None  # (horizon,) datetime64[us]
+
+
+@dataclass
+class ForecastResult:
+    model: str
+    version: str
+    forecasts: list[Forecast]
+
+
+def _stamp(value: np.datetime64) -> Timestamp:
+    micros = int(np.datetime64(value, "us").astype(np.int64))
+    return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
+
+
+class ArcastClient:
+    """``with ArcastClient("127.0.0.1:50051") as client: client.forecast("etth1-arnet", [history], 24)``."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self.channel = grpc.insecure_channel(target, options=options)
+        self.timeout_s = timeout_s
+        self._forecast = forecast_pb2_grpc.ForecastServiceStub(self.channel)
+        self._models = models_pb2_grpc.ModelServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> ArcastClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    @staticmethod
+    def forecast_request(
+        model: str,
+        series: Sequence[np.ndarray],
+        horizon: int,
+        version: str | None = None,
+        ids: Sequence[str] | None = None,
+        timestamps: Sequence[np.ndarray | None] | None = None,
+    ) -> forecast_pb2.ForecastRequest:
+        request = forecast_pb2.ForecastRequest(model=model, version=version or "", horizon=horizon)
+        for i, values in enumerate(series):
+            item = request.series.add(
+                id=ids[i] if ids else str(i), values=np.asarray(values, np.float64).ravel().tolist()
+            )
+            if timestamps is not None and timestamps[i] is not None:
+                item.timestamps.extend(_stamp(t) for t in timestamps[i])
+        return request
+
+    def forecast(
+        self,
+        model: str,
+        series: Sequence[np.ndarray],
+        horizon: int,
+        version: str | None = None,
+        ids: Sequence[str] | None = None,
+        timestamps: Sequence[np.ndarray | None] | None = None,
+        timeout_s: float | None = None,
+    ) -> ForecastResult:
+        """Forecast each series ((steps,) or (steps, channels) array, oldest first) ``horizon`` steps ahead."""
+        request = self.forecast_request(model, series, horizon, version, ids, timestamps)
+        response = self._forecast.Forecast(request, timeout=timeout_s or self.timeout_s)
+        out = []
+        for item in response.forecasts:
+            values = np.asarray(item.values, dtype=np.float64).reshape(horizon, -1)
+            stamps = None
+            if item.timestamps:
+                stamps = np.array(
+                    [t.seconds * 1_000_000 + t.nanos // 1000 for t in item.timestamps], dtype=np.int64
+                ).astype("datetime64[us]")
+            out.append(Forecast(item.id, values, stamps))
+        return ForecastResult(response.model, response.version, out)
+
+    def list_models(self, name_prefix: str = "") -> list[models_pb2.ModelInfo]:
+        return list(
+            self._models.ListModels(
+                models_pb2.ListModelsRequest(name_prefix=name_prefix), timeout=self.timeout_s
+            ).models
+        )
+
+    def health(self, service: str = "") -> str:
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -1,0 +1,173 @@
+"""The models a server has loaded from its store, kept current without a restart.
+
+``refresh()`` scans the store: a new version (which appears atomically, see serving.artifact) is verified and
+loaded beside the old one, then becomes the latest; a version that fails its checks is refused with one log
+line and the rest keep serving. The newest ``keep_versions`` versions of each model stay loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.artifact import ArtifactError, read_artifact
+from serving.batching import BatchingConfig, DynamicBatcher
+from serving.rollout import WindowShiftModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    """One artifact version ready to serve: its rollout and (if on) its batcher."""
+
+    runner: WindowShiftModel
+    batcher: DynamicBatcher | None
+    on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
+
+    @property
+    def manifest(self) -> dict:
+        return self.runner.artifact.manifest
+
+    @property
+    def name(self) -> str:
+        return self.runner.artifact.name
+
+    @property
+    def version(self) -> str:
+        return self.runner.artifact.version
+
+    def forecast(self, context: np.ndarray, horizon: int) -> Future[np.ndarray]:
+        if self.batcher is not None:
+            return self.batcher.submit(context, horizon)
+        future: Future[np.ndarray] = Future()
+        try:
+            future.set_result(self.runner.forecast(context, horizon))
+            self.on_rows(len(context))
+        except Exception as err:  # surfaced to the caller through the future
+            future.set_exception(err)
+        return future
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+@dataclass
+class ModelRegistry:
+    store: Path
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    providers: Sequence[str] | None = None
+    intra_op_threads: int | None = None
+    keep_versions: int = 2
+    on_batch: Callable[[str, int], None] | None = None
+    on_load: Callable[[str], None] | None = None
+    _models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict, init=False)
+    _refused: dict[Path, float] = field(default_factory=dict, init=False)  # path -> manifest mtime when refused
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not loaded (loaded: {sorted(self._models) or 'none'})")
+        if not version:
+            return versions[max(versions, key=int)]
+        if version not in versions:
+            raise ModelNotFound(
+                f"model {name!r} has no loaded version {version!r} (loaded: {sorted(versions, key=int)})"
+            )
+        return versions[version]
+
+    def loaded(self) -> list[LoadedModel]:
+        return [m for versions in self._models.values() for _, m in sorted(versions.items(), key=lambda kv: int(kv[0]))]
+
+    def is_latest(self, model: LoadedModel) -> bool:
+        return model.version == max(self._models.get(model.name, {"0": model}), key=int)
+
+    def refresh(self) -> None:
+        """Load new versions, drop versions beyond ``keep_versions``; safe to call from a timer thread."""
+        with self._lock:
+            updated = {name: dict(versions) for name, versions in self._models.items()}
+            wanted: dict[str, list[Path]] = {}
+            if self.store.is_dir():
+                for model_dir in sorted(p for p in self.store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                    versions = sorted(
+                        (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+                    )
+                    wanted[model_dir.name] = versions
+            retired: list[LoadedModel] = []
+            for name, paths in wanted.items():
+                current = updated.setdefault(name, {})
+                candidates = [p for p in reversed(paths) if p.name in current or self._loadable(p)]
+                keep = candidates[: self.keep_versions]
+                for path in keep:
+                    if path.name not in current:
+                        model = self._load(path)
+                        if model is not None:
+                            current[path.name] = model
+                for version in list(current):
+                    if version not in {p.name for p in keep}:
+                        retired.append(current.pop(version))
+                if not current:
+                    del updated[name]
+            for name in set(updated) - set(wanted):
+                retired.extend(updated.pop(name).values())
+            self._models = updated  # one assignment: readers see the old or the new map, never a mix
+        for model in retired:
+            log.info("unloaded model", extra={"model": model.name, "version": model.version})
+            model.close()
+
+    def _loadable(self, path: Path) -> bool:
+        """False for a version refused before whose manifest has not changed since."""
+        manifest = path / "manifest.json"
+        mtime = manifest.stat().st_mtime if manifest.exists() else -1.0
+        return self._refused.get(path) != mtime
+
+    def _load(self, path: Path) -> LoadedModel | None:
+        try:
+            artifact = read_artifact(path)
+            kind = artifact.manifest["rollout"]["kind"]
+            if kind != "window_shift":
+                raise ArtifactError(f"{path}: rollout kind {kind!r} is not served by this server yet")
+            runner = WindowShiftModel.load(artifact, self.providers, self.intra_op_threads)
+        except Exception as err:  # any failure refuses this artifact only
+            manifest = path / "manifest.json"
+            self._refused[path] = manifest.stat().st_mtime if manifest.exists() else -1.0
+            log.error("refused artifact: %s", err, extra={"path": str(path)})
+            if self.on_load:
+                self.on_load("refused")
+            return None
+        name, report = artifact.name, self.on_batch
+
+        def on_rows(rows: int) -> None:
+            if report:
+                report(name, rows)
+
+        batcher = None
+        if self.batching.enabled:
+            batcher = DynamicBatcher(
+                runner.forecast, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows
+            )
+        log.info(
+            "loaded model",
+            extra={"model": name, "version": artifact.version, "providers": runner.session.get_providers()},
+        )
+        if self.on_load:
+            self.on_load("loaded")
+        return LoadedModel(runner, batcher, on_rows)
+
+    def close(self) -> None:
+        with self._lock:
+            models, self._models = self.loaded(), {}
+        for model in models:
+            model.close()

@@ -1,0 +1,130 @@
+"""The gRPC server: forecast and model services, health, reflection, hot reload, metrics, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.batching import BatchingConfig
+from serving.forecast_service import ForecastServicer, Limits, ModelServicer
+from serving.observability import ServerMetrics
+from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
+from serving.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    forecast_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+
+
+@dataclass
+class ServerConfig:
+    store: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 picks a free port
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: Limits = field(default_factory=Limits)
+    providers: tuple[str, ...] | None = None  # default: every provider that loads here, best first
+    intra_op_threads: int | None = None
+    keep_versions: int = 2
+    poll_interval_s: float = 5.0
+    max_workers: int = 128  # concurrent RPCs being handled (each waits on its batch)
+    max_message_bytes: int = 64 * 1024 * 1024
+    metrics_port: int | None = None  # None: no /metrics endpoint
+    grace_s: float = 30.0
+
+
+class ForecastServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.registry = ModelRegistry(
+            Path(config.store),
+            config.batching,
+            config.providers,
+            config.intra_op_threads,
+            config.keep_versions,
+            on_batch=lambda model, rows: self.metrics.batch_size.labels(model).observe(rows),
+            on_load=lambda outcome: self.metrics.models_loaded.labels(outcome).inc(),
+        )
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=options)
+        forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
+            ForecastServicer(self.registry, self.metrics, config.limits), self._server
+        )
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry, self.metrics), self._server)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="store-poller", daemon=True)
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+
+    def start(self) -> int:
+        self.registry.refresh()
+        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        self._server.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.host)
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._poller.start()
+        log.info(
+            "serving",
+            extra={
+                "address": f"{self.config.host}:{self.port}",
+                "metrics_port": self.metrics_port,
+                "models": [f"{m.name}/{m.version}" for m in self.registry.loaded()],
+            },
+        )
+        return self.port
+
+    def _poll(self) -> None:
+        while not self._stopping.wait(self.config.poll_interval_s):
+            try:
+                self.registry.refresh()
+            except Exception:  # a store hiccup must not kill the poller
+                log.exception("model store refresh failed")
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting RPCs, let those in flight finish (up to the grace period), release the models."""
+        self._stopping.set()
+        self.health.enter_graceful_shutdown()
+        self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        self.registry.close()
+        log.info("stopped")
+
+    def wait_for_termination(self) -> None:
+        self._server.wait_for_termination()
+
+
+def serve_until_signal(config: ServerConfig) -> int:
+    """Run until SIGTERM or SIGINT, then drain gracefully and return 0."""
+    server = ForecastServer(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    port = server.start()
+    print(f"listening on {config.host}:{port}", flush=True)  # the one plain line: scripts wait for it
+    stop.wait()
+    log.info("signal received: draining")
+    server.stop()
+    return 0
