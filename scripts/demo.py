@@ -28,7 +28,8 @@ HORIZONS = (24, 48, 168)
 def start_server(store: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.startswith("listening on"):
@@ -40,7 +41,9 @@ def start_server(store: Path) -> tuple[subprocess.Popen[str], str]:
 def main() -> int:
     data = DataConfig(dataset="ETTh1", features="S", target="OT", lookback=168, horizon=24)
     print(f"1/5 training AR-Net on ETTh1 (target OT, lookback {data.lookback}, {data.horizon} values per step)")
-    run = train_run("arnet", data, {"loss": "mse"}, TrainConfig(epochs=15, batch_size=64, lr=3e-3, lr_schedule="onecycle"))
+    run = train_run(
+        "arnet", data, {"loss": "mse"}, TrainConfig(epochs=15, batch_size=64, lr=3e-3, lr_schedule="onecycle")
+    )
     save_run(run, OUT / "runs" / MODEL)
     print(f"    best epoch {run.fit['best_epoch']} of {run.fit['epochs_run']}, {run.fit['seconds']:.1f} s")
 
@@ -53,7 +56,10 @@ def main() -> int:
     for horizon in HORIZONS:
         report = evaluate_artifact(artifact.path, horizon=horizon, progress=False)
         s, o = report["metrics"]["scaled"], report["metrics"]["original"]
-        print(f"    {horizon:>7} {report['windows']:>8} {s['mse']:>7.4f} {s['mae']:>7.4f} {o['mse']:>8.3f} {o['mae']:>7.3f}")
+        print(
+            f"    {horizon:>7} {report['windows']:>8} {s['mse']:>7.4f} {s['mae']:>7.4f}"
+            f" {o['mse']:>8.3f} {o['mae']:>7.3f}"
+        )
     print("    (MSE/MAE on standardised data, the papers' protocol; then original units)\n")
 
     print("4/5 serving the store over gRPC and forecasting ETTh1 test windows")
@@ -66,26 +72,39 @@ def main() -> int:
         with ArcastClient(target) as client:
             (info,) = client.list_models(MODEL)
             print(f"    server {target}: {info.name} v{info.version}, health {client.health()}")
-            result = client.forecast(MODEL, [values[o - 168 : o] for o in origins], 24,
-                                     ids=[str(stamps[o])[:16] for o in origins],
-                                     timestamps=[stamps[o - 168 : o] for o in origins])
-        print(f"\n    {'forecast from':<17} {'+1h pred':>9} {'actual':>7} {'+24h pred':>10} {'actual':>7} {'MSE (°C²)':>10}")
+            result = client.forecast(
+                MODEL,
+                [values[o - 168 : o] for o in origins],
+                24,
+                ids=[str(stamps[o])[:16] for o in origins],
+                timestamps=[stamps[o - 168 : o] for o in origins],
+            )
+        print(
+            f"\n    {'forecast from':<17} {'+1h pred':>9} {'actual':>7}"
+            f" {'+24h pred':>10} {'actual':>7} {'MSE (°C²)':>10}"
+        )
         for o, forecast in zip(origins, result.forecasts, strict=True):
             pred, actual = forecast.values[:, 0], values[o : o + 24]
             mse = float(np.mean((pred - actual) ** 2))
-            print(f"    {forecast.id:<17} {pred[0]:>9.2f} {actual[0]:>7.2f} {pred[-1]:>10.2f} {actual[-1]:>7.2f} {mse:>10.3f}")
+            print(
+                f"    {forecast.id:<17} {pred[0]:>9.2f} {actual[0]:>7.2f}"
+                f" {pred[-1]:>10.2f} {actual[-1]:>7.2f} {mse:>10.3f}"
+            )
     finally:
         proc.terminate()
         code = proc.wait(timeout=60)
     print(f"    server stopped on SIGTERM (exit code {code})\n")
 
     print("5/5 batch scoring: every 24th test origin as a series, parquet in, parquet out")
-    frames = [pl.DataFrame({"series_id": str(stamps[o])[:13], "timestamp": stamps[o - 168 : o],
-                            "value": values[o - 168 : o]})
-              for o in range(start + 168, prepared.borders.test[1] - 24, 24)]
+    frames = [
+        pl.DataFrame({"series_id": str(stamps[o])[:13], "timestamp": stamps[o - 168 : o], "value": values[o - 168 : o]})
+        for o in range(start + 168, prepared.borders.test[1] - 24, 24)
+    ]
     (OUT / "batch").mkdir(parents=True, exist_ok=True)
     pl.concat(frames).write_parquet(OUT / "batch" / "series.parquet")
-    summary = run_batch(OUT / "models", MODEL, OUT / "batch" / "series.parquet", OUT / "batch" / "forecasts.parquet", 24)
+    summary = run_batch(
+        OUT / "models", MODEL, OUT / "batch" / "series.parquet", OUT / "batch" / "forecasts.parquet", 24
+    )
     print(f"    {summary.scored} series scored, {summary.failed} failed, {summary.seconds:.1f} s -> {summary.output}")
     return 0
 
