@@ -20,7 +20,7 @@ from forecasting.metrics import forecast_metrics
 from forecasting.models import build_model
 from forecasting.models.base import ForecastModel
 from forecasting.splits import StandardScaler
-from forecasting.training import EpochCallback, FitResult, TrainConfig, fit, predict_dataset
+from forecasting.training import EpochCallback, FitResult, TrainConfig, fit, predict_dataset, seed_everything
 from serving.artifact import atomic_write, atomic_write_text, sha256_file
 
 RUN_FILE, WEIGHTS_FILE = "run.json", "model.pt"
@@ -94,6 +94,7 @@ def train_run(
     params = dict(model_params or {})
     train_config = train_config or TrainConfig()
     prepared = prepared or prepare_data(data_config)
+    seed_everything(train_config.seed)  # the initial weights are drawn here, so the seed must rule them too
     model = build_model(kind, params, data_config, prepared.n_channels)
     result: FitResult = fit(model, prepared.train, prepared.val, train_config, on_epoch=on_epoch)
     metrics = {"val": evaluate_split(model, prepared.val, prepared.scaler)}

@@ -45,7 +45,8 @@ def create_study(study_name: str, storage: str, seed: int = 0, warmup_epochs: in
         study_name=study_name,
         storage=rdb,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        # TPE's default of 10 random start-up trials would make a short study a pure random search.
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs),
         load_if_exists=True,
     )

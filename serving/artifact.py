@@ -29,6 +29,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUIRED_KEYS = ("format_version", "name", "version", "model_kind", "rollout", "graphs", "files", "created_at")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+
+
 class ArtifactError(ValueError):
     """An artifact that is missing, malformed, or does not match its checksums."""
 
@@ -92,6 +101,7 @@ def staged_artifact(store: Path | str, name: str, version: str | None = None) ->
     model_dir = store / name
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    tmp.chmod(_DIR_MODE)  # mkdtemp makes it owner-only; a server may run as another user
     try:
         chosen = version or next_version(store, name)
         yield tmp, chosen
@@ -204,6 +214,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        tmp.chmod(_FILE_MODE)  # mkstemp makes it owner-only; give it the permissions of a normally created file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

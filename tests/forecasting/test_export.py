@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def test_manifest_carries_the_contract(model_store: Path) -> None:
     assert len(m["data"]["fingerprint"]) == 64 and "test" in m["metrics"]
     assert max(m["parity"].values()) <= 1e-5
     assert set(m["files"]) == {"forecast.onnx"}
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (artifact.path, artifact.path / "forecast.onnx", artifact.path / "manifest.json"):
+        default = 0o777 if path.is_dir() else 0o666
+        assert path.stat().st_mode & 0o777 == default & ~umask, path  # as if created normally: not owner-only
 
 
 def test_tampered_artifact_is_refused(model_store: Path, tmp_path: Path) -> None:

@@ -1,0 +1,33 @@
+"""The shared training loop: reproducible by seed, best checkpoint restored, early stopping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from forecasting.data import DataConfig, prepare_data
+from forecasting.runs import train_run
+from forecasting.training import TrainConfig, validation_loss
+
+
+def test_same_seed_same_model(etth1_slice: Path) -> None:
+    data = DataConfig(dataset=str(etth1_slice), lookback=24, horizon=6)
+    prepared = prepare_data(data)
+    cfg = TrainConfig(epochs=2, progress=False, seed=3)
+    a = train_run("arnet", data, {"hidden_sizes": [8]}, cfg, prepared=prepared)
+    b = train_run("arnet", data, {"hidden_sizes": [8]}, cfg, prepared=prepared)
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
+def test_best_checkpoint_is_restored_and_training_stops_early(etth1_slice: Path) -> None:
+    data = DataConfig(dataset=str(etth1_slice), lookback=24, horizon=6)
+    prepared = prepare_data(data)
+    # A learning rate far too high makes validation loss worsen after the first epochs.
+    run = train_run("arnet", data, {}, TrainConfig(epochs=30, lr=0.5, lr_schedule="constant", patience=2,
+                                                  progress=False), prepared=prepared)
+    history = run.fit["history"]
+    assert run.fit["epochs_run"] < 30
+    assert run.fit["best_val_loss"] == min(h["val_loss"] for h in history)
+    assert abs(validation_loss(run.model, prepared.val) - run.fit["best_val_loss"]) < 1e-9
