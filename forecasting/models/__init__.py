@@ -9,6 +9,7 @@ from typing import Any
 from forecasting.data import DataConfig
 from forecasting.models.arnet import ARNet, ARNetConfig
 from forecasting.models.base import ForecastModel
+from forecasting.models.informer import Informer, InformerConfig
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,55 @@ def _arnet_space(trial: Any) -> dict[str, dict[str, Any]]:
     }
 
 
+def _data_freq(data: DataConfig) -> str:
+    """The data's frequency as prepare_data resolves it: given, the known dataset's, or read off the timestamps."""
+    from forecasting.data import _FREQ_ALIASES
+    from forecasting.datasets import KNOWN_DATASETS, resolve_dataset
+    from forecasting.loading import read_table
+    from forecasting.time_features import infer_freq
+
+    if data.freq:
+        freq = data.freq
+    elif data.dataset in KNOWN_DATASETS:
+        freq = KNOWN_DATASETS[data.dataset].freq
+    else:
+        try:
+            path, _ = resolve_dataset(data.dataset, data.data_dir, download=False)
+        except FileNotFoundError as err:
+            raise ValueError(f"cannot tell the frequency of {data.dataset!r} ({err}): set the data's freq") from err
+        columns = [data.target] if data.features == "S" else None
+        freq = infer_freq(read_table(path, data.date_column, data.missing, columns).timestamps)
+    return _FREQ_ALIASES.get(freq, freq)
+
+
+def _informer_bind(params: dict[str, Any], data: DataConfig, n_channels: int) -> InformerConfig:
+    lengths = {"seq_len": data.lookback, "label_len": data.label_len, "pred_len": data.horizon}
+    channels = {"enc_in": n_channels, "dec_in": n_channels, "c_out": n_channels}
+    freq = params.get("freq") or _data_freq(data)
+    return InformerConfig(**{**params, **lengths, **channels, "freq": freq})
+
+
+def _informer_space(trial: Any) -> dict[str, dict[str, Any]]:
+    lookback = trial.suggest_categorical("lookback", [48, 96, 168, 336])
+    label_share = trial.suggest_categorical("label_share", [0.25, 0.5, 1.0])  # label_len = share * lookback
+    d_model = trial.suggest_categorical("d_model", [128, 256, 512])
+    return {
+        "data": {"lookback": lookback, "label_len": int(lookback * label_share)},
+        "model": {
+            "d_model": d_model,
+            "d_ff": 4 * d_model,
+            "e_layers": trial.suggest_int("e_layers", 1, 3),
+            "d_layers": trial.suggest_int("d_layers", 1, 2),
+            "factor": trial.suggest_categorical("factor", [3, 5, 8]),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+        },
+        "train": {"lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True)},
+    }
+
+
 MODELS: dict[str, ModelSpec] = {
     "arnet": ModelSpec("arnet", ARNet, ARNetConfig, _arnet_bind, _arnet_space),
+    "informer": ModelSpec("informer", Informer, InformerConfig, _informer_bind, _informer_space),
 }
 
 
