@@ -25,8 +25,13 @@ def test_best_checkpoint_is_restored_and_training_stops_early(etth1_slice: Path)
     data = DataConfig(dataset=str(etth1_slice), lookback=24, horizon=6)
     prepared = prepare_data(data)
     # A learning rate far too high makes validation loss worsen after the first epochs.
-    run = train_run("arnet", data, {}, TrainConfig(epochs=30, lr=0.5, lr_schedule="constant", patience=2,
-                                                  progress=False), prepared=prepared)
+    run = train_run(
+        "arnet",
+        data,
+        {},
+        TrainConfig(epochs=30, lr=0.5, lr_schedule="constant", patience=2, progress=False),
+        prepared=prepared,
+    )
     history = run.fit["history"]
     assert run.fit["epochs_run"] < 30
     assert run.fit["best_val_loss"] == min(h["val_loss"] for h in history)
