@@ -39,11 +39,13 @@ def evaluate_artifact(
     rows = getattr(prepared.borders, split)
     raw = prepared.table.values[slice(*rows)]
     windows = WindowDataset(raw, np.zeros((len(raw), 0), np.float32), config.lookback, horizon, 0)
+    # The context rows' timestamps, for models that take calendar features: window i starts at row i.
+    stamps = np.lib.stride_tricks.sliding_window_view(prepared.table.timestamps[slice(*rows)], config.lookback)
     preds, trues = [], []
-    for batch in tqdm(
-        list(windows.batches(batch_size)), desc=f"evaluate {artifact.name}", disable=not progress, leave=False
-    ):
-        preds.append(model.forecast(batch["x"].numpy(), horizon))
+    for start in tqdm(range(0, len(windows), batch_size), desc=f"evaluate {artifact.name}", disable=not progress):
+        index = np.arange(start, min(start + batch_size, len(windows)))
+        batch = windows.batch(index)
+        preds.append(model.forecast(batch["x"].numpy(), horizon, stamps[index] if model.calendar else None))
         trues.append(batch["y"].numpy())
     scaler = StandardScaler.from_dict(artifact.manifest["normalization"])
     pred_scaled, true_scaled = scaler.transform(np.concatenate(preds)), scaler.transform(np.concatenate(trues))

@@ -133,7 +133,8 @@ def load_run(folder: Path | str) -> Run:
     info = json.loads((folder / RUN_FILE).read_text())
     if sha256_file(folder / WEIGHTS_FILE) != info["weights_sha256"]:
         raise ValueError(f"{folder / WEIGHTS_FILE} does not match the checksum in {RUN_FILE}")
-    data = DataConfig(**info["data"])
+    # The recorded frequency, so a model whose shape depends on it rebuilds without the data file at hand.
+    data = DataConfig(**{**info["data"], "freq": info["data"].get("freq") or info["freq"]})
     model = build_model(info["model_kind"], info["model_params"], data, len(info["channels"]))
     model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     model.eval()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 log = logging.getLogger(__name__)
-RolloutFn = Callable[[np.ndarray, int], np.ndarray]
+RolloutFn = Callable[[np.ndarray, int, np.ndarray | None], np.ndarray]
 _STOP = object()
 
 
@@ -35,6 +35,7 @@ class BatchingConfig:
 class _Job:
     context: np.ndarray  # (rows, L, C)
     horizon: int
+    timestamps: np.ndarray | None  # (rows, L) for models with calendar features
     future: Future[np.ndarray] = field(default_factory=Future)
 
 
@@ -50,8 +51,8 @@ class DynamicBatcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, context: np.ndarray, horizon: int) -> Future[np.ndarray]:
-        job = _Job(context, horizon)
+    def submit(self, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> Future[np.ndarray]:
+        job = _Job(context, horizon, timestamps)
         self._queue.put(job)
         return job.future
 
@@ -96,7 +97,8 @@ class DynamicBatcher:
             return
         try:
             merged = np.concatenate([job.context for job in live]) if len(live) > 1 else live[0].context
-            out = self._rollout(merged, max(job.horizon for job in live))
+            stamps = None if live[0].timestamps is None else np.concatenate([job.timestamps for job in live])
+            out = self._rollout(merged, max(job.horizon for job in live), stamps)
             self._on_batch(len(merged))
         except Exception as err:  # isolate the failure: rerun each request alone below
             if len(live) == 1:
@@ -107,7 +109,7 @@ class DynamicBatcher:
             )
             for job in live:
                 try:
-                    job.future.set_result(self._rollout(job.context, job.horizon))
+                    job.future.set_result(self._rollout(job.context, job.horizon, job.timestamps))
                     self._on_batch(len(job.context))
                 except Exception as err:
                     job.future.set_exception(err)

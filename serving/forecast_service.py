@@ -43,6 +43,7 @@ class ValidatedRequest:
     model: LoadedModel
     horizon: int
     context: np.ndarray  # (n_series, context_length, C) float32
+    context_stamps: np.ndarray | None  # (n_series, context_length) datetime64[us], for calendar-feature models
     future_stamps: list[np.ndarray | None]  # per series: (horizon,) datetime64[us], or None
 
 
@@ -87,6 +88,8 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
     channels, length = runner.n_channels, runner.context_length
     context = np.empty((len(request.series), length, channels), dtype=np.float32)
     stamps: list[np.ndarray | None] = []
+    calendar = runner.calendar is not None
+    context_stamps = np.empty((len(request.series), length), dtype="datetime64[us]") if calendar else None
     for i, series in enumerate(request.series):
         field = f"series[{i}].values"
         if not series.values:
@@ -104,12 +107,16 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
             raise _invalid(f"{field}: values beyond the float32 range")
         context[i] = values.reshape(steps, channels)[-length:]
         past = _timestamps(series, i, steps)
+        if context_stamps is not None:
+            if past is None:
+                raise _invalid(f"series[{i}].timestamps: required, this model uses calendar features (one per step)")
+            context_stamps[i] = past[-length:]
         if past is None:
             stamps.append(None)
         else:
             delta = past[-1] - past[-2] if len(past) > 1 else np.timedelta64(0, "us")
             stamps.append(past[-1] + delta * np.arange(1, request.horizon + 1))
-    return ValidatedRequest(model, int(request.horizon), context, stamps)
+    return ValidatedRequest(model, int(request.horizon), context, context_stamps, stamps)
 
 
 def _to_timestamp(value: np.datetime64) -> Timestamp:
@@ -128,7 +135,7 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             checked = validate(request, self.registry, self.limits)
             remaining = context.time_remaining()
             timeout = self.limits.request_timeout_s if remaining is None or math.isinf(remaining) else remaining
-            future = checked.model.forecast(checked.context, checked.horizon)
+            future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps)
             try:
                 out = future.result(timeout=max(timeout, 0.0))
             except concurrent.futures.TimeoutError as err:

@@ -47,12 +47,12 @@ class LoadedModel:
     def version(self) -> str:
         return self.runner.artifact.version
 
-    def forecast(self, context: np.ndarray, horizon: int) -> Future[np.ndarray]:
+    def forecast(self, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> Future[np.ndarray]:
         if self.batcher is not None:
-            return self.batcher.submit(context, horizon)
+            return self.batcher.submit(context, horizon, timestamps)
         future: Future[np.ndarray] = Future()
         try:
-            future.set_result(self.runner.forecast(context, horizon))
+            future.set_result(self.runner.forecast(context, horizon, timestamps))
             self.on_rows(len(context))
         except Exception as err:  # surfaced to the caller through the future
             future.set_exception(err)

@@ -54,7 +54,7 @@ def _provider_loads(provider: str) -> bool:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 4  # the probe's failure is expected on CPU-only machines: keep it quiet
@@ -117,8 +117,88 @@ class CalendarInputs:
         return self.block_marks(self.features(stamps, step), 0, stamps.shape[1], step, stamps.shape[0])
 
 
+class HostSteps:
+    """Rollout state in host memory: numpy windows, ``run_graph(feeds) -> block``."""
+
+    def __init__(self, run_graph: Callable[[dict[str, np.ndarray]], np.ndarray]) -> None:
+        self.run_graph = run_graph
+
+    def start(self, window: np.ndarray) -> np.ndarray:
+        return window
+
+    def run(self, window: np.ndarray, marks: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run_graph({"context": window, **marks})
+
+    def slide(self, window: np.ndarray, block: np.ndarray) -> np.ndarray:
+        return np.concatenate([window, block], axis=1)[:, -window.shape[1] :]
+
+    def collect(self, blocks: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(blocks, axis=1)
+
+
+class BoundSteps:
+    """Rollout state kept on the session's device with I/O binding: the window never leaves the device.
+
+    The slide (append the block, keep the last L rows) runs as a tiny ONNX graph on the same device, so
+    between steps nothing is copied to the host; only the calendar marks go in and the blocks come out at
+    the end. On CUDA this saves two host-device copies per step; on CPU it runs the same code path.
+    """
+
+    def __init__(self, session: ort.InferenceSession, shift: ort.InferenceSession, device: str) -> None:
+        self.session, self.shift, self.device = session, shift, device
+
+    def start(self, window: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(window, self.device, 0)
+
+    def run(self, window: ort.OrtValue, marks: dict[str, np.ndarray]) -> ort.OrtValue:
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("context", window)
+        for name, value in marks.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("forecast", self.device)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+    def slide(self, window: ort.OrtValue, block: ort.OrtValue) -> ort.OrtValue:
+        binding = self.shift.io_binding()
+        binding.bind_ortvalue_input("window", window)
+        binding.bind_ortvalue_input("block", block)
+        binding.bind_output("next", self.device)
+        self.shift.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+    def collect(self, blocks: list[ort.OrtValue]) -> np.ndarray:
+        return np.concatenate([b.numpy() for b in blocks], axis=1)
+
+
+Steps = HostSteps | BoundSteps
+
+
+def shift_graph(context_length: int) -> bytes:
+    """ONNX graph: (window (B, L, C), block (B, S, C)) -> the last L rows of their concatenation."""
+    from onnx import TensorProto, helper
+
+    shape = ["batch", None, None]
+    nodes = [
+        helper.make_node("Concat", ["window", "block"], ["joined"], axis=1),
+        helper.make_node(
+            "Constant", [], ["starts"], value=helper.make_tensor("s", TensorProto.INT64, [1], [-context_length])
+        ),
+        helper.make_node("Constant", [], ["ends"], value=helper.make_tensor("e", TensorProto.INT64, [1], [2**62])),
+        helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [1], [1])),
+        helper.make_node("Slice", ["joined", "starts", "ends", "axes"], ["next"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shift",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("window", "block")],
+        [helper.make_tensor_value_info("next", TensorProto.FLOAT, shape)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+
+
 def window_shift(
-    run_graph: Callable[[dict[str, np.ndarray]], np.ndarray],
+    run_graph: Callable[[dict[str, np.ndarray]], np.ndarray] | Steps,
     context: np.ndarray,
     horizon: int,
     context_length: int,
@@ -128,25 +208,27 @@ def window_shift(
 ) -> np.ndarray:
     """Predict a block of ``step`` values, append it, slide, repeat: (B, L', C) -> (B, horizon, C).
 
-    ``run_graph`` maps the graph's named inputs to its forecast. With ``calendar``, ``timestamps`` (B or 1,
-    L') are the context rows' times; each block's marks come from the one feature table of the whole timeline.
+    ``run_graph`` maps the graph's named inputs to its forecast (host memory), or is a ``Steps`` object that
+    keeps the state on a device. With ``calendar``, ``timestamps`` (B or 1, L') are the context rows' times;
+    each block's marks come from the one feature table of the whole timeline.
     """
-    window = np.ascontiguousarray(context[:, -context_length:], dtype=np.float32)
-    batch, n_blocks = window.shape[0], -(-horizon // step)
+    steps = run_graph if isinstance(run_graph, HostSteps | BoundSteps) else HostSteps(run_graph)
+    host_window = np.ascontiguousarray(context[:, -context_length:], dtype=np.float32)
+    batch, n_blocks = host_window.shape[0], -(-horizon // step)
     features = None
     if calendar is not None:
         if timestamps is None:
             raise ValueError("this graph takes calendar features: the context's timestamps are needed")
         features = calendar.features(np.asarray(timestamps)[:, -context_length:], n_blocks * step)
-    blocks = []
+    window, blocks = steps.start(host_window), []
     for k in range(n_blocks):
-        feeds = {"context": window}
+        marks = {}
         if features is not None and calendar is not None:
-            feeds.update(calendar.block_marks(features, k * step, context_length, step, batch))
-        block = run_graph(feeds)
-        blocks.append(block)
-        window = np.concatenate([window, block], axis=1)[:, -context_length:]
-    return np.concatenate(blocks, axis=1)[:, :horizon]
+            marks = calendar.block_marks(features, k * step, context_length, step, batch)
+        blocks.append(steps.run(window, marks))
+        if k + 1 < n_blocks:
+            window = steps.slide(window, blocks[-1])
+    return steps.collect(blocks)[:, :horizon]
 
 
 @dataclass
@@ -155,15 +237,33 @@ class WindowShiftModel:
 
     artifact: Artifact
     session: ort.InferenceSession
+    steps: Steps
 
     @classmethod
     def load(
-        cls, artifact: Artifact, providers: Sequence[str] | None = None, intra_op_threads: int | None = None
+        cls,
+        artifact: Artifact,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        io_binding: bool | None = None,
     ) -> WindowShiftModel:
+        """``io_binding``: keep the rollout state on the device (default: when the session runs on CUDA)."""
         rollout = artifact.manifest["rollout"]
         if rollout["kind"] != "window_shift":
             raise ValueError(f"{artifact.path}: rollout kind {rollout['kind']!r} is not window_shift")
-        return cls(artifact, create_session(artifact.graph_path("forecast"), providers, intra_op_threads))
+        session = create_session(artifact.graph_path("forecast"), providers, intra_op_threads)
+        on_cuda = session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        if io_binding or (io_binding is None and on_cuda):
+            shift_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_cuda else ["CPUExecutionProvider"]
+            shift = ort.InferenceSession(shift_graph(int(rollout["context_length"])), providers=shift_providers)
+            steps: Steps = BoundSteps(session, shift, "cuda" if on_cuda else "cpu")
+        else:
+            steps = HostSteps(lambda feeds: session.run(None, feeds)[0])
+        return cls(artifact, session, steps)
+
+    @property
+    def device(self) -> str:
+        return self.steps.device if isinstance(self.steps, BoundSteps) else "host"
 
     @property
     def context_length(self) -> int:
@@ -217,7 +317,7 @@ class WindowShiftModel:
                     f"got {np.shape(timestamps)}"
                 )
         return window_shift(
-            lambda feeds: self.session.run(None, feeds)[0],
+            self.steps,
             context,
             horizon,
             self.context_length,

@@ -108,3 +108,11 @@ def test_run_round_trip(arnet_run, tmp_path: Path) -> None:
     x = torch.randn(3, 48, 1)
     torch.testing.assert_close(loaded.model(x), arnet_run.model(x))
     assert loaded.scaler.as_dict() == arnet_run.scaler.as_dict()
+
+
+def test_evaluating_the_artifact_reproduces_the_training_test_metrics(arnet_run, model_store: Path) -> None:
+    from forecasting.evaluate import evaluate_artifact
+
+    report = evaluate_artifact(resolve(model_store, "etth1-arnet"), progress=False)
+    for key in ("mse", "mae"):
+        assert report["metrics"]["scaled"][key] == pytest.approx(arnet_run.metrics["test"]["scaled"][key], rel=1e-5)

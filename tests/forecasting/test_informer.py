@@ -334,3 +334,39 @@ def test_search_space_builds_a_model() -> None:
     assert (data.lookback, data.label_len, train.lr) == (96, 48, 1e-4)
     model = build_model("informer", params, data, 1)
     assert (model.config.d_model, model.config.d_ff, model.config.e_layers, model.config.freq) == (128, 512, 3, "1h")
+
+
+def test_one_forecast_over_grpc(informer_artifact, informer_run) -> None:
+    """The served Informer over real gRPC equals the in-process onnxruntime rollout, with calendar features."""
+    import grpc
+
+    from serving.client import ArcastClient
+    from tests.serving.conftest import start_server
+
+    prepared = prepare_data(informer_run.data)
+    start = prepared.borders.test[0]
+    values = prepared.table.values[start : start + LOOKBACK + 5]
+    stamps = prepared.table.timestamps[start : start + LOOKBACK + 5]
+    server = start_server(informer_artifact.path.parents[1])
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as client:
+            result = client.forecast("etth1-informer", [values], 30, timestamps=[stamps])
+            with pytest.raises(grpc.RpcError) as info:
+                client.forecast("etth1-informer", [values], 30)
+    finally:
+        server.stop(grace_s=1)
+    served = WindowShiftModel.load(informer_artifact)
+    expected = served.forecast(values[None].astype(np.float32), 30, stamps)[0]
+    np.testing.assert_allclose(result.forecasts[0].values, expected, atol=1e-4)
+    assert result.forecasts[0].timestamps[0] == stamps[-1] + np.timedelta64(1, "h")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "series[0].timestamps: required" in info.value.details()
+
+
+def test_evaluating_the_artifact_reproduces_the_training_test_metrics(informer_artifact, informer_run) -> None:
+    from forecasting.evaluate import evaluate_artifact
+
+    report = evaluate_artifact(informer_artifact.path, progress=False)
+    assert report["horizon"] == HORIZON and report["data_matches_training"]
+    for key in ("mse", "mae"):
+        assert report["metrics"]["scaled"][key] == pytest.approx(informer_run.metrics["test"]["scaled"][key], rel=1e-4)
