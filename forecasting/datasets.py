@@ -102,14 +102,25 @@ def data_dir_candidates(explicit: str | Path | None = None) -> list[Path]:
 
 
 def find_data_dir(explicit: str | Path | None = None) -> Path:
-    """The data directory by the rules above; the first default that exists wins."""
-    candidates = data_dir_candidates(explicit)
-    for candidate in candidates:
+    """The data directory by the rules above; the first default that exists wins.
+
+    An explicit path or environment value that does not exist is an error, not a silent fallback, so a typo
+    never evaluates on other data.
+    """
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise DatasetNotFound(f"data directory {path} (given explicitly) does not exist")
+        return path.resolve()
+    if os.environ.get(ENV_DATA_DIR):
+        path = Path(os.environ[ENV_DATA_DIR]).expanduser()
+        if not path.is_dir():
+            raise DatasetNotFound(f"data directory {path} (from ${ENV_DATA_DIR}) does not exist")
+        return path.resolve()
+    for candidate in DEFAULT_DATA_DIRS:
         if candidate.is_dir():
             return candidate.resolve()
-    if explicit is not None or os.environ.get(ENV_DATA_DIR):
-        raise DatasetNotFound(f"data directory {candidates[0]} does not exist")
-    return candidates[-1]  # the user cache: downloads land there
+    return DEFAULT_DATA_DIRS[-1]  # the user cache: downloads land there
 
 
 def resolve_dataset(

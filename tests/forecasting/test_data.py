@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from forecasting.data import DataConfig, prepare_data
-from forecasting.datasets import DatasetNotFound, resolve_dataset
+from forecasting.datasets import DatasetNotFound, find_data_dir, resolve_dataset
 from forecasting.loading import DataError, read_table
 from forecasting.time_features import infer_freq, time_features
 
@@ -137,3 +137,18 @@ def test_unknown_dataset_and_unpinned_download(tmp_path: Path) -> None:
         resolve_dataset("no-such-data")
     with pytest.raises(DatasetNotFound, match="no pinned sha256"):
         resolve_dataset("ETTm2", data_dir=tmp_path)  # refused before any network access
+
+
+def test_find_data_dir_prefers_explicit_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = tmp_path / "explicit"
+    explicit.mkdir()
+    from_env = tmp_path / "env"
+    from_env.mkdir()
+    monkeypatch.setenv("ARCAST_DATA_DIR", str(from_env))
+    assert find_data_dir(str(explicit)) == explicit.resolve()
+    assert find_data_dir(None) == from_env.resolve()
+    with pytest.raises(FileNotFoundError, match="given explicitly"):
+        find_data_dir(str(tmp_path / "nope"))
+    monkeypatch.setenv("ARCAST_DATA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="ARCAST_DATA_DIR"):
+        find_data_dir(None)
