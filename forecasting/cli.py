@@ -112,6 +112,7 @@ def _model_params(items: list[str]) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from forecasting.runs import save_run, train_run
+    from forecasting.training import finish_distributed, is_main_process
 
     data, train, params = _data_config(args), _train_config(args), _model_params(args.param)
     if args.params:
@@ -119,7 +120,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = DataConfig(**{**best["data"], "data_dir": args.data_dir})
         train = TrainConfig(**{**best["train"], "epochs": args.epochs, "progress": True})
         params = {**best["model"], **params}
-    run = train_run(args.model, data, params, train)
+    try:
+        run = train_run(args.model, data, params, train)
+    finally:
+        finish_distributed()
+    if not is_main_process():
+        return 0  # under torchrun every rank ends with the same model: rank 0 alone reports and saves it
     save_run(run, args.out)
     _print_metrics(run.metrics)
     print(f"saved run to {args.out} (best epoch {run.fit['best_epoch']}, {run.fit['seconds']:.1f} s)")
@@ -127,8 +133,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from forecasting.tuning import BEST_PARAMS_FILE, tune
+    from forecasting.training import distributed_context
+    from forecasting.tuning import BEST_PARAMS_FILE, Heartbeat, tune
 
+    if distributed_context() is not None:
+        raise ValueError("tune starts its own worker processes (--workers N): run it without torchrun")
     result = tune(
         args.model,
         _data_config(args),
@@ -139,6 +148,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         study_name=args.study,
         timeout=args.timeout,
         seed=args.seed,
+        workers=args.workers,
+        heartbeat=Heartbeat(args.heartbeat, args.grace),
     )
     print(json.dumps({k: result[k] for k in ("study", "n_trials", "best_value", "params")}, indent=2))
     print(f"best parameters written to {Path(args.out) / BEST_PARAMS_FILE}")
@@ -209,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="tune a model's hyperparameters with Optuna",
         description="Search the model's hyperparameters (and lookback) with Optuna's TPE sampler, "
         "pruning poor trials early on validation loss. Resumable: run again with the "
-        "same --storage and --study to add trials. Writes best_params.json to --out.",
+        "same --storage and --study to add trials. Writes best_params.json to --out. "
+        "--workers N runs N processes on one study (it needs a PostgreSQL --storage); the same "
+        "command on other machines joins the study. A worker killed mid-trial has its trial "
+        "marked failed once its heartbeat is older than --grace seconds, and run again.",
     )
     _add_data_args(tune)
     _add_train_args(tune)
@@ -217,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db; PostgreSQL to share)")
     tune.add_argument("--study", help="study name (default derived from model, dataset and horizon)")
+    tune.add_argument("--workers", type=int, default=1, help="worker processes sharing --trials (default 1)")
+    tune.add_argument("--heartbeat", type=int, default=30, help="seconds between a running trial's heartbeats")
+    tune.add_argument(
+        "--grace", type=int, default=120, help="seconds without a heartbeat before a trial is failed and retried"
+    )
     tune.add_argument("--out", required=True, help="folder for the study database and best_params.json")
     tune.set_defaults(func=cmd_tune)
 

@@ -4,6 +4,9 @@ The series are split into fixed chunks (sorted ids). Each finished chunk is writ
 in ``OUTPUT.parts/``, so a job killed half-way and started again skips what is done and the final output has
 every series exactly once. Series that cannot be scored go to ``OUTPUT`` with suffix ``.errors.parquet``
 (series id and reason), never silently dropped.
+
+``score_series`` is the one way a group of whole series is scored; the Ray job (``serving.ray_batch``) calls it
+too, on each worker, so both jobs give the same rows.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -59,11 +63,29 @@ def _future(stamps: np.ndarray | None, horizon: int) -> np.ndarray | None:
     return stamps[-1] + (stamps[-1] - stamps[-2]) * np.arange(1, horizon + 1)
 
 
-def _score_chunk(
-    frame: pl.DataFrame, model: WindowShiftModel, horizon: int, rows_per_run: int
+def model_channels(model: WindowShiftModel) -> list[str]:
+    return list(model.artifact.manifest["channels"])
+
+
+def load_model(
+    artifact_path: Path, model_name: str, horizon: int, intra_op_threads: int | None = None
+) -> WindowShiftModel:
+    """The artifact's rollout, refused up front when it cannot reach ``horizon``."""
+    model = WindowShiftModel.load(read_artifact(artifact_path), intra_op_threads=intra_op_threads)
+    if not 0 < horizon <= model.max_horizon:
+        raise ValueError(f"horizon: {horizon} is outside 1..{model.max_horizon} for {model_name}")
+    return model
+
+
+def score_series(
+    series: list[SeriesInput], model: WindowShiftModel, horizon: int, rows_per_run: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    channels = list(model.artifact.manifest["channels"])
-    series = series_from_frame(frame, channels)
+    """Forecast rows for every scorable series, and (series_id, reason) for the others.
+
+    Series are whole (all their history), so each is checked and scored alone; onnxruntime runs up to
+    ``rows_per_run`` of them at a time.
+    """
+    channels = model_channels(model)
     errors = [(s.id, reason) for s in series if (reason := _check(s, model))]
     bad = {sid for sid, _ in errors}
     good = [s for s in series if s.id not in bad]
@@ -77,6 +99,18 @@ def _score_chunk(
         )
     scored = pl.concat(parts) if parts else pl.DataFrame()
     return scored, pl.DataFrame(errors, schema=ERROR_SCHEMA, orient="row")
+
+
+def _score_chunk(
+    frame: pl.DataFrame, model: WindowShiftModel, horizon: int, rows_per_run: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return score_series(series_from_frame(frame, model_channels(model)), model, horizon, rows_per_run)
+
+
+def write_outputs(output: Path, scored: pl.DataFrame, errors: pl.DataFrame) -> None:
+    """The errors file, then the output (last: a reader that finds the output finds its errors beside it)."""
+    atomic_write(errors_path(output), errors.write_parquet)
+    atomic_write(output, scored.write_parquet)
 
 
 def run_batch(
@@ -93,10 +127,7 @@ def run_batch(
     started = time.perf_counter()
     output, input_path = Path(output), Path(input_path)
     parts_dir = output.with_name(output.name + ".parts")
-    artifact_path = resolve(store, model_name, version)
-    model = WindowShiftModel.load(read_artifact(artifact_path))
-    if not 0 < horizon <= model.max_horizon:
-        raise ValueError(f"horizon: {horizon} is outside 1..{model.max_horizon} for {model_name}")
+    model = load_model(resolve(store, model_name, version), model_name, horizon)
     job = {
         "input": str(input_path.resolve()),
         "input_sha256": sha256_file(input_path),
@@ -141,8 +172,7 @@ def run_batch(
 
     scored = pl.concat([pl.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))], how="diagonal_relaxed")
     errors = pl.concat([pl.read_parquet(p) for p in sorted(parts_dir.glob("errors-*.parquet"))], how="vertical")
-    atomic_write(errors_path(output), errors.write_parquet)
-    atomic_write(output, scored.write_parquet)
+    write_outputs(output, scored, errors)
     shutil.rmtree(parts_dir)
     n_scored = scored[SERIES_ID].n_unique() if len(scored) else 0
     return BatchSummary(
@@ -157,8 +187,9 @@ def run_batch(
     )
 
 
-def summary_json(summary: BatchSummary) -> str:
+def summary_json(summary: Any) -> str:
+    """A job summary (``BatchSummary`` or the Ray job's) as indented JSON."""
     return json.dumps(asdict(summary), indent=2)
 
 
-__all__ = ["BatchSummary", "TableError", "run_batch", "summary_json"]
+__all__ = ["BatchSummary", "TableError", "load_model", "run_batch", "score_series", "summary_json", "write_outputs"]

@@ -112,6 +112,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from serving.batch import run_batch, summary_json
 
+    if args.ray:
+        return _ray_batch(args)
     summary = run_batch(
         args.store,
         args.model,
@@ -120,6 +122,27 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.horizon,
         version=args.version,
         chunk_series=args.chunk_series,
+    )
+    print(summary_json(summary))
+    return 0
+
+
+def _ray_batch(args: argparse.Namespace) -> int:
+    from serving.batch import summary_json
+
+    try:  # Ray is an optional extra: only --ray imports it
+        from serving.ray_batch import run_ray_batch
+    except ImportError as err:
+        raise ValueError(f"--ray needs Ray Data ({err}): pip install 'arcast[ray]'") from err
+    summary = run_ray_batch(
+        args.store,
+        args.model,
+        args.input,
+        args.output,
+        args.horizon,
+        version=args.version,
+        address=args.ray,
+        workers=args.ray_workers,
     )
     print(summary_json(summary))
     return 0
@@ -186,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="score many series from a file in-process (resumable)",
         description="Score every series of a long-format CSV/parquet file with the serving rollout "
         "and write long-format parquet. Killed and restarted with the same arguments, it "
-        "resumes; unscorable series are listed in OUTPUT's .errors.parquet.",
+        "resumes; unscorable series are listed in OUTPUT's .errors.parquet. With --ray the same "
+        "scoring runs on a Ray cluster (Ray Data) and writes the same files.",
     )
     batch.add_argument("--store", required=True, help="model store folder")
     batch.add_argument("--model", required=True)
@@ -195,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--input", required=True, help="series_id, timestamp?, value (CSV or parquet)")
     batch.add_argument("--output", required=True, help="output parquet file")
     batch.add_argument("--chunk-series", type=int, default=512, help="series per resumable chunk (default 512)")
+    batch.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="score on a Ray cluster with Ray Data instead of in-process: a cluster address, 'auto' (the running "
+        "cluster) or 'local' (start one here). Needs series_id and timestamp columns; not resumable",
+    )
+    batch.add_argument("--ray-workers", type=int, help="scoring actors with --ray (default: one per cluster CPU)")
     batch.set_defaults(func=cmd_batch)
     return parser
 
