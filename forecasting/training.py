@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Optimiser and stopping settings.
 
-    lr_schedule: "halving" halves the rate every epoch (Informer's), "cosine" anneals to zero,
-    "onecycle" warms up then anneals (AR-Net/NeuralProphet's choice), "constant" keeps it.
+    lr_schedule: "halving" keeps the rate for two epochs, then halves it every epoch (Informer's), "cosine"
+    anneals to zero, "onecycle" warms up then anneals (AR-Net/NeuralProphet's choice), "constant" keeps it.
     weight_decay defaults to 0: decay would pull AR coefficients away from the least-squares solution.
     """
 
@@ -197,7 +197,10 @@ def _scheduler(
     if cfg.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 1))
     if cfg.lr_schedule == "halving":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** (step // max(steps_per_epoch, 1)))
+        # As the official Informer code: the first two epochs at the full rate, then halved every epoch.
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 ** max(0, step // max(steps_per_epoch, 1) - 1)
+        )
     raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}")
 
 

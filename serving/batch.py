@@ -54,6 +54,8 @@ def _check(series: SeriesInput, model: WindowShiftModel) -> str | None:
     tail = series.values[-model.context_length :]
     if not np.isfinite(tail).all():
         return "missing or non-finite values in the last context_length steps"
+    if model.calendar is not None and series.timestamps is None:
+        return "no timestamps: this model uses calendar features"
     return None
 
 
@@ -93,7 +95,10 @@ def score_series(
     for start in range(0, len(good), rows_per_run):
         block = good[start : start + rows_per_run]
         context = np.stack([s.values[-model.context_length :] for s in block]).astype(np.float32)
-        out = model.forecast(context, horizon)
+        stamps = None
+        if model.calendar is not None:  # calendar-feature models (Informer) need the context rows' times
+            stamps = np.stack([s.timestamps[-model.context_length :] for s in block])
+        out = model.forecast(context, horizon, stamps)
         parts.extend(
             forecast_frame(s.id, out[i], channels, _future(s.timestamps, horizon)) for i, s in enumerate(block)
         )

@@ -370,3 +370,29 @@ def test_evaluating_the_artifact_reproduces_the_training_test_metrics(informer_a
     assert report["horizon"] == HORIZON and report["data_matches_training"]
     for key in ("mse", "mae"):
         assert report["metrics"]["scaled"][key] == pytest.approx(informer_run.metrics["test"]["scaled"][key], rel=1e-4)
+
+
+def test_batch_scoring_passes_timestamps(informer_artifact, informer_run, tmp_path: Path) -> None:
+    import polars as pl
+
+    from serving.batch import errors_path, run_batch
+
+    prepared = prepare_data(informer_run.data)
+    channels = list(prepared.channels)
+    frames = []
+    for k, start in enumerate((100, 400, 700)):
+        rows = slice(start, start + LOOKBACK + 3)
+        frame = pl.DataFrame(prepared.table.values[rows], schema=channels, orient="row")
+        frames.append(
+            frame.with_columns(series_id=pl.lit(f"s{k}"), timestamp=pl.Series(prepared.table.timestamps[rows]))
+        )
+    path = tmp_path / "series.parquet"
+    pl.concat(frames).write_parquet(path)
+    out = tmp_path / "out.parquet"
+    run_batch(informer_artifact.path.parents[1], "etth1-informer", path, out, horizon=20, progress=False)
+    assert pl.read_parquet(errors_path(out)).is_empty()
+    got = pl.read_parquet(out).filter(pl.col("series_id") == "s1").sort("step").select(channels).to_numpy()
+    served = WindowShiftModel.load(informer_artifact)
+    rows = slice(400, 400 + LOOKBACK + 3)
+    expected = served.forecast(prepared.table.values[None, rows], 20, prepared.table.timestamps[rows])[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)

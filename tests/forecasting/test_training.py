@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from forecasting.data import DataConfig, prepare_data
@@ -36,3 +37,12 @@ def test_best_checkpoint_is_restored_and_training_stops_early(etth1_slice: Path)
     assert run.fit["epochs_run"] < 30
     assert run.fit["best_val_loss"] == min(h["val_loss"] for h in history)
     assert abs(validation_loss(run.model, prepared.val) - run.fit["best_val_loss"]) < 1e-9
+
+
+def test_halving_schedule_matches_informer(etth1_slice: Path) -> None:
+    """The official Informer code trains two epochs at the full rate, then halves the rate every epoch."""
+    data = DataConfig(dataset=str(etth1_slice), lookback=24, horizon=6)
+    cfg = TrainConfig(epochs=4, lr=1e-3, lr_schedule="halving", patience=10, progress=False)
+    run = train_run("arnet", data, {}, cfg)
+    # history records the rate at the end of each epoch, i.e. the rate the next epoch starts with
+    assert [h["lr"] for h in run.fit["history"]] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])
