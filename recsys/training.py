@@ -113,13 +113,18 @@ def evaluate_sasrec(
         model.train(was_training)
 
 
-def train_sasrec(split: LeaveOneOutSplit, model_config: SASRecConfig, config: TrainConfig) -> TrainResult:
-    """Train SASRec on ``split.train_sequences``, selecting the epoch with the best validation NDCG@10."""
+def train_sasrec(
+    split: LeaveOneOutSplit, model_config: SASRecConfig, config: TrainConfig, model: SASRec | None = None
+) -> TrainResult:
+    """Train SASRec on ``split.train_sequences``, selecting the epoch with the best validation NDCG@10.
+
+    ``model``: train this (e.g. a subclass with an extra loss term, built after seeding) instead of a fresh SASRec.
+    """
     if model_config.num_items != split.num_items:
         raise ValueError(f"model has {model_config.num_items} items, split has {split.num_items}")
     generator = seed_everything(config.seed)
     device = resolve_device(config.device)
-    model = SASRec(model_config).to(device)
+    model = (model if model is not None else SASRec(model_config)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     inputs, targets = training_windows(split.train_sequences, model_config.max_len)
 

@@ -1,0 +1,648 @@
+"""Training of the generative recommender, end to end: stage 1, semantic IDs, the generator, and its run folder.
+
+1. Item embeddings: MiniLM title embeddings; a plain SASRec's item table (``collab`` / ``concat``); a SASRec
+   trained with the alignment loss (``prorec``, :mod:`recsys.alignment`).
+2. Semantic IDs of the variant's embedding (:mod:`recsys.semantic_ids`, :mod:`recsys.quantizer`).
+3. The generator (:mod:`recsys.generator`) trained on every next-item transition of the training sequences (the
+   last ``max_history`` items before it), with stage-2 distillation for ``prorec``; selected on validation
+   NDCG@10 of its constrained beam search over a fixed sample of validation users, early stopping on it.
+
+A run folder holds ``run.json`` (configs, metrics, timings, data fingerprint), ``generator.pt``, ``codes.npy``,
+``item_ids.npy`` (raw id of every dense id), ``embeddings.npz`` (what stage 1 produced, so that the generator can
+be retrained or tuned without redoing it) and ``titles.json`` when titles are known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec
+from recsys.generator import (
+    DistillationTargets,
+    Generator,
+    GeneratorConfig,
+    recommend,
+    token_table,
+)
+from recsys.metrics import metrics_from_ranks, target_ranks_from_ranked_lists
+from recsys.models.sasrec import SASRecConfig
+from recsys.quantizer import CodeStats, QuantizerConfig, SemanticIds
+from recsys.semantic_ids import NEEDS, ItemEmbeddings, build_semantic_ids, check_variant, distillation_embeddings
+from recsys.split import EvalExamples, LeaveOneOutSplit, leave_one_out, left_pad
+from recsys.training import TrainConfig, resolve_device, seed_everything, train_sasrec
+from recsys.trie import PrefixTrie
+from serving.artifact import atomic_write, atomic_write_text
+
+SELECTION_METRIC = "ndcg@10"
+EVAL_KS = (5, 10, 20)
+RUN_FILE = "run.json"
+MODEL_FILE = "generator.pt"
+CODES_FILE = "codes.npy"
+ITEM_IDS_FILE = "item_ids.npy"
+EMBEDDINGS_FILE = "embeddings.npz"
+TITLES_FILE = "titles.json"
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """The SASRec(s) giving collaborative embeddings; ``alignment`` applies to the ``prorec`` one."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    patience: int = 3
+    max_seconds: float | None = None
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 3
+    eval_every: int = 1
+    eval_users: int = 2000  # validation users the per-epoch selection beam search runs on (fixed sample)
+    beam_width: int = 20
+    distill_weight: float = 0.0  # stage 2 (prorec): weight of the distillation terms against the code loss
+    distill_temperature: float = 0.1
+    seed: int = 0
+    device: str | None = None
+    max_seconds: float | None = None  # wall-clock budget for the generator; checked after each epoch
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "eval_every", "eval_users", "beam_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GeneratorTrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GeneratorShape:
+    """The generator's size (its code levels come from the semantic IDs)."""
+
+    d_model: int = 128
+    heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    d_ff: int = 512
+    dropout: float = 0.1
+    encoder_unit: str = "token"  # "item": one encoder position per history item (see GeneratorConfig)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    variant: str = "prorec"
+    max_history: int = 20
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    generator: GeneratorShape = field(default_factory=GeneratorShape)
+    train: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
+
+    def __post_init__(self) -> None:
+        check_variant(self.variant)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> PipelineConfig:
+        stage1 = dict(payload.get("stage1", {}))
+        stage1["alignment"] = AlignmentConfig(**stage1.get("alignment", {}))
+        return cls(
+            variant=payload.get("variant", "prorec"),
+            max_history=payload.get("max_history", 20),
+            stage1=Stage1Config(**stage1),
+            quantizer=QuantizerConfig.from_dict(payload.get("quantizer", {})),
+            generator=GeneratorShape(**payload.get("generator", {})),
+            train=GeneratorTrainConfig(**payload.get("train", {})),
+        )
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+
+
+def sequences_fingerprint(sequences: dict[int, list[int]]) -> str:
+    """sha256 of the interaction data in a canonical form: what the model was trained and evaluated on."""
+    digest = hashlib.sha256()
+    for user in sorted(sequences):
+        digest.update(f"{user}:{' '.join(map(str, sequences[user]))}\n".encode())
+    return digest.hexdigest()
+
+
+def popular_items_slice(sequences: dict[int, list[int]], top_items: int, max_users: int) -> dict[int, list[int]]:
+    """Sequences restricted to the ``top_items`` most interacted items; the first ``max_users`` users keeping >= 3.
+
+    A dense subset on which models learn within seconds: for tests and quick runs, never for reported figures.
+    """
+    counts = Counter(item for seq in sequences.values() for item in seq)
+    kept_items = {item for item, _ in counts.most_common(top_items)}
+    out: dict[int, list[int]] = {}
+    for user, seq in sequences.items():
+        kept = [item for item in seq if item in kept_items]
+        if len(kept) >= 3:
+            out[user] = kept
+        if len(out) == max_users:
+            break
+    return out
+
+
+def load_sequences(spec: dict[str, Any], data_dir: str | None = None) -> dict[int, list[int]]:
+    """The interaction sequences a data spec names: ``{"dataset": name, "slice": None | {top_items, max_users}}``.
+
+    Runs and artifacts record their spec, so evaluation and tuning rebuild exactly the data they were trained on.
+    """
+    from recsys.data import find_data_dir, load_dataset
+
+    sequences = load_dataset(spec["dataset"], find_data_dir(data_dir)).sequences
+    if spec.get("slice"):
+        sequences = popular_items_slice(sequences, spec["slice"]["top_items"], spec["slice"]["max_users"])
+    return sequences
+
+
+def training_examples(sequences: Sequence[np.ndarray], max_history: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every next-item transition: (histories (n, max_history) left-padded dense ids, targets (n,))."""
+    histories: list[np.ndarray] = []
+    targets: list[int] = []
+    for seq in sequences:
+        for t in range(1, len(seq)):
+            histories.append(seq[max(0, t - max_history) : t])
+            targets.append(int(seq[t]))
+    if not targets:
+        raise ValueError("no training transitions: every training sequence has fewer than 2 items")
+    return left_pad(histories, max_history), np.asarray(targets, dtype=np.int64)
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar history length (sorted within pools of 50 batches): far less padding to encode."""
+    order = torch.randperm(len(lengths), generator=generator).numpy()
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffle = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in shuffle]
+
+
+# --- the generator's training ----------------------------------------------------------------------------------
+
+
+@dataclass
+class GeneratorFit:
+    model: Generator
+    best_epoch: int
+    best_validation: dict[str, float]
+    history: list[dict[str, Any]]
+    stopped_by: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CodeIndex:
+    """What a model needs to turn dense ids into tokens and codes back into items."""
+
+    ids: SemanticIds
+    tokens: np.ndarray  # (n_items + 1, L) token ids, row 0 padding
+    trie: PrefixTrie
+
+    @classmethod
+    def build(cls, ids: SemanticIds, config: GeneratorConfig) -> CodeIndex:
+        return cls(ids, token_table(ids.codes, config), PrefixTrie.from_codes(ids.codes, ids.level_sizes))
+
+
+def evaluate_generator(
+    model: Generator,
+    index: CodeIndex,
+    examples: EvalExamples,
+    beam_width: int = 20,
+    ks: Sequence[int] = EVAL_KS,
+    exclude_history: bool = False,
+    users: np.ndarray | None = None,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Recall/NDCG@K of the torch beam search on ``examples`` (or the rows ``users`` of it), full item ranking.
+
+    The published protocol does not mask the history (``exclude_history=False``); K above ``beam_width`` cannot be
+    reported (the search returns ``beam_width`` items) and is left out.
+    """
+    ks = [k for k in ks if k <= beam_width]
+    rows = np.arange(len(examples)) if users is None else np.asarray(users)
+    histories = examples.histories[rows]
+    was_training = model.training
+    try:
+        result = recommend(
+            model, histories, index.tokens, index.trie, max(ks), beam_width, exclude_history, batch_size=batch_size
+        )
+    finally:
+        model.train(was_training)
+    ranks = target_ranks_from_ranked_lists(
+        result.items, examples.targets[rows], max(ks), histories, exclude_history=exclude_history
+    )
+    return metrics_from_ranks(ranks, ks)
+
+
+def train_generator(
+    split: LeaveOneOutSplit,
+    ids: SemanticIds,
+    shape: GeneratorShape,
+    config: GeneratorTrainConfig,
+    distill: DistillationTargets | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> GeneratorFit:
+    """Train on every training transition, selecting the epoch with the best validation NDCG@10.
+
+    ``on_epoch(epoch, validation)`` runs after each evaluation (Optuna's pruning hook: it may raise).
+    """
+    generator = seed_everything(config.seed)
+    device = resolve_device(config.device)
+    use_semantic = distill is not None and distill.semantic is not None and config.distill_weight > 0
+    use_collab = distill is not None and distill.collaborative is not None and config.distill_weight > 0
+    model_config = GeneratorConfig(
+        level_sizes=ids.level_sizes,
+        max_history=split.max_history,
+        d_model=shape.d_model,
+        heads=shape.heads,
+        encoder_layers=shape.encoder_layers,
+        decoder_layers=shape.decoder_layers,
+        d_ff=shape.d_ff,
+        dropout=shape.dropout,
+        encoder_unit=shape.encoder_unit,  # type: ignore[arg-type]
+        semantic_dim=int(distill.semantic.shape[1]) if use_semantic else 0,  # type: ignore[union-attr]
+        collaborative_dim=int(distill.collaborative.shape[1]) if use_collab else 0,  # type: ignore[union-attr]
+    )
+    model = Generator(model_config).to(device)
+    index = CodeIndex.build(ids, model_config)
+    tokens = torch.from_numpy(index.tokens).to(device)
+    codes = torch.from_numpy(np.vstack([np.zeros((1, ids.codes.shape[1]), np.int64), ids.codes])).to(device)
+    targets_d = None
+    if use_semantic or use_collab:
+        assert distill is not None
+        targets_d = DistillationTargets(
+            semantic=distill.semantic.to(device) if use_semantic else None,  # type: ignore[union-attr]
+            collaborative=distill.collaborative.to(device) if use_collab else None,  # type: ignore[union-attr]
+            temperature=config.distill_temperature,
+        )
+    histories, targets = training_examples(split.train_sequences, split.max_history)
+    lengths = (histories != 0).sum(axis=1)
+    eval_rng = np.random.default_rng(config.seed)
+    eval_users = np.sort(eval_rng.choice(len(split.validation), min(config.eval_users, len(split.validation)), False))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    best = (-1.0, 0, {}, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    history: list[dict[str, Any]] = []
+    stale, stopped_by = 0, "epochs"
+    started = time.monotonic()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_start = time.monotonic()
+        sums: Counter[str] = Counter()
+        batches = length_bucketed_batches(lengths, config.batch_size, generator)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not config.progress, leave=False, file=sys.stderr)
+        for batch in bar:
+            hist = torch.from_numpy(histories[batch]).to(device)
+            first = int((hist != 0).any(dim=0).nonzero()[0])  # bucketed: drop the all-padding columns
+            hist = hist[:, first:]
+            target = torch.from_numpy(targets[batch]).to(device)
+            memory, keep = model.encode(tokens[hist].flatten(1))
+            hidden = model.decode(model.cross_keys_values(memory), keep, codes[target])
+            parts = {"codes": model.code_loss(hidden, codes[target])}
+            if targets_d is not None:
+                parts.update(model.distillation_loss(memory, hidden, hist, target, targets_d))
+            distill_terms = [v for k, v in parts.items() if k != "codes"]
+            loss = parts["codes"] + config.distill_weight * (
+                torch.stack(distill_terms).sum() if distill_terms else torch.zeros((), device=device)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            for name, value in {"loss": loss, **parts}.items():
+                sums[name] += float(value.detach()) * len(batch)
+            sums["n"] += len(batch)
+            bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}")
+        out_of_time = config.max_seconds is not None and time.monotonic() - started >= config.max_seconds
+        log: dict[str, Any] = {k: v / sums["n"] for k, v in sums.items() if k != "n"}
+        log.update(epoch=epoch, seconds=round(time.monotonic() - epoch_start, 2))
+        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
+            validation = evaluate_generator(model, index, split.validation, config.beam_width, users=eval_users)
+            log["validation"] = validation
+            if validation[SELECTION_METRIC] > best[0]:
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best, stale = (validation[SELECTION_METRIC], epoch, validation, state), 0
+            else:
+                stale += 1
+            if on_epoch is not None:
+                on_epoch(epoch, validation)
+        history.append(log)
+        if config.progress:
+            shown = f", val {SELECTION_METRIC} {log['validation'][SELECTION_METRIC]:.4f}" if "validation" in log else ""
+            tqdm.write(f"epoch {epoch}: loss {log['loss']:.4f} ({log['seconds']:.0f} s){shown}", file=sys.stderr)
+        if stale >= config.patience:
+            stopped_by = "early_stopping"
+            break
+        if out_of_time:
+            stopped_by = "time_budget"
+            break
+    model.load_state_dict(best[3])
+    model.eval()
+    return GeneratorFit(model, best[1], best[2], history, stopped_by, time.monotonic() - started)
+
+
+# --- stage 1 ---------------------------------------------------------------------------------------------------
+
+
+def train_stage1_sasrec(
+    split: LeaveOneOutSplit, config: Stage1Config, semantic: np.ndarray | None, seed: int, progress: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A plain SASRec (``semantic`` None) or the aligned one; its item embeddings and a report."""
+    model_config = SASRecConfig(
+        num_items=split.num_items,
+        max_len=split.max_history,
+        hidden=config.hidden,
+        num_layers=config.layers,
+        num_heads=config.heads,
+        dropout=config.dropout,
+        loss="ce",
+    )
+    train_config = TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        patience=config.patience,
+        seed=seed,
+        max_seconds=config.max_seconds,
+        progress=progress,
+    )
+    started = time.monotonic()
+    if semantic is None:
+        result = train_sasrec(split, model_config, train_config)
+    else:
+        result = train_aligned_sasrec(split, semantic, model_config, train_config, config.alignment)
+    embeddings = collaborative_embeddings(result.model)
+    report = {
+        "aligned": semantic is not None,
+        "validation": result.best_validation,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_by": result.stopped_by,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "train_loss_per_epoch": [round(log.train_loss, 4) for log in result.history],
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+    }
+    return embeddings, report
+
+
+def build_item_embeddings(
+    split: LeaveOneOutSplit,
+    variant: str,
+    config: Stage1Config,
+    semantic: np.ndarray | None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[ItemEmbeddings, dict[str, Any]]:
+    """The embeddings ``variant`` needs (training the SASRec(s) it needs); ``semantic``: title embeddings."""
+    needs = NEEDS[check_variant(variant)]
+    if "semantic" in needs and semantic is None:
+        raise ValueError(f"variant {variant!r} needs item titles, which this dataset does not have")
+    reports: dict[str, Any] = {}
+    collaborative = aligned = None
+    if "collaborative" in needs:
+        collaborative, reports["collaborative"] = train_stage1_sasrec(split, config, None, seed, progress)
+    if "aligned" in needs:
+        aligned, reports["aligned"] = train_stage1_sasrec(split, config, semantic, seed, progress)
+        reports["aligned"]["alignment"] = config.alignment.as_dict()
+        reports["aligned"]["agreement_with_titles"] = alignment_report(aligned, semantic)  # type: ignore[arg-type]
+    return ItemEmbeddings(semantic=semantic, collaborative=collaborative, aligned=aligned), reports
+
+
+# --- the whole pipeline and its run folder ---------------------------------------------------------------------
+
+
+@dataclass
+class PRORecRun:
+    model: Generator
+    ids: SemanticIds
+    item_ids: np.ndarray  # raw id of each dense id; [0] = -1
+    embeddings: ItemEmbeddings
+    info: dict[str, Any]
+    titles: list[str] | None = None  # title of each dense id; [0] = ""
+
+    @property
+    def variant(self) -> str:
+        return str(self.info["variant"])
+
+    def code_index(self) -> CodeIndex:
+        return CodeIndex.build(self.ids, self.model.config)
+
+
+def distillation_targets(variant: str, embeddings: ItemEmbeddings, temperature: float) -> DistillationTargets | None:
+    semantic, collaborative = distillation_embeddings(variant, embeddings)
+    if semantic is None and collaborative is None:
+        return None
+
+    def table(x: np.ndarray | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        return torch.from_numpy(np.vstack([np.zeros((1, x.shape[1]), np.float32), x]))
+
+    return DistillationTargets(table(semantic), table(collaborative), temperature)
+
+
+def model_size(model: Generator) -> dict[str, int]:
+    params = model.serving_parameters()
+    return {"parameters": params, "bytes_fp32": 4 * params}
+
+
+def train_pipeline(
+    dataset: str,
+    sequences: dict[int, list[int]],
+    config: PipelineConfig,
+    titles: dict[int, str] | None = None,
+    semantic: np.ndarray | None = None,
+    embeddings: ItemEmbeddings | None = None,
+    ids: SemanticIds | None = None,
+    evaluate_full: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> PRORecRun:
+    """Stage 1 (unless ``embeddings`` are given), semantic IDs (unless ``ids``), then the generator.
+
+    ``semantic``: title embeddings in dense-id order (computed from ``titles`` when absent and needed).
+    ``evaluate_full``: also report metrics on every validation and test user (the published protocol).
+    """
+    split = leave_one_out(sequences, max_history=config.max_history)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    stage1_reports: dict[str, Any] = {}
+    if embeddings is None:
+        if semantic is None and titles is not None and "semantic" in NEEDS[config.variant]:
+            from recsys.text_embeddings import embed_item_titles
+
+            semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors
+        embeddings, stage1_reports = build_item_embeddings(
+            split, config.variant, config.stage1, semantic, config.train.seed, config.train.progress
+        )
+        timings["stage1_seconds"] = round(time.monotonic() - started, 1)
+    quantiser_report: dict[str, Any] = {}
+    if ids is None:
+        t0 = time.monotonic()
+        ids, quantiser_report = build_semantic_ids(config.variant, embeddings, config.quantizer)
+        timings["quantizer_seconds"] = round(time.monotonic() - t0, 1)
+    if len(ids.codes) != split.num_items:
+        raise ValueError(f"{len(ids.codes)} item codes for {split.num_items} items")
+    distill = distillation_targets(config.variant, embeddings, config.train.distill_temperature)
+    fit = train_generator(split, ids, config.generator, config.train, distill, on_epoch)
+    timings["generator_seconds"] = round(fit.seconds, 1)
+    metrics: dict[str, Any] = {"validation_sample": fit.best_validation}
+    if evaluate_full:
+        t0 = time.monotonic()
+        index = CodeIndex.build(ids, fit.model.config)
+        beam = config.train.beam_width
+        metrics["validation"] = evaluate_generator(fit.model, index, split.validation, beam)
+        metrics["test"] = evaluate_generator(fit.model, index, split.test, beam)
+        timings["evaluation_seconds"] = round(time.monotonic() - t0, 1)
+    info = {
+        "dataset": dataset,
+        "variant": config.variant,
+        "config": config.as_dict(),
+        "model_config": fit.model.config.as_dict(),
+        "data_fingerprint": sequences_fingerprint(sequences),
+        "users": len(split.test),
+        "n_items": split.num_items,
+        "codes": quantiser_report or {"reused": True, **ids.stats.as_dict()},
+        "stage1": stage1_reports,
+        "fit": {
+            "best_epoch": fit.best_epoch,
+            "epochs_run": len(fit.history),
+            "stopped_by": fit.stopped_by,
+            "history": fit.history,
+        },
+        "metrics": metrics,
+        "timings": timings,
+        "model_size": model_size(fit.model),
+        "protocol": "leave-one-out, full ranking over all items by constrained beam search, history not masked",
+    }
+    title_list = None
+    if titles is not None:
+        title_list = ["", *(titles.get(int(raw), "") for raw in split.item_map.raw_ids[1:])]
+    return PRORecRun(fit.model, ids, split.item_map.raw_ids.copy(), embeddings, info, title_list)
+
+
+def save_run(run: PRORecRun, folder: Path | str) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"config": run.model.config.as_dict(), "state_dict": run.model.state_dict()}
+    atomic_write(folder / MODEL_FILE, lambda tmp: torch.save(payload, tmp))
+    atomic_write(folder / CODES_FILE, _writer(lambda handle: np.save(handle, run.ids.codes)))
+    atomic_write(folder / ITEM_IDS_FILE, _writer(lambda handle: np.save(handle, run.item_ids)))
+    arrays = {k: v for k, v in asdict(run.embeddings).items() if v is not None}
+    atomic_write(folder / EMBEDDINGS_FILE, _writer(lambda handle: np.savez(handle, **arrays)))
+    if run.titles is not None:
+        atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))
+    info = {**run.info, "level_sizes": list(run.ids.level_sizes), "code_stats": run.ids.stats.as_dict()}
+    atomic_write_text(folder / RUN_FILE, json.dumps(info, indent=2, default=_json_default))
+    return folder
+
+
+def load_run(folder: Path | str, device: str | None = "cpu") -> PRORecRun:
+    folder = Path(folder)
+    if not (folder / RUN_FILE).is_file():
+        raise FileNotFoundError(f"{folder} is not a run folder (no {RUN_FILE}): `python -m recsys train` writes one")
+    info = json.loads((folder / RUN_FILE).read_text())
+    payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+    model = Generator(GeneratorConfig.from_dict(payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    model = model.to(resolve_device(device)).eval()
+    stats = info["code_stats"]
+    ids = SemanticIds(
+        codes=np.load(folder / CODES_FILE),
+        level_sizes=tuple(info["level_sizes"]),
+        stats=CodeStats(**{**stats, "level_sizes": tuple(stats["level_sizes"])}),
+    )
+    with np.load(folder / EMBEDDINGS_FILE) as data:
+        embeddings = ItemEmbeddings(**{k: data[k] for k in data.files})
+    titles = json.loads((folder / TITLES_FILE).read_text()) if (folder / TITLES_FILE).is_file() else None
+    return PRORecRun(model, ids, np.load(folder / ITEM_IDS_FILE), embeddings, info, titles)
+
+
+def retrain_generator(run: PRORecRun, sequences: dict[int, list[int]], config: PipelineConfig) -> PRORecRun:
+    """A new generator on ``run``'s semantic IDs and embeddings (e.g. with tuned settings); stage 1 is reused."""
+    if sequences_fingerprint(sequences) != run.info["data_fingerprint"]:
+        raise ValueError("the data differs from the data the run was trained on")
+    config = replace(config, variant=run.variant)
+    new = train_pipeline(
+        run.info["dataset"], sequences, config, embeddings=run.embeddings, ids=run.ids, evaluate_full=True
+    )
+    new.titles = run.titles
+    new.info["stage1"] = run.info.get("stage1", {})
+    new.info["codes"] = run.info.get("codes", {})
+    return new
+
+
+def evaluate_run(
+    folder: Path | str,
+    split: str = "test",
+    data_dir: str | None = None,
+    limit: int | None = None,
+    exclude_seen: bool = False,
+    beam_width: int = 20,
+) -> dict[str, Any]:
+    """Metrics of a run folder's generator (torch beam search) on the data it records."""
+    run = load_run(folder)
+    spec = run.info.get("data", {"dataset": run.info["dataset"], "slice": None})
+    sequences = load_sequences(spec, data_dir)
+    data_split = leave_one_out(sequences, max_history=run.model.config.max_history)
+    if not np.array_equal(data_split.item_map.raw_ids, run.item_ids):
+        raise ValueError("the data's items differ from the run's: it was trained on other data")
+    examples = data_split.validation if split == "val" else data_split.test
+    users = None if limit is None else np.arange(min(limit, len(examples)))
+    metrics = evaluate_generator(run.model, run.code_index(), examples, beam_width, EVAL_KS, exclude_seen, users)
+    return {
+        "model": str(folder),
+        "engine": "torch",
+        "dataset": spec["dataset"],
+        "split": split,
+        "users": len(examples) if users is None else len(users),
+        "beam_width": beam_width,
+        "exclude_seen": exclude_seen,
+        "data_matches_training": sequences_fingerprint(sequences) == run.info["data_fingerprint"],
+        "metrics": metrics,
+    }
+
+
+def _writer(write: Callable[[Any], None]) -> Callable[[Path], None]:
+    """Write through an open binary handle (numpy would otherwise append a suffix to a temporary file's name)."""
+
+    def to_path(path: Path) -> None:
+        with open(path, "wb") as handle:
+            write(handle)
+
+    return to_path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,306 @@
+"""Semantic IDs: quantise item embeddings into a few discrete codes per item.
+
+Two quantisers, both residual (level l encodes what levels < l left over, so a prefix is a coarse cluster):
+
+- :func:`residual_kmeans`: k-means on the embeddings, then on the residuals, level by level. No training.
+- :class:`RQVAE` (TIGER): an MLP encoder to a small latent, residual vector quantisation of the latent with one
+  codebook per level, an MLP decoder back to the embedding; reconstruction + commitment losses, straight-through
+  gradients. Each level's codebook starts from k-means on the initial latents (residuals), and codes left unused
+  during the first part of training are re-seeded on random residuals, the usual guards against codebook collapse.
+
+Items whose codes coincide (a "collision") are told apart by one more code, :func:`append_dedup_code`, numbered
+0, 1, 2, ... in item order within each group, so every item ends up with a unique code tuple (TIGER's 4th token).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from torch import nn
+
+Method = Literal["rqvae", "rkmeans"]
+
+
+@dataclass(frozen=True)
+class CodeStats:
+    """How well the (pre-dedup) codes separate the items.
+
+    ``collision_rate``: share of items whose code tuple another item already has, ``1 - unique / n_items`` (the
+    share that needs a non-zero extra code). ``colliding_items``: share of items in a group of two or more.
+    ``codebook_usage[l]``: share of level ``l``'s codes used by at least one item; ``perplexity[l]``: exp of the
+    entropy of level ``l``'s code distribution (equals the codebook size when use is uniform).
+    """
+
+    n_items: int
+    level_sizes: tuple[int, ...]
+    codebook_usage: tuple[float, ...]
+    perplexity: tuple[float, ...]
+    unique_prefixes: int
+    collision_rate: float
+    colliding_items: float
+    max_group: int
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def code_stats(codes: np.ndarray, level_sizes: Sequence[int]) -> CodeStats:
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != len(level_sizes):
+        raise ValueError(f"codes must be (n_items, {len(level_sizes)}), got {codes.shape}")
+    n = len(codes)
+    usage, perplexity = [], []
+    for level, size in enumerate(level_sizes):
+        counts = np.bincount(codes[:, level], minlength=size)
+        p = counts[counts > 0] / n
+        usage.append(float((counts > 0).sum() / size))
+        perplexity.append(float(np.exp(-(p * np.log(p)).sum())))
+    _, group_sizes = np.unique(codes, axis=0, return_counts=True)
+    return CodeStats(
+        n_items=n,
+        level_sizes=tuple(int(s) for s in level_sizes),
+        codebook_usage=tuple(usage),
+        perplexity=tuple(perplexity),
+        unique_prefixes=len(group_sizes),
+        collision_rate=float(1 - len(group_sizes) / n),
+        colliding_items=float(group_sizes[group_sizes > 1].sum() / n),
+        max_group=int(group_sizes.max()),
+    )
+
+
+def append_dedup_code(codes: np.ndarray) -> np.ndarray:
+    """Add a last column numbering the items that share a code tuple: 0, 1, 2, ... in row (item) order."""
+    codes = np.asarray(codes, dtype=np.int64)
+    _, group = np.unique(codes, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.argsort(group, kind="stable")  # rows grouped, item order kept inside each group
+    sorted_group = group[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_group)) + 1]
+    rank_sorted = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+    extra = np.empty(len(codes), dtype=np.int64)
+    extra[order] = rank_sorted
+    return np.concatenate([codes, extra[:, None]], axis=1)
+
+
+@dataclass(frozen=True)
+class SemanticIds:
+    """Unique codes per item: ``codes[i]`` belongs to the i-th item of the quantised matrix (dense id ``i + 1``).
+
+    ``level_sizes`` covers every column, the last being the dedup code (its size is the largest collision group).
+    ``stats`` describes the codes before the dedup column.
+    """
+
+    codes: np.ndarray
+    level_sizes: tuple[int, ...]
+    stats: CodeStats
+
+    @classmethod
+    def from_codes(cls, prefix_codes: np.ndarray, level_sizes: Sequence[int]) -> SemanticIds:
+        stats = code_stats(prefix_codes, level_sizes)
+        codes = append_dedup_code(prefix_codes)
+        return cls(codes=codes, level_sizes=(*stats.level_sizes, stats.max_group), stats=stats)
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 1, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (k, dim), assignment (n,)); ``k`` above the number of distinct points leaves some codes unused."""
+    x = np.asarray(x, dtype=np.float32)
+    distinct = len(np.unique(x, axis=0))
+    fitted = KMeans(n_clusters=min(k, distinct), n_init=n_init, max_iter=max_iter, random_state=seed).fit(x)
+    centroids = np.zeros((k, x.shape[1]), dtype=np.float32)
+    centroids[: fitted.n_clusters] = fitted.cluster_centers_
+    if fitted.n_clusters < k:  # unreachable spare codes: far away from every point
+        centroids[fitted.n_clusters :] = np.abs(x).max() * 1e3
+    return centroids, fitted.labels_.astype(np.int64)
+
+
+def residual_kmeans(x: np.ndarray, level_sizes: Sequence[int], seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Codes (n, levels) and codebooks of residual k-means: level l clusters what levels < l did not explain."""
+    residual = np.asarray(x, dtype=np.float32).copy()
+    codes, books = [], []
+    for level, size in enumerate(level_sizes):
+        centroids, labels = kmeans(residual, size, seed + level)
+        residual -= centroids[labels]
+        codes.append(labels)
+        books.append(centroids)
+    return np.stack(codes, axis=1), books
+
+
+@dataclass(frozen=True)
+class RQVAEConfig:
+    level_sizes: tuple[int, ...] = (256, 256, 256)
+    hidden: tuple[int, ...] = (256, 128)  # TIGER: 768 -> 512 -> 256 -> 128 -> 32; MiniLM gives 384
+
+    latent_dim: int = 32
+    beta: float = 0.25  # commitment weight (VQ-VAE)
+    epochs: int = 30
+    batch_size: int = 1024
+    lr: float = 1e-3
+    reset_dead_codes: bool = True
+    reset_until: float = 0.75  # re-seed unused codes only in this first share of the epochs, then let them settle
+    seed: int = 0
+
+
+class RQVAE(nn.Module):
+    def __init__(self, in_dim: int, config: RQVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        dims = [in_dim, *config.hidden, config.latent_dim]
+        self.encoder = _mlp(dims)
+        self.decoder = _mlp(dims[::-1])
+        self.codebooks = nn.ParameterList(
+            nn.Parameter(torch.randn(size, config.latent_dim) / math.sqrt(config.latent_dim))
+            for size in config.level_sizes
+        )
+
+    def quantise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Residual quantisation of latents ``z``: (sum of chosen codewords, codes, residuals per level, VQ loss)."""
+        residual = z
+        quantised = torch.zeros_like(z)
+        codes, residuals = [], []
+        vq_loss = z.new_zeros(())
+        for book in self.codebooks:
+            residuals.append(residual)
+            index = torch.cdist(residual.detach(), book.detach()).argmin(dim=1)
+            chosen = book[index]
+            # Codebook term moves codewords to the residuals; commitment term keeps the encoder near its codewords.
+            vq_loss = (
+                vq_loss
+                + F.mse_loss(chosen, residual.detach())
+                + self.config.beta * F.mse_loss(residual, chosen.detach())
+            )
+            quantised = quantised + chosen
+            residual = residual - chosen.detach()
+            codes.append(index)
+        return quantised, torch.stack(codes, dim=1), residuals, vq_loss
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, codes, loss)."""
+        z = self.encoder(x)
+        quantised, codes, _, vq_loss = self.quantise(z)
+        z_q = z + (quantised - z).detach()  # straight-through: decoder gradients reach the encoder unchanged
+        x_hat = self.decoder(z_q)
+        reconstruction = (x_hat - x).pow(2).sum(dim=1).mean()  # per-item squared error, whatever the width
+        return x_hat, codes, reconstruction + vq_loss
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> np.ndarray:
+        return self.quantise(self.encoder(x))[1].cpu().numpy()
+
+    @torch.no_grad()
+    def init_codebooks(self, x: torch.Tensor, seed: int) -> None:
+        """k-means on the initial latents, then on their residuals, level by level."""
+        residual = self.encoder(x).cpu().numpy()
+        for level, book in enumerate(self.codebooks):
+            centroids, labels = kmeans(residual, book.shape[0], seed + level)
+            book.copy_(torch.from_numpy(centroids))
+            residual = residual - centroids[labels]
+
+    @torch.no_grad()
+    def reset_dead_codes(self, x: torch.Tensor, generator: torch.Generator) -> int:
+        """Move codes no item uses onto random items' residuals at their level; returns how many moved."""
+        _, codes, residuals, _ = self.quantise(self.encoder(x))
+        moved = 0
+        for level, book in enumerate(self.codebooks):
+            used = torch.bincount(codes[:, level], minlength=book.shape[0]) > 0
+            dead = torch.nonzero(~used).flatten()
+            if len(dead):
+                pick = torch.randint(len(x), (len(dead),), generator=generator)
+                book[dead] = residuals[level][pick]
+                moved += len(dead)
+        return moved
+
+
+def _mlp(dims: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class RQVAEFit:
+    model: RQVAE
+    losses: list[float] = field(default_factory=list)
+    codes_reset: int = 0
+
+
+def train_rqvae(x: np.ndarray, config: RQVAEConfig) -> RQVAEFit:
+    """Fit an RQ-VAE on item embeddings ``x`` (n, dim) with Adam on shuffled mini-batches (CPU is plenty)."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    data = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    model = RQVAE(data.shape[1], config)
+    model.init_codebooks(data, config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    fit = RQVAEFit(model)
+    reset_epochs = int(config.epochs * config.reset_until)
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(data), generator=generator)
+        total = 0.0
+        for start in range(0, len(data), config.batch_size):
+            batch = data[order[start : start + config.batch_size]]
+            _, _, loss = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        fit.losses.append(total / len(data))
+        if config.reset_dead_codes and epoch < reset_epochs:
+            fit.codes_reset += model.reset_dead_codes(data, generator)
+    model.eval()
+    return fit
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    method: Method = "rqvae"
+    level_sizes: tuple[int, ...] = (256, 256, 256)
+    rqvae: RQVAEConfig = field(default_factory=RQVAEConfig)
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> QuantizerConfig:
+        rq = payload.get("rqvae", {})
+        rq = {k: tuple(v) if isinstance(v, list) else v for k, v in rq.items()}
+        return cls(
+            method=payload.get("method", "rqvae"),
+            level_sizes=tuple(payload.get("level_sizes", (256, 256, 256))),
+            rqvae=RQVAEConfig(**rq),
+            seed=payload.get("seed", 0),
+        )
+
+
+def quantise(embeddings: np.ndarray, config: QuantizerConfig) -> tuple[SemanticIds, dict[str, object]]:
+    """Unique semantic IDs of every row of ``embeddings``, and a report (method, losses) for the run record."""
+    if config.method == "rkmeans":
+        prefix, _ = residual_kmeans(embeddings, config.level_sizes, config.seed)
+        report: dict[str, object] = {"method": "rkmeans"}
+    elif config.method == "rqvae":
+        rq_config = RQVAEConfig(**{**asdict(config.rqvae), "level_sizes": config.level_sizes, "seed": config.seed})
+        fit = train_rqvae(embeddings, rq_config)
+        prefix = fit.model.codes(torch.as_tensor(np.asarray(embeddings, dtype=np.float32)))
+        report = {
+            "method": "rqvae",
+            "first_loss": fit.losses[0],
+            "final_loss": fit.losses[-1],
+            "codes_reset": fit.codes_reset,
+            "epochs": rq_config.epochs,
+        }
+    else:
+        raise ValueError(f"unknown quantiser {config.method!r}; expected 'rqvae' or 'rkmeans'")
+    ids = SemanticIds.from_codes(prefix, config.level_sizes)
+    return ids, {**report, **ids.stats.as_dict()}

@@ -1,0 +1,131 @@
+"""Optuna tuning of the generator, through the project's one way of tuning (``forecasting.tuning.create_study``).
+
+The study is created exactly as the forecasting models' (TPE sampler, median pruner, any Optuna storage URL:
+SQLite in the output folder by default, PostgreSQL to share one study between machines, where running the same
+command again adds trials). Trials retrain only the generator: stage 1 and the semantic IDs come from an existing
+run, so every trial sees the same codes. The objective is minimised, as ``create_study`` fixes the direction, and is
+``-NDCG@10`` on the run's fixed sample of validation users; pruning looks at it after every epoch.
+
+The best trial's settings go to ``best_params.json`` in the forecasting format (``settings`` holds what
+``python -m recsys train --params`` applies).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from forecasting.tuning import BEST_PARAMS_FILE, create_study, default_storage, public_url
+from recsys.prorec_training import (
+    SELECTION_METRIC,
+    GeneratorShape,
+    GeneratorTrainConfig,
+    PipelineConfig,
+    PRORecRun,
+    distillation_targets,
+    train_generator,
+)
+from recsys.split import leave_one_out
+from serving.artifact import atomic_write_text
+
+
+def search_space(trial: optuna.Trial, variant: str) -> dict[str, dict[str, Any]]:
+    """The generator's size and training settings; the distillation terms only for prorec."""
+    d_model = trial.suggest_categorical("d_model", [64, 128])
+    generator = {
+        "d_model": d_model,
+        "heads": 4,
+        "encoder_layers": trial.suggest_int("encoder_layers", 1, 3),
+        "decoder_layers": trial.suggest_int("decoder_layers", 1, 3),
+        "d_ff": trial.suggest_categorical("d_ff_factor", [2, 4]) * d_model,
+        "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+    }
+    train: dict[str, Any] = {
+        "lr": trial.suggest_float("lr", 3e-4, 5e-3, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [128, 256]),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-4, 0.1, log=True),
+    }
+    if variant == "prorec":
+        train["distill_weight"] = trial.suggest_float("distill_weight", 0.01, 1.0, log=True)
+        train["distill_temperature"] = trial.suggest_float("distill_temperature", 0.05, 0.5, log=True)
+    return {"generator": generator, "train": train}
+
+
+def apply_settings(config: PipelineConfig, settings: dict[str, dict[str, Any]]) -> PipelineConfig:
+    """``config`` with a ``best_params.json``'s (or a trial's) generator and training settings."""
+    generator = replace(config.generator, **settings.get("generator", {}))
+    train = replace(config.train, **settings.get("train", {}))
+    return replace(config, generator=generator, train=train)
+
+
+def tune_generator(
+    run: PRORecRun,
+    sequences: dict[int, list[int]],
+    base: PipelineConfig,
+    n_trials: int,
+    out_dir: Path | str,
+    storage: str | None = None,
+    study_name: str | None = None,
+    timeout: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Add ``n_trials`` trials to the study, write ``best_params.json`` to ``out_dir`` and return its content."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(out_dir)
+    study_name = study_name or f"prorec-{run.info['dataset']}-{run.variant}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = create_study(study_name, storage, seed=seed, warmup_epochs=1)
+    split = leave_one_out(sequences, max_history=base.max_history)
+
+    def objective(trial: optuna.Trial) -> float:
+        settings = search_space(trial, run.variant)
+        config = apply_settings(base, settings)
+        train = replace(config.train, progress=False)
+        distill = distillation_targets(run.variant, run.embeddings, train.distill_temperature)
+
+        def report(epoch: int, validation: dict[str, float]) -> None:
+            trial.report(-validation[SELECTION_METRIC], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        fit = train_generator(split, run.ids, config.generator, train, distill, on_epoch=report)
+        trial.set_user_attr("settings", {"generator": asdict(config.generator), "train": asdict(train)})
+        trial.set_user_attr("validation", fit.best_validation)
+        return -fit.best_validation[SELECTION_METRIC]
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=True)
+    best = study.best_trial
+    result = {
+        "study": study_name,
+        "storage": public_url(storage),
+        "model": "prorec",
+        "variant": run.variant,
+        "objective": f"-{SELECTION_METRIC} on the validation sample",
+        "best_value": best.value,
+        "best_trial": best.number,
+        "n_trials": len(study.trials),
+        "params": best.params,
+        "settings": best.user_attrs["settings"],
+        "validation": best.user_attrs.get("validation"),
+    }
+    atomic_write_text(out_dir / BEST_PARAMS_FILE, json.dumps(result, indent=2, default=list))
+    return result
+
+
+def settings_from_file(path: Path | str) -> dict[str, dict[str, Any]]:
+    """The ``settings`` of a ``best_params.json``, checked to be the generator's (not a forecasting study's)."""
+    payload = json.loads(Path(path).read_text())
+    settings = payload.get("settings", {})
+    if payload.get("model") != "prorec" or not {"generator", "train"} <= set(settings):
+        raise ValueError(f"{path} is not a best_params.json of `python -m recsys tune`")
+    unknown = set(settings["generator"]) - set(asdict(GeneratorShape())) | (
+        set(settings["train"]) - set(asdict(GeneratorTrainConfig()))
+    )
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    return settings

@@ -1,0 +1,291 @@
+"""Constrained beam search of a generative recommender (rollout kind ``constrained_beam``) on onnxruntime.
+
+numpy and onnxruntime only, no torch: the artifact carries
+
+- ``encoder``: history tokens (B, S) -> ``memory_mask`` (B, M) and each decoder layer's cross-attention keys and
+  values (B, H, M, hd), computed once per request;
+- ``decoder``: one step for W beams per user, ``tokens`` (B, W) + the memory mask + cross keys/values + the
+  self-attention cache ``past_key_i``/``past_value_i`` (B, W, H, P, hd) -> ``logits`` (B, W, vocab) and the
+  cache one position longer (``present_*``);
+- side tables: ``codes.npy`` (dense item id -> its L codes, row 0 padding), ``item_ids.npy`` (dense id -> raw
+  item id), ``trie.npz`` (the prefix trie of every item's codes, written by ``recsys.trie``), ``titles.json``.
+
+Search: the decoder starts from BOS; at level l every live beam's continuations are scored by the beam's score plus
+the log-softmax over level l's codes, codes that lead to no (allowed) item are removed with the trie, and the
+``beam_width`` best continuations survive, ties broken by (beam, code) order. After the last level each beam is
+one real item; the first ``k`` are returned. This is step for step the torch search in ``recsys/generator.py``.
+
+Items are raw ids (the dataset's own) in requests and answers; a history item the model does not know is an error,
+an unknown item in ``exclude`` is ignored (it can never be recommended anyway).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.artifact import Artifact
+from serving.rollout import create_session
+
+ROLLOUT_KIND = "constrained_beam"
+TRIE_FORMAT = 1
+MAX_BEAM_WIDTH = 512  # a request's beam width bound: cost grows linearly with it
+
+
+@dataclass(frozen=True)
+class TrieTable:
+    """The artifact's prefix trie (see ``recsys/trie.py`` for the layout); the same pruning as ``PrefixTrie``."""
+
+    level_sizes: tuple[int, ...]
+    children: tuple[np.ndarray, ...]
+    counts: tuple[np.ndarray, ...]
+    codes: np.ndarray
+    paths: np.ndarray
+
+    @property
+    def levels(self) -> int:
+        return len(self.level_sizes)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.codes) - 1
+
+    @classmethod
+    def load(cls, path: Path) -> TrieTable:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["format"]) != TRIE_FORMAT:
+                raise ValueError(f"{path}: trie format {int(data['format'])} is not {TRIE_FORMAT}")
+            sizes = tuple(int(s) for s in data["level_sizes"])
+            children = tuple(data[f"children_{d}"] for d in range(len(sizes)))
+            counts = tuple(data[f"counts_{d}"] for d in range(len(sizes)))
+            return cls(sizes, children, counts, data["codes"], data["paths"])
+
+    def allowed(
+        self, depth: int, nodes: np.ndarray, excluded: Sequence[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(children, ok), both (G, W, level_sizes[depth]), for the (G, W) beam nodes; ``excluded[g]``: dense ids."""
+        child = self.children[depth][nodes]
+        exists = child >= 0
+        if depth + 1 < self.levels:
+            remaining = np.where(exists, self.counts[depth + 1][np.maximum(child, 0)], 0).astype(np.int64)
+        else:
+            remaining = exists.astype(np.int64)
+        if excluded is not None:
+            sizes = np.fromiter((len(e) for e in excluded), dtype=np.int64, count=len(excluded))
+            if sizes.sum():
+                users = np.repeat(np.arange(len(excluded), dtype=np.int64), sizes)
+                items = np.concatenate([np.asarray(e, dtype=np.int64).reshape(-1) for e in excluded])
+                keep = (items >= 1) & (items <= self.n_items)
+                key = np.unique(users[keep] * (self.n_items + 1) + items[keep])  # each (user, item) once
+                users, items = key // (self.n_items + 1), key % (self.n_items + 1)
+                pair, beam = np.nonzero(self.paths[items, depth][:, None] == nodes[users])
+                np.subtract.at(remaining, (users[pair], beam, self.codes[items[pair], depth]), 1)
+        return child, remaining > 0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Per user, best first: dense ids (0 where fewer items were reachable), scores (-inf there), codes."""
+
+    items: np.ndarray  # (B, k) int64
+    scores: np.ndarray  # (B, k) float32
+    codes: np.ndarray  # (B, k, L) int64
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+@dataclass
+class ConstrainedBeamModel:
+    """A loaded ``constrained_beam`` artifact: ``recommend`` turns raw-id histories into raw-id recommendations."""
+
+    artifact: Artifact
+    encoder: ort.InferenceSession
+    decoder: ort.InferenceSession
+    trie: TrieTable
+    tokens: np.ndarray  # (n_items + 1, L) token ids per dense id, row 0 padding
+    item_ids: np.ndarray  # (n_items + 1,) raw id per dense id, [0] = -1
+    titles: list[str] | None
+
+    @classmethod
+    def load(
+        cls, artifact: Artifact, providers: Sequence[str] | None = None, intra_op_threads: int | None = None
+    ) -> ConstrainedBeamModel:
+        manifest = artifact.manifest
+        rollout = manifest["rollout"]
+        if rollout["kind"] != ROLLOUT_KIND:
+            raise ValueError(f"{artifact.path}: rollout kind {rollout['kind']!r} is not {ROLLOUT_KIND}")
+        tables = manifest["side_tables"]
+        codes = np.load(artifact.path / tables["codes"]["file"], allow_pickle=False)
+        item_ids = np.load(artifact.path / tables["item_ids"]["file"], allow_pickle=False)
+        trie = TrieTable.load(artifact.path / tables["trie"]["file"])
+        n_items, levels = int(manifest["n_items"]), len(rollout["level_sizes"])
+        if codes.shape != (n_items + 1, levels) or item_ids.shape != (n_items + 1,) or trie.n_items != n_items:
+            raise ValueError(f"{artifact.path}: side tables do not match n_items={n_items} and {levels} levels")
+        if not np.all(np.diff(item_ids[1:]) > 0):
+            raise ValueError(f"{artifact.path}: item_ids must be strictly increasing after the padding row")
+        tokens = np.zeros_like(codes)
+        tokens[1:] = codes[1:] + np.asarray(rollout["token_offsets"], dtype=np.int64)
+        titles = None
+        if "titles" in tables:
+            titles = json.loads((artifact.path / tables["titles"]["file"]).read_text())
+        return cls(
+            artifact,
+            create_session(artifact.graph_path("encoder"), providers, intra_op_threads),
+            create_session(artifact.graph_path("decoder"), providers, intra_op_threads),
+            trie,
+            tokens,
+            item_ids,
+            titles,
+        )
+
+    # --- facts from the manifest -------------------------------------------------------------------------------
+
+    @property
+    def rollout(self) -> dict:
+        return self.artifact.manifest["rollout"]
+
+    @property
+    def n_items(self) -> int:
+        return int(self.artifact.manifest["n_items"])
+
+    @property
+    def max_history(self) -> int:
+        return int(self.rollout["max_history"])
+
+    @property
+    def default_beam_width(self) -> int:
+        return int(self.rollout["beam_width"])
+
+    @property
+    def default_k(self) -> int:
+        return int(self.rollout["top_k"])
+
+    # --- requests ----------------------------------------------------------------------------------------------
+
+    def dense_ids(self, raw: Sequence[int], strict: bool, field: str) -> np.ndarray:
+        """Raw item ids -> dense ids; unknown ids raise (``strict``) or are dropped."""
+        values = np.asarray(list(raw), dtype=np.int64) if len(raw) else np.zeros(0, np.int64)
+        known = self.item_ids[1:]
+        pos = np.searchsorted(known, values)
+        found = (pos < len(known)) & (known[np.minimum(pos, len(known) - 1)] == values)
+        if strict and not found.all():
+            bad = int(np.flatnonzero(~found)[0])
+            raise ValueError(f"{field}[{bad}]: unknown item id {int(values[bad])}")
+        return pos[found] + 1
+
+    def _histories(self, histories: Sequence[Sequence[int]]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Raw-id histories -> every dense id of each, and (B, H) left-padded dense ids of the last ``max_history``."""
+        if not len(histories):
+            raise ValueError("histories: no users given")
+        rows = []
+        for i, history in enumerate(histories):
+            if not len(history):
+                raise ValueError(f"histories[{i}]: empty history (at least one item is needed)")
+            rows.append(self.dense_ids(history, strict=True, field=f"histories[{i}]"))
+        width = min(max(len(r) for r in rows), self.max_history)
+        out = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            tail = row[-width:]
+            out[i, width - len(tail) :] = tail
+        return rows, out
+
+    def recommend(
+        self,
+        histories: list[list[int]],
+        k: int | None = None,
+        beam_width: int | None = None,
+        exclude: list[set[int]] | None = None,
+        exclude_seen: bool = True,
+    ) -> list[list[tuple[int, float]]]:
+        """Top-``k`` (raw item id, score) for each raw-id history, best first; scores are summed log-probabilities.
+
+        ``exclude[i]``: raw ids user ``i`` must not get; ``exclude_seen``: nor the items of their history. A list is
+        shorter than ``k`` only when fewer allowed items exist.
+        """
+        result = self.search(histories, k, beam_width, exclude, exclude_seen)
+        out = []
+        for items, scores in zip(result.items, result.scores, strict=True):
+            out.append([(int(self.item_ids[d]), float(s)) for d, s in zip(items, scores, strict=True) if d != 0])
+        return out
+
+    def search(
+        self,
+        histories: list[list[int]],
+        k: int | None = None,
+        beam_width: int | None = None,
+        exclude: list[set[int]] | None = None,
+        exclude_seen: bool = True,
+    ) -> SearchResult:
+        """As :meth:`recommend`, as arrays of dense ids (``item_ids`` maps them to raw ids) with their codes."""
+        k = self.default_k if k is None else k
+        beam_width = max(self.default_beam_width, k) if beam_width is None else beam_width
+        if not 1 <= beam_width <= MAX_BEAM_WIDTH:
+            raise ValueError(f"beam_width: {beam_width} is outside 1..{MAX_BEAM_WIDTH}")
+        if not 1 <= k <= beam_width:
+            raise ValueError(f"k: {k} is outside 1..beam_width ({beam_width})")
+        if exclude is not None and len(exclude) != len(histories):
+            raise ValueError(f"exclude: {len(exclude)} sets for {len(histories)} histories")
+        seen, dense = self._histories(histories)
+        excluded: list[np.ndarray] | None = None
+        if exclude_seen or exclude is not None:
+            excluded = []
+            for i, row in enumerate(seen):
+                parts = [row] if exclude_seen else []  # the whole history, also what is older than max_history
+                if exclude is not None:
+                    parts.append(self.dense_ids(sorted(exclude[i]), strict=False, field=f"exclude[{i}]"))
+                excluded.append(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+        return self.search_dense(dense, k, beam_width, excluded)
+
+    # --- the search itself -------------------------------------------------------------------------------------
+
+    def search_dense(
+        self, histories: np.ndarray, k: int, beam_width: int, excluded: Sequence[np.ndarray] | None = None
+    ) -> SearchResult:
+        """Beam search for (B, H) left-padded dense-id histories (every row with at least one item)."""
+        rollout = self.rollout
+        histories = np.asarray(histories, dtype=np.int64)
+        used = np.flatnonzero((histories != 0).any(axis=0))
+        tokens = self.tokens[histories[:, int(used[0]) :]].reshape(len(histories), -1)
+        encoded = self.encoder.run(None, {"history": tokens})
+        names = [o.name for o in self.encoder.get_outputs()]
+        feeds = dict(zip(names, encoded, strict=True))
+        batch, heads, head_dim = len(histories), int(rollout["heads"]), int(rollout["head_dim"])
+        layers = int(rollout["decoder_layers"])
+        empty = np.zeros((batch, 1, heads, 0, head_dim), dtype=np.float32)
+        for i in range(layers):
+            feeds[f"past_key_{i}"] = feeds[f"past_value_{i}"] = empty
+        feeds["tokens"] = np.full((batch, 1), int(rollout["bos_token"]), dtype=np.int64)
+        decoder_outputs = [o.name for o in self.decoder.get_outputs()]
+        nodes = np.zeros((batch, 1), dtype=np.int64)
+        scores = np.zeros((batch, 1), dtype=np.float32)
+        codes = np.zeros((batch, 1, 0), dtype=np.int64)
+        rows = np.arange(batch)[:, None]
+        for level, size in enumerate(rollout["level_sizes"]):
+            outputs = dict(zip(decoder_outputs, self.decoder.run(None, feeds), strict=True))
+            start = int(rollout["token_offsets"][level])
+            log_probs = log_softmax(outputs["logits"][..., start : start + size])
+            child, ok = self.trie.allowed(level, nodes, excluded)
+            ok &= np.isfinite(scores)[..., None]  # a dead beam has no continuation
+            flat = np.where(ok, scores[..., None] + log_probs, -np.inf).astype(np.float32).reshape(batch, -1)
+            width = min(beam_width, flat.shape[1])
+            order = np.argsort(-flat, axis=1, kind="stable")[:, :width]  # best first, ties in (beam, code) order
+            scores = np.take_along_axis(flat, order, axis=1)
+            parent, code = order // size, order % size
+            nodes = child[rows, parent, code]
+            nodes[~np.isfinite(scores)] = 0
+            codes = np.concatenate([codes[rows, parent], code[..., None]], axis=2)
+            for i in range(layers):
+                feeds[f"past_key_{i}"] = outputs[f"present_key_{i}"][rows, parent]
+                feeds[f"past_value_{i}"] = outputs[f"present_value_{i}"][rows, parent]
+            feeds["tokens"] = (code + start).astype(np.int64)
+        final = scores[:, :k]
+        items = np.where(np.isfinite(final), nodes[:, :k], 0)
+        return SearchResult(items=items, scores=final, codes=codes[:, :k])

@@ -1,0 +1,91 @@
+"""python -m recsys: help that explains, train -> tune -> retrain with the tuned settings -> evaluate, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import threadpoolctl
+import torch
+
+from recsys.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--slice-items", "200", "--slice-users", "1200", "--sasrec-hidden", "16", "--sasrec-epochs", "1",
+    "--quantizer", "rkmeans", "--levels", "8", "8", "8", "--d-model", "16", "--heads", "2", "--d-ff", "32",
+    "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-unit", "item", "--epochs", "1",
+    "--eval-users", "100", "--beam-width", "20",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+def test_help_explains_every_subcommand() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "recsys", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for word in ("train", "tune", "export", "evaluate", "semantic domination", "leave-one-out", "prorec"):
+        assert word in out
+    for command in ("train", "tune", "export", "evaluate"):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--help"])
+        assert stop.value.code == 0
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "collab"
+    assert main(["train", "--dataset", "beauty", "--variant", "collab", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run(run_dir: Path) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["variant"] == "collab" and info["data"]["slice"] == {"top_items": 200, "max_users": 1200}
+    assert set(info["metrics"]) == {"validation_sample", "validation", "test"}
+    assert info["stage1"]["collaborative"]["epochs_run"] == 1
+    assert info["codes"]["method"] == "rkmeans" and info["level_sizes"][:3] == [8, 8, 8]
+    for name in ("generator.pt", "codes.npy", "item_ids.npy", "embeddings.npz", "titles.json"):
+        assert (run_dir / name).is_file()
+
+
+def test_tune_then_retrain_with_the_best_settings(run_dir: Path, tmp_path: Path) -> None:
+    tuned = tmp_path / "tuning"
+    argv = ["tune", "--run", str(run_dir), *TINY[TINY.index("--d-model") :], "--trials", "2", "--out", str(tuned)]
+    assert main(argv) == 0
+    best = json.loads((tuned / "best_params.json").read_text())
+    assert best["n_trials"] == 2 and best["model"] == "prorec" and best["variant"] == "collab"
+    assert best["storage"].startswith("sqlite:///") and (tuned / "optuna.db").is_file()
+    assert main(argv) == 0  # the same command resumes the study
+    assert json.loads((tuned / "best_params.json").read_text())["n_trials"] == 4
+    retrained = tmp_path / "retrained"
+    argv = ["train", "--from-run", str(run_dir), "--params", str(tuned / "best_params.json"), "--epochs", "1"]
+    assert main([*argv, "--eval-users", "100", "--out", str(retrained)]) == 0
+    info = json.loads((retrained / "run.json").read_text())
+    assert info["config"]["generator"]["d_model"] == best["settings"]["generator"]["d_model"]
+    assert (retrained / "codes.npy").read_bytes() == (run_dir / "codes.npy").read_bytes()  # stage 1 and IDs reused
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--run", str(retrained), "--limit", "150", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["engine"] == "torch"
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--dataset", "toys", "--variant", "tiger", *TINY, "--out", str(tmp_path / "x")]) == 2
+    assert "needs item titles" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path / "missing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["evaluate", "--store", str(tmp_path)]) == 2
+    assert "either --run" in capsys.readouterr().err

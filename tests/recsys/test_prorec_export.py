@@ -1,0 +1,149 @@
+"""Export: the onnxruntime beam search over the artifact returns the torch beam search's top-10 for every user."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import threadpoolctl
+import torch
+
+from recsys.cli import main as cli_main
+from recsys.data import InteractionData
+from recsys.export import export_run
+from recsys.generator import recommend
+from recsys.prorec_training import (
+    GeneratorShape,
+    GeneratorTrainConfig,
+    PRORecRun,
+    evaluate_generator,
+    popular_items_slice,
+    sequences_fingerprint,
+    train_generator,
+)
+from recsys.quantizer import QuantizerConfig
+from recsys.semantic_ids import ItemEmbeddings, build_semantic_ids
+from recsys.split import LeaveOneOutSplit, leave_one_out
+from serving.artifact import Artifact, read_artifact
+from serving.beam_search import ConstrainedBeamModel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SLICE = {"top_items": 500, "max_users": 4000}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def split_and_run(beauty: InteractionData) -> tuple[LeaveOneOutSplit, PRORecRun]:
+    """A generator trained for one epoch on the dense Beauty slice (peaked enough that ties are rare)."""
+    sequences = popular_items_slice(beauty.sequences, **SLICE)
+    split = leave_one_out(sequences, max_history=20)
+    rng = np.random.default_rng(0)
+    embeddings = ItemEmbeddings(collaborative=rng.normal(size=(split.num_items, 16)).astype(np.float32))
+    ids, _ = build_semantic_ids("collab", embeddings, QuantizerConfig(method="rkmeans", level_sizes=(16, 16, 16)))
+    shape = GeneratorShape(d_model=32, heads=4, d_ff=64, encoder_layers=1, decoder_layers=2, encoder_unit="token")
+    fit = train_generator(split, ids, shape, GeneratorTrainConfig(epochs=1, eval_users=200, progress=False))
+    info = {
+        "dataset": "beauty",
+        "variant": "collab",
+        "data": {"dataset": "beauty", "slice": SLICE},
+        "data_fingerprint": sequences_fingerprint(sequences),
+        "config": {"train": {"beam_width": 20}},
+        "metrics": {"validation_sample": fit.best_validation},
+    }
+    titles = ["", *(f"item {raw}" for raw in split.item_map.raw_ids[1:])]
+    return split, PRORecRun(fit.model, ids, split.item_map.raw_ids.copy(), embeddings, info, titles)
+
+
+@pytest.fixture(scope="module")
+def artifact(split_and_run: tuple[LeaveOneOutSplit, PRORecRun], tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    split, run = split_and_run
+    store = tmp_path_factory.mktemp("store")
+    return export_run(run, store, "beauty-slice", histories=split.validation.histories[:48])
+
+
+def test_manifest_describes_graphs_tables_and_parity(artifact: Artifact) -> None:
+    again = read_artifact(artifact.path)  # checksums and schema verified
+    manifest = again.manifest
+    assert manifest["model_kind"] == "prorec" and manifest["rollout"]["kind"] == "constrained_beam"
+    assert manifest["n_items"] == 500 and manifest["rollout"]["levels"] == 4
+    decoder_inputs = [i["name"] for i in manifest["graphs"]["decoder"]["inputs"]]
+    assert decoder_inputs[:2] == ["tokens", "memory_mask"] and "past_key_1" in decoder_inputs
+    assert {"codes", "item_ids", "trie", "titles"} <= set(manifest["side_tables"])
+    assert manifest["parity"]["all_items"]["identical_top_k"] + manifest["parity"]["all_items"]["tie_flips"] == 48
+    assert manifest["data"]["slice"] == SLICE and len(manifest["data"]["fingerprint"]) == 64
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_onnxruntime_top10_equals_torch_for_every_user(
+    split_and_run: tuple[LeaveOneOutSplit, PRORecRun], artifact: Artifact, exclude_seen: bool
+) -> None:
+    split, run = split_and_run
+    served = ConstrainedBeamModel.load(artifact, intra_op_threads=1)
+    histories = split.test.histories[:120]
+    index = run.code_index()
+    expected = recommend(
+        run.model, histories, index.tokens, index.trie, k=10, beam_width=20, exclude_history=exclude_seen
+    )
+    raw = [split.item_map.to_raw(h[h != 0]).tolist() for h in histories]
+    got = served.recommend(raw, k=10, beam_width=20, exclude_seen=exclude_seen)
+    for user, (items, dense) in enumerate(zip(got, expected.items, strict=True)):
+        assert [item for item, _ in items] == split.item_map.to_raw(dense).tolist(), user
+        np.testing.assert_allclose([s for _, s in items], expected.scores[user], atol=1e-4)
+        if exclude_seen:
+            assert not {item for item, _ in items} & set(raw[user])
+
+
+def test_recommend_api_rejects_bad_requests_and_honours_exclusions(artifact: Artifact) -> None:
+    served = ConstrainedBeamModel.load(artifact, intra_op_threads=1)
+    known = served.item_ids[1:6].tolist()
+    first = served.recommend([known], k=5, exclude_seen=False)[0]
+    banned = {first[0][0], first[1][0], 123456789}  # an unknown id in exclude is ignored
+    again = served.recommend([known], k=5, exclude=[banned], exclude_seen=False)[0]
+    assert not {item for item, _ in again} & banned and again[0] == first[2]
+    assert len(served.recommend([known, known[:1]])[1]) == served.default_k
+    with pytest.raises(ValueError, match=r"histories\[1\]\[0\]: unknown item id 999999999"):
+        served.recommend([known, [999_999_999]])
+    with pytest.raises(ValueError, match=r"histories\[0\]: empty"):
+        served.recommend([[]])
+    with pytest.raises(ValueError, match="k: 30"):
+        served.recommend([known], k=30, beam_width=20)
+    with pytest.raises(ValueError, match="exclude: 2 sets for 1"):
+        served.recommend([known], exclude=[set(), set()])
+
+
+def test_cli_evaluates_the_artifact_as_torch_does(
+    split_and_run: tuple[LeaveOneOutSplit, PRORecRun], artifact: Artifact, tmp_path: Path
+) -> None:
+    split, run = split_and_run
+    store, name = artifact.path.parents[1], artifact.name
+    argv = ["evaluate", "--store", str(store), "--name", name, "--split", "val", "--limit", "200"]
+    assert cli_main([*argv, "--json", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["data_matches_training"] and report["users"] == 200 and report["engine"] == "onnxruntime"
+    expected = evaluate_generator(run.model, run.code_index(), split.validation, 20, users=np.arange(200))
+    assert report["metrics"] == pytest.approx(expected)
+
+
+def test_serving_side_never_imports_torch_and_recsys_never_imports_grpc() -> None:
+    code = (
+        "import sys, serving.beam_search;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'recsys'));"
+        "import recsys.cli, recsys.export, recsys.tuning, recsys.prorec_training;"
+        "print(bad, sorted(m for m in sys.modules if m.startswith('grpc')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []"
