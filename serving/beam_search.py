@@ -21,6 +21,7 @@ an unknown item in ``exclude`` is ignored (it can never be recommended anyway).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,6 +168,16 @@ class ConstrainedBeamModel:
     @property
     def default_k(self) -> int:
         return int(self.rollout["top_k"])
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The encoder's session: what the server reports providers from (the decoder runs on the same ones)."""
+        return self.encoder
+
+    @functools.cached_property
+    def known_ids(self) -> frozenset[int]:
+        """Every raw item id the model can take in a history or return."""
+        return frozenset(self.item_ids[1:].tolist())
 
     # --- requests ----------------------------------------------------------------------------------------------
 

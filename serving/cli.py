@@ -95,6 +95,32 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from serving.client import ArcastClient
+
+    try:
+        history = [int(x) for x in args.history.split(",") if x.strip()]
+        exclude = [int(x) for x in args.exclude.split(",") if x.strip()] if args.exclude else []
+    except ValueError as err:
+        raise ValueError(f"--history/--exclude: comma-separated integer item ids expected ({err})") from err
+    with ArcastClient(args.target, timeout_s=args.timeout) as client:
+        response = client.recommend(
+            args.model,
+            history,
+            args.k,
+            version=args.version,
+            exclude=exclude,
+            beam_width=args.beam_width,
+            include_seen=args.include_seen,
+        )
+    print(f"{response.model} v{response.version}: top {len(response.items)} for a history of {len(history)} items")
+    print(f"{'rank':>4} {'item':>8} {'score':>9}  codes            title")
+    for rank, item in enumerate(response.items, 1):
+        codes = "-".join(str(c) for c in item.codes)
+        print(f"{rank:>4} {item.item_id:>8} {item.score:>9.3f}  {codes:<16} {item.title[:70]}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from serving.client import ArcastClient
 
@@ -197,6 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--output", help="write forecasts here instead of printing")
     forecast.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     forecast.set_defaults(func=cmd_forecast)
+
+    recommend = sub.add_parser(
+        "recommend",
+        help="call Recommend on a running server",
+        description="Recommend the next items for one history with a generative recommender; "
+        "every result is a real item, seen items are excluded unless asked.",
+    )
+    recommend.add_argument("--target", required=True, help="server address HOST:PORT")
+    recommend.add_argument("--model", required=True)
+    recommend.add_argument("--version", help="model version (default latest)")
+    recommend.add_argument("--history", required=True, help="item ids, most recent last, e.g. 12,34,56")
+    recommend.add_argument("--k", type=int, default=10, help="items to return (default 10)")
+    recommend.add_argument("--exclude", help="item ids never to return, comma-separated")
+    recommend.add_argument("--beam-width", type=int, default=0, help="beam width (default: the model's, at least k)")
+    recommend.add_argument("--include-seen", action="store_true", help="allow items of the history")
+    recommend.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    recommend.set_defaults(func=cmd_recommend)
 
     models = sub.add_parser("models", help="list the models a server has loaded")
     models.add_argument("--target", required=True, help="server address HOST:PORT")

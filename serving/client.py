@@ -10,7 +10,14 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
+from serving.proto.arcast.v1 import (
+    forecast_pb2,
+    forecast_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    recommend_pb2,
+    recommend_pb2_grpc,
+)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class ArcastClient:
         self._forecast = forecast_pb2_grpc.ForecastServiceStub(self.channel)
         self._models = models_pb2_grpc.ModelServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._recommend = recommend_pb2_grpc.RecommendServiceStub(self.channel)
 
     def __enter__(self) -> ArcastClient:
         return self
@@ -96,6 +104,49 @@ class ArcastClient:
                 ).astype("datetime64[us]")
             out.append(Forecast(item.id, values, stamps))
         return ForecastResult(response.model, response.version, out)
+
+    def recommend(
+        self,
+        model: str,
+        history: Sequence[int],
+        k: int = 10,
+        version: str | None = None,
+        exclude: Sequence[int] = (),
+        beam_width: int = 0,
+        include_seen: bool = False,
+        ignore_unknown_items: bool = False,
+        timeout_s: float | None = None,
+    ) -> recommend_pb2.RecommendResponse:
+        """The top-``k`` next items for one history (item ids, most recent last); every result is a real item."""
+        request = recommend_pb2.RecommendRequest(
+            model=model,
+            version=version or "",
+            history=list(history),
+            k=k,
+            exclude=list(exclude),
+            beam_width=beam_width,
+            include_seen=include_seen,
+            ignore_unknown_items=ignore_unknown_items,
+        )
+        return self._recommend.Recommend(request, timeout=timeout_s or self.timeout_s)
+
+    def recommend_batch(
+        self,
+        model: str,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        version: str | None = None,
+        user_ids: Sequence[str] | None = None,
+        beam_width: int = 0,
+        include_seen: bool = False,
+        timeout_s: float | None = None,
+    ) -> recommend_pb2.RecommendBatchResponse:
+        request = recommend_pb2.RecommendBatchRequest(
+            model=model, version=version or "", k=k, beam_width=beam_width, include_seen=include_seen
+        )
+        for i, history in enumerate(histories):
+            request.users.add(user_id=user_ids[i] if user_ids else str(i), history=list(history))
+        return self._recommend.RecommendBatch(request, timeout=timeout_s or self.timeout_s)
 
     def list_models(self, name_prefix: str = "") -> list[models_pb2.ModelInfo]:
         return list(

@@ -68,6 +68,8 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
     except ModelNotFound as err:
         raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
     runner = model.runner
+    if not hasattr(runner, "forecast"):
+        raise _invalid(f"model: {request.model!r} is a {model.manifest['model_kind']} model, not a forecaster")
     if request.horizon <= 0:
         raise _invalid("horizon: must be at least 1")
     if request.horizon > runner.max_horizon:
@@ -131,7 +133,7 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
     def Forecast(
         self, request: forecast_pb2.ForecastRequest, context: grpc.ServicerContext
     ) -> forecast_pb2.ForecastResponse:
-        with _observed(self.metrics, "Forecast", request.model, context):
+        with observed(self.metrics, "Forecast", request.model, context):
             checked = validate(request, self.registry, self.limits)
             remaining = context.time_remaining()
             timeout = self.limits.request_timeout_s if remaining is None or math.isinf(remaining) else remaining
@@ -160,7 +162,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        with _observed(self.metrics, "ListModels", "", context):
+        with observed(self.metrics, "ListModels", "", context):
             response = models_pb2.ListModelsResponse()
             for model in self.registry.loaded():
                 if not model.name.startswith(request.name_prefix):
@@ -194,7 +196,7 @@ def _flatten(tree: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
 
 
 @contextmanager
-def _observed(metrics: ServerMetrics, method: str, model: str, context: grpc.ServicerContext) -> Iterator[None]:
+def observed(metrics: ServerMetrics, method: str, model: str, context: grpc.ServicerContext) -> Iterator[None]:
     """Count, time and log the RPC; turn RequestError into its status, unexpected errors into INTERNAL."""
     started = time.perf_counter()
     metrics.requests.labels(method, model).inc()

@@ -18,6 +18,7 @@ import numpy as np
 
 from serving.artifact import ArtifactError, read_artifact
 from serving.batching import BatchingConfig, DynamicBatcher
+from serving.beam_search import ConstrainedBeamModel
 from serving.rollout import WindowShiftModel
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class ModelNotFound(LookupError):
 class LoadedModel:
     """One artifact version ready to serve: its rollout and (if on) its batcher."""
 
-    runner: WindowShiftModel
+    runner: WindowShiftModel | ConstrainedBeamModel
     batcher: DynamicBatcher | None
     on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
 
@@ -137,9 +138,13 @@ class ModelRegistry:
         try:
             artifact = read_artifact(path)
             kind = artifact.manifest["rollout"]["kind"]
-            if kind != "window_shift":
+            runner: WindowShiftModel | ConstrainedBeamModel
+            if kind == "constrained_beam":
+                runner = ConstrainedBeamModel.load(artifact, self.providers, self.intra_op_threads)
+            elif kind == "window_shift":
+                runner = WindowShiftModel.load(artifact, self.providers, self.intra_op_threads)
+            else:
                 raise ArtifactError(f"{path}: rollout kind {kind!r} is not served by this server yet")
-            runner = WindowShiftModel.load(artifact, self.providers, self.intra_op_threads)
         except Exception as err:  # any failure refuses this artifact only
             manifest = path / "manifest.json"
             self._refused[path] = manifest.stat().st_mtime if manifest.exists() else -1.0
@@ -154,7 +159,7 @@ class ModelRegistry:
                 report(name, rows)
 
         batcher = None
-        if self.batching.enabled:
+        if self.batching.enabled and not isinstance(runner, ConstrainedBeamModel):  # recommendations: not batched yet
             batcher = DynamicBatcher(
                 runner.forecast, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows
             )

@@ -16,13 +16,22 @@ from grpc_reflection.v1alpha import reflection
 from serving.batching import BatchingConfig
 from serving.forecast_service import ForecastServicer, Limits, ModelServicer
 from serving.observability import ServerMetrics
-from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
+from serving.proto.arcast.v1 import (
+    forecast_pb2,
+    forecast_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    recommend_pb2,
+    recommend_pb2_grpc,
+)
+from serving.recommend_service import RecommendServicer
 from serving.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     forecast_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name,
 )
 
 
@@ -64,6 +73,9 @@ class ForecastServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=options)
         forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
             ForecastServicer(self.registry, self.metrics, config.limits), self._server
+        )
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
+            RecommendServicer(self.registry, self.metrics, config.limits), self._server
         )
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry, self.metrics), self._server)
         self.health = health.HealthServicer(experimental_non_blocking=True)

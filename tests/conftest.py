@@ -54,3 +54,17 @@ def model_store(arnet_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store")
     export_run(arnet_run, store, "etth1-arnet", max_horizon=120)
     return store
+
+
+@pytest.fixture(scope="session")
+def amazon_data_dir(data_dir: Path) -> Path:
+    """The same data folder; the Amazon sets sit beside the ETT files."""
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def beauty(amazon_data_dir: Path):
+    """Amazon Beauty 5-core sequences (recommendation tests)."""
+    from recsys.data import load_dataset
+
+    return load_dataset("beauty", amazon_data_dir)

@@ -1,0 +1,124 @@
+"""RecommendService: constrained beam search over semantic IDs on onnxruntime, with precise status codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel
+from serving.forecast_service import Limits, RequestError, _invalid, observed
+from serving.observability import ServerMetrics
+from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
+from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
+
+
+@dataclass
+class UserQuery:
+    history: list[int]
+    exclude: set[int]
+
+
+def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
+    if not name:
+        raise _invalid("model: required")
+    try:
+        model = registry.get(name, version or None)
+    except ModelNotFound as err:
+        raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
+    if not isinstance(model.runner, ConstrainedBeamModel):
+        raise _invalid(f"model: {name!r} is a {model.manifest['model_kind']} model, not a recommender")
+    return model, model.runner
+
+
+def _check_settings(runner: ConstrainedBeamModel, k: int, beam_width: int) -> tuple[int, int]:
+    if k <= 0:
+        raise _invalid("k: must be at least 1")
+    if k > MAX_BEAM_WIDTH:
+        raise _invalid(f"k: {k} exceeds the limit of {MAX_BEAM_WIDTH}")
+    width = beam_width or max(runner.default_beam_width, k)
+    if width > MAX_BEAM_WIDTH:
+        raise _invalid(f"beam_width: {width} exceeds the limit of {MAX_BEAM_WIDTH}")
+    if width < k:
+        raise _invalid(f"beam_width: {width} is below k ({k})")
+    return k, width
+
+
+def _query(
+    runner: ConstrainedBeamModel, field: str, history: list[int], exclude: list[int], ignore_unknown: bool
+) -> UserQuery:
+    if not history:
+        raise _invalid(f"{field}: empty history")
+    known = runner.known_ids
+    unknown = [i for i, item in enumerate(history) if item not in known]
+    if unknown and not ignore_unknown:
+        shown = ", ".join(f"{field}[{i}]={history[i]}" for i in unknown[:5])
+        raise _invalid(f"{field}: unknown item ids {shown}{' ...' if len(unknown) > 5 else ''}")
+    kept = [item for item in history if item in known]
+    if not kept:
+        raise _invalid(f"{field}: no known item ids left after ignoring unknown ones")
+    return UserQuery(kept, set(exclude))
+
+
+def _recommendations(
+    runner: ConstrainedBeamModel, queries: list[UserQuery], k: int, width: int, include_seen: bool
+) -> list[list[recommend_pb2.Recommendation]]:
+    result = runner.search([q.history for q in queries], k, width, [q.exclude for q in queries], not include_seen)
+    out = []
+    for items, scores, codes in zip(result.items, result.scores, result.codes, strict=True):
+        row = []
+        for dense, score, code in zip(items, scores, codes, strict=True):
+            if dense == 0:  # fewer allowed items than k
+                continue
+            title = runner.titles[dense] if runner.titles else ""
+            row.append(
+                recommend_pb2.Recommendation(
+                    item_id=int(runner.item_ids[dense]),
+                    score=float(score),
+                    codes=np.asarray(code).tolist(),
+                    title=title,
+                )
+            )
+        out.append(row)
+    return out
+
+
+class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
+    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics, limits: Limits) -> None:
+        self.registry, self.metrics, self.limits = registry, metrics, limits
+
+    def Recommend(
+        self, request: recommend_pb2.RecommendRequest, context: grpc.ServicerContext
+    ) -> recommend_pb2.RecommendResponse:
+        with observed(self.metrics, "Recommend", request.model, context):
+            model, runner = _recommender(self.registry, request.model, request.version)
+            k, width = _check_settings(runner, request.k, request.beam_width)
+            query = _query(
+                runner, "history", list(request.history), list(request.exclude), request.ignore_unknown_items
+            )
+            (items,) = _recommendations(runner, [query], k, width, request.include_seen)
+            return recommend_pb2.RecommendResponse(model=model.name, version=model.version, items=items)
+
+    def RecommendBatch(
+        self, request: recommend_pb2.RecommendBatchRequest, context: grpc.ServicerContext
+    ) -> recommend_pb2.RecommendBatchResponse:
+        with observed(self.metrics, "RecommendBatch", request.model, context):
+            model, runner = _recommender(self.registry, request.model, request.version)
+            k, width = _check_settings(runner, request.k, request.beam_width)
+            if not request.users:
+                raise _invalid("users: at least one user is required")
+            if len(request.users) > self.limits.max_series:
+                raise RequestError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"users: {len(request.users)} users exceed the limit of {self.limits.max_series}",
+                )
+            queries = [
+                _query(runner, f"users[{i}].history", list(u.history), list(u.exclude), request.ignore_unknown_items)
+                for i, u in enumerate(request.users)
+            ]
+            rows = _recommendations(runner, queries, k, width, request.include_seen)
+            response = recommend_pb2.RecommendBatchResponse(model=model.name, version=model.version)
+            for user, items in zip(request.users, rows, strict=True):
+                response.users.add(user_id=user.user_id, items=items)
+            return response

@@ -1,0 +1,98 @@
+"""Recommend over real gRPC: equals the in-process onnxruntime beam search, real items only, exclusions, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.beam_search import ConstrainedBeamModel
+from serving.client import ArcastClient
+from serving.server import ForecastServer
+from tests.recsys.test_prorec_export import artifact, one_thread, split_and_run  # noqa: F401 - shared fixtures
+from tests.serving.conftest import start_server
+
+MODEL = "beauty-slice"
+
+
+@pytest.fixture(scope="module")
+def rec_server(artifact) -> Iterator[ForecastServer]:  # noqa: F811
+    server = start_server(artifact.path.parents[1])
+    yield server
+    server.stop(grace_s=1)
+
+
+@pytest.fixture(scope="module")
+def rec_client(rec_server: ForecastServer) -> Iterator[ArcastClient]:
+    with ArcastClient(f"127.0.0.1:{rec_server.port}") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sample(artifact, split_and_run) -> tuple[ConstrainedBeamModel, list[list[int]]]:  # noqa: F811
+    model = ConstrainedBeamModel.load(artifact)
+    split, _ = split_and_run
+    raw = model.item_ids
+    histories = [[int(raw[d]) for d in row if d] for row in split.test.histories[:40]]
+    return model, histories
+
+
+def test_served_top_k_equals_in_process(rec_client: ArcastClient, sample) -> None:
+    model, histories = sample
+    expected = model.recommend(histories, k=10)
+    batch = rec_client.recommend_batch(MODEL, histories, k=10)
+    for history, want, user in zip(histories, expected, batch.users, strict=True):
+        single = rec_client.recommend(MODEL, history, k=10)
+        got = [(i.item_id, i.score) for i in single.items]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-6)
+        assert [i.item_id for i in user.items] == [w[0] for w in want]  # batch and single calls agree
+        assert {i.item_id for i in single.items} <= model.known_ids  # every result is a real item
+        assert not {i.item_id for i in single.items} & set(history)  # seen items excluded by default
+        assert all(len(i.codes) == model.tokens.shape[1] for i in single.items)
+
+
+def test_excluded_items_never_appear(rec_client: ArcastClient, sample) -> None:
+    _, histories = sample
+    first = rec_client.recommend(MODEL, histories[0], k=10)
+    banned = [i.item_id for i in first.items[:5]]
+    again = rec_client.recommend(MODEL, histories[0], k=10, exclude=banned)
+    assert not {i.item_id for i in again.items} & set(banned)
+    assert [i.item_id for i in again.items[:5]] == [i.item_id for i in first.items[5:10]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "message"),
+    [
+        (
+            {"history": [999_999_999]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "history: unknown item ids history[0]=999999999",
+        ),
+        ({"history": []}, grpc.StatusCode.INVALID_ARGUMENT, "history: empty history"),
+        ({"k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "k: must be at least 1"),
+        ({"k": 10, "beam_width": 5}, grpc.StatusCode.INVALID_ARGUMENT, "beam_width: 5 is below k (10)"),
+        ({"k": 100_000}, grpc.StatusCode.INVALID_ARGUMENT, "k: 100000 exceeds the limit"),
+        ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "model 'nope' is not loaded"),
+    ],
+)
+def test_bad_requests(rec_client: ArcastClient, sample, kwargs: dict, code, message: str) -> None:
+    _, histories = sample
+    args = {"model": MODEL, "history": histories[0], "k": 10, **kwargs}
+    with pytest.raises(grpc.RpcError) as info:
+        rec_client.recommend(args.pop("model"), args.pop("history"), **args)
+    assert info.value.code() == code and message in info.value.details()
+
+
+def test_unknown_items_can_be_ignored(rec_client: ArcastClient, sample) -> None:
+    _, histories = sample
+    plain = rec_client.recommend(MODEL, histories[1], k=5)
+    noisy = rec_client.recommend(MODEL, [999_999_999, *histories[1]], k=5, ignore_unknown_items=True)
+    assert [i.item_id for i in noisy.items] == [i.item_id for i in plain.items]
+
+
+def test_listed_beside_forecasters(rec_client: ArcastClient) -> None:
+    (info,) = rec_client.list_models()
+    assert (info.model_kind, info.rollout_kind) == ("prorec", "constrained_beam")
