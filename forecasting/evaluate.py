@@ -13,7 +13,7 @@ from forecasting.data import DataConfig, WindowDataset, prepare_data
 from forecasting.metrics import error_by_horizon, forecast_metrics
 from forecasting.splits import StandardScaler
 from serving.artifact import read_artifact
-from serving.rollout import WindowShiftModel
+from serving.rollout import load_runner
 
 
 def evaluate_artifact(
@@ -27,7 +27,7 @@ def evaluate_artifact(
 ) -> dict[str, Any]:
     """Metrics of the artifact at ``path`` on every window of ``split`` (published protocol: scaled)."""
     artifact = read_artifact(path)
-    model = WindowShiftModel.load(artifact)
+    model = load_runner(artifact)
     horizon = horizon or model.step
     base = DataConfig(**artifact.manifest["data"]["config"])
     config = replace(

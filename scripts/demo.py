@@ -17,11 +17,14 @@ from forecasting.evaluate import evaluate_artifact
 from forecasting.export import export_run
 from forecasting.runs import save_run, train_run
 from forecasting.training import TrainConfig
+from recsys.data import load_beauty_titles, load_dataset
+from recsys.prorec_training import popular_items_slice
 from serving.batch import run_batch
 from serving.client import ArcastClient
 
 OUT = Path("demo-output")
 MODEL = "etth1-arnet"
+RECOMMENDER = "beauty-prorec"
 HORIZONS = (24, 48, 168)
 
 
@@ -38,6 +41,21 @@ def start_server(store: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split()[-1]
 
 
+def show_recommendations(client: ArcastClient) -> None:
+    """Top-5 for a few Beauty users of the slice, with titles, next to what they really bought next."""
+    sequences = popular_items_slice(load_dataset("beauty").sequences, 500, 4000)
+    titles = load_beauty_titles().texts
+    print("\n    recommendations (seen items excluded) against what the user bought next:")
+    for user in list(sequences)[:3]:
+        history, actual = sequences[user][:-1], sequences[user][-1]
+        response = client.recommend(RECOMMENDER, history[-20:], k=5)
+        print(f"    user {user}: last bought {titles[history[-1]][:60]!r}")
+        for rank, item in enumerate(response.items, 1):
+            hit = "  <- bought next" if item.item_id == actual else ""
+            print(f"      {rank}. {item.title[:70]}{hit}")
+        print(f"      actually next: {titles[actual][:70]}")
+
+
 def main() -> int:
     data = DataConfig(dataset="ETTh1", features="S", target="OT", lookback=168, horizon=24)
     print(f"1/5 training AR-Net on ETTh1 (target OT, lookback {data.lookback}, {data.horizon} values per step)")
@@ -47,11 +65,11 @@ def main() -> int:
     save_run(run, OUT / "runs" / MODEL)
     print(f"    best epoch {run.fit['best_epoch']} of {run.fit['epochs_run']}, {run.fit['seconds']:.1f} s")
 
-    print("2/5 exporting to ONNX (parity with torch checked before publishing)")
+    print("2/6 exporting to ONNX (parity with torch checked before publishing)")
     artifact = export_run(run, OUT / "models", MODEL, max_horizon=max(HORIZONS))
     print(f"    {artifact.path}, parity " + ", ".join(f"{v:.1e}" for v in artifact.manifest["parity"].values()))
 
-    print("3/5 evaluating the artifact as served (onnxruntime, window-shift rollout) on every ETTh1 test window")
+    print("3/6 evaluating the artifact as served (onnxruntime, window-shift rollout) on every ETTh1 test window")
     print(f"\n    {'horizon':>7} {'windows':>8} {'MSE':>7} {'MAE':>7} {'MSE °C²':>8} {'MAE °C':>7}")
     for horizon in HORIZONS:
         report = evaluate_artifact(artifact.path, horizon=horizon, progress=False)
@@ -62,7 +80,32 @@ def main() -> int:
         )
     print("    (MSE/MAE on standardised data, the papers' protocol; then original units)\n")
 
-    print("4/5 serving the store over gRPC and forecasting ETTh1 test windows")
+    print("4/6 training a small PRORec recommender on a Beauty slice (500 most popular items) and exporting it")
+    recommender_run = OUT / "runs" / "beauty-prorec"
+    for command in (
+        [
+            "train",
+            "--dataset",
+            "beauty",
+            "--slice-items",
+            "500",
+            "--slice-users",
+            "4000",
+            "--variant",
+            "prorec",
+            "--sasrec-epochs",
+            "3",
+            "--epochs",
+            "3",
+            "--out",
+            str(recommender_run),
+        ],
+        ["export", "--run", str(recommender_run), "--store", str(OUT / "models"), "--name", RECOMMENDER],
+    ):
+        subprocess.run([sys.executable, "-m", "recsys", *command], check=True, stdout=subprocess.DEVNULL)
+    print(f"    {OUT / 'models' / RECOMMENDER} exported (onnxruntime beam search checked against torch)\n")
+
+    print("5/6 serving the store over gRPC and forecasting ETTh1 test windows")
     proc, target = start_server(OUT / "models")
     try:
         prepared = prepare_data(data)
@@ -90,12 +133,13 @@ def main() -> int:
                 f"    {forecast.id:<17} {pred[0]:>9.2f} {actual[0]:>7.2f}"
                 f" {pred[-1]:>10.2f} {actual[-1]:>7.2f} {mse:>10.3f}"
             )
+            show_recommendations(client)
     finally:
         proc.terminate()
         code = proc.wait(timeout=60)
     print(f"    server stopped on SIGTERM (exit code {code})\n")
 
-    print("5/5 batch scoring: every 24th test origin as a series, parquet in, parquet out")
+    print("6/6 batch scoring: every 24th test origin as a series, parquet in, parquet out")
     frames = [
         pl.DataFrame({"series_id": str(stamps[o])[:13], "timestamp": stamps[o - 168 : o], "value": values[o - 168 : o]})
         for o in range(start + 168, prepared.borders.test[1] - 24, 24)

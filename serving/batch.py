@@ -23,7 +23,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from serving.artifact import atomic_write, atomic_write_text, read_artifact, resolve, sha256_file
-from serving.rollout import WindowShiftModel
+from serving.rollout import KVCacheModel, WindowShiftModel, load_runner
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
 
 JOB_FILE = "_job.json"
@@ -71,9 +71,9 @@ def model_channels(model: WindowShiftModel) -> list[str]:
 
 def load_model(
     artifact_path: Path, model_name: str, horizon: int, intra_op_threads: int | None = None
-) -> WindowShiftModel:
+) -> WindowShiftModel | KVCacheModel:
     """The artifact's rollout, refused up front when it cannot reach ``horizon``."""
-    model = WindowShiftModel.load(read_artifact(artifact_path), intra_op_threads=intra_op_threads)
+    model = load_runner(read_artifact(artifact_path), intra_op_threads=intra_op_threads)
     if not 0 < horizon <= model.max_horizon:
         raise ValueError(f"horizon: {horizon} is outside 1..{model.max_horizon} for {model_name}")
     return model

@@ -19,7 +19,7 @@ import numpy as np
 from serving.artifact import ArtifactError, read_artifact
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.beam_search import ConstrainedBeamModel
-from serving.rollout import WindowShiftModel
+from serving.rollout import KVCacheModel, WindowShiftModel, load_runner
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class ModelNotFound(LookupError):
 class LoadedModel:
     """One artifact version ready to serve: its rollout and (if on) its batcher."""
 
-    runner: WindowShiftModel | ConstrainedBeamModel
+    runner: WindowShiftModel | KVCacheModel | ConstrainedBeamModel
     batcher: DynamicBatcher | None
     on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
 
@@ -138,11 +138,10 @@ class ModelRegistry:
         try:
             artifact = read_artifact(path)
             kind = artifact.manifest["rollout"]["kind"]
-            runner: WindowShiftModel | ConstrainedBeamModel
             if kind == "constrained_beam":
                 runner = ConstrainedBeamModel.load(artifact, self.providers, self.intra_op_threads)
-            elif kind == "window_shift":
-                runner = WindowShiftModel.load(artifact, self.providers, self.intra_op_threads)
+            elif kind in ("window_shift", "kv_cache"):
+                runner = load_runner(artifact, self.providers, self.intra_op_threads)
             else:
                 raise ArtifactError(f"{path}: rollout kind {kind!r} is not served by this server yet")
         except Exception as err:  # any failure refuses this artifact only

