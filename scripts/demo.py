@@ -58,7 +58,7 @@ def show_recommendations(client: ArcastClient) -> None:
 
 def main() -> int:
     data = DataConfig(dataset="ETTh1", features="S", target="OT", lookback=168, horizon=24)
-    print(f"1/5 training AR-Net on ETTh1 (target OT, lookback {data.lookback}, {data.horizon} values per step)")
+    print(f"1/6 training AR-Net on ETTh1 (target OT, lookback {data.lookback}, {data.horizon} values per step)")
     run = train_run(
         "arnet", data, {"loss": "mse"}, TrainConfig(epochs=15, batch_size=64, lr=3e-3, lr_schedule="onecycle")
     )
@@ -133,6 +133,7 @@ def main() -> int:
                 f"    {forecast.id:<17} {pred[0]:>9.2f} {actual[0]:>7.2f}"
                 f" {pred[-1]:>10.2f} {actual[-1]:>7.2f} {mse:>10.3f}"
             )
+        with ArcastClient(target) as client:
             show_recommendations(client)
     finally:
         proc.terminate()
