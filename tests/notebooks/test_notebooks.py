@@ -14,7 +14,7 @@ SMALL = {"ARCAST_TRIALS": "3", "ARCAST_HORIZON": "36", "HF_HUB_OFFLINE": "1"}
 
 
 def test_there_are_notebooks() -> None:
-    assert {p.name for p in NOTEBOOKS} >= {"forecast.ipynb", "tuning.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"forecast.ipynb", "recommend.ipynb", "tuning.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
