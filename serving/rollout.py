@@ -235,8 +235,30 @@ def window_shift(
     return steps.collect(blocks)[:, :horizon]
 
 
+class ManifestFacts:
+    """The rollout facts every forecasting runner reads from its artifact's manifest."""
+
+    artifact: Artifact
+
+    @property
+    def context_length(self) -> int:
+        return int(self.artifact.manifest["rollout"]["context_length"])
+
+    @property
+    def step(self) -> int:
+        return int(self.artifact.manifest["rollout"]["step"])
+
+    @property
+    def max_horizon(self) -> int:
+        return int(self.artifact.manifest["rollout"]["max_horizon"])
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.artifact.manifest["channels"])
+
+
 @dataclass
-class WindowShiftModel:
+class WindowShiftModel(ManifestFacts):
     """A loaded window-shift artifact: one graph, context (B, L, C) -> forecast (B, step, C), raw units."""
 
     artifact: Artifact
@@ -268,22 +290,6 @@ class WindowShiftModel:
     @property
     def device(self) -> str:
         return self.steps.device if isinstance(self.steps, BoundSteps) else "host"
-
-    @property
-    def context_length(self) -> int:
-        return int(self.artifact.manifest["rollout"]["context_length"])
-
-    @property
-    def step(self) -> int:
-        return int(self.artifact.manifest["rollout"]["step"])
-
-    @property
-    def max_horizon(self) -> int:
-        return int(self.artifact.manifest["rollout"]["max_horizon"])
-
-    @property
-    def n_channels(self) -> int:
-        return len(self.artifact.manifest["channels"])
 
     @property
     def calendar(self) -> CalendarInputs | None:
@@ -405,7 +411,7 @@ class _KVSteps:
 
 
 @dataclass
-class KVCacheModel:
+class KVCacheModel(ManifestFacts):
     """A loaded kv_cache artifact (AutoTimes): one step graph, prefill then one decode step per segment.
 
     ``forecast`` scales the raw context with the training scaler, normalises each series over the context,
@@ -448,22 +454,6 @@ class KVCacheModel:
     @property
     def device(self) -> str:
         return self.steps.device or "host"
-
-    @property
-    def context_length(self) -> int:
-        return int(self.artifact.manifest["rollout"]["context_length"])
-
-    @property
-    def step(self) -> int:
-        return int(self.artifact.manifest["rollout"]["step"])
-
-    @property
-    def max_horizon(self) -> int:
-        return int(self.artifact.manifest["rollout"]["max_horizon"])
-
-    @property
-    def n_channels(self) -> int:
-        return len(self.artifact.manifest["channels"])
 
     @property
     def calendar(self) -> TimestampTable | None:
