@@ -23,11 +23,15 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from serving.artifact import atomic_write, atomic_write_text, read_artifact, resolve, sha256_file
+from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel
 from serving.rollout import KVCacheModel, WindowShiftModel, load_runner
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
 
 JOB_FILE = "_job.json"
 ERROR_SCHEMA = {SERIES_ID: pl.String, "reason": pl.String}
+# Recommendation jobs: a long table of (user_id, item_id[, timestamp]) interactions in, top-k per user out.
+USER_ID, ITEM_ID, TIMESTAMP = "user_id", "item_id", "timestamp"
+USER_ERROR_SCHEMA = {USER_ID: pl.String, "reason": pl.String}
 
 
 @dataclass
@@ -65,15 +69,22 @@ def _future(stamps: np.ndarray | None, horizon: int) -> np.ndarray | None:
     return stamps[-1] + (stamps[-1] - stamps[-2]) * np.arange(1, horizon + 1)
 
 
-def model_channels(model: WindowShiftModel) -> list[str]:
+def model_channels(model: WindowShiftModel | KVCacheModel | ConstrainedBeamModel) -> list[str]:
+    if isinstance(model, ConstrainedBeamModel):
+        raise ValueError("recommendation models are scored in-process (without --ray)")
     return list(model.artifact.manifest["channels"])
 
 
 def load_model(
     artifact_path: Path, model_name: str, horizon: int, intra_op_threads: int | None = None
-) -> WindowShiftModel | KVCacheModel:
-    """The artifact's rollout, refused up front when it cannot reach ``horizon``."""
-    model = load_runner(read_artifact(artifact_path), intra_op_threads=intra_op_threads)
+) -> WindowShiftModel | KVCacheModel | ConstrainedBeamModel:
+    """The artifact's runner, refused up front when it cannot reach ``horizon`` (for a recommender: k)."""
+    artifact = read_artifact(artifact_path)
+    if artifact.manifest["rollout"]["kind"] == "constrained_beam":
+        if not 0 < horizon <= MAX_BEAM_WIDTH:
+            raise ValueError(f"k: {horizon} is outside 1..{MAX_BEAM_WIDTH} for {model_name}")
+        return ConstrainedBeamModel.load(artifact, intra_op_threads=intra_op_threads)
+    model = load_runner(artifact, intra_op_threads=intra_op_threads)
     if not 0 < horizon <= model.max_horizon:
         raise ValueError(f"horizon: {horizon} is outside 1..{model.max_horizon} for {model_name}")
     return model
@@ -106,9 +117,41 @@ def score_series(
     return scored, pl.DataFrame(errors, schema=ERROR_SCHEMA, orient="row")
 
 
-def _score_chunk(
-    frame: pl.DataFrame, model: WindowShiftModel, horizon: int, rows_per_run: int
+def score_users(
+    frame: pl.DataFrame, model: ConstrainedBeamModel, k: int, rows_per_run: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Top-``k`` rows (user_id, rank, item_id, score, title) per user, seen items excluded; bad users as errors."""
+    frame = frame.with_columns(pl.col(USER_ID).cast(pl.String))
+    errors, users, histories = [], [], []
+    for (user,), group in frame.group_by(USER_ID, maintain_order=True):
+        if TIMESTAMP in group.columns:
+            group = group.sort(TIMESTAMP)
+        items = group[ITEM_ID].cast(pl.Int64, strict=False).to_list()
+        unknown = [item for item in items if item not in model.known_ids]
+        if unknown:
+            errors.append((user, f"unknown item ids {unknown[:5]}"))
+            continue
+        users.append(user)
+        histories.append(items)
+    rows: dict[str, list] = {USER_ID: [], "rank": [], ITEM_ID: [], "score": [], "title": []}
+    for start in range(0, len(users), rows_per_run):
+        result = model.search(histories[start : start + rows_per_run], k)
+        for user, items, scores in zip(users[start : start + rows_per_run], result.items, result.scores, strict=True):
+            for rank, (dense, score) in enumerate(zip(items, scores, strict=True), 1):
+                if dense:  # 0: fewer allowed items than k
+                    rows[USER_ID].append(user)
+                    rows["rank"].append(rank)
+                    rows[ITEM_ID].append(int(model.item_ids[dense]))
+                    rows["score"].append(float(score))
+                    rows["title"].append(model.titles[dense] if model.titles else "")
+    return pl.DataFrame(rows), pl.DataFrame(errors, schema=USER_ERROR_SCHEMA, orient="row")
+
+
+def _score_chunk(
+    frame: pl.DataFrame, model: WindowShiftModel | KVCacheModel | ConstrainedBeamModel, horizon: int, rows_per_run: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if isinstance(model, ConstrainedBeamModel):
+        return score_users(frame, model, horizon, rows_per_run)
     return score_series(series_from_frame(frame, model_channels(model)), model, horizon, rows_per_run)
 
 
@@ -158,9 +201,15 @@ def run_batch(
         if not staged.exists():
             atomic_write(staged, lambda tmp: scan.sink_parquet(tmp))
         scan = pl.scan_parquet(staged)
-    has_ids = SERIES_ID in scan.collect_schema().names()
+    id_column = USER_ID if isinstance(model, ConstrainedBeamModel) else SERIES_ID
+    columns = scan.collect_schema().names()
+    if id_column == USER_ID and not {USER_ID, ITEM_ID} <= set(columns):
+        raise TableError(
+            f"{input_path}: a recommendation job needs {USER_ID!r} and {ITEM_ID!r} columns (has {columns})"
+        )
+    has_ids = id_column in columns
     if has_ids:
-        ids = scan.select(pl.col(SERIES_ID).cast(pl.String)).unique().sort(SERIES_ID).collect()[SERIES_ID].to_list()
+        ids = scan.select(pl.col(id_column).cast(pl.String)).unique().sort(id_column).collect()[id_column].to_list()
     else:
         ids = ["0"]
     chunks = [ids[i : i + chunk_series] for i in range(0, len(ids), chunk_series)] or [[]]
@@ -170,7 +219,7 @@ def run_batch(
         if part.exists():
             resumed += 1
             continue
-        frame = (scan.filter(pl.col(SERIES_ID).cast(pl.String).is_in(chunk)) if has_ids else scan).collect()
+        frame = (scan.filter(pl.col(id_column).cast(pl.String).is_in(chunk)) if has_ids else scan).collect()
         scored, errors = _score_chunk(frame, model, horizon, rows_per_run)
         atomic_write(part_errors, errors.write_parquet)
         atomic_write(part, scored.write_parquet)  # last: its presence marks the chunk done
@@ -179,7 +228,7 @@ def run_batch(
     errors = pl.concat([pl.read_parquet(p) for p in sorted(parts_dir.glob("errors-*.parquet"))], how="vertical")
     write_outputs(output, scored, errors)
     shutil.rmtree(parts_dir)
-    n_scored = scored[SERIES_ID].n_unique() if len(scored) else 0
+    n_scored = scored[id_column].n_unique() if len(scored) else 0
     return BatchSummary(
         len(ids),
         n_scored,

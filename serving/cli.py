@@ -139,13 +139,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from serving.batch import run_batch, summary_json
 
     if args.ray:
+        if args.k:
+            raise ValueError("--ray scores forecasting models only: run recommendation jobs without --ray")
         return _ray_batch(args)
     summary = run_batch(
         args.store,
         args.model,
         args.input,
         args.output,
-        args.horizon,
+        args.horizon or args.k,
         version=args.version,
         chunk_series=args.chunk_series,
     )
@@ -258,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--store", required=True, help="model store folder")
     batch.add_argument("--model", required=True)
     batch.add_argument("--version", help="model version (default latest)")
-    batch.add_argument("--horizon", type=int, required=True)
+    size = batch.add_mutually_exclusive_group(required=True)
+    size.add_argument("--horizon", type=int, help="forecast horizon (forecasting models)")
+    size.add_argument("--k", type=int, help="items per user (recommenders: input user_id, item_id[, timestamp])")
     batch.add_argument("--input", required=True, help="series_id, timestamp?, value (CSV or parquet)")
     batch.add_argument("--output", required=True, help="output parquet file")
     batch.add_argument("--chunk-series", type=int, default=512, help="series per resumable chunk (default 512)")
