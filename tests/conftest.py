@@ -68,3 +68,17 @@ def beauty(amazon_data_dir: Path):
     from recsys.data import load_dataset
 
     return load_dataset("beauty", amazon_data_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch/BLAS thread for the module: on a shared 2-core CPU, two contending threads were measured 10-20x
+    slower for the small recommendation models."""
+    import threadpoolctl
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)

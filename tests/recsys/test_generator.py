@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import threadpoolctl
 import torch
 
 from recsys.alignment import info_nce
@@ -20,17 +17,6 @@ from recsys.generator import (
 )
 from recsys.quantizer import append_dedup_code
 from recsys.trie import PrefixTrie
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpoolctl.threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
-
 
 CODES = append_dedup_code(np.random.default_rng(0).integers(0, (6, 5, 4), size=(120, 3)))
 

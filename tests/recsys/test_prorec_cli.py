@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import threadpoolctl
-import torch
 
 from recsys.cli import main
 
@@ -21,16 +18,6 @@ TINY = [
     "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-unit", "item", "--epochs", "1",
     "--eval-users", "100", "--beam-width", "20",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpoolctl.threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
 
 
 def test_help_explains_every_subcommand() -> None:

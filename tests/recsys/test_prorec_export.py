@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import threadpoolctl
-import torch
 
 from recsys.cli import main as cli_main
 from recsys.data import InteractionData
@@ -34,16 +31,6 @@ from serving.beam_search import ConstrainedBeamModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLICE = {"top_items": 500, "max_users": 4000}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpoolctl.threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import threadpoolctl
-import torch
 
 from recsys.alignment import AlignmentConfig, alignment_report
 from recsys.data import InteractionData, load_beauty_titles
@@ -29,16 +26,6 @@ from recsys.prorec_training import (
 from recsys.quantizer import QuantizerConfig, RQVAEConfig
 from recsys.split import LeaveOneOutSplit, leave_one_out
 from recsys.text_embeddings import embed_item_titles
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpoolctl.threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import threadpoolctl
 import torch
 
 from recsys.quantizer import (
@@ -20,16 +17,6 @@ from recsys.quantizer import (
     residual_kmeans,
 )
 from recsys.trie import PrefixTrie
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpoolctl.threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
 
 
 def test_dedup_code_numbers_items_within_each_collision_group() -> None:

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import threadpoolctl
 import torch
 
 from recsys.generator import Generator, GeneratorConfig, beam_search, history_tokens, token_table
 from recsys.quantizer import append_dedup_code
 from recsys.trie import PrefixTrie
 from serving.beam_search import TrieTable
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch/BLAS thread: on a shared 2-core CPU, two contending threads were measured 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpoolctl.threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
 
 
 def random_codes(n: int, sizes: tuple[int, ...], seed: int = 0) -> np.ndarray:

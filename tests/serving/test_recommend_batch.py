@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from serving.batch import errors_path, run_batch
 from serving.beam_search import ConstrainedBeamModel
-from tests.recsys.test_prorec_export import artifact, one_thread, split_and_run  # noqa: F401 - shared fixtures
+from tests.recsys.test_prorec_export import artifact, split_and_run  # noqa: F401 - shared fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_recommendation_batch_job(artifact, split_and_run, tmp_path: Path) -> None:  # noqa: F811

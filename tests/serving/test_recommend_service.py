@@ -11,9 +11,10 @@ import pytest
 from serving.beam_search import ConstrainedBeamModel
 from serving.client import ArcastClient
 from serving.server import ForecastServer
-from tests.recsys.test_prorec_export import artifact, one_thread, split_and_run  # noqa: F401 - shared fixtures
+from tests.recsys.test_prorec_export import artifact, split_and_run  # noqa: F401 - shared fixtures
 from tests.serving.conftest import start_server
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "beauty-slice"
 
 
