@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from serving_load import closed_loop, peak_rss_mib, start_server  # bench/serving_load.py
 
 from forecasting.data import DataConfig, prepare_data
 from forecasting.export import ServingGraph, export_run
@@ -65,70 +65,14 @@ def build_store(store: Path) -> dict[str, dict]:
     return out
 
 
-def start_server(store: Path, batching: bool) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "serving",
-        "serve",
-        "--store",
-        str(store),
-        "--port",
-        "0",
-        "--log-level",
-        "warning",
-        "--max-batch",
-        "256",
-        "--max-wait-ms",
-        str(MAX_WAIT_MS),
-        "--max-workers",
-        "256",
-    ]
-    if not batching:
-        cmd.append("--no-batching")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("listening on"):
-        raise RuntimeError(f"server failed to start: {line!r}")
-    return proc, line.split()[-1]
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def load(target: str, model: str, histories: np.ndarray, horizon: int, clients: int, seconds: float) -> dict:
     """``clients`` concurrent callers, each sending one-series requests back to back for ``seconds``."""
     import grpc
 
-    latencies: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = forecast_pb2_grpc.ForecastServiceStub(channel)
         requests = [ArcastClient.forecast_request(model, [h], horizon) for h in histories]
-        await stub.Forecast(requests[0], timeout=30)  # warm
-        stop_at = time.perf_counter() + seconds
-
-        async def caller(k: int) -> None:
-            i = k
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                await stub.Forecast(requests[i % len(requests)], timeout=30)
-                latencies.append(time.perf_counter() - t0)
-                i += clients
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller(k) for k in range(clients)))
-        elapsed = time.perf_counter() - started
-    lat = np.array(latencies) * 1000
-    return {
-        "requests": len(lat),
-        "rps": len(lat) / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-    }
+        return await closed_loop(lambda i: stub.Forecast(requests[i % len(requests)], timeout=30), clients, seconds)
 
 
 def ort_vs_torch(run, artifact_path: Path, histories: np.ndarray, horizon: int, repeats: int) -> dict:
@@ -197,7 +141,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         trained = build_store(store)
-        servers = {mode: start_server(store, batching=mode == "on") for mode in ("on", "off")}
+        servers = {mode: start_server(store, mode == "on", MAX_WAIT_MS) for mode in ("on", "off")}
         try:
             results["server_peak_rss_mib_after_load"] = {}
             for name, scenario in SCENARIOS.items():

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
+from serving.batching import BatchKind
 from serving.rollout import create_session
 
 ROLLOUT_KIND = "constrained_beam"
@@ -96,6 +98,23 @@ class SearchResult:
     items: np.ndarray  # (B, k) int64
     scores: np.ndarray  # (B, k) float32
     codes: np.ndarray  # (B, k, L) int64
+
+
+@dataclass(frozen=True)
+class UserQuery:
+    """One user's search input in dense ids: the whole history (oldest first) and the items never to return."""
+
+    history: np.ndarray
+    excluded: np.ndarray
+
+
+@dataclass(frozen=True)
+class RecommendJob:
+    """One request's users with its k and beam width: the unit the dynamic batcher merges."""
+
+    queries: list[UserQuery]
+    k: int
+    beam_width: int
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -192,21 +211,18 @@ class ConstrainedBeamModel:
             raise ValueError(f"{field}[{bad}]: unknown item id {int(values[bad])}")
         return pos[found] + 1
 
-    def _histories(self, histories: Sequence[Sequence[int]]) -> tuple[list[np.ndarray], np.ndarray]:
-        """Raw-id histories -> every dense id of each, and (B, H) left-padded dense ids of the last ``max_history``."""
-        if not len(histories):
-            raise ValueError("histories: no users given")
-        rows = []
-        for i, history in enumerate(histories):
-            if not len(history):
-                raise ValueError(f"histories[{i}]: empty history (at least one item is needed)")
-            rows.append(self.dense_ids(history, strict=True, field=f"histories[{i}]"))
-        width = min(max(len(r) for r in rows), self.max_history)
-        out = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            tail = row[-width:]
-            out[i, width - len(tail) :] = tail
-        return rows, out
+    def query(
+        self, history: Sequence[int], exclude: Iterable[int] = (), exclude_seen: bool = True, field: str = "history"
+    ) -> UserQuery:
+        """One user's raw ids -> dense ids; an unknown history item raises, an unknown excluded item is ignored."""
+        if not len(history):
+            raise ValueError(f"{field}: empty history (at least one item is needed)")
+        dense = self.dense_ids(history, strict=True, field=field)
+        parts = [dense] if exclude_seen else []  # the whole history, also what is older than max_history
+        exclude = sorted(set(exclude))
+        if exclude:
+            parts.append(self.dense_ids(exclude, strict=False, field="exclude"))
+        return UserQuery(dense, np.concatenate(parts) if parts else np.zeros(0, np.int64))
 
     def recommend(
         self,
@@ -236,53 +252,65 @@ class ConstrainedBeamModel:
         exclude_seen: bool = True,
     ) -> SearchResult:
         """As :meth:`recommend`, as arrays of dense ids (``item_ids`` maps them to raw ids) with their codes."""
+        if not len(histories):
+            raise ValueError("histories: no users given")
+        if exclude is not None and len(exclude) != len(histories):
+            raise ValueError(f"exclude: {len(exclude)} sets for {len(histories)} histories")
+        queries = [
+            self.query(history, exclude[i] if exclude is not None else (), exclude_seen, f"histories[{i}]")
+            for i, history in enumerate(histories)
+        ]
+        return self.search_queries(queries, k, beam_width)
+
+    def search_queries(
+        self, queries: Sequence[UserQuery], k: int | None = None, beam_width: int | None = None
+    ) -> SearchResult:
+        """Beam search for prepared queries: the last ``max_history`` items of each history, left-padded."""
         k = self.default_k if k is None else k
         beam_width = max(self.default_beam_width, k) if beam_width is None else beam_width
         if not 1 <= beam_width <= MAX_BEAM_WIDTH:
             raise ValueError(f"beam_width: {beam_width} is outside 1..{MAX_BEAM_WIDTH}")
         if not 1 <= k <= beam_width:
             raise ValueError(f"k: {k} is outside 1..beam_width ({beam_width})")
-        if exclude is not None and len(exclude) != len(histories):
-            raise ValueError(f"exclude: {len(exclude)} sets for {len(histories)} histories")
-        seen, dense = self._histories(histories)
-        excluded: list[np.ndarray] | None = None
-        if exclude_seen or exclude is not None:
-            excluded = []
-            for i, row in enumerate(seen):
-                parts = [row] if exclude_seen else []  # the whole history, also what is older than max_history
-                if exclude is not None:
-                    parts.append(self.dense_ids(sorted(exclude[i]), strict=False, field=f"exclude[{i}]"))
-                excluded.append(np.concatenate(parts) if parts else np.zeros(0, np.int64))
-        return self.search_dense(dense, k, beam_width, excluded)
+        if not len(queries):
+            raise ValueError("queries: no users given")
+        width = min(max(len(q.history) for q in queries), self.max_history)
+        padded = np.zeros((len(queries), width), dtype=np.int64)
+        for i, q in enumerate(queries):
+            tail = q.history[-width:]
+            padded[i, width - len(tail) :] = tail
+        return self.search_dense(padded, k, beam_width, [q.excluded for q in queries])
 
     # --- the search itself -------------------------------------------------------------------------------------
 
     def search_dense(
-        self, histories: np.ndarray, k: int, beam_width: int, excluded: Sequence[np.ndarray] | None = None
+        self,
+        histories: np.ndarray,
+        k: int,
+        beam_width: int,
+        excluded: Sequence[np.ndarray] | None = None,
+        steps: StepsFactory | None = None,
     ) -> SearchResult:
-        """Beam search for (B, H) left-padded dense-id histories (every row with at least one item)."""
+        """Beam search for (B, H) left-padded dense-id histories (every row with at least one item).
+
+        ``steps`` makes the decoder's per-level runs (default :class:`CachedSteps`, the served way).
+        """
         rollout = self.rollout
         histories = np.asarray(histories, dtype=np.int64)
         used = np.flatnonzero((histories != 0).any(axis=0))
         tokens = self.tokens[histories[:, int(used[0]) :]].reshape(len(histories), -1)
-        encoded = self.encoder.run(None, {"history": tokens})
         names = [o.name for o in self.encoder.get_outputs()]
-        feeds = dict(zip(names, encoded, strict=True))
-        batch, heads, head_dim = len(histories), int(rollout["heads"]), int(rollout["head_dim"])
-        layers = int(rollout["decoder_layers"])
-        empty = np.zeros((batch, 1, heads, 0, head_dim), dtype=np.float32)
-        for i in range(layers):
-            feeds[f"past_key_{i}"] = feeds[f"past_value_{i}"] = empty
-        feeds["tokens"] = np.full((batch, 1), int(rollout["bos_token"]), dtype=np.int64)
-        decoder_outputs = [o.name for o in self.decoder.get_outputs()]
+        encoded = dict(zip(names, self.encoder.run(None, {"history": tokens}), strict=True))
+        decoder = (steps or CachedSteps)(self, encoded)
+        batch = len(histories)
+        step_tokens = np.full((batch, 1), int(rollout["bos_token"]), dtype=np.int64)
         nodes = np.zeros((batch, 1), dtype=np.int64)
         scores = np.zeros((batch, 1), dtype=np.float32)
         codes = np.zeros((batch, 1, 0), dtype=np.int64)
         rows = np.arange(batch)[:, None]
         for level, size in enumerate(rollout["level_sizes"]):
-            outputs = dict(zip(decoder_outputs, self.decoder.run(None, feeds), strict=True))
             start = int(rollout["token_offsets"][level])
-            log_probs = log_softmax(outputs["logits"][..., start : start + size])
+            log_probs = log_softmax(decoder.logits(step_tokens)[..., start : start + size])
             child, ok = self.trie.allowed(level, nodes, excluded)
             ok &= np.isfinite(scores)[..., None]  # a dead beam has no continuation
             flat = np.where(ok, scores[..., None] + log_probs, -np.inf).astype(np.float32).reshape(batch, -1)
@@ -293,10 +321,68 @@ class ConstrainedBeamModel:
             nodes = child[rows, parent, code]
             nodes[~np.isfinite(scores)] = 0
             codes = np.concatenate([codes[rows, parent], code[..., None]], axis=2)
-            for i in range(layers):
-                feeds[f"past_key_{i}"] = outputs[f"present_key_{i}"][rows, parent]
-                feeds[f"past_value_{i}"] = outputs[f"present_value_{i}"][rows, parent]
-            feeds["tokens"] = (code + start).astype(np.int64)
+            decoder.survive(rows, parent)
+            step_tokens = (code + start).astype(np.int64)
         final = scores[:, :k]
         items = np.where(np.isfinite(final), nodes[:, :k], 0)
         return SearchResult(items=items, scores=final, codes=codes[:, :k])
+
+
+class DecoderSteps(Protocol):
+    """How the search gets each level's logits from the decoder."""
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        """The newest token of every beam (B, W) -> next-token logits over the whole vocabulary (B, W, V)."""
+        ...
+
+    def survive(self, rows: np.ndarray, parent: np.ndarray) -> None:
+        """The beams kept for the next level: beam j of user b continues beam ``parent[b, j]``."""
+        ...
+
+
+StepsFactory = Callable[[ConstrainedBeamModel, dict[str, np.ndarray]], DecoderSteps]
+
+
+class CachedSteps:
+    """The served way: one decoder-step run per level, each beam's self-attention keys/values carried over."""
+
+    def __init__(self, model: ConstrainedBeamModel, encoded: dict[str, np.ndarray]) -> None:
+        rollout = model.rollout
+        self._session, self._layers = model.decoder, int(rollout["decoder_layers"])
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        batch = len(encoded["memory_mask"])
+        empty = np.zeros((batch, 1, int(rollout["heads"]), 0, int(rollout["head_dim"])), dtype=np.float32)
+        self._feeds = dict(encoded)
+        for i in range(self._layers):
+            self._feeds[f"past_key_{i}"] = self._feeds[f"past_value_{i}"] = empty
+        self._present: dict[str, np.ndarray] = {}
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        self._feeds["tokens"] = tokens
+        self._present = dict(zip(self._outputs, self._session.run(None, self._feeds), strict=True))
+        return self._present["logits"]
+
+    def survive(self, rows: np.ndarray, parent: np.ndarray) -> None:
+        for i in range(self._layers):
+            self._feeds[f"past_key_{i}"] = self._present[f"present_key_{i}"][rows, parent]
+            self._feeds[f"past_value_{i}"] = self._present[f"present_value_{i}"][rows, parent]
+
+
+def recommend_batches(model: ConstrainedBeamModel) -> BatchKind[RecommendJob, SearchResult]:
+    """How the dynamic batcher merges recommendation requests: one search per beam width, at the largest k.
+
+    A user's top-k does not depend on who else is in the batch (left padding is masked, positions count from the
+    right) and the first k of a top-K search at the same beam width are the top-k, so merging is exact.
+    """
+
+    def run(jobs: list[RecommendJob]) -> list[SearchResult]:
+        queries = [q for job in jobs for q in job.queries]
+        merged = model.search_queries(queries, max(job.k for job in jobs), jobs[0].beam_width)
+        out, start = [], 0
+        for job in jobs:
+            rows, top = slice(start, start + len(job.queries)), slice(0, job.k)
+            out.append(SearchResult(merged.items[rows, top], merged.scores[rows, top], merged.codes[rows, top]))
+            start = rows.stop
+        return out
+
+    return BatchKind(run, rows=lambda job: len(job.queries), key=lambda job: job.beam_width)

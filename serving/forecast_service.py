@@ -7,8 +7,10 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -19,6 +21,7 @@ from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2,
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,19 @@ def _to_timestamp(value: np.datetime64) -> Timestamp:
     return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
+def await_result(future: Future[T], context: grpc.ServicerContext, limits: Limits, what: str) -> T:
+    """The batched run's result within the client's deadline (or the server's timeout when it set none)."""
+    remaining = context.time_remaining()
+    timeout = limits.request_timeout_s if remaining is None or math.isinf(remaining) else remaining
+    try:
+        return future.result(timeout=max(timeout, 0.0))
+    except concurrent.futures.TimeoutError as err:
+        future.cancel()
+        raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed before the {what} was ready") from err
+    except ValueError as err:  # the runner's own checks, e.g. a shape no validation here foresaw
+        raise _invalid(str(err)) from err
+
+
 class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
     def __init__(self, registry: ModelRegistry, metrics: ServerMetrics, limits: Limits) -> None:
         self.registry, self.metrics, self.limits = registry, metrics, limits
@@ -135,18 +151,8 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
     ) -> forecast_pb2.ForecastResponse:
         with observed(self.metrics, "Forecast", request.model, context):
             checked = validate(request, self.registry, self.limits)
-            remaining = context.time_remaining()
-            timeout = self.limits.request_timeout_s if remaining is None or math.isinf(remaining) else remaining
             future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps)
-            try:
-                out = future.result(timeout=max(timeout, 0.0))
-            except concurrent.futures.TimeoutError as err:
-                future.cancel()
-                raise RequestError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the forecast was ready"
-                ) from err
-            except ValueError as err:  # the rollout's own checks, e.g. a shape no validation here foresaw
-                raise _invalid(str(err)) from err
+            out = await_result(future, context, self.limits, "forecast")
             response = forecast_pb2.ForecastResponse(model=checked.model.name, version=checked.model.version)
             for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):
                 item = response.forecasts.add(id=series.id, values=values.reshape(-1).astype(np.float64).tolist())

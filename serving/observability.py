@@ -54,7 +54,7 @@ class ServerMetrics:
         )
         self.batch_size = Histogram(
             "arcast_batch_rows",
-            "Series per onnxruntime rollout",
+            "Series (forecasts) or users (recommendations) per onnxruntime run",
             ["model"],
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),

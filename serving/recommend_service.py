@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 import numpy as np
 
-from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel
-from serving.forecast_service import Limits, RequestError, _invalid, observed
+from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel, SearchResult, UserQuery
+from serving.forecast_service import Limits, RequestError, _invalid, await_result, observed
 from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
-
-
-@dataclass
-class UserQuery:
-    history: list[int]
-    exclude: set[int]
 
 
 def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
@@ -46,7 +38,12 @@ def _check_settings(runner: ConstrainedBeamModel, k: int, beam_width: int) -> tu
 
 
 def _query(
-    runner: ConstrainedBeamModel, field: str, history: list[int], exclude: list[int], ignore_unknown: bool
+    runner: ConstrainedBeamModel,
+    field: str,
+    history: list[int],
+    exclude: list[int],
+    ignore_unknown: bool,
+    include_seen: bool,
 ) -> UserQuery:
     if not history:
         raise _invalid(f"{field}: empty history")
@@ -58,13 +55,10 @@ def _query(
     kept = [item for item in history if item in known]
     if not kept:
         raise _invalid(f"{field}: no known item ids left after ignoring unknown ones")
-    return UserQuery(kept, set(exclude))
+    return runner.query(kept, exclude, exclude_seen=not include_seen, field=field)
 
 
-def _recommendations(
-    runner: ConstrainedBeamModel, queries: list[UserQuery], k: int, width: int, include_seen: bool
-) -> list[list[recommend_pb2.Recommendation]]:
-    result = runner.search([q.history for q in queries], k, width, [q.exclude for q in queries], not include_seen)
+def _recommendations(runner: ConstrainedBeamModel, result: SearchResult) -> list[list[recommend_pb2.Recommendation]]:
     out = []
     for items, scores, codes in zip(result.items, result.scores, result.codes, strict=True):
         row = []
@@ -95,9 +89,15 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
             query = _query(
-                runner, "history", list(request.history), list(request.exclude), request.ignore_unknown_items
+                runner,
+                "history",
+                list(request.history),
+                list(request.exclude),
+                request.ignore_unknown_items,
+                request.include_seen,
             )
-            (items,) = _recommendations(runner, [query], k, width, request.include_seen)
+            result = await_result(model.recommend([query], k, width), context, self.limits, "recommendation")
+            (items,) = _recommendations(runner, result)
             return recommend_pb2.RecommendResponse(model=model.name, version=model.version, items=items)
 
     def RecommendBatch(
@@ -114,10 +114,18 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                     f"users: {len(request.users)} users exceed the limit of {self.limits.max_series}",
                 )
             queries = [
-                _query(runner, f"users[{i}].history", list(u.history), list(u.exclude), request.ignore_unknown_items)
+                _query(
+                    runner,
+                    f"users[{i}].history",
+                    list(u.history),
+                    list(u.exclude),
+                    request.ignore_unknown_items,
+                    request.include_seen,
+                )
                 for i, u in enumerate(request.users)
             ]
-            rows = _recommendations(runner, queries, k, width, request.include_seen)
+            result = await_result(model.recommend(queries, k, width), context, self.limits, "recommendation")
+            rows = _recommendations(runner, result)
             response = recommend_pb2.RecommendBatchResponse(model=model.name, version=model.version)
             for user, items in zip(request.users, rows, strict=True):
                 response.users.add(user_id=user.user_id, items=items)

@@ -13,13 +13,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from serving.artifact import ArtifactError, read_artifact
-from serving.batching import BatchingConfig, DynamicBatcher
-from serving.beam_search import ConstrainedBeamModel
-from serving.rollout import KVCacheModel, WindowShiftModel, load_runner
+from serving.batching import BatchingConfig, BatchKind, DynamicBatcher
+from serving.beam_search import ConstrainedBeamModel, RecommendJob, SearchResult, UserQuery, recommend_batches
+from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, forecast_batches, load_runner
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class LoadedModel:
     """One artifact version ready to serve: its rollout and (if on) its batcher."""
 
     runner: WindowShiftModel | KVCacheModel | ConstrainedBeamModel
-    batcher: DynamicBatcher | None
+    batcher: DynamicBatcher[Any, Any] | None  # of ForecastJob or RecommendJob, after the runner
     on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
 
     @property
@@ -49,12 +50,21 @@ class LoadedModel:
         return self.runner.artifact.version
 
     def forecast(self, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> Future[np.ndarray]:
+        assert not isinstance(self.runner, ConstrainedBeamModel)
+        return self._submit(forecast_batches(self.runner), ForecastJob(context, horizon, timestamps))
+
+    def recommend(self, queries: list[UserQuery], k: int, beam_width: int) -> Future[SearchResult]:
+        assert isinstance(self.runner, ConstrainedBeamModel)
+        return self._submit(recommend_batches(self.runner), RecommendJob(queries, k, beam_width))
+
+    def _submit(self, kind: BatchKind[Any, Any], job: Any) -> Future[Any]:
         if self.batcher is not None:
-            return self.batcher.submit(context, horizon, timestamps)
-        future: Future[np.ndarray] = Future()
+            return self.batcher.submit(job)
+        future: Future[Any] = Future()
         try:
-            future.set_result(self.runner.forecast(context, horizon, timestamps))
-            self.on_rows(len(context))
+            (result,) = kind.run_batch([job])
+            future.set_result(result)
+            self.on_rows(kind.rows(job))
         except Exception as err:  # surfaced to the caller through the future
             future.set_exception(err)
         return future
@@ -158,10 +168,9 @@ class ModelRegistry:
                 report(name, rows)
 
         batcher = None
-        if self.batching.enabled and not isinstance(runner, ConstrainedBeamModel):  # recommendations: not batched yet
-            batcher = DynamicBatcher(
-                runner.forecast, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows
-            )
+        if self.batching.enabled:
+            kind = recommend_batches(runner) if isinstance(runner, ConstrainedBeamModel) else forecast_batches(runner)
+            batcher = DynamicBatcher(kind, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows)
         log.info(
             "loaded model",
             extra={"model": name, "version": artifact.version, "providers": runner.session.get_providers()},

@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
+from serving.batching import BatchKind
 from serving.time_features import freq_step, future_timestamps, time_features
 
 log = logging.getLogger(__name__)
@@ -598,3 +599,33 @@ def load_runner(
     if kind == "kv_cache":
         return KVCacheModel.load(artifact, providers, intra_op_threads)
     raise ValueError(f"{artifact.path}: rollout kind {kind!r} is not served yet")
+
+
+@dataclass(frozen=True)
+class ForecastJob:
+    """One request's series: the unit the dynamic batcher merges."""
+
+    context: np.ndarray  # (rows, L, C)
+    horizon: int
+    timestamps: np.ndarray | None  # (rows, L) for models with calendar features
+
+
+def forecast_batches(runner: WindowShiftModel | KVCacheModel) -> BatchKind[ForecastJob, np.ndarray]:
+    """How the dynamic batcher merges forecast requests: rows stacked, one rollout at the longest horizon.
+
+    Rows are independent and a shorter horizon is a prefix of a longer rollout, so merging is exact.
+    """
+
+    def run(jobs: list[ForecastJob]) -> list[np.ndarray]:
+        if len(jobs) == 1:
+            return [runner.forecast(jobs[0].context, jobs[0].horizon, jobs[0].timestamps)]
+        context = np.concatenate([job.context for job in jobs])
+        stamps = None if jobs[0].timestamps is None else np.concatenate([job.timestamps for job in jobs])
+        out = runner.forecast(context, max(job.horizon for job in jobs), stamps)
+        results, start = [], 0
+        for job in jobs:
+            results.append(out[start : start + len(job.context), : job.horizon])
+            start += len(job.context)
+        return results
+
+    return BatchKind(run, rows=lambda job: len(job.context), key=lambda job: job.timestamps is None)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
 
+from serving.batching import BatchingConfig
 from serving.beam_search import ConstrainedBeamModel
 from serving.client import ArcastClient
 from serving.server import ForecastServer
@@ -53,6 +55,30 @@ def test_served_top_k_equals_in_process(rec_client: ArcastClient, sample) -> Non
         assert {i.item_id for i in single.items} <= model.known_ids  # every result is a real item
         assert not {i.item_id for i in single.items} & set(history)  # seen items excluded by default
         assert all(len(i.codes) == model.tokens.shape[1] for i in single.items)
+
+
+def test_concurrent_requests_are_merged_and_answer_as_if_alone(artifact, sample) -> None:  # noqa: F811
+    model, histories = sample
+    server = start_server(artifact.path.parents[1], batching=BatchingConfig(max_rows=64, max_wait_s=0.05))
+    settings = [(10, 0), (5, 0), (5, 10), (3, 10)]  # (k, beam width): two widths, so two kinds of batch
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as client:
+
+            def call(i: int) -> list[int]:
+                k, width = settings[i % len(settings)]
+                return [r.item_id for r in client.recommend(MODEL, histories[i], k=k, beam_width=width).items]
+
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                served = list(pool.map(call, range(len(histories))))
+        runs = server.metrics.registry.get_sample_value("arcast_batch_rows_count", {"model": MODEL})
+        users = server.metrics.registry.get_sample_value("arcast_batch_rows_sum", {"model": MODEL})
+    finally:
+        server.stop(grace_s=1)
+    for i, got in enumerate(served):
+        k, width = settings[i % len(settings)]
+        (want,) = model.recommend([histories[i]], k=k, beam_width=width or None)
+        assert got == [item for item, _ in want]
+    assert users == len(histories) and runs < len(histories)  # requests were merged
 
 
 def test_excluded_items_never_appear(rec_client: ArcastClient, sample) -> None:

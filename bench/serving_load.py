@@ -1,0 +1,60 @@
+"""Shared by the serving benchmarks: a server in its own process, closed-loop gRPC load, peak memory."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def start_server(store: Path, batching: bool, max_wait_ms: float = 0.0, max_batch: int = 256) -> tuple[Any, str]:
+    """``python -m serving serve`` on a free loopback port; returns the process and its ``host:port``."""
+    cmd = [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", "0", "--log-level", "warning"]
+    cmd += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-workers", "256"]
+    if not batching:
+        cmd.append("--no-batching")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("listening on"):
+        proc.kill()
+        raise RuntimeError(f"server failed to start: {line!r}")
+    return proc, line.split()[-1]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def closed_loop(call: Callable[[int], Awaitable[Any]], clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` concurrent callers, each sending ``call(i)`` back to back for ``seconds`` (after one warm call)."""
+    await call(0)
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def caller(first: int) -> None:
+        i = first
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - t0)
+            i += clients
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(k) for k in range(clients)))
+    elapsed = time.perf_counter() - started
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(lat),
+        "rps": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }

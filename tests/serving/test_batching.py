@@ -1,0 +1,90 @@
+"""The dynamic batcher on its own: which jobs it merges, in what order, and how it isolates a failing one."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from serving.batching import BatchingConfig, BatchKind, DynamicBatcher
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    rows: int = 1
+    key: str = "a"
+    fail: bool = False
+
+
+class Recorder:
+    """A run_batch that records each merged call; the first call waits for ``gate`` so others queue up meanwhile."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def __call__(self, jobs: list[Job]) -> list[str]:
+        if not self.calls:
+            self.entered.set()
+            self.gate.wait(10)
+        self.calls.append([job.name for job in jobs])
+        if any(job.fail for job in jobs):
+            raise ValueError(f"bad job among {[job.name for job in jobs]}")
+        return [job.name.upper() for job in jobs]
+
+
+def batcher(recorder: Recorder, max_rows: int = 8) -> DynamicBatcher[Job, str]:
+    kind = BatchKind(recorder, rows=lambda job: job.rows, key=lambda job: job.key)
+    return DynamicBatcher(kind, BatchingConfig(max_rows=max_rows, max_wait_s=0.05))
+
+
+def test_merges_equal_keys_in_arrival_order_and_never_mixes_keys() -> None:
+    recorder = Recorder()
+    b = batcher(recorder)
+    first = b.submit(Job("x"))
+    assert recorder.entered.wait(10)  # the worker is busy with x: the rest queue up
+    jobs = [Job("a1"), Job("b1", key="b"), Job("a2"), Job("b2", key="b"), Job("a3")]
+    futures = [b.submit(job) for job in jobs]
+    recorder.gate.set()
+    assert [f.result(10) for f in futures] == ["A1", "B1", "A2", "B2", "A3"]
+    assert first.result(10) == "X"
+    b.close()
+    assert recorder.calls == [["x"], ["a1", "a2", "a3"], ["b1", "b2"]]
+
+
+def test_respects_max_rows_and_runs_an_oversized_job_alone() -> None:
+    recorder = Recorder()
+    b = batcher(recorder, max_rows=4)
+    b.submit(Job("x"))
+    assert recorder.entered.wait(10)
+    futures = [b.submit(Job(name, rows)) for name, rows in [("p", 3), ("q", 2), ("r", 1), ("big", 9)]]
+    recorder.gate.set()
+    assert [f.result(10) for f in futures] == ["P", "Q", "R", "BIG"]
+    b.close()
+    assert recorder.calls == [["x"], ["p"], ["q", "r"], ["big"]]  # a batch closes at the first job that overflows
+
+
+def test_a_failing_job_fails_alone() -> None:
+    recorder = Recorder()
+    b = batcher(recorder)
+    b.submit(Job("x"))
+    assert recorder.entered.wait(10)
+    good, bad, other = b.submit(Job("g")), b.submit(Job("f", fail=True)), b.submit(Job("h"))
+    recorder.gate.set()
+    assert (good.result(10), other.result(10)) == ("G", "H")
+    with pytest.raises(ValueError, match=r"bad job among \['f'\]"):
+        bad.result(10)
+    b.close()
+    assert recorder.calls[1] == ["g", "f", "h"]  # merged first, then each one alone
+
+
+def test_close_finishes_queued_work() -> None:
+    recorder = Recorder()
+    recorder.gate.set()
+    b = batcher(recorder)
+    futures = [b.submit(Job(f"j{i}", key=str(i % 3))) for i in range(12)]
+    b.close()
+    assert all(f.done() for f in futures)
+    assert sorted(f.result() for f in futures) == sorted(f"J{i}" for i in range(12))
