@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving_load import closed_loop, peak_rss_mib, start_server  # bench/serving_load.py
+from serving_load import closed_loop, load_row, peak_rss_mib, start_server  # bench/serving_load.py
 
 from forecasting.data import DataConfig, prepare_data
 from forecasting.export import ServingGraph, export_run
@@ -182,11 +182,7 @@ def print_table(results: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, s in results["scenarios"].items():
         for clients, row in s["load"].items():
-            on, off = row["on"], row["off"]
-            print(
-                f"| {name} | {clients} | {on['rps']:.0f} | {off['rps']:.0f} | {row['throughput_ratio_on_vs_off']:.2f}x"
-                f" | {on['p50_ms']:.2f} / {off['p50_ms']:.2f} | {on['p99_ms']:.2f} / {off['p99_ms']:.2f} |"
-            )
+            print(load_row([name, clients], row))
     print("\n| scenario | onnxruntime ms | torch eager ms | speed-up |")
     print("|---|---|---|---|")
     for name, s in results["scenarios"].items():

@@ -44,7 +44,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import torch
-from serving_load import closed_loop, peak_rss_mib, start_server
+from serving_load import closed_loop, load_row, peak_rss_mib, start_server
 from torch import nn
 from tqdm import tqdm
 
@@ -282,11 +282,7 @@ def print_tables(results: dict[str, Any]) -> None:
     print("\n| clients | batching on rec/s | off rec/s | on/off | p50 on/off ms | p99 on/off ms |")
     print("|---|---|---|---|---|---|")
     for clients, row in results["load"].items():
-        on, off = row["on"], row["off"]
-        print(
-            f"| {clients} | {on['rps']:.0f} | {off['rps']:.0f} | {row['throughput_ratio_on_vs_off']:.2f}x"
-            f" | {on['p50_ms']:.1f} / {off['p50_ms']:.1f} | {on['p99_ms']:.1f} / {off['p99_ms']:.1f} |"
-        )
+        print(load_row([clients], row))
     print("\n| users per search | KV cache ms | recompute ms | speed-up | identical items |")
     print("|---|---|---|---|---|")
     for users, row in results["decoding"].items():

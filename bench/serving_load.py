@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,19 +10,23 @@ from typing import Any
 
 import numpy as np
 
+from serving.server import spawn_server
+
 
 def start_server(store: Path, batching: bool, max_wait_ms: float = 0.0, max_batch: int = 256) -> tuple[Any, str]:
-    """``python -m serving serve`` on a free loopback port; returns the process and its ``host:port``."""
-    cmd = [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", "0", "--log-level", "warning"]
-    cmd += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-workers", "256"]
-    if not batching:
-        cmd.append("--no-batching")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("listening on"):
-        proc.kill()
-        raise RuntimeError(f"server failed to start: {line!r}")
-    return proc, line.split()[-1]
+    """A server process for load tests: quiet logs, many workers, batching on or off."""
+    options = ["--log-level", "warning", "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+    options += ["--max-workers", "256", *([] if batching else ["--no-batching"])]
+    return spawn_server(store, *options)
+
+
+def load_row(cells: list[str], row: dict[str, Any]) -> str:
+    """A markdown row: ``cells``, then throughput on/off, their ratio, p50 and p99 on/off."""
+    on, off = row["on"], row["off"]
+    return (
+        f"| {' | '.join(cells)} | {on['rps']:.0f} | {off['rps']:.0f} | {row['throughput_ratio_on_vs_off']:.2f}x"
+        f" | {on['p50_ms']:.2f} / {off['p50_ms']:.2f} | {on['p99_ms']:.2f} / {off['p99_ms']:.2f} |"
+    )
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -21,24 +21,12 @@ from recsys.data import load_beauty_titles, load_dataset
 from recsys.prorec_training import popular_items_slice
 from serving.batch import run_batch
 from serving.client import ArcastClient
+from serving.server import spawn_server
 
 OUT = Path("demo-output")
 MODEL = "etth1-arnet"
 RECOMMENDER = "beauty-prorec"
 HORIZONS = (24, 48, 168)
-
-
-def start_server(store: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("listening on"):
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc, line.split()[-1]
 
 
 def show_recommendations(client: ArcastClient) -> None:
@@ -106,7 +94,7 @@ def main() -> int:
     print(f"    {OUT / 'models' / RECOMMENDER} exported (onnxruntime beam search checked against torch)\n")
 
     print("5/6 serving the store over gRPC and forecasting ETTh1 test windows")
-    proc, target = start_server(OUT / "models")
+    proc, target = spawn_server(OUT / "models", "--log-level", "warning")
     try:
         prepared = prepare_data(data)
         start = prepared.borders.test[0]

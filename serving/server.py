@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -140,3 +142,17 @@ def serve_until_signal(config: ServerConfig) -> int:
     log.info("signal received: draining")
     server.stop()
     return 0
+
+
+def spawn_server(store: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """``python -m serving serve --store STORE --port 0 OPTIONS`` in a process of its own, for scripts and benchmarks.
+
+    Returns the process and its ``host:port`` once it listens; stop it with ``terminate()`` (a graceful drain).
+    """
+    cmd = [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", "0", *options]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("listening on"):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r} (its log is on stderr)")
+    return proc, line.split()[-1]
