@@ -10,7 +10,6 @@ shared and absolute numbers drift. The servers run in their own processes; the l
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving_load import closed_loop, load_row, peak_rss_mib, start_server  # bench/serving_load.py
+from serving_load import Phase, closed_loop, load_row, on_off, peak_rss_mib, start_server  # bench/serving_load.py
 
 from forecasting.data import DataConfig, prepare_data
 from forecasting.export import ServingGraph, export_run
@@ -65,14 +64,16 @@ def build_store(store: Path) -> dict[str, dict]:
     return out
 
 
-async def load(target: str, model: str, histories: np.ndarray, horizon: int, clients: int, seconds: float) -> dict:
+async def load(
+    target: str, model: str, histories: np.ndarray, horizon: int, clients: int, seconds: float, phase: Phase
+) -> None:
     """``clients`` concurrent callers, each sending one-series requests back to back for ``seconds``."""
     import grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = forecast_pb2_grpc.ForecastServiceStub(channel)
         requests = [ArcastClient.forecast_request(model, [h], horizon) for h in histories]
-        return await closed_loop(lambda i: stub.Forecast(requests[i % len(requests)], timeout=30), clients, seconds)
+        await closed_loop(lambda i: stub.Forecast(requests[i % len(requests)], timeout=30), clients, seconds, phase)
 
 
 def ort_vs_torch(run, artifact_path: Path, histories: np.ndarray, horizon: int, repeats: int) -> dict:
@@ -148,12 +149,14 @@ def main() -> int:
                 model, horizon = f"etth1-{name}", scenario["horizon"]
                 rows = {}
                 for clients in concurrency:
-                    runs = {
-                        mode: asyncio.run(load(target, model, histories, horizon, clients, seconds))
-                        for mode, (_, target) in servers.items()
-                    }
-                    rows[str(clients)] = {**runs, "throughput_ratio_on_vs_off": runs["on"]["rps"] / runs["off"]["rps"]}
-                    print(f"{name} clients={clients}: on {runs['on']['rps']:.0f} rps, off {runs['off']['rps']:.0f} rps")
+                    targets = {mode: target for mode, (_, target) in servers.items()}
+                    row = on_off(
+                        lambda t, secs, phase: load(t, model, histories, horizon, clients, secs, phase),  # noqa: B023
+                        targets,
+                        seconds,
+                    )
+                    rows[str(clients)] = row
+                    print(f"{name} clients={clients}: on {row['on']['rps']:.0f} rps, off {row['off']['rps']:.0f} rps")
                 speed = ort_vs_torch(
                     trained[name]["run"], resolve(store, model), histories, horizon, 200 if args.quick else 2000
                 )

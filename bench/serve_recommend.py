@@ -23,7 +23,6 @@ as ratios too, since the machine is shared and absolute numbers drift:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import torch
-from serving_load import closed_loop, load_row, peak_rss_mib, start_server
+from serving_load import Phase, closed_loop, load_row, on_off, peak_rss_mib, start_server
 from torch import nn
 from tqdm import tqdm
 
@@ -159,11 +158,11 @@ def kv_cache_vs_recompute(
     return out
 
 
-async def load(target: str, histories: list[list[int]], clients: int, seconds: float) -> dict[str, float]:
+async def load(target: str, histories: list[list[int]], clients: int, seconds: float, phase: Phase) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = recommend_pb2_grpc.RecommendServiceStub(channel)
         requests = [recommend_pb2.RecommendRequest(model=MODEL, history=h, k=10) for h in histories]
-        return await closed_loop(lambda i: stub.Recommend(requests[i % len(requests)], timeout=60), clients, seconds)
+        await closed_loop(lambda i: stub.Recommend(requests[i % len(requests)], timeout=60), clients, seconds, phase)
 
 
 def grpc_accuracy(target: str, served: ConstrainedBeamModel, examples: Any, beam_width: int) -> dict[str, Any]:
@@ -247,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         servers = {mode: start_server(store, mode == "on", MAX_WAIT_MS) for mode in ("on", "off")}
         try:
             results["load"] = {}
+            targets = {mode: target for mode, (_, target) in servers.items()}
             for clients in (1, 8, 64):
-                runs = {m: asyncio.run(load(target, raw, clients, args.seconds)) for m, (_, target) in servers.items()}
-                ratio = runs["on"]["rps"] / runs["off"]["rps"]
-                results["load"][str(clients)] = {**runs, "throughput_ratio_on_vs_off": ratio}
-                print(f"clients={clients}: on {runs['on']['rps']:.0f} rps, off {runs['off']['rps']:.0f} rps")
+                row = on_off(lambda t, secs, phase: load(t, raw, clients, secs, phase), targets, args.seconds)  # noqa: B023
+                results["load"][str(clients)] = row
+                print(f"clients={clients}: on {row['on']['rps']:.0f} rps, off {row['off']['rps']:.0f} rps")
             results["server_peak_rss_mib"] = {f"batching_{m}": peak_rss_mib(p.pid) for m, (p, _) in servers.items()}
             if not args.skip_accuracy:
                 width = max(EVAL_KS)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serving.server import spawn_server
+
+ROUNDS = 4  # alternating slices per load phase
 
 
 def start_server(store: Path, batching: bool, max_wait_ms: float = 0.0, max_batch: int = 256) -> tuple[Any, str]:
@@ -36,10 +39,16 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def closed_loop(call: Callable[[int], Awaitable[Any]], clients: int, seconds: float) -> dict[str, float]:
-    """``clients`` concurrent callers, each sending ``call(i)`` back to back for ``seconds`` (after one warm call)."""
+@dataclass
+class Phase:
+    latencies_s: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+async def closed_loop(call: Callable[[int], Awaitable[Any]], clients: int, seconds: float, phase: Phase) -> None:
+    """``clients`` concurrent callers, each sending ``call(i)`` back to back for ``seconds`` (after one warm call);
+    latencies and elapsed time are added to ``phase``."""
     await call(0)
-    latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
     async def caller(first: int) -> None:
@@ -47,16 +56,29 @@ async def closed_loop(call: Callable[[int], Awaitable[Any]], clients: int, secon
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             await call(i)
-            latencies.append(time.perf_counter() - t0)
+            phase.latencies_s.append(time.perf_counter() - t0)
             i += clients
 
     started = time.perf_counter()
     await asyncio.gather(*(caller(k) for k in range(clients)))
-    elapsed = time.perf_counter() - started
-    lat = np.array(latencies) * 1000
-    return {
-        "requests": len(lat),
-        "rps": len(lat) / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-    }
+    phase.elapsed_s += time.perf_counter() - started
+
+
+def on_off(load: Callable[[str, float, Phase], Awaitable[None]], targets: dict[str, str], seconds: float) -> dict:
+    """Batching on against off: ``seconds`` of load for each, in slices alternating on, off, off, on, ... so that
+    both see the same drift of a shared machine; each mode's slices pooled. ``load(target, seconds, phase)``."""
+    phases = {mode: Phase() for mode in targets}
+    for r in range(ROUNDS):
+        for mode in targets if r % 2 == 0 else reversed(targets):
+            asyncio.run(load(targets[mode], seconds / ROUNDS, phases[mode]))
+    out: dict[str, Any] = {}
+    for mode, phase in phases.items():
+        lat = np.array(phase.latencies_s) * 1000
+        out[mode] = {
+            "requests": len(lat),
+            "rps": len(lat) / phase.elapsed_s,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+        }
+    out["throughput_ratio_on_vs_off"] = out["on"]["rps"] / out["off"]["rps"]
+    return out

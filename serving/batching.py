@@ -1,17 +1,21 @@
 """Dynamic batching: concurrent requests for one model merged into one onnxruntime run.
 
 A job is one request's work (a block of series to forecast, a group of users to recommend for) with a size in
-rows and a merge key. A worker thread takes the oldest waiting job, then adds waiting jobs with the same key
-until the batch holds ``max_rows`` rows or ``max_wait_s`` has passed since the first arrived, runs them as one
-call of ``run_batch`` and hands each job its own result. Jobs whose key differs (a recommendation with another
-beam width) or that would overflow the batch wait, in arrival order, for a later batch. If a merged run fails,
-every job in it is run again on its own, so one bad request never fails the others.
+rows and a merge key. A batch starts from the oldest waiting job and takes the waiting jobs with the same key, in
+arrival order, until it holds ``max_rows`` rows or ``max_wait_s`` has passed since it started; it runs as one call
+of ``run_batch`` and each job gets its own result. Jobs whose key differs (a recommendation with another beam
+width) or that would overflow the batch wait for a later one. If a merged run fails, every job in it is run again
+on its own, so one bad request never fails the others.
+
+Who runs the batches: a request that arrives while none is running runs them itself, in its own thread, until its
+own result is ready, and then hands what still waits to a worker thread. A lone request therefore pays no thread
+hand-off (two context switches, which cost milliseconds on a busy CPU), and under load the batches form while the
+previous one runs.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -23,7 +27,6 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 J = TypeVar("J")  # one request's work
 R = TypeVar("R")  # its result
-_STOP = object()
 
 
 @dataclass
@@ -54,61 +57,86 @@ class DynamicBatcher(Generic[J, R]):
     ) -> None:
         self._kind, self._config, self._name = kind, config, name
         self._on_batch = on_batch or (lambda rows: None)
-        self._queue: queue.SimpleQueue[tuple[J, Future[R]] | object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # a job was queued: a forming batch may take it
+        self._handoff = threading.Condition(self._lock)  # nobody is running batches any more, or closing
+        self._waiting: deque[tuple[J, Future[R]]] = deque()
+        self._running = False  # some thread is running batches
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
+        self._worker.start()
 
     def submit(self, job: J) -> Future[R]:
-        future: Future[R] = Future()
-        self._queue.put((job, future))
-        return future
+        entry: tuple[J, Future[R]] = (job, Future())
+        with self._lock:
+            if self._closed:  # a request that raced a model's retirement: run it alone
+                lead = None
+            else:
+                self._waiting.append(entry)
+                self._arrived.notify()
+                lead = not self._running
+                self._running = True
+        if lead is None:
+            self._run([entry])
+        elif lead:
+            self._serve(until=entry[1])
+        return entry[1]
 
     def close(self) -> None:
         """Finish the queued work, then stop the worker."""
-        self._queue.put(_STOP)
-        self._thread.join()
+        with self._lock:
+            self._closed = True
+            self._handoff.notify_all()
+        self._worker.join()
 
-    def _loop(self) -> None:
-        waiting: deque[tuple[J, Future[R]]] = deque()  # taken from the queue, not yet run
-        stopping = False
+    def _work(self) -> None:
         while True:
-            if not waiting:
-                if stopping:
+            with self._lock:
+                while self._running or not (self._waiting or self._closed):
+                    self._handoff.wait()
+                if not self._waiting:  # closed and drained
                     return
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                waiting.append(item)  # type: ignore[arg-type]
-            batch = [waiting.popleft()]
+                self._running = True
+            self._serve(until=None)
+
+    def _serve(self, until: Future[R] | None) -> None:
+        """Run batches until ``until`` is done (None: until nothing waits), then let the worker take the rest."""
+        try:
+            while True:
+                batch = self._collect()
+                if batch:
+                    self._run(batch)
+                with self._lock:
+                    if not self._waiting or (until is not None and until.done()):
+                        return
+        finally:
+            with self._lock:
+                self._running = False
+                if self._waiting or self._closed:  # wake the worker only when it has something to do
+                    self._handoff.notify()
+
+    def _collect(self) -> list[tuple[J, Future[R]]]:
+        """The next batch: the oldest waiting job and the waiting (or soon arriving) jobs that fit with it."""
+        with self._lock:
+            if not self._waiting:
+                return []
+            batch = [self._waiting.popleft()]
             key, rows = self._kind.key(batch[0][0]), self._kind.rows(batch[0][0])
-            skipped: deque[tuple[J, Future[R]]] = deque()
-            while waiting:  # earlier arrivals first
-                entry = waiting.popleft()
-                if self._fits(entry[0], key, rows):
-                    batch.append(entry)
-                    rows += self._kind.rows(entry[0])
-                else:
-                    skipped.append(entry)
-            waiting = skipped
             deadline = time.monotonic() + self._config.max_wait_s
-            while rows < self._config.max_rows and not stopping:
+            while True:
+                full, kept = False, deque()
+                for entry in self._waiting:  # in arrival order
+                    if not full and self._fits(entry[0], key, rows):
+                        batch.append(entry)
+                        rows += self._kind.rows(entry[0])
+                    else:
+                        kept.append(entry)
+                        full = full or self._kind.key(entry[0]) == key  # same kind but too big: as full as it gets
+                self._waiting = kept
                 remaining = deadline - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                entry = item  # type: ignore[assignment]
-                if self._fits(entry[0], key, rows):
-                    batch.append(entry)
-                    rows += self._kind.rows(entry[0])
-                    continue
-                waiting.append(entry)
-                if self._kind.key(entry[0]) == key:  # same kind but too big: this batch is as full as it gets
-                    break
-            self._run(batch)
+                if full or rows >= self._config.max_rows or remaining <= 0 or self._closed:
+                    return batch
+                self._arrived.wait(remaining)
 
     def _fits(self, job: J, key: Hashable, rows: int) -> bool:
         return self._kind.key(job) == key and rows + self._kind.rows(job) <= self._config.max_rows

@@ -40,16 +40,23 @@ def batcher(recorder: Recorder, max_rows: int = 8) -> DynamicBatcher[Job, str]:
     return DynamicBatcher(kind, BatchingConfig(max_rows=max_rows, max_wait_s=0.05))
 
 
+def submit_in_thread(b: DynamicBatcher[Job, str], job: Job) -> threading.Thread:
+    """A request whose thread runs the batches (nothing else runs): it blocks while ``run_batch`` does."""
+    thread = threading.Thread(target=b.submit, args=(job,))
+    thread.start()
+    return thread
+
+
 def test_merges_equal_keys_in_arrival_order_and_never_mixes_keys() -> None:
     recorder = Recorder()
     b = batcher(recorder)
-    first = b.submit(Job("x"))
-    assert recorder.entered.wait(10)  # the worker is busy with x: the rest queue up
+    first = submit_in_thread(b, Job("x"))
+    assert recorder.entered.wait(10)  # x's own thread is busy running it: the rest queue up
     jobs = [Job("a1"), Job("b1", key="b"), Job("a2"), Job("b2", key="b"), Job("a3")]
     futures = [b.submit(job) for job in jobs]
     recorder.gate.set()
     assert [f.result(10) for f in futures] == ["A1", "B1", "A2", "B2", "A3"]
-    assert first.result(10) == "X"
+    first.join(10)
     b.close()
     assert recorder.calls == [["x"], ["a1", "a2", "a3"], ["b1", "b2"]]
 
@@ -57,7 +64,7 @@ def test_merges_equal_keys_in_arrival_order_and_never_mixes_keys() -> None:
 def test_respects_max_rows_and_runs_an_oversized_job_alone() -> None:
     recorder = Recorder()
     b = batcher(recorder, max_rows=4)
-    b.submit(Job("x"))
+    submit_in_thread(b, Job("x"))
     assert recorder.entered.wait(10)
     futures = [b.submit(Job(name, rows)) for name, rows in [("p", 3), ("q", 2), ("r", 1), ("big", 9)]]
     recorder.gate.set()
@@ -69,7 +76,7 @@ def test_respects_max_rows_and_runs_an_oversized_job_alone() -> None:
 def test_a_failing_job_fails_alone() -> None:
     recorder = Recorder()
     b = batcher(recorder)
-    b.submit(Job("x"))
+    submit_in_thread(b, Job("x"))
     assert recorder.entered.wait(10)
     good, bad, other = b.submit(Job("g")), b.submit(Job("f", fail=True)), b.submit(Job("h"))
     recorder.gate.set()
@@ -80,11 +87,25 @@ def test_a_failing_job_fails_alone() -> None:
     assert recorder.calls[1] == ["g", "f", "h"]  # merged first, then each one alone
 
 
-def test_close_finishes_queued_work() -> None:
-    recorder = Recorder()
-    recorder.gate.set()
-    b = batcher(recorder)
-    futures = [b.submit(Job(f"j{i}", key=str(i % 3))) for i in range(12)]
+def test_a_lone_request_runs_in_its_own_thread() -> None:
+    threads: list[str] = []
+    kind = BatchKind(lambda jobs: threads.append(threading.current_thread().name) or [1] * len(jobs), rows=len)
+    b = DynamicBatcher(kind, BatchingConfig(max_wait_s=0))
+    assert b.submit("x").result(1) == 1
     b.close()
-    assert all(f.done() for f in futures)
+    assert threads == [threading.current_thread().name]  # no hand-off to the worker thread
+
+
+def test_close_finishes_queued_work_and_later_requests_still_run() -> None:
+    recorder = Recorder()
+    b = batcher(recorder)
+    submit_in_thread(b, Job("x"))
+    assert recorder.entered.wait(10)
+    futures = [b.submit(Job(f"j{i}", key=str(i % 3))) for i in range(12)]
+    closing = threading.Thread(target=b.close)
+    closing.start()
+    recorder.gate.set()
+    closing.join(10)
+    assert not closing.is_alive() and all(f.done() for f in futures)
     assert sorted(f.result() for f in futures) == sorted(f"J{i}" for i in range(12))
+    assert b.submit(Job("late")).result(1) == "LATE"  # after close: run alone, not left hanging
