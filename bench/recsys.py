@@ -1,5 +1,8 @@
 """Generative recommendation on Amazon Beauty: popularity, SASRec, TIGER-style, the ablations and PRORec.
 
+Sports and Toys have no titles: there the rows are popularity, SASRec and the collaborative-code generator
+(``--dataset sports --only popularity sasrec-ce collab``, results in ``bench/results/recsys_sports.json``).
+
 Protocol (shared/ANCHORS.md): leave-one-out, histories of up to 20 items, full ranking over all items on the whole
 test set, Recall@5/10 and NDCG@5/10 (and @20), the history not masked. Each model is recorded with its training
 time and size. The run can be split into parts (each under the machine's per-command limit) that share a work
@@ -55,9 +58,8 @@ from recsys.training import TrainConfig, evaluate_sasrec, train_sasrec  # noqa: 
 from serving.artifact import atomic_write_text  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "recsys.json"
-DEFAULT_WORK = REPO_ROOT / "runs" / "bench-recsys"
 MODELS = ("popularity", "sasrec-ce", "sasrec-bce", "stage1", "tiger", "collab", "concat", "prorec")
+NEED_TITLES = ("stage1", "tiger", "concat", "prorec")
 PUBLISHED = {
     "SASRec (TIGER/PRORec tables, BCE)": {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605, "ndcg@10": 0.0318},
     "TIGER (paper)": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384},
@@ -73,16 +75,26 @@ COLLEAGUE_SASREC = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/recsys.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS), help="rows to (re)compute")
-    parser.add_argument("--dataset", choices=("beauty",), default="beauty", help="only Beauty has titles")
+    parser.add_argument(
+        "--dataset", choices=("beauty", "sports", "toys"), default="beauty", help="only Beauty has titles"
+    )
     parser.add_argument("--data-dir")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="stage-1 embeddings are kept here")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--work-dir", type=Path, help="stage-1 embeddings are kept here (default runs/bench-recsys[-DATASET])"
+    )
+    parser.add_argument("--out", type=Path, help="default bench/results/recsys.json (recsys_DATASET.json elsewhere)")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     s1 = parser.add_argument_group("SASRec (baseline rows and stage 1)")
     s1.add_argument("--sasrec-minutes", type=float, default=2.5)
     s1.add_argument("--sasrec-epochs", type=int, default=30)
     s1.add_argument("--sasrec-hidden", type=int, default=64)
+    s1.add_argument(
+        "--sasrec-patience",
+        type=int,
+        default=3,
+        help="validations without improvement before stopping (BCE with one negative learns slowly: give it more)",
+    )
     s1.add_argument("--align-weight", type=float, default=0.5)
     s1.add_argument("--align-temperature", type=float, default=0.1)
     g = parser.add_argument_group("semantic IDs and generator")
@@ -102,13 +114,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--eval-users", type=int, default=1000, help="validation users for per-epoch selection")
     g.add_argument("--beam-width", type=int, default=20)
     g.add_argument("--distill-weight", type=float, default=0.1, help="stage 2 (prorec only)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    suffix = "" if args.dataset == "beauty" else f"_{args.dataset}"
+    args.out = args.out or REPO_ROOT / "bench" / "results" / f"recsys{suffix}.json"
+    args.work_dir = args.work_dir or REPO_ROOT / "runs" / f"bench-recsys{suffix.replace('_', '-')}"
+    if args.dataset != "beauty" and (needing := [m for m in args.only if m in NEED_TITLES]):
+        parser.error(f"--only: {', '.join(needing)} need item titles, which {args.dataset} does not have")
+    return args
 
 
 def sasrec_config(args: argparse.Namespace, n_items: int) -> tuple[SASRecConfig, TrainConfig]:
     model = SASRecConfig(num_items=n_items, hidden=args.sasrec_hidden, loss="ce")
     train = TrainConfig(
-        epochs=args.sasrec_epochs, patience=3, seed=args.seed, max_seconds=args.sasrec_minutes * 60, progress=False
+        epochs=args.sasrec_epochs,
+        patience=args.sasrec_patience,
+        seed=args.seed,
+        max_seconds=args.sasrec_minutes * 60,
+        progress=False,
     )
     return model, train
 
@@ -178,8 +200,8 @@ def load_stage1(work: Path, variant: str) -> dict[str, np.ndarray]:
     return out
 
 
-def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles: dict, split: Any) -> dict:
-    semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors
+def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles: dict | None, split: Any) -> dict:
+    semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors if titles else None
     stage1 = load_stage1(args.work_dir, variant)
     embeddings = ItemEmbeddings(semantic=semantic, **stage1)
     run = train_pipeline(args.dataset, sequences, pipeline_config(args, variant), titles=titles, embeddings=embeddings)
@@ -250,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data_dir = find_data_dir(args.data_dir)
     sequences = load_dataset(args.dataset, data_dir).sequences
-    titles = load_beauty_titles(data_dir).texts
+    titles = load_beauty_titles(data_dir).texts if args.dataset == "beauty" else None
     split = leave_one_out(sequences)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     rows: dict[str, Any] = {}
@@ -269,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "sasrec-ce":
                 np.save(args.work_dir / "collaborative.npy", result["embeddings"])
         elif name == "stage1":
+            assert titles is not None  # refused for datasets without titles in parse_args
             semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors
             result = run_sasrec(args, split, "ce", semantic)
             np.save(args.work_dir / "aligned.npy", result["embeddings"])
