@@ -34,7 +34,8 @@ class LoadedModel:
     """One artifact version ready to serve: its rollout and (if on) its batcher."""
 
     runner: WindowShiftModel | KVCacheModel | ConstrainedBeamModel
-    batcher: DynamicBatcher[Any, Any] | None  # of ForecastJob or RecommendJob, after the runner
+    kind: BatchKind[Any, Any]  # how its jobs (ForecastJob or RecommendJob, after the runner) run, alone or merged
+    batcher: DynamicBatcher[Any, Any] | None
     on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
 
     @property
@@ -50,21 +51,19 @@ class LoadedModel:
         return self.runner.artifact.version
 
     def forecast(self, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> Future[np.ndarray]:
-        assert not isinstance(self.runner, ConstrainedBeamModel)
-        return self._submit(forecast_batches(self.runner), ForecastJob(context, horizon, timestamps))
+        return self._submit(ForecastJob(context, horizon, timestamps))
 
     def recommend(self, queries: list[UserQuery], k: int, beam_width: int) -> Future[SearchResult]:
-        assert isinstance(self.runner, ConstrainedBeamModel)
-        return self._submit(recommend_batches(self.runner), RecommendJob(queries, k, beam_width))
+        return self._submit(RecommendJob(queries, k, beam_width))
 
-    def _submit(self, kind: BatchKind[Any, Any], job: Any) -> Future[Any]:
+    def _submit(self, job: Any) -> Future[Any]:
         if self.batcher is not None:
             return self.batcher.submit(job)
         future: Future[Any] = Future()
         try:
-            (result,) = kind.run_batch([job])
+            (result,) = self.kind.run_batch([job])
             future.set_result(result)
-            self.on_rows(kind.rows(job))
+            self.on_rows(self.kind.rows(job))
         except Exception as err:  # surfaced to the caller through the future
             future.set_exception(err)
         return future
@@ -167,9 +166,9 @@ class ModelRegistry:
             if report:
                 report(name, rows)
 
+        kind = recommend_batches(runner) if isinstance(runner, ConstrainedBeamModel) else forecast_batches(runner)
         batcher = None
         if self.batching.enabled:
-            kind = recommend_batches(runner) if isinstance(runner, ConstrainedBeamModel) else forecast_batches(runner)
             batcher = DynamicBatcher(kind, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows)
         log.info(
             "loaded model",
@@ -177,7 +176,7 @@ class ModelRegistry:
         )
         if self.on_load:
             self.on_load("loaded")
-        return LoadedModel(runner, batcher, on_rows)
+        return LoadedModel(runner, kind, batcher, on_rows)
 
     def close(self) -> None:
         with self._lock:
