@@ -119,7 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or REPO_ROOT / "bench" / "results" / f"recsys{suffix}.json"
     args.work_dir = args.work_dir or REPO_ROOT / "runs" / f"bench-recsys{suffix.replace('_', '-')}"
     if args.dataset != "beauty" and (needing := [m for m in args.only if m in NEED_TITLES]):
-        parser.error(f"--only: {', '.join(needing)} need item titles, which {args.dataset} does not have")
+        verb = "needs" if len(needing) == 1 else "need"
+        parser.error(f"--only: {', '.join(needing)} {verb} item titles, which {args.dataset} does not have")
     return args
 
 
