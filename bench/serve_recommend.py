@@ -129,7 +129,10 @@ def kv_cache_vs_recompute(
     served: ConstrainedBeamModel, prefix: ort.InferenceSession, histories: np.ndarray, repeats: int
 ) -> dict[str, Any]:
     """The served search with the KV cache against the recomputing one, at 1 and 64 users per search."""
-    recompute = lambda model, encoded: RecomputeSteps(prefix, encoded)  # noqa: E731
+
+    def recompute(model: ConstrainedBeamModel, encoded: dict[str, np.ndarray]) -> RecomputeSteps:
+        return RecomputeSteps(prefix, encoded)
+
     width, k = served.default_beam_width, served.default_k
     out: dict[str, Any] = {}
     for users in (1, 64):
