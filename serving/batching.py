@@ -11,6 +11,11 @@ Who runs the batches: a request that arrives while none is running runs them its
 own result is ready, and then hands what still waits to a worker thread. A lone request therefore pays no thread
 hand-off (two context switches, which cost milliseconds on a busy CPU), and under load the batches form while the
 previous one runs.
+
+Bounds: at most ``max_queued_rows`` rows wait per model; a request that would exceed it is refused at once
+(``QueueFull``, answered RESOURCE_EXHAUSTED) instead of queueing without end. A run may answer one job with an
+exception of its own (e.g. ``DeadlineExceeded`` when its deadline passed between two chunks of a long run): that job
+fails alone.
 """
 
 from __future__ import annotations
@@ -22,25 +27,37 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 J = TypeVar("J")  # one request's work
 R = TypeVar("R")  # its result
 
 
+class QueueFull(Exception):
+    """A model's queue holds as many rows as it may: the request is refused, not queued."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A job's deadline passed before its run finished: the rest of its work was dropped."""
+
+
 @dataclass
 class BatchingConfig:
     enabled: bool = True
     max_rows: int = 256  # series (or users) per merged run
-    max_wait_s: float = 0.002  # how long the first request of a batch waits for company
+    # How long the first request of a batch waits for company. 0: batches still form under load, from the
+    # requests that arrive while one runs, and a lone request pays nothing (bench/results/serve_forecast.json).
+    max_wait_s: float = 0.0
+    max_queued_rows: int = 4096  # rows waiting per model before new requests are refused (admission control)
 
 
 @dataclass(frozen=True)
 class BatchKind(Generic[J, R]):
     """How jobs of one kind are sized, matched and run together."""
 
-    run_batch: Callable[[list[J]], list[R]]  # the jobs' results, in order, from one merged run
+    # The jobs' results, in order, from one merged run; an exception in a job's place fails that job alone.
+    run_batch: Callable[[list[J]], list[R | BaseException]]
     rows: Callable[[J], int]
     key: Callable[[J], Hashable] = lambda job: None  # only jobs with equal keys are merged
 
@@ -61,6 +78,7 @@ class DynamicBatcher(Generic[J, R]):
         self._arrived = threading.Condition(self._lock)  # a job was queued: a forming batch may take it
         self._handoff = threading.Condition(self._lock)  # nobody is running batches any more, or closing
         self._waiting: deque[tuple[J, Future[R]]] = deque()
+        self._queued_rows = 0
         self._running = False  # some thread is running batches
         self._closed = False
         self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
@@ -68,10 +86,20 @@ class DynamicBatcher(Generic[J, R]):
 
     def submit(self, job: J) -> Future[R]:
         entry: tuple[J, Future[R]] = (job, Future())
+        rows = self._kind.rows(job)
         with self._lock:
             if self._closed:  # a request that raced a model's retirement: run it alone
                 lead = None
+            elif self._waiting and self._queued_rows + rows > self._config.max_queued_rows:
+                entry[1].set_exception(
+                    QueueFull(
+                        f"model {self._name}: {self._queued_rows} rows already wait and this request adds {rows}; "
+                        f"the queue holds at most {self._config.max_queued_rows} (--max-queued-rows)"
+                    )
+                )
+                return entry[1]
             else:
+                self._queued_rows += rows
                 self._waiting.append(entry)
                 self._arrived.notify()
                 lead = not self._running
@@ -122,6 +150,7 @@ class DynamicBatcher(Generic[J, R]):
                 return []
             batch = [self._waiting.popleft()]
             key, rows = self._kind.key(batch[0][0]), self._kind.rows(batch[0][0])
+            self._queued_rows -= rows
             deadline = time.monotonic() + self._config.max_wait_s
             while True:
                 full, kept = False, deque()
@@ -129,6 +158,7 @@ class DynamicBatcher(Generic[J, R]):
                     if not full and self._fits(entry[0], key, rows):
                         batch.append(entry)
                         rows += self._kind.rows(entry[0])
+                        self._queued_rows -= self._kind.rows(entry[0])
                     else:
                         kept.append(entry)
                         full = full or self._kind.key(entry[0]) == key  # same kind but too big: as full as it gets
@@ -159,10 +189,72 @@ class DynamicBatcher(Generic[J, R]):
             for job, future in live:
                 try:
                     (result,) = self._kind.run_batch([job])
-                    future.set_result(result)
+                    settle(future, result)
                     self._on_batch(self._kind.rows(job))
                 except Exception as err:
                     future.set_exception(err)
             return
         for (_, future), result in zip(live, results, strict=True):
-            future.set_result(result)
+            settle(future, result)
+
+
+def settle(future: Future[R], result: R | BaseException) -> None:
+    """Answer a job's future with its result, or with the exception a run put in its place."""
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+@dataclass(frozen=True)
+class Piece(Generic[J]):
+    """Rows ``rows`` of the job at position ``index`` of a batch: what one chunk of a long run takes of it."""
+
+    job: J
+    index: int
+    rows: slice
+
+
+def run_in_chunks(
+    jobs: list[J],
+    rows: Callable[[J], int],
+    chunk_rows: int,
+    deadline: Callable[[J], float | None],
+    run_chunk: Callable[[list[Piece[J]]], list[Any]],
+    join: Callable[[list[Any]], R],
+) -> list[R | BaseException]:
+    """Run a batch's rows at most ``chunk_rows`` at a time, so that its peak memory is one chunk's, whatever the
+    requests ask; before each chunk, the rows of jobs whose deadline (``time.monotonic``) has passed are dropped
+    and those jobs get ``DeadlineExceeded``. ``run_chunk`` answers one part per piece; ``join`` puts a job's parts
+    back together."""
+    parts: list[list[Any]] = [[] for _ in jobs]
+    failed: dict[int, BaseException] = {}
+    chunk: list[Piece[J]] = []
+
+    def flush() -> None:
+        now = time.monotonic()
+        live = []
+        for piece in chunk:
+            until = deadline(piece.job)
+            if piece.index not in failed and until is not None and now > until:
+                failed[piece.index] = DeadlineExceeded(f"deadline passed after {len(parts[piece.index])} chunks")
+            if piece.index not in failed:
+                live.append(piece)
+        if live:
+            for piece, part in zip(live, run_chunk(live), strict=True):
+                parts[piece.index].append(part)
+        chunk.clear()
+
+    filled = 0
+    for index, job in enumerate(jobs):
+        total, start = rows(job), 0
+        while start < total:
+            take = min(total - start, chunk_rows - filled)
+            chunk.append(Piece(job, index, slice(start, start + take)))
+            filled, start = filled + take, start + take
+            if filled >= chunk_rows:
+                flush()
+                filled = 0
+    if chunk:
+        flush()
+    return [failed[i] if i in failed else join(parts[i]) for i in range(len(jobs))]

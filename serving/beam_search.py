@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,12 +33,15 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
-from serving.batching import BatchKind
-from serving.rollout import create_session
+from serving.batching import BatchKind, Piece, run_in_chunks
+from serving.rollout import NonFiniteOutput, create_session
 
 ROLLOUT_KIND = "constrained_beam"
 TRIE_FORMAT = 1
 MAX_BEAM_WIDTH = 512  # a request's beam width bound: cost grows linearly with it
+# Users x beam width per onnxruntime search: a search's memory grows with its beams (about 50 KB each for the
+# demo's model: logits, caches and candidate scores), so long requests run in chunks of this many.
+BEAMS_PER_RUN = 4096
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class RecommendJob:
     queries: list[UserQuery]
     k: int
     beam_width: int
+    deadline: float | None = None  # time.monotonic() after which the rest of its work is dropped
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -197,6 +202,11 @@ class ConstrainedBeamModel:
     def known_ids(self) -> frozenset[int]:
         """Every raw item id the model can take in a history or return."""
         return frozenset(self.item_ids[1:].tolist())
+
+    def smoke_check(self) -> None:
+        """One search from a one-item history; NonFiniteOutput when the decoder answers NaN, so a broken graph is
+        never served (search_dense checks every level's logits)."""
+        self.search_dense(np.ones((1, 1), dtype=np.int64), 1, min(self.default_beam_width, MAX_BEAM_WIDTH))
 
     # --- requests ----------------------------------------------------------------------------------------------
 
@@ -310,7 +320,10 @@ class ConstrainedBeamModel:
         rows = np.arange(batch)[:, None]
         for level, size in enumerate(rollout["level_sizes"]):
             start = int(rollout["token_offsets"][level])
-            log_probs = log_softmax(decoder.logits(step_tokens)[..., start : start + size])
+            logits = decoder.logits(step_tokens)[..., start : start + size]
+            if np.isnan(logits).any() or np.isposinf(logits).any():
+                raise NonFiniteOutput(f"{self.artifact.path}: the decoder answered non-finite logits at level {level}")
+            log_probs = log_softmax(logits)
             child, ok = self.trie.allowed(level, nodes, excluded)
             ok &= np.isfinite(scores)[..., None]  # a dead beam has no continuation
             flat = np.where(ok, scores[..., None] + log_probs, -np.inf).astype(np.float32).reshape(batch, -1)
@@ -368,21 +381,40 @@ class CachedSteps:
             self._feeds[f"past_value_{i}"] = self._present[f"present_value_{i}"][rows, parent]
 
 
-def recommend_batches(model: ConstrainedBeamModel) -> BatchKind[RecommendJob, SearchResult]:
+def recommend_batches(
+    model: ConstrainedBeamModel,
+    slots: AbstractContextManager[object] | None = None,
+    beams_per_run: int = BEAMS_PER_RUN,
+) -> BatchKind[RecommendJob, SearchResult]:
     """How the dynamic batcher merges recommendation requests: one search per beam width, at the largest k.
 
     A user's top-k does not depend on who else is in the batch (left padding is masked, positions count from the
-    right) and the first k of a top-K search at the same beam width are the top-k, so merging is exact.
+    right) and the first k of a top-K search at the same beam width are the top-k, so merging is exact. Searches
+    run ``beams_per_run`` beams (users x width) at a time, each inside one of the server's ``slots``, with
+    deadlines checked between them.
     """
+    slots = slots or nullcontext()
 
-    def run(jobs: list[RecommendJob]) -> list[SearchResult]:
-        queries = [q for job in jobs for q in job.queries]
-        merged = model.search_queries(queries, max(job.k for job in jobs), jobs[0].beam_width)
+    def run_chunk(pieces: list[Piece[RecommendJob]]) -> list[SearchResult]:
+        queries = [q for p in pieces for q in p.job.queries[p.rows]]
+        with slots:
+            merged = model.search_queries(queries, max(p.job.k for p in pieces), pieces[0].job.beam_width)
         out, start = [], 0
-        for job in jobs:
-            rows, top = slice(start, start + len(job.queries)), slice(0, job.k)
+        for p in pieces:
+            rows, top = slice(start, start + p.rows.stop - p.rows.start), slice(0, p.job.k)
             out.append(SearchResult(merged.items[rows, top], merged.scores[rows, top], merged.codes[rows, top]))
             start = rows.stop
         return out
+
+    def join(parts: list[SearchResult]) -> SearchResult:
+        if len(parts) == 1:
+            return parts[0]
+        return SearchResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("items", "scores", "codes")))
+
+    def run(jobs: list[RecommendJob]) -> list[SearchResult | BaseException]:
+        users_per_run = max(1, beams_per_run // jobs[0].beam_width)
+        return run_in_chunks(
+            jobs, lambda job: len(job.queries), users_per_run, lambda job: job.deadline, run_chunk, join
+        )
 
     return BatchKind(run, rows=lambda job: len(job.queries), key=lambda job: job.beam_width)

@@ -29,8 +29,8 @@ Series files (CSV or parquet) are long tables: series_id (optional), timestamp (
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.forecast_service import Limits
     from serving.observability import configure_logging
+    from serving.rpc import Limits
     from serving.server import ServerConfig, serve_until_signal
 
     configure_logging(args.log_level, json_lines=args.log_format == "json")

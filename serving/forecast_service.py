@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import math
-import time
 from collections.abc import Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -19,26 +13,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
+from serving.rpc import Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_series: int = 1024  # series per request
-    max_values: int = 4_000_000  # history values per request, all series together
-    request_timeout_s: float = 30.0  # used when the client sets no deadline
-
-
-class RequestError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+# The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 @dataclass
@@ -55,42 +34,61 @@ def _timestamps(series: forecast_pb2.Series, index: int, steps: int) -> np.ndarr
         return None
     field = f"series[{index}].timestamps"
     if len(series.timestamps) != steps:
-        raise _invalid(f"{field}: {len(series.timestamps)} timestamps for {steps} steps (give one per step or none)")
-    micros = np.array([t.seconds * 1_000_000 + t.nanos // 1000 for t in series.timestamps], dtype=np.int64)
+        raise invalid(f"{field}: {len(series.timestamps)} timestamps for {steps} steps (give one per step or none)")
+    seconds = np.fromiter((t.seconds for t in series.timestamps), dtype=np.int64, count=steps)
+    nanos = np.fromiter((t.nanos for t in series.timestamps), dtype=np.int64, count=steps)
+    bad = np.flatnonzero((seconds < MIN_SECONDS) | (seconds > MAX_SECONDS))
+    if len(bad):
+        raise invalid(f"{field}[{bad[0]}]: {seconds[bad[0]]} seconds is outside the years 1 to 9999")
+    bad = np.flatnonzero((nanos < 0) | (nanos > 999_999_999))
+    if len(bad):
+        raise invalid(f"{field}[{bad[0]}].nanos: {nanos[bad[0]]} is outside 0..999999999")
+    micros = seconds * 1_000_000 + nanos // 1000
     bad = np.flatnonzero(np.diff(micros) <= 0)
     if len(bad):
-        raise _invalid(f"{field}[{bad[0] + 1}]: not after the previous timestamp (timestamps must increase)")
+        raise invalid(f"{field}[{bad[0] + 1}]: not after the previous timestamp (timestamps must increase)")
     return micros.astype("datetime64[us]")
+
+
+def _future(past: np.ndarray, horizon: int, field: str) -> np.ndarray:
+    """The forecast's timestamps: the history's last step repeated ``horizon`` times, within the Timestamp range."""
+    delta = (past[-1] - past[-2]).astype(np.int64) if len(past) > 1 else 0
+    last = int(past[-1].astype(np.int64))
+    if last + delta * horizon > MAX_SECONDS * 1_000_000:
+        raise invalid(f"{field}: {horizon} more steps after the last timestamp pass the year 9999")
+    return past[-1] + np.timedelta64(delta, "us") * np.arange(1, horizon + 1)
 
 
 def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, limits: Limits) -> ValidatedRequest:
     if not request.model:
-        raise _invalid("model: required")
+        raise invalid("model: required")
     try:
         model = registry.get(request.model, request.version or None)
     except ModelNotFound as err:
         raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
     runner = model.runner
     if not hasattr(runner, "forecast"):
-        raise _invalid(f"model: {request.model!r} is a {model.manifest['model_kind']} model, not a forecaster")
+        raise invalid(f"model: {echo(request.model)} is a {model.manifest['model_kind']} model, not a forecaster")
     if request.horizon <= 0:
-        raise _invalid("horizon: must be at least 1")
+        raise invalid("horizon: must be at least 1")
     if request.horizon > runner.max_horizon:
-        raise _invalid(f"horizon: {request.horizon} exceeds the model's max_horizon {runner.max_horizon}")
+        raise invalid(f"horizon: {request.horizon} exceeds the model's max_horizon {runner.max_horizon}")
     if not request.series:
-        raise _invalid("series: at least one series is required")
+        raise invalid("series: at least one series is required")
     if len(request.series) > limits.max_series:
-        raise RequestError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"series: {len(request.series)} series exceed the limit of {limits.max_series} per request",
+        raise exhausted(
+            f"series: {len(request.series)} series exceed the limit of {limits.max_series} per request (--max-series)"
         )
     total = sum(len(s.values) for s in request.series)
     if total > limits.max_values:
-        raise RequestError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"series: {total} history values exceed the limit of {limits.max_values} per request",
-        )
+        raise exhausted(f"series: {total} history values exceed the limit of {limits.max_values} per request")
     channels, length = runner.n_channels, runner.context_length
+    answer = len(request.series) * request.horizon * channels
+    if answer > limits.max_forecast_values:
+        raise exhausted(
+            f"series x horizon: {len(request.series)} series x {request.horizon} steps x {channels} channels = "
+            f"{answer} values exceed the limit of {limits.max_forecast_values} per request (--max-forecast-values)"
+        )
     context = np.empty((len(request.series), length, channels), dtype=np.float32)
     stamps: list[np.ndarray | None] = []
     calendar = runner.calendar is not None
@@ -98,48 +96,32 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
     for i, series in enumerate(request.series):
         field = f"series[{i}].values"
         if not series.values:
-            raise _invalid(f"{field}: empty history")
+            raise invalid(f"{field}: empty history")
         values = np.asarray(series.values, dtype=np.float64)
         if len(values) % channels:
-            raise _invalid(f"{field}: {len(values)} values are not a whole number of steps of {channels} channels")
+            raise invalid(f"{field}: {len(values)} values are not a whole number of steps of {channels} channels")
         steps = len(values) // channels
         if steps < length:
-            raise _invalid(f"{field}: {steps} steps of history, the model needs at least {length}")
+            raise invalid(f"{field}: {steps} steps of history, the model needs at least {length}")
         bad = np.flatnonzero(~np.isfinite(values))
         if len(bad):
-            raise _invalid(f"{field}[{bad[0]}]: {values[bad[0]]} is not a finite number")
-        if np.abs(values).max() > np.finfo(np.float32).max:
-            raise _invalid(f"{field}: values beyond the float32 range")
+            raise invalid(f"{field}[{bad[0]}]: {values[bad[0]]} is not a finite number")
+        bad = np.flatnonzero(np.abs(values) > np.finfo(np.float32).max)
+        if len(bad):
+            raise invalid(f"{field}[{bad[0]}]: {values[bad[0]]} is beyond the float32 range the models compute in")
         context[i] = values.reshape(steps, channels)[-length:]
         past = _timestamps(series, i, steps)
         if context_stamps is not None:
             if past is None:
-                raise _invalid(f"series[{i}].timestamps: required, this model uses calendar features (one per step)")
+                raise invalid(f"series[{i}].timestamps: required, this model uses calendar features (one per step)")
             context_stamps[i] = past[-length:]
-        if past is None:
-            stamps.append(None)
-        else:
-            delta = past[-1] - past[-2] if len(past) > 1 else np.timedelta64(0, "us")
-            stamps.append(past[-1] + delta * np.arange(1, request.horizon + 1))
+        stamps.append(None if past is None else _future(past, request.horizon, f"series[{i}].timestamps"))
     return ValidatedRequest(model, int(request.horizon), context, context_stamps, stamps)
 
 
 def _to_timestamp(value: np.datetime64) -> Timestamp:
     micros = int(value.astype("datetime64[us]").astype(np.int64))
     return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
-
-
-def await_result(future: Future[T], context: grpc.ServicerContext, limits: Limits, what: str) -> T:
-    """The batched run's result within the client's deadline (or the server's timeout when it set none)."""
-    remaining = context.time_remaining()
-    timeout = limits.request_timeout_s if remaining is None or math.isinf(remaining) else remaining
-    try:
-        return future.result(timeout=max(timeout, 0.0))
-    except concurrent.futures.TimeoutError as err:
-        future.cancel()
-        raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed before the {what} was ready") from err
-    except ValueError as err:  # the runner's own checks, e.g. a shape no validation here foresaw
-        raise _invalid(str(err)) from err
 
 
 class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
@@ -149,10 +131,18 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
     def Forecast(
         self, request: forecast_pb2.ForecastRequest, context: grpc.ServicerContext
     ) -> forecast_pb2.ForecastResponse:
-        with observed(self.metrics, "Forecast", request.model, context):
+        with observed(self.metrics, "Forecast", self.registry.label(request.model), context):
+            until = deadline(context, self.limits)
             checked = validate(request, self.registry, self.limits)
-            future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps)
-            out = await_result(future, context, self.limits, "forecast")
+            future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps, until)
+            out = await_result(future, until, "forecast")
+            bad = np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))
+            if len(bad):  # a NaN is never an answer
+                raise RequestError(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"series[{bad[0]}]: the model's forecast is not finite (NaN or infinity); the history may be "
+                    "beyond the range the model handles",
+                )
             response = forecast_pb2.ForecastResponse(model=checked.model.name, version=checked.model.version)
             for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):
                 item = response.forecasts.add(id=series.id, values=values.reshape(-1).astype(np.float64).tolist())
@@ -199,26 +189,3 @@ def _flatten(tree: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
             yield from _flatten(value, f"{prefix}{key}.")
         elif isinstance(value, int | float):
             yield f"{prefix}{key}", float(value)
-
-
-@contextmanager
-def observed(metrics: ServerMetrics, method: str, model: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """Count, time and log the RPC; turn RequestError into its status, unexpected errors into INTERNAL."""
-    started = time.perf_counter()
-    metrics.requests.labels(method, model).inc()
-    code = grpc.StatusCode.OK
-    try:
-        yield
-    except RequestError as err:
-        code = err.code
-        context.abort(err.code, err.message)
-    except Exception:
-        code = grpc.StatusCode.INTERNAL
-        log.exception("unexpected error", extra={"method": method, "model": model})
-        context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
-    finally:
-        elapsed = time.perf_counter() - started
-        metrics.latency.labels(method).observe(elapsed)
-        if code != grpc.StatusCode.OK:
-            metrics.errors.labels(method, code.name).inc()
-        log.debug("rpc", extra={"method": method, "model": model, "code": code.name, "seconds": round(elapsed, 6)})

@@ -6,34 +6,34 @@ import grpc
 import numpy as np
 
 from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel, SearchResult, UserQuery
-from serving.forecast_service import Limits, RequestError, _invalid, await_result, observed
 from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
+from serving.rpc import Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
 
 
 def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
     if not name:
-        raise _invalid("model: required")
+        raise invalid("model: required")
     try:
         model = registry.get(name, version or None)
     except ModelNotFound as err:
         raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
     if not isinstance(model.runner, ConstrainedBeamModel):
-        raise _invalid(f"model: {name!r} is a {model.manifest['model_kind']} model, not a recommender")
+        raise invalid(f"model: {echo(name)} is a {model.manifest['model_kind']} model, not a recommender")
     return model, model.runner
 
 
 def _check_settings(runner: ConstrainedBeamModel, k: int, beam_width: int) -> tuple[int, int]:
     if k <= 0:
-        raise _invalid("k: must be at least 1")
+        raise invalid("k: must be at least 1")
     if k > MAX_BEAM_WIDTH:
-        raise _invalid(f"k: {k} exceeds the limit of {MAX_BEAM_WIDTH}")
+        raise invalid(f"k: {k} exceeds the limit of {MAX_BEAM_WIDTH}")
     width = beam_width or max(runner.default_beam_width, k)
     if width > MAX_BEAM_WIDTH:
-        raise _invalid(f"beam_width: {width} exceeds the limit of {MAX_BEAM_WIDTH}")
+        raise invalid(f"beam_width: {width} exceeds the limit of {MAX_BEAM_WIDTH}")
     if width < k:
-        raise _invalid(f"beam_width: {width} is below k ({k})")
+        raise invalid(f"beam_width: {width} is below k ({k})")
     return k, width
 
 
@@ -46,15 +46,15 @@ def _query(
     include_seen: bool,
 ) -> UserQuery:
     if not history:
-        raise _invalid(f"{field}: empty history")
+        raise invalid(f"{field}: empty history")
     known = runner.known_ids
     unknown = [i for i, item in enumerate(history) if item not in known]
     if unknown and not ignore_unknown:
         shown = ", ".join(f"{field}[{i}]={history[i]}" for i in unknown[:5])
-        raise _invalid(f"{field}: unknown item ids {shown}{' ...' if len(unknown) > 5 else ''}")
+        raise invalid(f"{field}: unknown item ids {shown}{' ...' if len(unknown) > 5 else ''}")
     kept = [item for item in history if item in known]
     if not kept:
-        raise _invalid(f"{field}: no known item ids left after ignoring unknown ones")
+        raise invalid(f"{field}: no known item ids left after ignoring unknown ones")
     return runner.query(kept, exclude, exclude_seen=not include_seen, field=field)
 
 
@@ -85,7 +85,8 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def Recommend(
         self, request: recommend_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> recommend_pb2.RecommendResponse:
-        with observed(self.metrics, "Recommend", request.model, context):
+        with observed(self.metrics, "Recommend", self.registry.label(request.model), context):
+            until = deadline(context, self.limits)
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
             query = _query(
@@ -96,22 +97,28 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 request.ignore_unknown_items,
                 request.include_seen,
             )
-            result = await_result(model.recommend([query], k, width), context, self.limits, "recommendation")
+            result = await_result(model.recommend([query], k, width, until), until, "recommendation")
             (items,) = _recommendations(runner, result)
             return recommend_pb2.RecommendResponse(model=model.name, version=model.version, items=items)
 
     def RecommendBatch(
         self, request: recommend_pb2.RecommendBatchRequest, context: grpc.ServicerContext
     ) -> recommend_pb2.RecommendBatchResponse:
-        with observed(self.metrics, "RecommendBatch", request.model, context):
+        with observed(self.metrics, "RecommendBatch", self.registry.label(request.model), context):
+            until = deadline(context, self.limits)
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
             if not request.users:
-                raise _invalid("users: at least one user is required")
+                raise invalid("users: at least one user is required")
             if len(request.users) > self.limits.max_series:
-                raise RequestError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"users: {len(request.users)} users exceed the limit of {self.limits.max_series}",
+                raise exhausted(
+                    f"users: {len(request.users)} users exceed the limit of {self.limits.max_series} (--max-series)"
+                )
+            beams = len(request.users) * width
+            if beams > self.limits.max_beam_rows:
+                raise exhausted(
+                    f"users x beam_width: {len(request.users)} x {width} = {beams} beams exceed the limit of "
+                    f"{self.limits.max_beam_rows} per request (--max-beam-rows): send fewer users or a narrower beam"
                 )
             queries = [
                 _query(
@@ -124,7 +131,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 )
                 for i, u in enumerate(request.users)
             ]
-            result = await_result(model.recommend(queries, k, width), context, self.limits, "recommendation")
+            result = await_result(model.recommend(queries, k, width, until), until, "recommendation")
             rows = _recommendations(runner, result)
             response = recommend_pb2.RecommendBatchResponse(model=model.name, version=model.version)
             for user, items in zip(request.users, rows, strict=True):

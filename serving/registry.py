@@ -18,15 +18,24 @@ from typing import Any
 import numpy as np
 
 from serving.artifact import ArtifactError, read_artifact
-from serving.batching import BatchingConfig, BatchKind, DynamicBatcher
+from serving.batching import BatchingConfig, BatchKind, DynamicBatcher, settle
 from serving.beam_search import ConstrainedBeamModel, RecommendJob, SearchResult, UserQuery, recommend_batches
-from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, forecast_batches, load_runner
+from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, default_threads, forecast_batches, load_runner
+from serving.rpc import echo
 
 log = logging.getLogger(__name__)
 
 
 class ModelNotFound(LookupError):
     pass
+
+
+def _some(names: list[str], shown: int = 10) -> str:
+    """A list of loaded names for a message, bounded however many models a store holds."""
+    if not names:
+        return "none"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 @dataclass
@@ -50,11 +59,19 @@ class LoadedModel:
     def version(self) -> str:
         return self.runner.artifact.version
 
-    def forecast(self, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> Future[np.ndarray]:
-        return self._submit(ForecastJob(context, horizon, timestamps))
+    def forecast(
+        self,
+        context: np.ndarray,
+        horizon: int,
+        timestamps: np.ndarray | None = None,
+        deadline: float | None = None,
+    ) -> Future[np.ndarray]:
+        return self._submit(ForecastJob(context, horizon, timestamps, deadline))
 
-    def recommend(self, queries: list[UserQuery], k: int, beam_width: int) -> Future[SearchResult]:
-        return self._submit(RecommendJob(queries, k, beam_width))
+    def recommend(
+        self, queries: list[UserQuery], k: int, beam_width: int, deadline: float | None = None
+    ) -> Future[SearchResult]:
+        return self._submit(RecommendJob(queries, k, beam_width, deadline))
 
     def _submit(self, job: Any) -> Future[Any]:
         if self.batcher is not None:
@@ -62,7 +79,7 @@ class LoadedModel:
         future: Future[Any] = Future()
         try:
             (result,) = self.kind.run_batch([job])
-            future.set_result(result)
+            settle(future, result)
             self.on_rows(self.kind.rows(job))
         except Exception as err:  # surfaced to the caller through the future
             future.set_exception(err)
@@ -80,21 +97,32 @@ class ModelRegistry:
     providers: Sequence[str] | None = None
     intra_op_threads: int | None = None
     keep_versions: int = 2
+    # onnxruntime runs in flight at once, all models together: with the chunked runs, this bounds the memory the
+    # server's work can take (0: twice the usable cores).
+    max_concurrent_runs: int = 0
     on_batch: Callable[[str, int], None] | None = None
     on_load: Callable[[str], None] | None = None
     _models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict, init=False)
     _refused: dict[Path, float] = field(default_factory=dict, init=False)  # path -> manifest mtime when refused
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_concurrent_runs or 2 * default_threads())
+
+    def label(self, name: str) -> str:
+        """``name`` when such a model is loaded, else one fixed label: metrics never take a client's raw string."""
+        return name if name in self._models else "(not loaded)"
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         versions = self._models.get(name)
         if not versions:
-            raise ModelNotFound(f"model {name!r} is not loaded (loaded: {sorted(self._models) or 'none'})")
+            raise ModelNotFound(f"model {echo(name)} is not loaded (loaded: {_some(sorted(self._models))})")
         if not version:
             return versions[max(versions, key=int)]
         if version not in versions:
             raise ModelNotFound(
-                f"model {name!r} has no loaded version {version!r} (loaded: {sorted(versions, key=int)})"
+                f"model {name!r} has no loaded version {echo(version)} (loaded: {_some(sorted(versions, key=int))})"
             )
         return versions[version]
 
@@ -153,6 +181,7 @@ class ModelRegistry:
                 runner = load_runner(artifact, self.providers, self.intra_op_threads)
             else:
                 raise ArtifactError(f"{path}: rollout kind {kind!r} is not served by this server yet")
+            runner.smoke_check()  # a graph that answers NaN is refused here, not found out by a caller
         except Exception as err:  # any failure refuses this artifact only
             manifest = path / "manifest.json"
             self._refused[path] = manifest.stat().st_mtime if manifest.exists() else -1.0
@@ -166,7 +195,10 @@ class ModelRegistry:
             if report:
                 report(name, rows)
 
-        kind = recommend_batches(runner) if isinstance(runner, ConstrainedBeamModel) else forecast_batches(runner)
+        if isinstance(runner, ConstrainedBeamModel):
+            kind = recommend_batches(runner, self._slots)
+        else:
+            kind = forecast_batches(runner, self._slots)
         batcher = None
         if self.batching.enabled:
             batcher = DynamicBatcher(kind, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
-from serving.batching import BatchKind
+from serving.batching import BatchKind, Piece, run_in_chunks
 from serving.time_features import freq_step, future_timestamps, time_features
 
 log = logging.getLogger(__name__)
@@ -236,10 +237,37 @@ def window_shift(
     return steps.collect(blocks)[:, :horizon]
 
 
+ROWS_PER_RUN = 1024  # window-shift series per onnxruntime rollout: bounds a run's memory whatever a request asks
+SEQUENCES_PER_RUN = 256  # KV-cache sequences (series x channels) per rollout: each holds the LLM's cache
+
+
+class NonFiniteOutput(ArithmeticError):
+    """A graph answered NaN or infinity: never served as a number."""
+
+
 class ManifestFacts:
-    """The rollout facts every forecasting runner reads from its artifact's manifest."""
+    """The rollout facts every forecasting runner reads from its artifact's manifest, and its load-time check."""
 
     artifact: Artifact
+
+    def forecast(self, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> np.ndarray: ...
+
+    def smoke_check(self) -> None:
+        """Forecast one plausible series (the training mean plus a wave of one standard deviation) two blocks
+        ahead; raise NonFiniteOutput when the answer is not finite, so that a broken graph is never served."""
+        norm = self.artifact.manifest.get("normalization") or {}
+        mean = np.asarray(norm.get("mean", np.zeros(self.n_channels)), np.float32)
+        std = np.asarray(norm.get("std", np.ones(self.n_channels)), np.float32)
+        steps = np.arange(self.context_length, dtype=np.float32)[:, None]
+        context = (mean + std * np.sin(2 * np.pi * steps / 24))[None]
+        stamps = None
+        calendar = getattr(self, "calendar", None)
+        if calendar is not None:  # a timestamp table has its own start; calendar features take any date
+            start = calendar.start if isinstance(calendar, TimestampTable) else np.datetime64("2020-01-01", "us")
+            stamps = start + np.arange(self.context_length) * freq_step(calendar.freq).astype("timedelta64[us]")
+        out = self.forecast(context, min(self.max_horizon, 2 * self.step), stamps)
+        if not np.isfinite(out).all():
+            raise NonFiniteOutput(f"{self.artifact.path}: the smoke forecast is not finite (NaN or infinity)")
 
     @property
     def context_length(self) -> int:
@@ -291,6 +319,10 @@ class WindowShiftModel(ManifestFacts):
     @property
     def device(self) -> str:
         return self.steps.device if isinstance(self.steps, BoundSteps) else "host"
+
+    @property
+    def rows_per_run(self) -> int:
+        return ROWS_PER_RUN
 
     @property
     def calendar(self) -> CalendarInputs | None:
@@ -457,6 +489,10 @@ class KVCacheModel(ManifestFacts):
         return self.steps.device or "host"
 
     @property
+    def rows_per_run(self) -> int:
+        return max(1, SEQUENCES_PER_RUN // self.n_channels)
+
+    @property
     def calendar(self) -> TimestampTable | None:
         """The timestamp table when the model uses timestamp embeddings (requests then need timestamps)."""
         return self.table
@@ -608,24 +644,42 @@ class ForecastJob:
     context: np.ndarray  # (rows, L, C)
     horizon: int
     timestamps: np.ndarray | None  # (rows, L) for models with calendar features
+    deadline: float | None = None  # time.monotonic() after which the rest of its work is dropped
 
 
-def forecast_batches(runner: WindowShiftModel | KVCacheModel) -> BatchKind[ForecastJob, np.ndarray]:
+def forecast_batches(
+    runner: WindowShiftModel | KVCacheModel, slots: AbstractContextManager[object] | None = None
+) -> BatchKind[ForecastJob, np.ndarray]:
     """How the dynamic batcher merges forecast requests: rows stacked, one rollout at the longest horizon.
 
-    Rows are independent and a shorter horizon is a prefix of a longer rollout, so merging is exact.
+    Rows are independent and a shorter horizon is a prefix of a longer rollout, so merging is exact. Long batches
+    run in chunks of rows (memory), each inside one of the server's ``slots`` (concurrent runs), with deadlines
+    checked between chunks.
     """
+    chunk_rows = runner.rows_per_run
+    slots = slots or nullcontext()
 
-    def run(jobs: list[ForecastJob]) -> list[np.ndarray]:
-        if len(jobs) == 1:
-            return [runner.forecast(jobs[0].context, jobs[0].horizon, jobs[0].timestamps)]
-        context = np.concatenate([job.context for job in jobs])
-        stamps = None if jobs[0].timestamps is None else np.concatenate([job.timestamps for job in jobs])
-        out = runner.forecast(context, max(job.horizon for job in jobs), stamps)
-        results, start = [], 0
-        for job in jobs:
-            results.append(out[start : start + len(job.context), : job.horizon])
-            start += len(job.context)
-        return results
+    def run_chunk(pieces: list[Piece[ForecastJob]]) -> list[np.ndarray]:
+        context = np.concatenate([p.job.context[p.rows] for p in pieces])
+        stamps = None
+        if pieces[0].job.timestamps is not None:
+            stamps = np.concatenate([p.job.timestamps[p.rows] for p in pieces])
+        with slots:
+            out = runner.forecast(context, max(p.job.horizon for p in pieces), stamps)
+        parts, start = [], 0
+        for p in pieces:
+            rows = p.rows.stop - p.rows.start
+            parts.append(out[start : start + rows, : p.job.horizon])
+            start += rows
+        return parts
+
+    def run(jobs: list[ForecastJob]) -> list[np.ndarray | BaseException]:
+        return run_in_chunks(
+            jobs, lambda job: len(job.context), chunk_rows, lambda job: job.deadline, run_chunk, _join_rows
+        )
 
     return BatchKind(run, rows=lambda job: len(job.context), key=lambda job: job.timestamps is None)
+
+
+def _join_rows(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

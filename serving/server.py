@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.batching import BatchingConfig
-from serving.forecast_service import ForecastServicer, Limits, ModelServicer
+from serving.forecast_service import ForecastServicer, ModelServicer
 from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import (
     forecast_pb2,
@@ -28,6 +28,7 @@ from serving.proto.arcast.v1 import (
 )
 from serving.recommend_service import RecommendServicer
 from serving.registry import ModelRegistry
+from serving.rpc import Limits
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
