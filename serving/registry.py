@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.artifact import ArtifactError, read_artifact
+from serving.artifact import ArtifactError, is_version_name, read_artifact
 from serving.batching import BatchingConfig, BatchKind, DynamicBatcher
 from serving.beam_search import ConstrainedBeamModel, RecommendJob, SearchResult, UserQuery, recommend_batches
 from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, forecast_batches, load_runner
@@ -84,6 +84,7 @@ class ModelRegistry:
     on_load: Callable[[str], None] | None = None
     _models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict, init=False)
     _refused: dict[Path, float] = field(default_factory=dict, init=False)  # path -> manifest mtime when refused
+    _skipped: set[Path] = field(default_factory=set, init=False)  # folders not named as versions, warned about once
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
@@ -111,10 +112,7 @@ class ModelRegistry:
             wanted: dict[str, list[Path]] = {}
             if self.store.is_dir():
                 for model_dir in sorted(p for p in self.store.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                    versions = sorted(
-                        (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
-                    )
-                    wanted[model_dir.name] = versions
+                    wanted[model_dir.name] = self._version_dirs(model_dir)
             retired: list[LoadedModel] = []
             for name, paths in wanted.items():
                 current = updated.setdefault(name, {})
@@ -136,6 +134,23 @@ class ModelRegistry:
         for model in retired:
             log.info("unloaded model", extra={"model": model.name, "version": model.version})
             model.close()
+
+    def _version_dirs(self, model_dir: Path) -> list[Path]:
+        """A model's version folders, oldest first; any other folder is skipped with one warning (not one a poll)."""
+        versions = []
+        for path in model_dir.iterdir():
+            if not path.is_dir() or path.name.startswith("."):  # plain files; staging folders
+                continue
+            if is_version_name(path.name):
+                versions.append(path)
+            elif path not in self._skipped:
+                self._skipped.add(path)
+                log.warning(
+                    "skipped %s: a version folder is named 0 or digits 0-9 without a leading zero",
+                    path,
+                    extra={"path": str(path)},
+                )
+        return sorted(versions, key=lambda p: int(p.name))
 
     def _loadable(self, path: Path) -> bool:
         """False for a version refused before whose manifest has not changed since."""
