@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -166,6 +166,10 @@ def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
         raise ArtifactError(f"{manifest_path}: unknown rollout kind {manifest['rollout'].get('kind')!r}")
     files: dict[str, dict[str, Any]] = manifest["files"]
     for role, graph in manifest["graphs"].items():
+        _check_inside(manifest_path, f"graph {role!r} file", graph.get("file"))
+    for rel in files:
+        _check_inside(manifest_path, "file", rel)
+    for role, graph in manifest["graphs"].items():
         if graph.get("file") not in files:
             raise ArtifactError(f"{manifest_path}: graph {role!r} names file {graph.get('file')!r} not in files")
     if verify:
@@ -184,6 +188,39 @@ def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
         if extra:
             raise ArtifactError(f"{path}: files not in the manifest: {sorted(extra)}")
     return Artifact(path=path, manifest=manifest)
+
+
+def read_published(store: Path | str, path: Path | str) -> Artifact:
+    """Read a version folder of ``store`` as a server must: it lies in the store and sits where its manifest says."""
+    store, path = Path(store), Path(path)
+    if not path.resolve().is_relative_to(store.resolve()):
+        raise ArtifactError(
+            f"{path}: resolves to {path.resolve()}, outside the store {store.resolve()} (a symlinked folder): "
+            "only what is published into the store is served"
+        )
+    artifact = read_artifact(path)
+    if (path.parent.name, path.name) != (artifact.name, artifact.version):
+        raise ArtifactError(
+            f"{path}: the folder says {path.parent.name}/{path.name} but the manifest says "
+            f"{artifact.name}/{artifact.version}: a copied or renamed version is not served under either label"
+        )
+    return artifact
+
+
+def _check_inside(manifest_path: Path, entry: str, rel: Any) -> None:
+    """Refuse a manifest path that reaches out of the artifact folder: an artifact must not serve another's files."""
+    folder = manifest_path.parent
+    if not isinstance(rel, str) or not rel:
+        why = "is not a path"
+    elif PurePosixPath(rel).is_absolute():
+        why = "is absolute"
+    elif ".." in PurePosixPath(rel).parts:
+        why = "has a '..' component"
+    elif not (folder / rel).resolve().is_relative_to(folder.resolve()):
+        why = f"resolves to {(folder / rel).resolve()} (through a symlink)"
+    else:
+        return
+    raise ArtifactError(f"{manifest_path}: {entry} {rel!r} {why}: paths must stay inside the artifact folder")
 
 
 def list_artifacts(store: Path | str) -> Iterator[Path]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.artifact import ArtifactError, is_version_name, read_artifact
+from serving.artifact import ArtifactError, is_version_name, read_published
 from serving.batching import BatchingConfig, BatchKind, DynamicBatcher
 from serving.beam_search import ConstrainedBeamModel, RecommendJob, SearchResult, UserQuery, recommend_batches
 from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, forecast_batches, load_runner
@@ -160,7 +160,7 @@ class ModelRegistry:
 
     def _load(self, path: Path) -> LoadedModel | None:
         try:
-            artifact = read_artifact(path)
+            artifact = read_published(self.store, path)
             kind = artifact.manifest["rollout"]["kind"]
             if kind == "constrained_beam":
                 runner = ConstrainedBeamModel.load(artifact, self.providers, self.intra_op_threads)
