@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -25,6 +25,9 @@ MANIFEST = "manifest.json"
 MODEL_KINDS = ("arnet", "informer", "autotimes", "prorec")
 ROLLOUT_KINDS = ("window_shift", "kv_cache", "constrained_beam")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A version folder is named by a non-negative integer in ASCII digits without a leading zero: one spelling per
+# version, so str(int(name)) == name. str.isdigit() also accepts '²' (int() fails) and other scripts' digits.
+_VERSION_RE = re.compile(r"0|[1-9][0-9]*")
 # Keys every manifest carries, whatever the model; model-specific facts live beside them.
 REQUIRED_KEYS = ("format_version", "name", "version", "model_kind", "rollout", "graphs", "files", "created_at")
 
@@ -69,6 +72,11 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def is_version_name(name: str) -> bool:
+    """Whether a folder named ``name`` is a version folder: ``0`` or ASCII digits without a leading zero."""
+    return _VERSION_RE.fullmatch(name) is not None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -80,7 +88,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def _versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_name(p.name))
 
 
 def next_version(store: Path, name: str) -> str:
@@ -104,6 +112,8 @@ def staged_artifact(store: Path | str, name: str, version: str | None = None) ->
     tmp.chmod(_DIR_MODE)  # mkdtemp makes it owner-only; a server may run as another user
     try:
         chosen = version or next_version(store, name)
+        if not is_version_name(chosen):  # a server would skip the folder, never serve it
+            raise ArtifactError(f"version {chosen!r} is not a version: use 0 or digits 0-9 without a leading zero")
         yield tmp, chosen
         _fsync_tree(tmp)
         target = model_dir / chosen
@@ -156,6 +166,10 @@ def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
         raise ArtifactError(f"{manifest_path}: unknown rollout kind {manifest['rollout'].get('kind')!r}")
     files: dict[str, dict[str, Any]] = manifest["files"]
     for role, graph in manifest["graphs"].items():
+        _check_inside(manifest_path, f"graph {role!r} file", graph.get("file"))
+    for rel in files:
+        _check_inside(manifest_path, "file", rel)
+    for role, graph in manifest["graphs"].items():
         if graph.get("file") not in files:
             raise ArtifactError(f"{manifest_path}: graph {role!r} names file {graph.get('file')!r} not in files")
     if verify:
@@ -176,6 +190,39 @@ def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
     return Artifact(path=path, manifest=manifest)
 
 
+def read_published(store: Path | str, path: Path | str) -> Artifact:
+    """Read a version folder of ``store`` as a server must: it lies in the store and sits where its manifest says."""
+    store, path = Path(store), Path(path)
+    if not path.resolve().is_relative_to(store.resolve()):
+        raise ArtifactError(
+            f"{path}: resolves to {path.resolve()}, outside the store {store.resolve()} (a symlinked folder): "
+            "only what is published into the store is served"
+        )
+    artifact = read_artifact(path)
+    if (path.parent.name, path.name) != (artifact.name, artifact.version):
+        raise ArtifactError(
+            f"{path}: the folder says {path.parent.name}/{path.name} but the manifest says "
+            f"{artifact.name}/{artifact.version}: a copied or renamed version is not served under either label"
+        )
+    return artifact
+
+
+def _check_inside(manifest_path: Path, entry: str, rel: Any) -> None:
+    """Refuse a manifest path that reaches out of the artifact folder: an artifact must not serve another's files."""
+    folder = manifest_path.parent
+    if not isinstance(rel, str) or not rel:
+        why = "is not a path"
+    elif PurePosixPath(rel).is_absolute():
+        why = "is absolute"
+    elif ".." in PurePosixPath(rel).parts:
+        why = "has a '..' component"
+    elif not (folder / rel).resolve().is_relative_to(folder.resolve()):
+        why = f"resolves to {(folder / rel).resolve()} (through a symlink)"
+    else:
+        return
+    raise ArtifactError(f"{manifest_path}: {entry} {rel!r} {why}: paths must stay inside the artifact folder")
+
+
 def list_artifacts(store: Path | str) -> Iterator[Path]:
     """Every published ``name/version`` folder in a store (staging folders are skipped)."""
     store = Path(store)
@@ -194,9 +241,9 @@ def resolve(store: Path | str, name: str, version: str | None = None) -> Path:
         raise ArtifactError(f"no model named {name!r} in store {store}")
     if version is None:
         return model_dir / str(versions[-1])
-    if not version.isdigit() or int(version) not in versions:
+    if not is_version_name(version) or int(version) not in versions:
         raise ArtifactError(f"model {name!r} has no version {version!r} (has {versions})")
-    return model_dir / str(int(version))
+    return model_dir / version
 
 
 def atomic_write_text(path: Path, text: str) -> None:

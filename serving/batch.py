@@ -28,6 +28,8 @@ from serving.rollout import KVCacheModel, WindowShiftModel, load_runner
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
 
 JOB_FILE = "_job.json"
+# The reason a series gets when the model's forecast for it is NaN or infinite (the server answers OUT_OF_RANGE).
+NON_FINITE = "the model's forecast is not finite (NaN or infinity); the history may be beyond what the model handles"
 ERROR_SCHEMA = {SERIES_ID: pl.String, "reason": pl.String}
 # Recommendation jobs: a long table of (user_id, item_id[, timestamp]) interactions in, top-k per user out.
 USER_ID, ITEM_ID, TIMESTAMP = "user_id", "item_id", "timestamp"
@@ -58,6 +60,8 @@ def _check(series: SeriesInput, model: WindowShiftModel) -> str | None:
     tail = series.values[-model.context_length :]
     if not np.isfinite(tail).all():
         return "missing or non-finite values in the last context_length steps"
+    if (np.abs(tail) > np.finfo(np.float32).max).any():  # as the server refuses them: inf once in float32
+        return "values beyond the float32 range the models compute in"
     if model.calendar is not None and series.timestamps is None:
         return "no timestamps: this model uses calendar features"
     return None
@@ -110,8 +114,12 @@ def score_series(
         if model.calendar is not None:  # calendar-feature models (Informer) need the context rows' times
             stamps = np.stack([s.timestamps[-model.context_length :] for s in block])
         out = model.forecast(context, horizon, stamps)
+        finite = np.isfinite(out).reshape(len(block), -1).all(axis=1)
+        errors.extend((s.id, NON_FINITE) for s, ok in zip(block, finite, strict=True) if not ok)
         parts.extend(
-            forecast_frame(s.id, out[i], channels, _future(s.timestamps, horizon)) for i, s in enumerate(block)
+            forecast_frame(s.id, out[i], channels, _future(s.timestamps, horizon))
+            for i, s in enumerate(block)
+            if finite[i]
         )
     scored = pl.concat(parts) if parts else pl.DataFrame()
     return scored, pl.DataFrame(errors, schema=ERROR_SCHEMA, orient="row")

@@ -2,12 +2,14 @@
 
 ``refresh()`` scans the store: a new version (which appears atomically, see serving.artifact) is verified and
 loaded beside the old one, then becomes the latest; a version that fails its checks is refused with one log
-line and the rest keep serving. The newest ``keep_versions`` versions of each model stay loaded.
+line (and retried once any of its files changes) and the rest keep serving. The newest ``keep_versions`` versions
+of each model that load stay loaded: a broken new version never unloads a good one.
 """
 
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -17,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from serving.artifact import ArtifactError, read_artifact
+from serving.artifact import ArtifactError, is_version_name, read_published
 from serving.batching import BatchingConfig, BatchKind, DynamicBatcher, settle
 from serving.beam_search import ConstrainedBeamModel, RecommendJob, SearchResult, UserQuery, recommend_batches
 from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, default_threads, forecast_batches, load_runner
 from serving.rpc import echo
 
 log = logging.getLogger(__name__)
+Signature = tuple[tuple[str, int, int], ...]
 
 
 class ModelNotFound(LookupError):
@@ -103,7 +106,8 @@ class ModelRegistry:
     on_batch: Callable[[str, int], None] | None = None
     on_load: Callable[[str], None] | None = None
     _models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict, init=False)
-    _refused: dict[Path, float] = field(default_factory=dict, init=False)  # path -> manifest mtime when refused
+    _refused: dict[Path, Signature] = field(default_factory=dict, init=False)  # path -> its signature when refused
+    _skipped: set[Path] = field(default_factory=set, init=False)  # folders not named as versions, warned about once
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _slots: threading.BoundedSemaphore = field(init=False)
 
@@ -136,44 +140,67 @@ class ModelRegistry:
         """Load new versions, drop versions beyond ``keep_versions``; safe to call from a timer thread."""
         with self._lock:
             updated = {name: dict(versions) for name, versions in self._models.items()}
-            wanted: dict[str, list[Path]] = {}
+            scanned: set[str] = set()
+            retired: list[LoadedModel] = []
             if self.store.is_dir():
                 for model_dir in sorted(p for p in self.store.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                    versions = sorted(
-                        (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
-                    )
-                    wanted[model_dir.name] = versions
-            retired: list[LoadedModel] = []
-            for name, paths in wanted.items():
-                current = updated.setdefault(name, {})
-                candidates = [p for p in reversed(paths) if p.name in current or self._loadable(p)]
-                keep = candidates[: self.keep_versions]
-                for path in keep:
-                    if path.name not in current:
-                        model = self._load(path)
-                        if model is not None:
-                            current[path.name] = model
-                for version in list(current):
-                    if version not in {p.name for p in keep}:
-                        retired.append(current.pop(version))
-                if not current:
-                    del updated[name]
-            for name in set(updated) - set(wanted):
+                    scanned.add(model_dir.name)
+                    current = updated.setdefault(model_dir.name, {})
+                    try:
+                        retired.extend(self._refresh_model(model_dir, current))
+                    except Exception:  # one unreadable model folder stops no other; its loaded versions keep serving
+                        log.exception("scan of %s failed", model_dir, extra={"path": str(model_dir)})
+                    if not current:
+                        del updated[model_dir.name]
+            for name in set(updated) - scanned:
                 retired.extend(updated.pop(name).values())
             self._models = updated  # one assignment: readers see the old or the new map, never a mix
         for model in retired:
             log.info("unloaded model", extra={"model": model.name, "version": model.version})
             model.close()
 
-    def _loadable(self, path: Path) -> bool:
-        """False for a version refused before whose manifest has not changed since."""
-        manifest = path / "manifest.json"
-        mtime = manifest.stat().st_mtime if manifest.exists() else -1.0
-        return self._refused.get(path) != mtime
+    def _refresh_model(self, model_dir: Path, current: dict[str, LoadedModel]) -> list[LoadedModel]:
+        """Load a model's versions newest first until ``keep_versions`` are loaded; retire (return) the others.
+
+        Only a version that loads takes a place, so a broken new version never pushes out a good one.
+        """
+        kept: set[str] = set()
+        for path in reversed(self._version_dirs(model_dir)):
+            if len(kept) == self.keep_versions:
+                break
+            if path.name not in current:
+                signature = _signature(path)  # taken before loading: a file landing meanwhile makes it differ
+                if self._refused.get(path) == signature:
+                    continue
+                model = self._load(path)
+                if model is None:
+                    self._refused[path] = signature
+                    continue
+                self._refused.pop(path, None)
+                current[path.name] = model
+            kept.add(path.name)
+        return [current.pop(version) for version in list(current) if version not in kept]
+
+    def _version_dirs(self, model_dir: Path) -> list[Path]:
+        """A model's version folders, oldest first; any other folder is skipped with one warning (not one a poll)."""
+        versions = []
+        for path in model_dir.iterdir():
+            if not path.is_dir() or path.name.startswith("."):  # plain files; staging folders
+                continue
+            if is_version_name(path.name):
+                versions.append(path)
+            elif path not in self._skipped:
+                self._skipped.add(path)
+                log.warning(
+                    "skipped %s: a version folder is named 0 or digits 0-9 without a leading zero",
+                    path,
+                    extra={"path": str(path)},
+                )
+        return sorted(versions, key=lambda p: int(p.name))
 
     def _load(self, path: Path) -> LoadedModel | None:
         try:
-            artifact = read_artifact(path)
+            artifact = read_published(self.store, path)
             kind = artifact.manifest["rollout"]["kind"]
             if kind == "constrained_beam":
                 runner = ConstrainedBeamModel.load(artifact, self.providers, self.intra_op_threads)
@@ -183,8 +210,6 @@ class ModelRegistry:
                 raise ArtifactError(f"{path}: rollout kind {kind!r} is not served by this server yet")
             runner.smoke_check()  # a graph that answers NaN is refused here, not found out by a caller
         except Exception as err:  # any failure refuses this artifact only
-            manifest = path / "manifest.json"
-            self._refused[path] = manifest.stat().st_mtime if manifest.exists() else -1.0
             log.error("refused artifact: %s", err, extra={"path": str(path)})
             if self.on_load:
                 self.on_load("refused")
@@ -215,3 +240,16 @@ class ModelRegistry:
             models, self._models = self.loaded(), {}
         for model in models:
             model.close()
+
+
+def _signature(folder: Path) -> Signature:
+    """Every file's (relative path, size, mtime_ns): a refused version is retried once any of its files changes."""
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            info = path.stat()
+        except OSError:  # gone since listed, or a dangling link: absent until it appears
+            continue
+        if stat.S_ISREG(info.st_mode):
+            entries.append((path.relative_to(folder).as_posix(), info.st_size, info.st_mtime_ns))
+    return tuple(entries)
