@@ -39,15 +39,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         batching=BatchingConfig(
-            enabled=not args.no_batching, max_rows=args.max_batch, max_wait_s=args.max_wait_ms / 1000
+            enabled=not args.no_batching,
+            max_rows=args.max_batch,
+            max_wait_s=args.max_wait_ms / 1000,
+            max_queued_rows=args.max_queued_rows,
         ),
-        limits=Limits(max_series=args.max_series, request_timeout_s=args.request_timeout),
+        limits=Limits(
+            max_series=args.max_series,
+            max_forecast_values=args.max_forecast_values,
+            max_beam_rows=args.max_beam_rows,
+            request_timeout_s=args.request_timeout,
+        ),
+        max_concurrent_runs=args.max_concurrent_runs,
         providers=tuple(args.providers.split(",")) if args.providers else None,
         intra_op_threads=args.threads,
         keep_versions=args.keep_versions,
         poll_interval_s=args.poll_interval,
         max_workers=args.max_workers,
-        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         metrics_port=args.metrics_port,
         grace_s=args.grace,
     )
@@ -196,10 +205,44 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-batching", action="store_true", help="run each request alone (no dynamic batching)")
     serve.add_argument("--max-batch", type=int, default=256, help="series per merged onnxruntime run (default 256)")
     serve.add_argument(
-        "--max-wait-ms", type=float, default=2.0, help="how long a request waits for company (default 2)"
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long the first request of a batch waits for company (default 0: batches form from what arrives "
+        "while one runs, and a lone request waits for nothing)",
     )
-    serve.add_argument("--max-series", type=int, default=1024, help="series per request (default 1024)")
-    serve.add_argument("--max-message-mb", type=int, default=64, help="largest request in MiB (default 64)")
+    serve.add_argument(
+        "--max-queued-rows",
+        type=int,
+        default=4096,
+        help="series or users waiting per model; beyond, requests get RESOURCE_EXHAUSTED (default 4096)",
+    )
+    serve.add_argument("--max-series", type=int, default=1024, help="series or users per request (default 1024)")
+    serve.add_argument(
+        "--max-forecast-values",
+        type=int,
+        default=4_000_000,
+        help="series x horizon x channels per Forecast (default 4000000)",
+    )
+    serve.add_argument(
+        "--max-beam-rows",
+        type=int,
+        default=65_536,
+        help="users x beam width per RecommendBatch (default 65536, e.g. 128 users at beam 512)",
+    )
+    serve.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=0,
+        help="onnxruntime runs in flight, all models together: bounds the server's memory (default 0: twice the "
+        "usable cores)",
+    )
+    serve.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=4,
+        help="largest request in MiB, after decompression (default 4, gRPC's own default)",
+    )
     serve.add_argument("--request-timeout", type=float, default=30.0, help="seconds, when the client sets no deadline")
     serve.add_argument("--providers", help="onnxruntime providers, comma-separated (default: what loads, GPU first)")
     serve.add_argument("--threads", type=int, help="onnxruntime intra-op threads per session (default: usable cores)")
@@ -286,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as err:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
         return EXIT_BAD_INPUT if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
-    except (ArtifactError, TableError, ValueError, FileNotFoundError) as err:
+    except (ArtifactError, TableError, ValueError, OSError) as err:  # OSError: FileNotFoundError, a port in use
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.batching import BatchingConfig
+from serving.drain import Drain
 from serving.forecast_service import ForecastServicer, ModelServicer
 from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import (
@@ -49,8 +50,9 @@ class ServerConfig:
     intra_op_threads: int | None = None
     keep_versions: int = 2
     poll_interval_s: float = 5.0
-    max_workers: int = 128  # concurrent RPCs being handled (each waits on its batch)
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_workers: int = 128  # concurrent RPCs being handled (each waits on its batch); more get RESOURCE_EXHAUSTED
+    max_message_bytes: int = 4 * 1024 * 1024  # largest request, after decompression (gRPC's own default)
+    max_concurrent_runs: int = 0  # onnxruntime runs in flight, all models together (0: twice the usable cores)
     metrics_port: int | None = None  # None: no /metrics endpoint
     grace_s: float = 30.0
 
@@ -65,15 +67,23 @@ class ForecastServer:
             config.providers,
             config.intra_op_threads,
             config.keep_versions,
+            config.max_concurrent_runs,
             on_batch=lambda model, rows: self.metrics.batch_size.labels(model).observe(rows),
             on_load=lambda outcome: self.metrics.models_loaded.labels(outcome).inc(),
         )
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", -1),  # answers are bounded by Limits.max_forecast_values
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=options)
+        self._drain = Drain()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers),
+            interceptors=[self._drain],
+            options=options,
+            maximum_concurrent_rpcs=config.max_workers,  # beyond: RESOURCE_EXHAUSTED, not an unbounded queue
+        )
+        logging.getLogger("grpc._common").addFilter(_one_line_for_undecodable_requests)
         forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
             ForecastServicer(self.registry, self.metrics, config.limits), self._server
         )
@@ -92,10 +102,19 @@ class ForecastServer:
         self.metrics_port: int | None = None
 
     def start(self) -> int:
+        store = Path(self.config.store)
+        if not store.is_dir():
+            raise FileNotFoundError(f"--store {store}: no such folder (a model store is a folder of <name>/<version>/)")
         self.registry.refresh()
-        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if not self.registry.loaded():
+            log.warning("no model loaded from %s yet: serving none until one is published", store)
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as err:  # grpc's "Failed to bind to address"
+            raise OSError(f"--port: cannot listen on {address}: in use, or not an address of this machine") from err
         if self.port == 0:
-            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+            raise OSError(f"--port: cannot listen on {address}: in use, or not an address of this machine")
         self._server.start()
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.host)
@@ -120,15 +139,29 @@ class ForecastServer:
                 log.exception("model store refresh failed")
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting RPCs, let those in flight finish (up to the grace period), release the models."""
+        """Answer new RPCs UNAVAILABLE, let those in flight finish (up to the grace period), release the models."""
+        grace = self.config.grace_s if grace_s is None else grace_s
         self._stopping.set()
         self.health.enter_graceful_shutdown()
-        self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        left = self._drain.drain(grace)
+        if left:
+            log.warning("%d RPCs still running after the %.1f s grace period: cancelled", left, grace)
+        self._server.stop(0 if left else min(grace, 1.0)).wait()
         self.registry.close()
         log.info("stopped")
 
     def wait_for_termination(self) -> None:
         self._server.wait_for_termination()
+
+
+def _one_line_for_undecodable_requests(record: logging.LogRecord) -> bool:
+    """grpc logs every request it cannot decode with a traceback at error level: one client sending garbage would
+    flood the log. Keep one warning line (the client gets grpc's INTERNAL "Exception deserializing request!")."""
+    if record.getMessage().startswith("Exception deserializing"):
+        record.msg, record.args = "undecodable request (not a valid protobuf message of the method's type)", ()
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def serve_until_signal(config: ServerConfig) -> int:

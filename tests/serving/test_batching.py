@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
 
-from serving.batching import BatchingConfig, BatchKind, DynamicBatcher
+from serving.batching import (
+    BatchingConfig,
+    BatchKind,
+    DeadlineExceeded,
+    DynamicBatcher,
+    Piece,
+    QueueFull,
+    run_in_chunks,
+)
 
 
 @dataclass(frozen=True)
@@ -109,3 +118,52 @@ def test_close_finishes_queued_work_and_later_requests_still_run() -> None:
     assert not closing.is_alive() and all(f.done() for f in futures)
     assert sorted(f.result() for f in futures) == sorted(f"J{i}" for i in range(12))
     assert b.submit(Job("late")).result(1) == "LATE"  # after close: run alone, not left hanging
+
+
+def test_a_full_queue_refuses_new_jobs_at_once() -> None:
+    recorder = Recorder()
+    kind = BatchKind(recorder, rows=lambda job: job.rows, key=lambda job: job.key)
+    b = DynamicBatcher(kind, BatchingConfig(max_rows=8, max_wait_s=0.0, max_queued_rows=3))
+    lead = threading.Thread(target=lambda: b.submit(Job("lead")))
+    lead.start()
+    assert recorder.entered.wait(10)  # the lead's run blocks: what comes next waits in the queue
+    queued = b.submit(Job("queued", rows=2))
+    refused = b.submit(Job("refused", rows=2))  # 2 + 2 rows > 3
+    with pytest.raises(QueueFull, match="--max-queued-rows"):
+        refused.result(timeout=1)
+    recorder.gate.set()
+    lead.join(10)
+    assert queued.result(timeout=10) == "QUEUED"
+    assert b.submit(Job("later", rows=2)).result(timeout=10) == "LATER"  # room again once the queue drained
+    b.close()
+
+
+def test_chunks_bound_each_run_and_answer_as_one() -> None:
+    runs: list[list[tuple[str, int, int]]] = []
+
+    def run_chunk(pieces: list[Piece[Job]]) -> list[list[str]]:
+        runs.append([(p.job.name, p.rows.start, p.rows.stop) for p in pieces])
+        return [[f"{p.job.name}{i}" for i in range(p.rows.start, p.rows.stop)] for p in pieces]
+
+    jobs = [Job("a", rows=5), Job("b", rows=2), Job("c", rows=4)]
+    out = run_in_chunks(
+        jobs, lambda j: j.rows, 4, lambda j: None, run_chunk, lambda parts: [x for part in parts for x in part]
+    )
+    assert out == [[f"a{i}" for i in range(5)], ["b0", "b1"], [f"c{i}" for i in range(4)]]
+    assert [sum(stop - start for _, start, stop in run) for run in runs] == [4, 4, 3]  # never more than 4 rows
+    assert runs[1] == [("a", 4, 5), ("b", 0, 2), ("c", 0, 1)]
+
+
+def test_a_job_past_its_deadline_loses_its_remaining_chunks_alone() -> None:
+    ran: list[str] = []
+    now = time.monotonic()
+    late = Job("late", rows=6)
+    deadlines = {"late": now - 1.0, "ok": None}
+
+    def run_chunk(pieces: list[Piece[Job]]) -> list[int]:
+        ran.extend(p.job.name for p in pieces)
+        return [p.rows.stop - p.rows.start for p in pieces]
+
+    out = run_in_chunks([Job("ok", rows=3), late], lambda j: j.rows, 2, lambda j: deadlines[j.name], run_chunk, sum)
+    assert out[0] == 3 and isinstance(out[1], DeadlineExceeded)
+    assert "late" not in ran  # none of its work ran once its deadline had passed

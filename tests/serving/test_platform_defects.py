@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
+import logging
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +27,8 @@ from serving.batch import errors_path, run_batch
 from serving.batching import BatchingConfig
 from serving.client import ArcastClient
 from serving.proto.arcast.v1 import forecast_pb2_grpc
+from serving.rpc import Limits
+from serving.server import spawn_server
 from tests.serving.conftest import start_server
 
 MODEL = "etth1-arnet"
@@ -125,3 +134,101 @@ def test_batch_job_lists_non_finite_forecasts_as_errors(
     assert pl.read_parquet(out)["series_id"].unique().to_list() == ["good"]
     errors = dict(pl.read_parquet(errors_path(out)).iter_rows())
     assert "not finite" in errors["negative"] and "float32" in errors["huge"]
+
+
+def _rpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def test_timestamps_outside_the_protobuf_range_are_invalid_arguments(client: ArcastClient, histories) -> None:
+    stub = forecast_pb2_grpc.ForecastServiceStub(client.channel)
+    stamps = np.arange(60).astype("datetime64[h]").astype("datetime64[us]")
+    request = ArcastClient.forecast_request(MODEL, [histories[0]], 12, timestamps=[stamps])
+    request.series[0].timestamps[59].seconds = 2**62  # overflowed the microsecond arithmetic: INTERNAL before
+    err = _rpc_error(lambda: stub.Forecast(request, timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "series[0].timestamps[59]: 4611686018427387904 seconds is outside the years 1 to 9999" in err.details()
+    request.series[0].timestamps[59].seconds = 59 * 3600
+    request.series[0].timestamps[59].nanos = 2_000_000_000  # accepted before
+    err = _rpc_error(lambda: stub.Forecast(request, timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "timestamps[59].nanos" in err.details()
+    late = np.datetime64("9999-12-31T12", "us") + (stamps - stamps[-1])
+    err = _rpc_error(lambda: client.forecast(MODEL, [histories[0]], 24, timestamps=[late]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "pass the year 9999" in err.details()
+
+
+def test_answers_bigger_than_the_limit_are_refused(model_store: Path, histories: np.ndarray) -> None:
+    server = start_server(model_store, limits=Limits(max_forecast_values=100))
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as client:
+            err = _rpc_error(lambda: client.forecast(MODEL, [histories[0], histories[1]], 60))
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2 series x 60 steps x 1 channels = 120 values exceed the limit of 100" in err.details()
+            assert client.forecast(MODEL, [histories[0]], 60).forecasts  # within it
+    finally:
+        server.stop(grace_s=1)
+
+
+def test_a_compressed_request_is_limited_by_its_decompressed_size(client: ArcastClient) -> None:
+    request = ArcastClient.forecast_request(MODEL, [np.zeros(5 * 1024 * 1024 // 8)], 12)  # 5 MiB, ~5 KB gzipped
+    stub = forecast_pb2_grpc.ForecastServiceStub(client.channel)
+    err = _rpc_error(lambda: stub.Forecast(request, timeout=10, compression=grpc.Compression.Gzip))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's 4 MiB default, not 64 MiB
+
+
+def test_an_undecodable_request_is_one_warning_line(client: ArcastClient, caplog: pytest.LogCaptureFixture) -> None:
+    raw = client.channel.unary_unary("/arcast.v1.ForecastService/Forecast")  # bytes in, bytes out
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            assert _rpc_error(lambda: raw(b"\xff\xff\xff garbage", timeout=10)).code() == grpc.StatusCode.INTERNAL
+    records = [r for r in caplog.records if "request" in r.getMessage()]
+    assert records and all(r.levelno == logging.WARNING and not r.exc_info for r in records), records
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "serving", "serve", "--log-format", "text", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_serve_says_what_is_wrong_with_its_store_and_port(model_store: Path, tmp_path: Path) -> None:
+    missing = _serve("--store", str(tmp_path / "nope"), "--port", "0")
+    assert missing.returncode == 2 and f"--store {tmp_path / 'nope'}: no such folder" in missing.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = _serve("--store", str(model_store), "--port", str(port))
+    assert busy.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{port}" in busy.stderr
+    assert "Traceback" not in busy.stderr + missing.stderr
+
+
+def test_sigterm_under_load_answers_ok_or_unavailable_never_cancelled(model_store: Path, histories) -> None:
+    proc, target = spawn_server(model_store, "--log-level", "error")
+    codes: collections.Counter[str] = collections.Counter()
+    stop_at = time.monotonic() + 2.0
+
+    def hammer(i: int) -> None:
+        with ArcastClient(target) as c:
+            while time.monotonic() < stop_at:
+                try:
+                    c.forecast(MODEL, [histories[i]], 12, timeout_s=5)
+                    codes["OK"] += 1
+                except grpc.RpcError as err:
+                    codes[err.code().name] += 1
+                    time.sleep(0.01)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            calls = [pool.submit(hammer, i) for i in range(8)]
+            time.sleep(0.7)
+            proc.send_signal(signal.SIGTERM)
+            for call in calls:
+                call.result()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert codes["OK"] > 0 and codes["UNAVAILABLE"] > 0
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes

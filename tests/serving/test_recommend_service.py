@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving.batching import BatchingConfig
-from serving.beam_search import ConstrainedBeamModel
+from serving.beam_search import ConstrainedBeamModel, RecommendJob, recommend_batches
 from serving.client import ArcastClient
 from serving.server import ForecastServer
 from tests.recsys.test_prorec_export import artifact, split_and_run  # noqa: F401 - shared fixtures
@@ -123,3 +123,28 @@ def test_unknown_items_can_be_ignored(rec_client: ArcastClient, sample) -> None:
 def test_listed_beside_forecasters(rec_client: ArcastClient) -> None:
     (info,) = rec_client.list_models()
     assert (info.model_kind, info.rollout_kind) == ("prorec", "constrained_beam")
+
+
+def test_work_beyond_the_per_request_limit_is_refused(rec_client: ArcastClient, sample) -> None:
+    _, histories = sample
+    with pytest.raises(grpc.RpcError) as info:  # 129 users x 512 beams > 65536
+        rec_client.recommend_batch(MODEL, [histories[0]] * 129, k=10, beam_width=512)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "129 x 512 = 66048 beams exceed the limit of 65536 per request (--max-beam-rows)" in info.value.details()
+
+
+def test_long_searches_run_in_chunks_with_the_same_answers(sample) -> None:
+    model, histories = sample
+    queries = [model.query(h) for h in histories[:10]]
+    whole = model.search_queries(queries, 5, 10)
+    calls = []
+    search = model.search_queries
+    model.search_queries = lambda qs, k, w: calls.append(len(qs)) or search(qs, k, w)  # type: ignore[method-assign]
+    try:
+        kind = recommend_batches(model, beams_per_run=30)  # 3 users of 10 beams per onnxruntime search
+        (chunked,) = kind.run_batch([RecommendJob(queries, 5, 10)])
+    finally:
+        del model.search_queries
+    assert calls == [3, 3, 3, 1]
+    np.testing.assert_array_equal(chunked.items, whole.items)
+    np.testing.assert_allclose(chunked.scores, whole.scores, rtol=1e-6)
