@@ -220,8 +220,8 @@ def test_sigterm_under_load_answers_ok_or_unavailable_never_cancelled(model_stor
                     time.sleep(0.01)
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            calls = [pool.submit(hammer, i) for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:  # 16 callers: the old server cancelled a few
+            calls = [pool.submit(hammer, i) for i in range(16)]
             time.sleep(0.7)
             proc.send_signal(signal.SIGTERM)
             for call in calls:
