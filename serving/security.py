@@ -204,7 +204,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if method.split("/")[1] in self._open:
+        if method.lstrip("/").split("/")[0] in self._open:
             return continuation(handler_call_details)
         problem = self._problem(handler_call_details.invocation_metadata)
         handler = continuation(handler_call_details)
