@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import polars as pl
 
 from serving.artifact import ArtifactError
 from serving.batching import BatchingConfig
+from serving.security import TOKEN_ENV, TOKENS_ENV
 from serving.tables import TableError, forecast_frame, scan_table, series_from_frame
 
 EXIT_BAD_INPUT = 2
@@ -23,6 +25,11 @@ Serve exported models over gRPC, call the service, and run batch scoring jobs.
   python -m serving forecast --target 127.0.0.1:50051 --model etth1-arnet --horizon 24 --input history.csv
   python -m serving batch --store models --model etth1-arnet --horizon 24 --input series.parquet --output out.parquet
 
+TLS and bearer tokens (see `serve --help`):
+
+  ARCAST_TOKENS=s3cret python -m serving serve --store models --tls-cert server.pem --tls-key server.key
+  ARCAST_TOKEN=s3cret python -m serving models --target localhost:50051 --tls-ca ca.pem
+
 Series files (CSV or parquet) are long tables: series_id (optional), timestamp (optional) and a value column
 (or one column per model channel).
 """
@@ -31,6 +38,7 @@ Series files (CSV or parquet) are long tables: series_id (optional), timestamp (
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.observability import configure_logging
     from serving.rpc import Limits
+    from serving.security import load_tokens
     from serving.server import ServerConfig, serve_until_signal
 
     configure_logging(args.log_level, json_lines=args.log_format == "json")
@@ -59,8 +67,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         metrics_port=args.metrics_port,
         grace_s=args.grace,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        tokens=load_tokens(args.token_file),
+        open_health=args.open_health,
+        metrics_host=args.metrics_host,
     )
     return serve_until_signal(config)
+
+
+def _security(args: argparse.Namespace) -> dict:
+    """ArcastClient's TLS and token options from a client command's flags (token: --token, --token-file, then
+    $ARCAST_TOKEN)."""
+    from serving.security import SecurityError, read_token_file
+
+    token = args.token
+    if token is None and args.token_file is not None:
+        tokens = read_token_file(args.token_file)
+        if not tokens:
+            raise SecurityError(f"--token-file {args.token_file}: no token in it")
+        token = tokens[0]
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or None
+    return {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key, "token": token}
 
 
 def _read_series(path: str, channels: list[str]) -> list:
@@ -70,7 +100,7 @@ def _read_series(path: str, channels: list[str]) -> list:
 def cmd_forecast(args: argparse.Namespace) -> int:
     from serving.client import ArcastClient
 
-    with ArcastClient(args.target, timeout_s=args.timeout) as client:
+    with ArcastClient(args.target, timeout_s=args.timeout, **_security(args)) as client:
         info = [
             m
             for m in client.list_models(args.model)
@@ -112,7 +142,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         exclude = [int(x) for x in args.exclude.split(",") if x.strip()] if args.exclude else []
     except ValueError as err:
         raise ValueError(f"--history/--exclude: comma-separated integer item ids expected ({err})") from err
-    with ArcastClient(args.target, timeout_s=args.timeout) as client:
+    with ArcastClient(args.target, timeout_s=args.timeout, **_security(args)) as client:
         response = client.recommend(
             args.model,
             history,
@@ -133,7 +163,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from serving.client import ArcastClient
 
-    with ArcastClient(args.target, timeout_s=args.timeout) as client:
+    with ArcastClient(args.target, timeout_s=args.timeout, **_security(args)) as client:
         models = client.list_models(args.prefix)
     print(f"{'name':<24} {'version':>7} {'kind':<10} {'rollout':<14} {'context':>7} {'step':>5} {'max h':>6} latest")
     for m in models:
@@ -183,6 +213,17 @@ def _ray_batch(args: argparse.Namespace) -> int:
     )
     print(summary_json(summary))
     return 0
+
+
+def _add_client_security(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate: connect with TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for a server that wants mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token", help=f"bearer token (default ${TOKEN_ENV}; prefer it or --token-file: argv is visible to others)"
+    )
+    token.add_argument("--token-file", type=Path, help="file holding the bearer token (its first token line)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +291,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-interval", type=float, default=5.0, help="seconds between store scans (default 5)")
     serve.add_argument("--max-workers", type=int, default=128, help="RPCs handled concurrently (default 128)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight RPCs on SIGTERM")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds (default 127.0.0.1)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain): serve TLS, with --tls-key")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA bundle: mutual TLS, clients must show a certificate it signed"
+    )
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"accepted bearer tokens, one per line (# comments); ${TOKENS_ENV} adds comma-separated ones. With "
+        "any token, every call needs 'authorization: Bearer <token>' (reflection too); none: no authentication",
+    )
+    serve.add_argument(
+        "--open-health",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="health checks without a token (default: open, for probes and load balancers)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="json", choices=["json", "text"])
     serve.set_defaults(func=cmd_serve)
@@ -267,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--input", required=True, help="series file: series_id?, timestamp?, value")
     forecast.add_argument("--output", help="write forecasts here instead of printing")
     forecast.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    _add_client_security(forecast)
     forecast.set_defaults(func=cmd_forecast)
 
     recommend = sub.add_parser(
@@ -284,12 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--beam-width", type=int, default=0, help="beam width (default: the model's, at least k)")
     recommend.add_argument("--include-seen", action="store_true", help="allow items of the history")
     recommend.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    _add_client_security(recommend)
     recommend.set_defaults(func=cmd_recommend)
 
     models = sub.add_parser("models", help="list the models a server has loaded")
     models.add_argument("--target", required=True, help="server address HOST:PORT")
     models.add_argument("--prefix", default="", help="only names starting with this")
     models.add_argument("--timeout", type=float, default=10.0)
+    _add_client_security(models)
     models.set_defaults(func=cmd_models)
 
     batch = sub.add_parser(

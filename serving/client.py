@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,6 +20,9 @@ from serving.proto.arcast.v1 import (
     recommend_pb2,
     recommend_pb2_grpc,
 )
+from serving.security import BearerTokenInterceptor, channel_credentials, is_loopback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,14 +45,37 @@ def _stamp(value: np.datetime64) -> Timestamp:
 
 
 class ArcastClient:
-    """``with ArcastClient("127.0.0.1:50051") as client: client.forecast("etth1-arnet", [history], 24)``."""
+    """``with ArcastClient("127.0.0.1:50051") as client: client.forecast("etth1-arnet", [history], 24)``.
 
-    def __init__(self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    TLS: ``tls_ca`` (the CA that signed the server's certificate; PEM file) and, for mutual TLS, the client's own
+    ``tls_cert``/``tls_key``; with only ``tls_cert``/``tls_key`` the server is checked against the system roots.
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call (without TLS only a warning stops it going
+    off this machine in plaintext).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float = 30.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        tls_ca: str | Path | None = None,
+        token: str | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+    ) -> None:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
-        self.channel = grpc.insecure_channel(target, options=options)
+        if tls_ca is not None or tls_cert is not None or tls_key is not None:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+            if token and not is_loopback(target):
+                log.warning("sending a bearer token to %s without TLS (pass tls_ca / --tls-ca)", target)
+        if token:
+            self.channel = grpc.intercept_channel(self.channel, BearerTokenInterceptor(token))
         self.timeout_s = timeout_s
         self._forecast = forecast_pb2_grpc.ForecastServiceStub(self.channel)
         self._models = models_pb2_grpc.ModelServiceStub(self.channel)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from serving.batching import BatchingConfig
 from serving.drain import Drain
@@ -28,8 +27,10 @@ from serving.proto.arcast.v1 import (
     recommend_pb2_grpc,
 )
 from serving.recommend_service import RecommendServicer
+from serving.reflection import enable_server_reflection
 from serving.registry import ModelRegistry
 from serving.rpc import Limits
+from serving.security import TokenAuthInterceptor, is_loopback, server_credentials
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
@@ -55,11 +56,18 @@ class ServerConfig:
     max_concurrent_runs: int = 0  # onnxruntime runs in flight, all models together (0: twice the usable cores)
     metrics_port: int | None = None  # None: no /metrics endpoint
     grace_s: float = 30.0
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key: TLS
+    tls_key: Path | None = None  # PEM private key
+    tls_client_ca: Path | None = None  # PEM CA bundle: mutual TLS, a client certificate signed by it is required
+    tokens: frozenset[str] = frozenset()  # accepted bearer tokens; empty: no authentication
+    open_health: bool = True  # health checks need no token (probes, load balancers)
+    metrics_host: str = "127.0.0.1"  # /metrics binds here, not on `host`
 
 
 class ForecastServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self._credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         self.metrics = ServerMetrics()
         self.registry = ModelRegistry(
             Path(config.store),
@@ -79,7 +87,7 @@ class ForecastServer:
         self._drain = Drain()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers),
-            interceptors=[self._drain],
+            interceptors=[self._drain, *self._auth()],
             options=options,
             maximum_concurrent_rpcs=config.max_workers,  # beyond: RESOURCE_EXHAUSTED, not an unbounded queue
         )
@@ -93,9 +101,7 @@ class ForecastServer:
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry, self.metrics), self._server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME), self._server)  # v1 and v1alpha
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="store-poller", daemon=True)
         self.port: int | None = None
@@ -110,14 +116,14 @@ class ForecastServer:
             log.warning("no model loaded from %s yet: serving none until one is published", store)
         address = f"{self.config.host}:{self.config.port}"
         try:
-            self.port = self._server.add_insecure_port(address)
+            self.port = self._add_port(address)
         except RuntimeError as err:  # grpc's "Failed to bind to address"
             raise OSError(f"--port: cannot listen on {address}: in use, or not an address of this machine") from err
         if self.port == 0:
             raise OSError(f"--port: cannot listen on {address}: in use, or not an address of this machine")
         self._server.start()
         if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.host)
+            self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.metrics_host)
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._poller.start()
@@ -126,10 +132,32 @@ class ForecastServer:
             extra={
                 "address": f"{self.config.host}:{self.port}",
                 "metrics_port": self.metrics_port,
+                "metrics_host": self.config.metrics_host,
+                "tls": "off" if self._credentials is None else "mutual" if self.config.tls_client_ca else "on",
+                "auth": "bearer token" if self.config.tokens else "none",
+                "open_health": self.config.open_health,
                 "models": [f"{m.name}/{m.version}" for m in self.registry.loaded()],
             },
         )
+        unprotected = [w for w, off in (("TLS", self._credentials is None), ("tokens", not self.config.tokens)) if off]
+        if unprotected and not is_loopback(self.config.host):
+            log.warning(f"serving beyond this machine without {' and '.join(unprotected)}")
         return self.port
+
+    def _auth(self) -> list[grpc.ServerInterceptor]:
+        """With tokens configured, every service but health (when open) needs one, reflection included."""
+        if not self.config.tokens:
+            return []
+        open_services = (health.SERVICE_NAME,) if self.config.open_health else ()
+        return [TokenAuthInterceptor(self.config.tokens, open_services, on_denied=self._count_denied)]
+
+    def _count_denied(self, method: str, reason: str) -> None:
+        self.metrics.errors.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
+
+    def _add_port(self, address: str) -> int:
+        if self._credentials is None:
+            return self._server.add_insecure_port(address)
+        return self._server.add_secure_port(address, self._credentials)
 
     def _poll(self) -> None:
         while not self._stopping.wait(self.config.poll_interval_s):
