@@ -313,9 +313,9 @@ def evaluate_artifact(
     """Metrics of the artifact exactly as served (onnxruntime beam search) on the data its manifest names."""
     from recsys.prorec_training import EVAL_KS, load_sequences, sequences_fingerprint
     from recsys.split import leave_one_out
-    from serving.artifact import resolve
+    from serving.artifact import read_published, resolve
 
-    artifact = read_artifact(resolve(store, name, version))
+    artifact = read_published(store, resolve(store, name, version))
     served = ConstrainedBeamModel.load(artifact, intra_op_threads=intra_op_threads)
     spec = artifact.manifest["data"]
     sequences = load_sequences(spec, data_dir)

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from serving.artifact import atomic_write, atomic_write_text, read_artifact, resolve, sha256_file
+from serving.artifact import atomic_write, atomic_write_text, read_published, resolve, sha256_file
 from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel
 from serving.rollout import KVCacheModel, WindowShiftModel, load_runner
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
@@ -83,7 +83,7 @@ def load_model(
     artifact_path: Path, model_name: str, horizon: int, intra_op_threads: int | None = None
 ) -> WindowShiftModel | KVCacheModel | ConstrainedBeamModel:
     """The artifact's runner, refused up front when it cannot reach ``horizon`` (for a recommender: k)."""
-    artifact = read_artifact(artifact_path)
+    artifact = read_published(artifact_path.parents[1], artifact_path)  # as a server reads it: <store>/<name>/<v>
     if artifact.manifest["rollout"]["kind"] == "constrained_beam":
         if not 0 < horizon <= MAX_BEAM_WIDTH:
             raise ValueError(f"k: {horizon} is outside 1..{MAX_BEAM_WIDTH} for {model_name}")

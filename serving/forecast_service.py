@@ -10,10 +10,9 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
-from serving.rpc import Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
+from serving.rpc import Calls, Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
 
 log = logging.getLogger(__name__)
 # The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
@@ -125,13 +124,13 @@ def _to_timestamp(value: np.datetime64) -> Timestamp:
 
 
 class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
-    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics, limits: Limits) -> None:
-        self.registry, self.metrics, self.limits = registry, metrics, limits
+    def __init__(self, registry: ModelRegistry, calls: Calls, limits: Limits) -> None:
+        self.registry, self.calls, self.limits = registry, calls, limits
 
     def Forecast(
         self, request: forecast_pb2.ForecastRequest, context: grpc.ServicerContext
     ) -> forecast_pb2.ForecastResponse:
-        with observed(self.metrics, "Forecast", self.registry.label(request.model), context):
+        with observed(self.calls, "Forecast", self.registry.label(request.model), context):
             until = deadline(context, self.limits)
             checked = validate(request, self.registry, self.limits)
             future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps, until)
@@ -152,13 +151,13 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics) -> None:
-        self.registry, self.metrics = registry, metrics
+    def __init__(self, registry: ModelRegistry, calls: Calls) -> None:
+        self.registry, self.calls = registry, calls
 
     def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        with observed(self.metrics, "ListModels", "", context):
+        with observed(self.calls, "ListModels", "", context):
             response = models_pb2.ListModelsResponse()
             for model in self.registry.loaded():
                 if not model.name.startswith(request.name_prefix):

@@ -6,10 +6,9 @@ import grpc
 import numpy as np
 
 from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel, SearchResult, UserQuery
-from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
-from serving.rpc import Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
+from serving.rpc import Calls, Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
 
 
 def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
@@ -79,13 +78,13 @@ def _recommendations(runner: ConstrainedBeamModel, result: SearchResult) -> list
 
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
-    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics, limits: Limits) -> None:
-        self.registry, self.metrics, self.limits = registry, metrics, limits
+    def __init__(self, registry: ModelRegistry, calls: Calls, limits: Limits) -> None:
+        self.registry, self.calls, self.limits = registry, calls, limits
 
     def Recommend(
         self, request: recommend_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> recommend_pb2.RecommendResponse:
-        with observed(self.metrics, "Recommend", self.registry.label(request.model), context):
+        with observed(self.calls, "Recommend", self.registry.label(request.model), context):
             until = deadline(context, self.limits)
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
@@ -104,7 +103,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def RecommendBatch(
         self, request: recommend_pb2.RecommendBatchRequest, context: grpc.ServicerContext
     ) -> recommend_pb2.RecommendBatchResponse:
-        with observed(self.metrics, "RecommendBatch", self.registry.label(request.model), context):
+        with observed(self.calls, "RecommendBatch", self.registry.label(request.model), context):
             until = deadline(context, self.limits)
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)

@@ -14,6 +14,7 @@ from typing import TypeVar
 import grpc
 
 from serving.batching import DeadlineExceeded, QueueFull
+from serving.drain import Drain
 from serving.observability import ServerMetrics
 from serving.rollout import NonFiniteOutput
 
@@ -84,12 +85,25 @@ def await_result(future: Future[T], until: float, what: str) -> T:
         raise invalid(str(err)) from err
 
 
+@dataclass(frozen=True)
+class Calls:
+    """What every servicer shares about the calls it answers: their metrics and the shutdown gate."""
+
+    metrics: ServerMetrics
+    drain: Drain
+
+
 @contextmanager
-def observed(metrics: ServerMetrics, method: str, model: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """Count, time and log the RPC; turn RequestError into its status, unexpected errors into INTERNAL.
+def observed(calls: Calls, method: str, model: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """Pass the drain gate; count, time and log the RPC; turn RequestError into its status, unexpected errors into
+    INTERNAL.
 
     ``model`` is a metric label: pass only the name of a loaded model (or ""), never a client's raw string.
     """
+    metrics = calls.metrics
+    if not calls.drain.enter():
+        metrics.errors.labels(method, "UNAVAILABLE").inc()
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry (on another replica)")
     started = time.perf_counter()
     metrics.requests.labels(method, model).inc()
     code = grpc.StatusCode.OK
@@ -105,6 +119,7 @@ def observed(metrics: ServerMetrics, method: str, model: str, context: grpc.Serv
     finally:
         elapsed = time.perf_counter() - started
         metrics.latency.labels(method).observe(elapsed)
+        calls.drain.leave()
         if code != grpc.StatusCode.OK:
             metrics.errors.labels(method, code.name).inc()
         log.debug("rpc", extra={"method": method, "model": model, "code": code.name, "seconds": round(elapsed, 6)})

@@ -29,7 +29,7 @@ from serving.proto.arcast.v1 import (
 from serving.recommend_service import RecommendServicer
 from serving.reflection import enable_server_reflection
 from serving.registry import ModelRegistry
-from serving.rpc import Limits
+from serving.rpc import Calls, Limits
 from serving.security import TokenAuthInterceptor, is_loopback, server_credentials
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,19 @@ class ForecastServer:
         self._drain = Drain()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers),
-            interceptors=[self._drain, *self._auth()],
+            interceptors=self._auth(),
             options=options,
             maximum_concurrent_rpcs=config.max_workers,  # beyond: RESOURCE_EXHAUSTED, not an unbounded queue
         )
         logging.getLogger("grpc._common").addFilter(_one_line_for_undecodable_requests)
+        calls = Calls(self.metrics, self._drain)
         forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
-            ForecastServicer(self.registry, self.metrics, config.limits), self._server
+            ForecastServicer(self.registry, calls, config.limits), self._server
         )
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
-            RecommendServicer(self.registry, self.metrics, config.limits), self._server
+            RecommendServicer(self.registry, calls, config.limits), self._server
         )
-        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry, self.metrics), self._server)
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry, calls), self._server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME), self._server)  # v1 and v1alpha

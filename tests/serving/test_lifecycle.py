@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from forecasting.export import export_run
-from serving.artifact import staged_artifact
+from serving.artifact import staged_artifact, write_manifest
 from serving.client import ArcastClient
 from serving.protogen import OUT_ROOT, generate
 from tests.serving.conftest import start_server
@@ -51,6 +52,8 @@ def test_hot_reload_and_corrupted_artifact(arnet_run, model_store: Path, tmp_pat
 
             with staged_artifact(store, MODEL) as (folder, version):  # a corrupted version 3, published atomically
                 shutil.copytree(store / MODEL / "2", folder, dirs_exist_ok=True)
+                manifest = json.loads((folder / "manifest.json").read_text())
+                write_manifest(folder, {**manifest, "version": version})  # right label: only the checksum is wrong
                 with open(folder / "forecast.onnx", "r+b") as handle:
                     handle.seek(100)
                     handle.write(b"\x00\x01\x02\x03")
