@@ -21,6 +21,7 @@ fails alone.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -227,6 +228,11 @@ def run_in_chunks(
     requests ask; before each chunk, the rows of jobs whose deadline (``time.monotonic``) has passed are dropped
     and those jobs get ``DeadlineExceeded``. ``run_chunk`` answers one part per piece; ``join`` puts a job's parts
     back together."""
+    sizes = [rows(job) for job in jobs]
+    now = time.monotonic()
+    if sum(sizes) <= chunk_rows and all((until := deadline(job)) is None or now <= until for job in jobs):
+        whole = [Piece(job, i, slice(0, size)) for i, (job, size) in enumerate(zip(jobs, sizes, strict=True))]
+        return [join([part]) for part in run_chunk(whole)]  # one run, the usual case: no bookkeeping
     parts: list[list[Any]] = [[] for _ in jobs]
     failed: dict[int, BaseException] = {}
     chunk: list[Piece[J]] = []
@@ -247,7 +253,7 @@ def run_in_chunks(
 
     filled = 0
     for index, job in enumerate(jobs):
-        total, start = rows(job), 0
+        total, start = sizes[index], 0
         while start < total:
             take = min(total - start, chunk_rows - filled)
             chunk.append(Piece(job, index, slice(start, start + take)))
@@ -258,3 +264,21 @@ def run_in_chunks(
     if chunk:
         flush()
     return [failed[i] if i in failed else join(parts[i]) for i in range(len(jobs))]
+
+
+class RunSlots:
+    """At most ``count`` runs at once, all models together: ``with slots: ...`` waits for a free one.
+
+    A queue of tokens rather than ``threading.Semaphore``: its get and put are C calls, and this is on every run.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(count):
+            self._tokens.put(None)
+
+    def __enter__(self) -> None:
+        self._tokens.get()
+
+    def __exit__(self, *exc: object) -> None:
+        self._tokens.put(None)

@@ -19,14 +19,14 @@ class Drain:
     """Counts the calls in flight; after ``drain()`` starts, ``enter()`` refuses new ones."""
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()  # a plain lock: this runs on every call
         self._in_flight = 0
         self._draining = False
         self._last_refused = 0.0
 
     def enter(self) -> bool:
         """True: the call may run (pair it with ``leave()``); False: the server is draining, refuse it."""
-        with self._changed:
+        with self._lock:
             if self._draining:
                 self._last_refused = time.monotonic()
                 return False
@@ -34,20 +34,20 @@ class Drain:
             return True
 
     def leave(self) -> None:
-        with self._changed:
+        with self._lock:
             self._in_flight -= 1
-            self._changed.notify_all()
 
-    def drain(self, timeout_s: float) -> int:
+    def drain(self, timeout_s: float, poll_s: float = 0.01) -> int:
         """Refuse new calls; wait up to ``timeout_s`` for those in flight to finish and for callers to stop coming
         (``QUIET_S`` without a call). Returns how many calls are still running."""
         until = time.monotonic() + timeout_s
-        with self._changed:
+        with self._lock:
             self._draining = True
             self._last_refused = time.monotonic()  # calls already on their way get QUIET_S to arrive
-            while (left := until - time.monotonic()) > 0:
-                quiet = time.monotonic() - self._last_refused >= QUIET_S
-                if not self._in_flight and quiet:
+        while time.monotonic() < until:
+            with self._lock:
+                if not self._in_flight and time.monotonic() - self._last_refused >= QUIET_S:
                     break
-                self._changed.wait(min(left, QUIET_S))
+            time.sleep(poll_s)
+        with self._lock:
             return self._in_flight

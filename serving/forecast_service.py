@@ -17,6 +17,7 @@ from serving.rpc import Calls, Limits, RequestError, await_result, deadline, ech
 log = logging.getLogger(__name__)
 # The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -102,12 +103,12 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
         steps = len(values) // channels
         if steps < length:
             raise invalid(f"{field}: {steps} steps of history, the model needs at least {length}")
-        bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
-            raise invalid(f"{field}[{bad[0]}]: {values[bad[0]]} is not a finite number")
-        bad = np.flatnonzero(np.abs(values) > np.finfo(np.float32).max)
-        if len(bad):
-            raise invalid(f"{field}[{bad[0]}]: {values[bad[0]]} is beyond the float32 range the models compute in")
+        if not np.isfinite(values).all():
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise invalid(f"{field}[{bad}]: {values[bad]} is not a finite number")
+        if np.abs(values).max() > FLOAT32_MAX:
+            bad = int(np.flatnonzero(np.abs(values) > FLOAT32_MAX)[0])
+            raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
         context[i] = values.reshape(steps, channels)[-length:]
         past = _timestamps(series, i, steps)
         if context_stamps is not None:
@@ -135,11 +136,11 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             checked = validate(request, self.registry, self.limits)
             future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps, until)
             out = await_result(future, until, "forecast")
-            bad = np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))
-            if len(bad):  # a NaN is never an answer
+            if not np.isfinite(out).all():  # a NaN is never an answer
+                bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
                 raise RequestError(
                     grpc.StatusCode.OUT_OF_RANGE,
-                    f"series[{bad[0]}]: the model's forecast is not finite (NaN or infinity); the history may be "
+                    f"series[{bad}]: the model's forecast is not finite (NaN or infinity); the history may be "
                     "beyond the range the model handles",
                 )
             response = forecast_pb2.ForecastResponse(model=checked.model.name, version=checked.model.version)

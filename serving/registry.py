@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from serving.artifact import ArtifactError, is_version_name, read_published
-from serving.batching import BatchingConfig, BatchKind, DynamicBatcher, settle
+from serving.batching import BatchingConfig, BatchKind, DynamicBatcher, RunSlots, settle
 from serving.beam_search import ConstrainedBeamModel, RecommendJob, SearchResult, UserQuery, recommend_batches
 from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, default_threads, forecast_batches, load_runner
 from serving.rpc import echo
@@ -109,10 +109,10 @@ class ModelRegistry:
     _refused: dict[Path, Signature] = field(default_factory=dict, init=False)  # path -> its signature when refused
     _skipped: set[Path] = field(default_factory=set, init=False)  # folders not named as versions, warned about once
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
-    _slots: threading.BoundedSemaphore = field(init=False)
+    _slots: RunSlots = field(init=False)
 
     def __post_init__(self) -> None:
-        self._slots = threading.BoundedSemaphore(self.max_concurrent_runs or 2 * default_threads())
+        self._slots = RunSlots(self.max_concurrent_runs or 2 * default_threads())
 
     def label(self, name: str) -> str:
         """``name`` when such a model is loaded, else one fixed label: metrics never take a client's raw string."""

@@ -659,11 +659,13 @@ def forecast_batches(
     chunk_rows = runner.rows_per_run
     slots = slots or nullcontext()
 
+    def rows_of(pieces: list[Piece[ForecastJob]], field: str) -> np.ndarray:
+        parts = [getattr(p.job, field)[p.rows] for p in pieces]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def run_chunk(pieces: list[Piece[ForecastJob]]) -> list[np.ndarray]:
-        context = np.concatenate([p.job.context[p.rows] for p in pieces])
-        stamps = None
-        if pieces[0].job.timestamps is not None:
-            stamps = np.concatenate([p.job.timestamps[p.rows] for p in pieces])
+        context = rows_of(pieces, "context")
+        stamps = None if pieces[0].job.timestamps is None else rows_of(pieces, "timestamps")
         with slots:
             out = runner.forecast(context, max(p.job.horizon for p in pieces), stamps)
         parts, start = [], 0
