@@ -60,6 +60,13 @@ def summary(phase: Phase) -> dict[str, float]:
     }
 
 
+def git_commit(checkout: Path) -> str:
+    """The commit a checkout is at (``+dirty`` with uncommitted changes): which code a row measured."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True, text=True).stdout
+    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, required=True, help="a model store holding --model")
@@ -100,7 +107,9 @@ def main() -> int:
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "date": time.strftime("%Y-%m-%d"),
-        "configs": {name: options for name, (_, options) in configs.items()},
+        "configs": {
+            name: {"commit": git_commit(checkout), "options": options} for name, (checkout, options) in configs.items()
+        },
         "rows": rows,
     }
     atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")

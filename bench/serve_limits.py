@@ -83,6 +83,13 @@ def status_of(fn: Callable[[], object]) -> str:
         return f"{err.code().name}: {err.details()[:160]}"
 
 
+def git_commit(checkout: Path) -> str:
+    """The commit a checkout is at (``+dirty`` with uncommitted changes): which code a row measured."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True, text=True).stdout
+    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, required=True)
@@ -145,7 +152,7 @@ def main() -> int:
     results["rows"] = [r for r in results["rows"] if r["code"] != args.label] + rows
     results.setdefault("runs", {})[args.label] = {
         "command": " ".join(["python", *sys.argv]),
-        "cwd": str(Path.cwd()),
+        "commit": git_commit(Path.cwd()),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "date": time.strftime("%Y-%m-%d"),
     }
