@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pyright --level error  # errors only; `make typecheck` lists the warnings too
+	$(BIN)/pyright --level error  # errors only; make typecheck lists the warnings too
 	$(BIN)/python -m pytest
 
 # Static types (pyright, basic mode; configuration in pyproject.toml), also part of `make test`
