@@ -40,13 +40,17 @@ bench: $(STAMP)
 
 # Rewrite constraints.txt from what .venv holds now
 constraints: $(STAMP)
-	$(BIN)/python scripts/freeze_constraints.py > constraints.txt
+	$(BIN)/python scripts/freeze_constraints.py > constraints.txt.tmp  # a failed freeze leaves the old file
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)  # .venv already holds exactly these versions
 
 # Newer releases: a fresh .venv resolved without constraints, then its freeze becomes constraints.txt
 refresh-constraints:
 	rm -rf $(VENV)
 	$(MAKE) $(STAMP) CONSTRAINTS=
-	$(BIN)/python scripts/freeze_constraints.py > constraints.txt
+	$(BIN)/python scripts/freeze_constraints.py > constraints.txt.tmp  # a failed freeze leaves the old file
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)  # .venv already holds exactly these versions
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
