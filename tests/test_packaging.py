@@ -7,7 +7,9 @@ folder outside the repository, so what answers is the installed package, not the
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 
 from serving.client import ArcastClient
 
@@ -91,3 +94,36 @@ def test_base_install_has_no_torch_and_serves(serving_venv: Path, model_store: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _name(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", Requirement(requirement).name).lower()
+
+
+def test_constraints_pin_every_dependency() -> None:
+    """A dependency added to pyproject.toml without `make constraints` would install unpinned: caught here."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        wanted |= {_name(r) for r in extra}
+    lines = [ln for ln in (REPO_ROOT / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    pins = {_name(ln): Requirement(ln) for ln in lines}
+    assert wanted - {"arcast"} <= set(pins), sorted(wanted - {"arcast"} - set(pins))
+    assert all(str(r.specifier).startswith("==") for r in pins.values())
+    assert str(pins["torch"].specifier) == "==2.13.0"  # the Makefile's pin, without this machine's +cpu label
+
+
+def test_freeze_rewrites_torch_label_and_pins_onnxruntime_for_every_platform() -> None:
+    spec = importlib.util.spec_from_file_location("freeze_constraints", REPO_ROOT / "scripts/freeze_constraints.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frozen = ["torch==2.13.0+cpu", "onnxruntime-gpu==1.31.1", "numpy==2.4.6", "arcast @ file:///somewhere"]
+    assert module.constraint_lines(frozen) == [
+        "torch==2.13.0",
+        "onnxruntime-gpu==1.31.1 ; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "onnxruntime==1.31.1 ; platform_system != 'Linux' or platform_machine != 'x86_64'",
+        "numpy==2.4.6",
+    ]
