@@ -20,7 +20,7 @@ from forecasting.runs import Run, library_versions
 from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
 from serving.runners.kv_cache import KVCacheModel
-from serving.runners.window_shift import CalendarInputs, window_shift
+from serving.runners.window_shift import CalendarInputs, WindowShiftModel, window_shift
 from serving.sessions import create_session
 from serving.time_features import feature_names, freq_step
 
@@ -122,10 +122,24 @@ def export_run(
     opset: int = 18,
 ) -> Artifact:
     """Write ``run`` as ``store/name/<version>`` atomically; checks onnxruntime parity before publishing."""
+    model = run.model
+    exporter = EXPORTERS.get(model.rollout_kind)
+    if exporter is None:
+        raise NotImplementedError(f"export of {model.kind} ({model.rollout_kind}) is not supported yet")
+    return exporter(run, store, name, version, max_horizon, opset)
+
+
+def export_window_shift_run(
+    run: Run,
+    store: Path | str,
+    name: str,
+    version: str | None = None,
+    max_horizon: int | None = None,
+    opset: int = 18,
+) -> Artifact:
+    """A window-shift model (AR-Net, Informer) as one graph: context in, the next ``step`` values out."""
     model = run.model.cpu().eval()
-    if model.rollout_kind == "kv_cache":
-        return export_kv_cache_run(run, store, name, version, max_horizon, opset)
-    if model.rollout_kind != "window_shift" or model.graph_inputs not in GRAPH_INPUTS:
+    if model.graph_inputs not in GRAPH_INPUTS:
         raise NotImplementedError(
             f"export of {model.kind} ({model.rollout_kind}, inputs {model.graph_inputs}) is not supported yet"
         )
@@ -140,7 +154,7 @@ def export_run(
     graph = ServingGraph(model, run.scaler.mean, run.scaler.std).eval()
     shapes: dict[str, list[int | str]] = {"context": ["batch", context_length, n_channels]}
     rollout: dict[str, Any] = {
-        "kind": "window_shift",
+        "kind": WindowShiftModel.rollout_kind,
         "context_length": context_length,
         "step": step,
         "max_horizon": max_horizon,
@@ -405,7 +419,7 @@ def export_kv_cache_run(
     p_dim = torch.export.Dim("past", min=0, max=8192)
     rest = ([{0: n_dim, 1: s_dim}] if cfg.timestamps else []) + [{0: n_dim, 2: p_dim} for _ in past_names]
     rollout: dict[str, Any] = {
-        "kind": "kv_cache",
+        "kind": KVCacheModel.rollout_kind,
         "context_length": context_length,
         "step": step,
         "max_horizon": max_horizon,
@@ -481,6 +495,13 @@ def export_kv_cache_run(
     worst = max(v for k, v in artifact.manifest.parity.items() if k.startswith("max_abs_diff_step_"))
     log.info("exported %s version %s (kv_cache, parity %.1e)", name, artifact.version, worst)
     return artifact
+
+
+# Rollout kind (a model's ``rollout_kind``) -> how a run of it is exported.
+EXPORTERS: dict[str, Callable[[Run, Path | str, str, str | None, int | None, int], Artifact]] = {
+    WindowShiftModel.rollout_kind: export_window_shift_run,
+    KVCacheModel.rollout_kind: export_kv_cache_run,
+}
 
 
 def _transformers_version() -> str:

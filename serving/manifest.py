@@ -147,11 +147,10 @@ def parse_manifest(raw: object, where: str) -> Manifest:
             raise ArtifactError(f"{where}: missing field {key!r}")
     rollout = raw["rollout"]
     spec = check_kinds(raw["model_kind"], rollout.get("kind") if isinstance(rollout, dict) else None, where)
-    typed = {name for name in (f.name for f in dataclasses.fields(Manifest)) if name != "facts"}
-    facts = {k: v for k, v in raw.items() if k not in typed and k not in spec.top_level}
-    envelope = {k: v for k, v in raw.items() if k in typed and k != "rollout"}
-    manifest = parse_fields(Manifest, {**envelope, "rollout": rollout, "facts": facts}, where, "")
-    return dataclasses.replace(manifest, rollout=spec.parse(raw, where))
+    envelope = {f.name for f in dataclasses.fields(Manifest)}
+    facts = {k: v for k, v in raw.items() if k not in envelope and k not in spec.top_level}
+    manifest = parse_fields(Manifest, {**raw, "facts": facts}, where, "")  # rollout read as its base class here,
+    return dataclasses.replace(manifest, rollout=spec.parse(raw, where))  # then as its kind's dataclass
 
 
 def parse_fields(cls: type[T], raw: object, where: str, path: str, field_paths: dict[str, str] | None = None) -> T:
@@ -180,12 +179,15 @@ def _convert(hint: Any, value: Any, where: str, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # an optional field: the inner type's own message
+            return _convert(options[0], value, where, path)
+        for arg in options:
             try:
                 return _convert(arg, value, where, path)
             except ArtifactError:
                 continue
-        raise ArtifactError(f"{where}: field {path!r} is {value!r}, not {_describe(hint)}")
+        raise ArtifactError(f"{where}: field {path!r} is {_show(value)}, not {_describe(hint)}")
     if dataclasses.is_dataclass(hint):
         return parse_fields(hint, value, where, path)  # type: ignore[arg-type]
     if origin is tuple:
@@ -200,7 +202,12 @@ def _convert(hint: Any, value: Any, where: str, path: str) -> Any:
         return float(value)
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
-    raise ArtifactError(f"{where}: field {path!r} is {value!r}, not {_describe(hint)}")
+    raise ArtifactError(f"{where}: field {path!r} is {_show(value)}, not {_describe(hint)}")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _describe(hint: Any) -> str:

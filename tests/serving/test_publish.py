@@ -95,6 +95,10 @@ def test_a_failed_parity_gate_publishes_nothing(tmp_path: Path) -> None:
         (lambda m: m.pop("created_at"), "missing field 'created_at'"),
         (lambda m: m["graphs"]["forecast"].pop("opset"), "missing field 'graphs.forecast.opset'"),
         (lambda m: m["rollout"].update(context_length="4"), "field 'rollout.context_length' is '4', not int"),
+        (
+            lambda m: m.update(normalization={"kind": "standard", "applied": "in_graph", "mean": [0.0]}),
+            "'normalization.std'",
+        ),
         (lambda m: m.update(format_version=2), "format_version 2 is not supported .*re-export"),
         (lambda m: m["rollout"].update(kind="sliding"), "unknown rollout kind 'sliding'"),
     ],
