@@ -3,7 +3,8 @@
 An artifact is a folder ``<store>/<name>/<version>/`` holding ``manifest.json``, the ONNX graphs and any
 side tables. It is written into a hidden temporary folder beside its final place and renamed into place,
 so a reader never sees half an artifact. This module imports neither torch nor grpc: training writes
-artifacts with it and serving reads them with it.
+artifacts with it (through ``serving.publish``) and serving reads them with it (``read_artifact``: checked paths and
+checksums, the manifest typed by ``serving.manifest``).
 """
 
 from __future__ import annotations
