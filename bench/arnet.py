@@ -374,7 +374,7 @@ def bench_etth1(
             "artifact": {
                 "name": report["model"],
                 "version": report["version"],
-                "parity": artifact.manifest["parity"],
+                "parity": artifact.manifest.parity,
                 "data_matches_training": report["data_matches_training"],
             },
             "test": {

@@ -153,11 +153,11 @@ def speed_onnx(served, raw: np.ndarray, repeats: int) -> dict[str, Any]:
     n_blocks = -(-720 // SEGMENT)
     session = served.session
     past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_")]
-    layout = served.artifact.manifest["rollout"]
+    layout = served.spec
 
     def recompute() -> np.ndarray:
         inputs = served.prepare(raw, n_blocks)
-        empty = np.zeros((len(inputs.segments), layout["kv_heads"], 0, layout["head_dim"]), np.float32)
+        empty = np.zeros((len(inputs.segments), layout.kv_heads, 0, layout.head_dim), np.float32)
         sequence, outs = inputs.segments, []
         for _ in range(n_blocks):
             feeds = {"segments": sequence, **dict.fromkeys(past_names, empty)}
@@ -237,7 +237,7 @@ def train_variant(
 
 def export_and_check(model: AutoTimes, prepared: PreparedData, data: DataConfig, fit_info: dict, out_dir: Path):
     from forecasting.export import export_kv_cache_run, kv_parity_report
-    from serving.rollout import KVCacheModel
+    from serving.runners.kv_cache import KVCacheModel
 
     run = Run(
         model=model,
@@ -264,11 +264,11 @@ def export_and_check(model: AutoTimes, prepared: PreparedData, data: DataConfig,
     cases = [(raw[:1], stamps[:1], None if rows is None else rows[:1]), (raw, stamps, rows)]
     real = kv_parity_report(run, served, 720, cases)
     assert len(test) > index.max()
-    sizes = {name: meta["bytes"] for name, meta in artifact.manifest["files"].items()}
+    sizes = {name: meta.bytes for name, meta in artifact.manifest.files.items()}
     return served, {
         "export_seconds": export_seconds,
         "files_bytes": sizes,
-        "parity_noise_contexts": artifact.manifest["parity_details"],
+        "parity_noise_contexts": artifact.manifest.parity_details,
         "parity_real_test_windows": real,
     }
 

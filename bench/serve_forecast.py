@@ -30,7 +30,7 @@ from forecasting.training import TrainConfig
 from serving.artifact import atomic_write_text, read_artifact, resolve
 from serving.client import ArcastClient
 from serving.proto.arcast.v1 import forecast_pb2_grpc
-from serving.rollout import WindowShiftModel
+from serving.runners.window_shift import WindowShiftModel
 
 LOOKBACK, STEP = 168, 24
 MAX_WAIT_MS = 0.0  # greedy (continuous) batching: under load, requests queue while the previous batch runs

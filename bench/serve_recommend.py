@@ -53,9 +53,9 @@ from recsys.metrics import metrics_from_ranks, target_ranks_from_ranked_lists
 from recsys.prorec_training import EVAL_KS, load_run, load_sequences
 from recsys.split import leave_one_out
 from serving.artifact import atomic_write_text, read_artifact
-from serving.beam_search import ConstrainedBeamModel
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
-from serving.rollout import create_session
+from serving.runners.constrained_beam import ConstrainedBeamModel
+from serving.sessions import create_session
 
 MODEL = "beauty-prorec"
 MAX_WAIT_MS = 0.0  # greedy batching: under load, requests queue while the previous batch runs
@@ -110,7 +110,8 @@ def export_prefix_decoder(model: Generator, path: Path) -> None:
 
 
 class RecomputeSteps:
-    """Decoder steps without a cache (``serving.beam_search.DecoderSteps``): each level reruns the whole prefix."""
+    """Decoder steps without a cache (``serving.runners.constrained_beam.DecoderSteps``): each level reruns the whole
+    prefix."""
 
     def __init__(self, session: ort.InferenceSession, encoded: dict[str, np.ndarray]) -> None:
         self._session, self._feeds = session, dict(encoded)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         parity = split.test.histories[np.sort(rng.choice(len(split.test), 64, replace=False))]
         artifact = export_run(run, store, MODEL, histories=parity)
         served = ConstrainedBeamModel.load(read_artifact(artifact.path), intra_op_threads=1)
-        results["model"]["export_parity"] = artifact.manifest["parity"]
+        results["model"]["export_parity"] = artifact.manifest.parity
         results["model"]["beam_width"], results["model"]["top_k"] = served.default_beam_width, served.default_k
 
         export_prefix_decoder(run.model, Path(tmp) / "prefix_decoder.onnx")

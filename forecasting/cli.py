@@ -163,8 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     artifact = export_run(load_run(args.run), args.store, args.name, version=args.version, max_horizon=args.max_horizon)
     print(f"exported {artifact.name} version {artifact.version} to {artifact.path}")
     print(
-        "parity (max |onnxruntime - torch|): "
-        + ", ".join(f"{k}={v:.1e}" for k, v in artifact.manifest["parity"].items())
+        "parity (max |onnxruntime - torch|): " + ", ".join(f"{k}={v:.1e}" for k, v in artifact.manifest.parity.items())
     )
     return 0
 

@@ -13,7 +13,7 @@ from forecasting.data import DataConfig, WindowDataset, prepare_data
 from forecasting.metrics import error_by_horizon, forecast_metrics
 from forecasting.splits import StandardScaler
 from serving.artifact import read_artifact
-from serving.rollout import load_runner
+from serving.runners import load_runner
 
 
 def evaluate_artifact(
@@ -29,13 +29,16 @@ def evaluate_artifact(
     artifact = read_artifact(path)
     model = load_runner(artifact)
     horizon = horizon or model.step
-    base = DataConfig(**artifact.manifest["data"]["config"])
+    manifest = artifact.manifest
+    if manifest.data.config is None:
+        raise ValueError(f"{path}: the manifest records no data config to evaluate on")
+    base = DataConfig(**manifest.data.config)
     config = replace(
         base, horizon=horizon, lookback=model.context_length, data_dir=data_dir, dataset=dataset or base.dataset
     )
     prepared = prepare_data(config)
-    if tuple(prepared.channels) != tuple(artifact.manifest["channels"]):
-        raise ValueError(f"data channels {prepared.channels} differ from the model's {artifact.manifest['channels']}")
+    if tuple(prepared.channels) != manifest.channels:
+        raise ValueError(f"data channels {prepared.channels} differ from the model's {list(manifest.channels)}")
     rows = getattr(prepared.borders, split)
     raw = prepared.table.values[slice(*rows)]
     windows = WindowDataset(raw, np.zeros((len(raw), 0), np.float32), config.lookback, horizon, 0)
@@ -47,7 +50,10 @@ def evaluate_artifact(
         batch = windows.batch(index)
         preds.append(model.forecast(batch["x"].numpy(), horizon, stamps[index] if model.calendar else None))
         trues.append(batch["y"].numpy())
-    scaler = StandardScaler.from_dict(artifact.manifest["normalization"])
+    if manifest.normalization is None:
+        raise ValueError(f"{path}: the manifest records no training scaler")
+    norm = manifest.normalization
+    scaler = StandardScaler.from_dict({"mean": list(norm.mean), "std": list(norm.std)})
     pred_scaled, true_scaled = scaler.transform(np.concatenate(preds)), scaler.transform(np.concatenate(trues))
     return {
         "model": artifact.name,
@@ -56,7 +62,7 @@ def evaluate_artifact(
         "split": split,
         "horizon": horizon,
         "windows": len(windows),
-        "data_matches_training": prepared.fingerprint == artifact.manifest["data"]["fingerprint"],
+        "data_matches_training": prepared.fingerprint == manifest.data.fingerprint,
         "metrics": forecast_metrics(pred_scaled, true_scaled, scaler),
         "mse_by_step": error_by_horizon(pred_scaled, true_scaled).tolist(),
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import logging
 import warnings
 from collections.abc import Callable
@@ -18,8 +17,11 @@ from torch import nn
 
 from forecasting.models.autotimes import KVStepGraph
 from forecasting.runs import Run, library_versions
-from serving.artifact import FORMAT_VERSION, Artifact, read_artifact, staged_artifact, write_manifest
-from serving.rollout import CalendarInputs, KVCacheModel, create_session, window_shift
+from serving.artifact import Artifact
+from serving.publish import Export, Parity, publish
+from serving.runners.kv_cache import KVCacheModel
+from serving.runners.window_shift import CalendarInputs, WindowShiftModel, window_shift
+from serving.sessions import create_session
 from serving.time_features import feature_names, freq_step
 
 log = logging.getLogger(__name__)
@@ -120,10 +122,24 @@ def export_run(
     opset: int = 18,
 ) -> Artifact:
     """Write ``run`` as ``store/name/<version>`` atomically; checks onnxruntime parity before publishing."""
+    model = run.model
+    exporter = EXPORTERS.get(model.rollout_kind)
+    if exporter is None:
+        raise NotImplementedError(f"export of {model.kind} ({model.rollout_kind}) is not supported yet")
+    return exporter(run, store, name, version, max_horizon, opset)
+
+
+def export_window_shift_run(
+    run: Run,
+    store: Path | str,
+    name: str,
+    version: str | None = None,
+    max_horizon: int | None = None,
+    opset: int = 18,
+) -> Artifact:
+    """A window-shift model (AR-Net, Informer) as one graph: context in, the next ``step`` values out."""
     model = run.model.cpu().eval()
-    if model.rollout_kind == "kv_cache":
-        return export_kv_cache_run(run, store, name, version, max_horizon, opset)
-    if model.rollout_kind != "window_shift" or model.graph_inputs not in GRAPH_INPUTS:
+    if model.graph_inputs not in GRAPH_INPUTS:
         raise NotImplementedError(
             f"export of {model.kind} ({model.rollout_kind}, inputs {model.graph_inputs}) is not supported yet"
         )
@@ -138,7 +154,7 @@ def export_run(
     graph = ServingGraph(model, run.scaler.mean, run.scaler.std).eval()
     shapes: dict[str, list[int | str]] = {"context": ["batch", context_length, n_channels]}
     rollout: dict[str, Any] = {
-        "kind": "window_shift",
+        "kind": WindowShiftModel.rollout_kind,
         "context_length": context_length,
         "step": step,
         "max_horizon": max_horizon,
@@ -152,63 +168,85 @@ def export_run(
         rollout.update(label_len=calendar.label_len, chunked=max_horizon > step)
     example = _example_inputs(run, 2, seed=0)
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
-    with staged_artifact(store, name, version) as (folder, chosen_version), warnings.catch_warnings():
-        # torch's own exporter trips a deprecation inside pytree; nothing a user can act on.
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        # Every input shares the one "batch" dimension; the exporter says so once per extra input.
-        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
-        torch.onnx.export(
-            graph,
-            tuple(torch.from_numpy(example[name]) for name in shapes),
-            str(folder / GRAPH_FILE),
-            input_names=list(shapes),
-            output_names=["forecast"],
-            dynamic_shapes={name: {0: batch_dim} for name in shapes},
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+
+    def write(folder: Path) -> None:
+        with warnings.catch_warnings():
+            # torch's own exporter trips a deprecation inside pytree; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            # Every input shares the one "batch" dimension; the exporter says so once per extra input.
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
+            torch.onnx.export(
+                graph,
+                tuple(torch.from_numpy(example[name]) for name in shapes),
+                str(folder / GRAPH_FILE),
+                input_names=list(shapes),
+                output_names=["forecast"],
+                dynamic_shapes={name: {0: batch_dim} for name in shapes},
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
         onnx.checker.check_model(str(folder / GRAPH_FILE))
-        parity = parity_report(graph, create_session(folder / GRAPH_FILE), run, max_horizon)
-        worst = max(parity.values())
+
+    def parity(staged: Artifact) -> Parity:
+        report = parity_report(graph, create_session(staged.graph_path("forecast")), run, max_horizon)
+        worst = max(report.values())
         if worst > PARITY_TOLERANCE:
-            raise RuntimeError(f"onnxruntime differs from torch by {worst:.2e} (> {PARITY_TOLERANCE}): {parity}")
-        info = run.info()
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "version": chosen_version,
-            "model_kind": model.kind,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "rollout": rollout,
-            "graphs": {
-                "forecast": {
-                    "file": GRAPH_FILE,
-                    "opset": opset,
-                    "inputs": [{"name": name, "dtype": "float32", "shape": shape} for name, shape in shapes.items()],
-                    "outputs": [{"name": "forecast", "dtype": "float32", "shape": ["batch", step, n_channels]}],
-                    "dynamic_axes": {name: {"0": "batch"} for name in [*shapes, "forecast"]},
-                }
-            },
+            raise RuntimeError(f"onnxruntime differs from torch by {worst:.2e} (> {PARITY_TOLERANCE}): {report}")
+        return Parity(report)
+
+    graphs = {
+        "forecast": {
+            "file": GRAPH_FILE,
+            "opset": opset,
+            "inputs": [{"name": name, "dtype": "float32", "shape": shape} for name, shape in shapes.items()],
+            "outputs": [{"name": "forecast", "dtype": "float32", "shape": ["batch", step, n_channels]}],
+            "dynamic_axes": {name: {"0": "batch"} for name in [*shapes, "forecast"]},
+        }
+    }
+    facts = {
+        **({"time_features": {"encoding": "timeF", "names": list(feature_names(run.freq))}} if calendar else {}),
+        "normalization": {"kind": "standard", "applied": "in_graph", **run.scaler.as_dict()},
+    }
+    artifact = publish(
+        store, name, _run_export(run, rollout, graphs, write, parity, library_versions(), facts), version
+    )
+    log.info("exported %s version %s (parity %.1e)", name, artifact.version, max(artifact.manifest.parity.values()))
+    return artifact
+
+
+def _run_export(
+    run: Run,
+    rollout: dict[str, Any],
+    graphs: dict[str, dict[str, Any]],
+    write: Callable[[Path], None],
+    parity: Callable[[Artifact], Parity],
+    versions: dict[str, str],
+    facts: dict[str, Any],
+) -> Export:
+    """What a forecasting run publishes: its graphs and gate, plus its data, metrics, channels and training record."""
+    info = run.info()
+    return Export(
+        model_kind=run.model.kind,
+        rollout=rollout,
+        graphs=graphs,
+        write=write,
+        parity=parity,
+        data={"config": info["data"], "fingerprint": run.fingerprint},
+        metrics=run.metrics,
+        versions=versions,
+        facts={
             "channels": list(run.channels),
             "target": run.data.target if run.data.features == "S" else None,
             "features": run.data.features,
             "freq": run.freq,
-            **({"time_features": {"encoding": "timeF", "names": list(feature_names(run.freq))}} if calendar else {}),
-            "normalization": {"kind": "standard", "applied": "in_graph", **run.scaler.as_dict()},
-            "data": {"config": info["data"], "fingerprint": run.fingerprint},
             "model_config": info["model_config"],
             "train": info["train"],
             "fit": {k: v for k, v in run.fit.items() if k != "history"},
-            "metrics": run.metrics,
-            "parity": parity,
-            "versions": library_versions(),
-        }
-        write_manifest(folder, manifest)
-    artifact = read_artifact(Path(store) / name / chosen_version)
-    log.info("exported %s version %s (parity %.1e)", name, chosen_version, worst)
-    return artifact
+            **facts,
+        },
+    )
 
 
 # --- KV-cache models (AutoTimes) -----------------------------------------------------------------------------
@@ -381,7 +419,7 @@ def export_kv_cache_run(
     p_dim = torch.export.Dim("past", min=0, max=8192)
     rest = ([{0: n_dim, 1: s_dim}] if cfg.timestamps else []) + [{0: n_dim, 2: p_dim} for _ in past_names]
     rollout: dict[str, Any] = {
-        "kind": "kv_cache",
+        "kind": KVCacheModel.rollout_kind,
         "context_length": context_length,
         "step": step,
         "max_horizon": max_horizon,
@@ -400,76 +438,70 @@ def export_kv_cache_run(
             "template": cfg.template,
             "backbone": model.backbone.identity,
         }
-    with staged_artifact(store, name, version) as (folder, chosen_version), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
-        torch.onnx.export(
-            graph,
-            tuple(example),
-            str(folder / KV_GRAPH_FILE),
-            input_names=list(inputs),
-            output_names=list(outputs),
-            dynamic_shapes={"segments": {0: n_dim, 1: s_dim}, "rest": tuple(rest)},
-            opset_version=opset,
-            dynamo=True,
-            # one file while the weights fit a protobuf (SmolLM2: 429 MB); beyond that, a .data file beside it
-            external_data=weight_bytes > EXTERNAL_DATA_BYTES,
-            verbose=False,
-        )
+
+    def write(folder: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
+            torch.onnx.export(
+                graph,
+                tuple(example),
+                str(folder / KV_GRAPH_FILE),
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_shapes={"segments": {0: n_dim, 1: s_dim}, "rest": tuple(rest)},
+                opset_version=opset,
+                dynamo=True,
+                # one file while the weights fit a protobuf (SmolLM2: 429 MB); beyond that, a .data file beside it
+                external_data=weight_bytes > EXTERNAL_DATA_BYTES,
+                verbose=False,
+            )
         onnx.checker.check_model(str(folder / KV_GRAPH_FILE))
         if cfg.timestamps:
             table = model.timestamp_table(rollout["timestamps"]["rows"])
             np.save(folder / TIMESTAMP_TABLE_FILE, table.astype(np.float32), allow_pickle=False)
-        info = run.info()
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "version": chosen_version,
-            "model_kind": model.kind,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "rollout": rollout,
-            "graphs": {
-                "step": {
-                    "file": KV_GRAPH_FILE,
-                    "opset": opset,
-                    "inputs": [{"name": k, "dtype": "float32", "shape": v} for k, v in inputs.items()],
-                    "outputs": [{"name": k, "dtype": "float32", "shape": v} for k, v in outputs.items()],
-                    # n: batch x channels, s: new tokens (the prefill's, or 1), past: cached tokens
-                    "dynamic_axes": {
-                        name: {str(axis): dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
-                        for name, shape in {**inputs, **outputs}.items()
-                    },
-                }
-            },
-            "channels": list(run.channels),
-            "target": run.data.target if run.data.features == "S" else None,
-            "features": run.data.features,
-            "freq": run.freq,
-            "normalization": {"kind": "standard", "applied": "in_runner", **run.scaler.as_dict()},
-            "data": {"config": info["data"], "fingerprint": run.fingerprint},
-            "model_config": info["model_config"],
-            "backbone": {"spec": cfg.backbone, "identity": model.backbone.identity, **model.trainable_share()},
-            "train": info["train"],
-            "fit": {k: v for k, v in run.fit.items() if k != "history"},
-            "metrics": run.metrics,
-            "versions": {**library_versions(), "transformers": _transformers_version()},
-        }
-        served = KVCacheModel.load(Artifact(path=folder, manifest=manifest))
-        details = kv_parity_report(run, served, min(KV_DEFAULT_MAX_HORIZON, max_horizon))
+
+    def parity(staged: Artifact) -> Parity:
+        details = kv_parity_report(run, KVCacheModel.load(staged), min(KV_DEFAULT_MAX_HORIZON, max_horizon))
         failures = kv_parity_failures(details, tolerance)
         if failures:
             raise RuntimeError(f"onnxruntime parity fails: {'; '.join(failures)}; report: {details}")
-        worst = max(details["step"].values())
-        # "parity": max |onnxruntime - torch| in raw units, per step (teacher-forced) and over the free rollout.
-        manifest["parity"] = {
+        # max |onnxruntime - torch| in raw units, per step (teacher-forced) and over the free rollout.
+        summary = {
             **{f"max_abs_diff_step_{k}": v for k, v in details["step"].items()},
             **{f"max_abs_diff_rollout_{details['horizon']}_{k}": v for k, v in details["rollout"].items()},
         }
-        manifest["parity_details"] = details
-        write_manifest(folder, manifest)
-    artifact = read_artifact(Path(store) / name / chosen_version)
-    log.info("exported %s version %s (kv_cache, parity %.1e)", name, chosen_version, worst)
+        return Parity(summary, details)
+
+    graphs = {
+        "step": {
+            "file": KV_GRAPH_FILE,
+            "opset": opset,
+            "inputs": [{"name": k, "dtype": "float32", "shape": v} for k, v in inputs.items()],
+            "outputs": [{"name": k, "dtype": "float32", "shape": v} for k, v in outputs.items()],
+            # n: batch x channels, s: new tokens (the prefill's, or 1), past: cached tokens
+            "dynamic_axes": {
+                name: {str(axis): dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
+                for name, shape in {**inputs, **outputs}.items()
+            },
+        }
+    }
+    facts = {
+        "normalization": {"kind": "standard", "applied": "in_runner", **run.scaler.as_dict()},
+        "backbone": {"spec": cfg.backbone, "identity": model.backbone.identity, **model.trainable_share()},
+    }
+    versions = {**library_versions(), "transformers": _transformers_version()}
+    artifact = publish(store, name, _run_export(run, rollout, graphs, write, parity, versions, facts), version)
+    worst = max(v for k, v in artifact.manifest.parity.items() if k.startswith("max_abs_diff_step_"))
+    log.info("exported %s version %s (kv_cache, parity %.1e)", name, artifact.version, worst)
     return artifact
+
+
+# Rollout kind (a model's ``rollout_kind``) -> how a run of it is exported.
+EXPORTERS: dict[str, Callable[[Run, Path | str, str, str | None, int | None, int], Artifact]] = {
+    WindowShiftModel.rollout_kind: export_window_shift_run,
+    KVCacheModel.rollout_kind: export_kv_cache_run,
+}
 
 
 def _transformers_version() -> str:

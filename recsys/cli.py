@@ -238,7 +238,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         beam_width=args.beam_width,
     )
     print(f"exported {artifact.name} version {artifact.version} to {artifact.path}")
-    print(f"parity (onnxruntime vs torch beam search): {json.dumps(artifact.manifest['parity'])}")
+    print(f"parity (onnxruntime vs torch beam search): {json.dumps(artifact.manifest.parity)}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Export a trained generative recommender as a ``prorec`` artifact served by constrained beam search.
 
-The artifact (see ``serving/beam_search.py`` for how it is run) holds two ONNX graphs, the encoder and one
+The artifact (see ``serving/runners/constrained_beam.py`` for how it is run) holds two ONNX graphs, the encoder and one
 decoder step with a self-attention KV cache, and side tables: the code table (dense id -> codes), the raw item
 ids, the prefix trie and the titles when known. Before publishing, the onnxruntime beam search is run on a sample
 of users and must return the torch beam search's top-k for each of them (with and without excluding seen items).
@@ -8,7 +8,6 @@ of users and must return the torch beam search's top-k for each of them (with an
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import platform
@@ -24,8 +23,9 @@ from torch import nn
 from recsys.generator import BOS_TOKEN, PAD_TOKEN, Generator, beam_search, history_tokens
 from recsys.metrics import metrics_from_ranks, target_ranks_from_ranked_lists
 from recsys.prorec_training import PRORecRun
-from serving.artifact import FORMAT_VERSION, Artifact, atomic_write_text, read_artifact, staged_artifact, write_manifest
-from serving.beam_search import MAX_BEAM_WIDTH, ROLLOUT_KIND, ConstrainedBeamModel
+from serving.artifact import Artifact, atomic_write_text
+from serving.publish import Export, Parity, publish
+from serving.runners.constrained_beam import MAX_BEAM_WIDTH, ConstrainedBeamModel
 
 log = logging.getLogger(__name__)
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -235,66 +235,71 @@ def export_run(
         histories = sample_histories(len(run.ids.codes), cfg.max_history, PARITY_USERS)
     histories = np.asarray(histories, dtype=np.int64)[:, -cfg.max_history :]
     index = run.code_index()
-    with staged_artifact(store, name, version) as (folder, chosen):
+    tables: dict[str, Any] = {
+        "codes": {"file": CODES_FILE, "dtype": "int64", "shape": list(index.trie.codes.shape), "row_0": "padding"},
+        "item_ids": {"file": ITEM_IDS_FILE, "dtype": "int64", "shape": [len(run.item_ids)], "meaning": "raw id"},
+        "trie": {"file": TRIE_FILE, "format": 1, "layout": "recsys/trie.py"},
+    }
+    if run.titles is not None:
+        tables["titles"] = {"file": TITLES_FILE, "meaning": "title of each dense id, [0] empty"}
+
+    def write(folder: Path) -> None:
         export_graphs(model, folder, opset)
         np.save(folder / CODES_FILE, index.trie.codes, allow_pickle=False)
         np.save(folder / ITEM_IDS_FILE, np.asarray(run.item_ids, dtype=np.int64), allow_pickle=False)
         index.trie.save(folder / TRIE_FILE)
-        tables: dict[str, Any] = {
-            "codes": {"file": CODES_FILE, "dtype": "int64", "shape": list(index.trie.codes.shape), "row_0": "padding"},
-            "item_ids": {"file": ITEM_IDS_FILE, "dtype": "int64", "shape": [len(run.item_ids)], "meaning": "raw id"},
-            "trie": {"file": TRIE_FILE, "format": 1, "layout": "recsys/trie.py"},
-        }
         if run.titles is not None:
             atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))
-            tables["titles"] = {"file": TITLES_FILE, "meaning": "title of each dense id, [0] empty"}
-        graphs = graph_specs(model)
-        for graph in graphs.values():
-            graph["opset"] = opset
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "version": chosen,
-            "model_kind": "prorec",
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "rollout": {
-                "kind": ROLLOUT_KIND,
-                "levels": cfg.levels,
-                "level_sizes": list(cfg.level_sizes),
-                "token_offsets": list(cfg.offsets),
-                "pad_token": PAD_TOKEN,
-                "bos_token": BOS_TOKEN,
-                "vocab_size": cfg.vocab_size,
-                "max_history": cfg.max_history,
-                "encoder_unit": cfg.encoder_unit,
-                "decoder_layers": cfg.decoder_layers,
-                "heads": cfg.heads,
-                "head_dim": cfg.head_dim,
-                "beam_width": beam_width,
-                "top_k": top_k,
-                "max_beam_width": MAX_BEAM_WIDTH,
-                "exclude_seen": True,
-                "score": "sum over levels of the log-softmax over that level's codes",
-            },
-            "graphs": graphs,
+
+    def parity(staged: Artifact) -> Parity:
+        served = ConstrainedBeamModel.load(staged, intra_op_threads=1)
+        return Parity(parity_report(run, served, histories, top_k, beam_width))
+
+    graphs = graph_specs(model)
+    for graph in graphs.values():
+        graph["opset"] = opset
+    rollout = {
+        "kind": ConstrainedBeamModel.rollout_kind,
+        "levels": cfg.levels,
+        "level_sizes": list(cfg.level_sizes),
+        "token_offsets": list(cfg.offsets),
+        "pad_token": PAD_TOKEN,
+        "bos_token": BOS_TOKEN,
+        "vocab_size": cfg.vocab_size,
+        "max_history": cfg.max_history,
+        "encoder_unit": cfg.encoder_unit,
+        "decoder_layers": cfg.decoder_layers,
+        "heads": cfg.heads,
+        "head_dim": cfg.head_dim,
+        "beam_width": beam_width,
+        "top_k": top_k,
+        "max_beam_width": MAX_BEAM_WIDTH,
+        "exclude_seen": True,
+        "score": "sum over levels of the log-softmax over that level's codes",
+    }
+    export = Export(
+        model_kind="prorec",
+        rollout=rollout,
+        graphs=graphs,
+        write=write,
+        parity=parity,
+        data={
+            **(run.info.get("data") or {"dataset": run.info.get("dataset"), "slice": None}),
+            "fingerprint": run.info.get("data_fingerprint"),
+        },
+        metrics=run.info.get("metrics", {}),
+        versions=library_versions(),
+        facts={
             "side_tables": tables,
             "n_items": len(run.ids.codes),
             "variant": run.variant,
             "code_stats": run.ids.stats.as_dict(),
-            "data": {
-                **(run.info.get("data") or {"dataset": run.info.get("dataset"), "slice": None}),
-                "fingerprint": run.info.get("data_fingerprint"),
-            },
             "model_config": cfg.as_dict(),
             "model_size": run.info.get("model_size"),
-            "metrics": run.info.get("metrics", {}),
-            "versions": library_versions(),
-        }
-        served = ConstrainedBeamModel.load(Artifact(path=folder, manifest=manifest), intra_op_threads=1)
-        manifest["parity"] = parity_report(run, served, histories, top_k, beam_width)
-        write_manifest(folder, json.loads(json.dumps(manifest, default=_jsonable)))
-    artifact = read_artifact(Path(store) / name / chosen)
-    log.info("exported %s version %s (constrained beam)", name, chosen)
+        },
+    )
+    artifact = publish(store, name, export, version)
+    log.info("exported %s version %s (constrained beam)", name, artifact.version)
     return artifact
 
 
@@ -317,8 +322,8 @@ def evaluate_artifact(
 
     artifact = read_published(store, resolve(store, name, version))
     served = ConstrainedBeamModel.load(artifact, intra_op_threads=intra_op_threads)
-    spec = artifact.manifest["data"]
-    sequences = load_sequences(spec, data_dir)
+    data = artifact.manifest.data
+    sequences = load_sequences({"dataset": data.dataset, "slice": data.slice}, data_dir)
     data_split = leave_one_out(sequences, max_history=served.max_history)
     if not np.array_equal(data_split.item_map.raw_ids, served.item_ids):
         raise ValueError("the data's items differ from the artifact's: it was trained on other data")
@@ -336,19 +341,11 @@ def evaluate_artifact(
     return {
         "model": f"{artifact.name} v{artifact.version}",
         "engine": "onnxruntime",
-        "dataset": spec.get("dataset"),
+        "dataset": data.dataset,
         "split": split,
         "users": len(rows),
         "beam_width": beam_width,
         "exclude_seen": exclude_seen,
-        "data_matches_training": sequences_fingerprint(sequences) == spec.get("fingerprint"),
+        "data_matches_training": sequences_fingerprint(sequences) == data.fingerprint,
         "metrics": metrics_from_ranks(ranks, ks),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

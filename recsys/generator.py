@@ -393,7 +393,8 @@ def beam_search(
     """Top-``k`` real items for each history (B, S) by beam search over codes, pruned by ``trie``.
 
     Every step keeps the ``beam_width`` best (beam, code) continuations by summed log-probability, ordered by score
-    then by (beam, code) index, a rule the onnxruntime search in ``serving/beam_search.py`` reproduces exactly.
+    then by (beam, code) index, a rule the onnxruntime search in ``serving/runners/constrained_beam.py`` reproduces
+    exactly.
     ``excluded[b]``: dense ids user ``b`` must not get.
     """
     if not 1 <= k <= beam_width:

@@ -10,7 +10,8 @@ real item (optionally one that is not excluded)? Arrays per depth ``d`` (0 = roo
   items excluded for one user are subtracted from the counts of their own nodes only, so a prefix whose items are
   all excluded is pruned as early as possible instead of wasting a beam.
 
-Saved as one ``.npz`` (``save``/``load``); the serving side reads the same file (``serving/beam_search.py``).
+Saved as one ``.npz`` (``save``/``load``); the serving side reads the same file
+(``serving/runners/constrained_beam.py``).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def main() -> int:
 
     print("2/6 exporting to ONNX (parity with torch checked before publishing)")
     artifact = export_run(run, OUT / "models", MODEL, max_horizon=max(HORIZONS))
-    print(f"    {artifact.path}, parity " + ", ".join(f"{v:.1e}" for v in artifact.manifest["parity"].values()))
+    print(f"    {artifact.path}, parity " + ", ".join(f"{v:.1e}" for v in artifact.manifest.parity.values()))
 
     print("3/6 evaluating the artifact as served (onnxruntime, window-shift rollout) on every ETTh1 test window")
     print(f"\n    {'horizon':>7} {'windows':>8} {'MSE':>7} {'MAE':>7} {'MSE °C²':>8} {'MAE °C':>7}")

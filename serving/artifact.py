@@ -3,7 +3,8 @@
 An artifact is a folder ``<store>/<name>/<version>/`` holding ``manifest.json``, the ONNX graphs and any
 side tables. It is written into a hidden temporary folder beside its final place and renamed into place,
 so a reader never sees half an artifact. This module imports neither torch nor grpc: training writes
-artifacts with it and serving reads them with it.
+artifacts with it (through ``serving.publish``) and serving reads them with it (``read_artifact``: checked paths and
+checksums, the manifest typed by ``serving.manifest``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-FORMAT_VERSION = 1
+from serving.manifest import ArtifactError, Manifest, parse_manifest
+
 MANIFEST = "manifest.json"
-MODEL_KINDS = ("arnet", "informer", "autotimes", "prorec")
-ROLLOUT_KINDS = ("window_shift", "kv_cache", "constrained_beam")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # A version folder is named by a non-negative integer in ASCII digits without a leading zero: one spelling per
 # version, so str(int(name)) == name. str.isdigit() also accepts '²' (int() fails) and other scripts' digits.
 _VERSION_RE = re.compile(r"0|[1-9][0-9]*")
-# Keys every manifest carries, whatever the model; model-specific facts live beside them.
-REQUIRED_KEYS = ("format_version", "name", "version", "model_kind", "rollout", "graphs", "files", "created_at")
 
 
 def _umask() -> int:
@@ -41,27 +39,23 @@ def _umask() -> int:
 _FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
 
 
-class ArtifactError(ValueError):
-    """An artifact that is missing, malformed, or does not match its checksums."""
-
-
 @dataclass(frozen=True)
 class Artifact:
-    """A verified artifact on disk."""
+    """A verified artifact on disk and its typed manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     def graph_path(self, role: str) -> Path:
-        return self.path / self.manifest["graphs"][role]["file"]
+        return self.path / self.manifest.graphs[role].file
 
 
 def check_name(name: str, field: str = "name") -> str:
@@ -126,19 +120,29 @@ def staged_artifact(store: Path | str, name: str, version: str | None = None) ->
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Record the sha256 of every file in ``folder`` and write ``manifest.json`` (call last)."""
+def with_files(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with the sha256 and size of every file in ``folder`` (once they are all written)."""
     files = {
         p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    full = {**manifest, "files": files}
-    missing = [k for k in REQUIRED_KEYS if k not in full]
-    if missing:
-        raise ArtifactError(f"manifest lacks required keys {missing}")
-    atomic_write_text(folder / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
+    return {**manifest, "files": files}
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the checksums of every file in ``folder`` and write ``manifest.json`` as given (call last).
+
+    Publishing goes through ``serving.publish``, which validates the manifest first; this is its last step.
+    """
+    full = with_files(folder, manifest)
+    dump_manifest(folder, full)
     return full
+
+
+def dump_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` (files listed) as the folder's ``manifest.json``."""
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
 
 def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
@@ -148,42 +152,23 @@ def read_artifact(path: Path | str, verify: bool = True) -> Artifact:
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: no {MANIFEST}")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ArtifactError(f"{manifest_path}: unreadable manifest ({err})") from err
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{manifest_path}: manifest is not a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ArtifactError(f"{manifest_path}: missing keys {missing}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{manifest_path}: format_version {manifest['format_version']} is not supported (want {FORMAT_VERSION})"
-        )
-    if manifest["model_kind"] not in MODEL_KINDS:
-        raise ArtifactError(f"{manifest_path}: unknown model_kind {manifest['model_kind']!r}")
-    if manifest["rollout"].get("kind") not in ROLLOUT_KINDS:
-        raise ArtifactError(f"{manifest_path}: unknown rollout kind {manifest['rollout'].get('kind')!r}")
-    files: dict[str, dict[str, Any]] = manifest["files"]
-    for role, graph in manifest["graphs"].items():
-        _check_inside(manifest_path, f"graph {role!r} file", graph.get("file"))
-    for rel in files:
-        _check_inside(manifest_path, "file", rel)
-    for role, graph in manifest["graphs"].items():
-        if graph.get("file") not in files:
-            raise ArtifactError(f"{manifest_path}: graph {role!r} names file {graph.get('file')!r} not in files")
+    manifest = parse_manifest(raw, str(manifest_path))
+    check_files(manifest_path, manifest)
     if verify:
-        for rel, meta in files.items():
+        for rel, meta in manifest.files.items():
             file = path / rel
             if not file.is_file():
                 raise ArtifactError(f"{path}: file {rel} listed in the manifest is missing")
             actual = sha256_file(file)
-            if actual != meta["sha256"]:
+            if actual != meta.sha256:
                 raise ArtifactError(
-                    f"{path}: checksum mismatch for {rel} (manifest {meta['sha256'][:12]}…, file {actual[:12]}…)"
+                    f"{path}: checksum mismatch for {rel} (manifest {meta.sha256[:12]}…, file {actual[:12]}…)"
                 )
         extra = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != MANIFEST} - set(
-            files
+            manifest.files
         )
         if extra:
             raise ArtifactError(f"{path}: files not in the manifest: {sorted(extra)}")
@@ -205,6 +190,17 @@ def read_published(store: Path | str, path: Path | str) -> Artifact:
             f"{artifact.name}/{artifact.version}: a copied or renamed version is not served under either label"
         )
     return artifact
+
+
+def check_files(manifest_path: Path, manifest: Manifest) -> None:
+    """Every listed file and graph stays inside the artifact folder, and every graph's file is listed."""
+    for role, graph in manifest.graphs.items():
+        _check_inside(manifest_path, f"graph {role!r} file", graph.file)
+    for rel in manifest.files:
+        _check_inside(manifest_path, "file", rel)
+    for role, graph in manifest.graphs.items():
+        if graph.file not in manifest.files:
+            raise ArtifactError(f"{manifest_path}: graph {role!r} names file {graph.file!r} not in files")
 
 
 def _check_inside(manifest_path: Path, entry: str, rel: Any) -> None:

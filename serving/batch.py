@@ -16,15 +16,17 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
 from serving.artifact import atomic_write, atomic_write_text, read_published, resolve, sha256_file
-from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel
-from serving.rollout import KVCacheModel, WindowShiftModel, load_runner
+from serving.runners import load_runner
+from serving.runners.base import Runner
+from serving.runners.constrained_beam import ConstrainedBeamModel
+from serving.runners.forecast import ForecastRunner
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
 
 JOB_FILE = "_job.json"
@@ -52,7 +54,7 @@ def errors_path(output: Path) -> Path:
     return output.with_name(output.stem + ".errors.parquet")
 
 
-def _check(series: SeriesInput, model: WindowShiftModel) -> str | None:
+def _check(series: SeriesInput, model: ForecastRunner) -> str | None:
     """Why this series cannot be scored, or None."""
     steps = len(series.values)
     if steps < model.context_length:
@@ -73,29 +75,30 @@ def _future(stamps: np.ndarray | None, horizon: int) -> np.ndarray | None:
     return stamps[-1] + (stamps[-1] - stamps[-2]) * np.arange(1, horizon + 1)
 
 
-def model_channels(model: WindowShiftModel | KVCacheModel | ConstrainedBeamModel) -> list[str]:
-    if isinstance(model, ConstrainedBeamModel):
+def forecaster(model: Runner) -> ForecastRunner:
+    """``model`` as a forecaster; ValueError for a recommender (scored by ``score_users``, in-process only)."""
+    if model.task != "forecast":
         raise ValueError("recommendation models are scored in-process (without --ray)")
-    return list(model.artifact.manifest["channels"])
+    return cast(ForecastRunner, model)
 
 
-def load_model(
-    artifact_path: Path, model_name: str, horizon: int, intra_op_threads: int | None = None
-) -> WindowShiftModel | KVCacheModel | ConstrainedBeamModel:
+def model_channels(model: Runner) -> list[str]:
+    return list(forecaster(model).channels)
+
+
+def load_model(artifact_path: Path, model_name: str, horizon: int, intra_op_threads: int | None = None) -> Runner:
     """The artifact's runner, refused up front when it cannot reach ``horizon`` (for a recommender: k)."""
     artifact = read_published(artifact_path.parents[1], artifact_path)  # as a server reads it: <store>/<name>/<v>
-    if artifact.manifest["rollout"]["kind"] == "constrained_beam":
-        if not 0 < horizon <= MAX_BEAM_WIDTH:
-            raise ValueError(f"k: {horizon} is outside 1..{MAX_BEAM_WIDTH} for {model_name}")
-        return ConstrainedBeamModel.load(artifact, intra_op_threads=intra_op_threads)
     model = load_runner(artifact, intra_op_threads=intra_op_threads)
-    if not 0 < horizon <= model.max_horizon:
-        raise ValueError(f"horizon: {horizon} is outside 1..{model.max_horizon} for {model_name}")
+    try:
+        model.check_reach(horizon)
+    except ValueError as err:
+        raise ValueError(f"{err} for {model_name}") from None
     return model
 
 
 def score_series(
-    series: list[SeriesInput], model: WindowShiftModel, horizon: int, rows_per_run: int
+    series: list[SeriesInput], model: ForecastRunner, horizon: int, rows_per_run: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Forecast rows for every scorable series, and (series_id, reason) for the others.
 
@@ -156,11 +159,11 @@ def score_users(
 
 
 def _score_chunk(
-    frame: pl.DataFrame, model: WindowShiftModel | KVCacheModel | ConstrainedBeamModel, horizon: int, rows_per_run: int
+    frame: pl.DataFrame, model: Runner, horizon: int, rows_per_run: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    if isinstance(model, ConstrainedBeamModel):
-        return score_users(frame, model, horizon, rows_per_run)
-    return score_series(series_from_frame(frame, model_channels(model)), model, horizon, rows_per_run)
+    if model.task == "recommend":
+        return score_users(frame, cast(ConstrainedBeamModel, model), horizon, rows_per_run)
+    return score_series(series_from_frame(frame, model_channels(model)), forecaster(model), horizon, rows_per_run)
 
 
 def write_outputs(output: Path, scored: pl.DataFrame, errors: pl.DataFrame) -> None:
@@ -209,7 +212,7 @@ def run_batch(
         if not staged.exists():
             atomic_write(staged, lambda tmp: scan.sink_parquet(tmp))
         scan = pl.scan_parquet(staged)
-    id_column = USER_ID if isinstance(model, ConstrainedBeamModel) else SERIES_ID
+    id_column = USER_ID if model.task == "recommend" else SERIES_ID
     columns = scan.collect_schema().names()
     if id_column == USER_ID and not {USER_ID, ITEM_ID} <= set(columns):
         raise TableError(

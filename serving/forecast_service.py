@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import numpy as np
@@ -13,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
 from serving.rpc import Calls, Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
+from serving.runners.forecast import ForecastRunner
 
 log = logging.getLogger(__name__)
 # The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
@@ -66,9 +68,9 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
         model = registry.get(request.model, request.version or None)
     except ModelNotFound as err:
         raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
-    runner = model.runner
-    if not hasattr(runner, "forecast"):
-        raise invalid(f"model: {echo(request.model)} is a {model.manifest['model_kind']} model, not a forecaster")
+    if model.runner.task != "forecast":
+        raise invalid(f"model: {echo(request.model)} is a {model.manifest.model_kind} model, not a forecaster")
+    runner = cast(ForecastRunner, model.runner)
     if request.horizon <= 0:
         raise invalid("horizon: must be at least 1")
     if request.horizon > runner.max_horizon:
@@ -163,21 +165,20 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             for model in self.registry.loaded():
                 if not model.name.startswith(request.name_prefix):
                     continue
-                m = model.manifest
-                rollout = m["rollout"]
+                info = model.runner.describe()
                 response.models.add(
                     name=model.name,
                     version=model.version,
-                    model_kind=m["model_kind"],
-                    rollout_kind=rollout["kind"],
-                    context_length=rollout.get("context_length", 0),
-                    step=rollout.get("step", 0),
-                    max_horizon=rollout.get("max_horizon", 0),
-                    channels=m.get("channels", []),
-                    freq=m.get("freq") or "",
-                    created_at=m["created_at"],
-                    metrics=dict(_flatten(m.get("metrics", {}))),
-                    providers=model.runner.session.get_providers(),
+                    model_kind=model.manifest.model_kind,
+                    rollout_kind=info.rollout_kind,
+                    context_length=info.context_length,
+                    step=info.step,
+                    max_horizon=info.max_horizon,
+                    channels=info.channels,
+                    freq=info.freq,
+                    created_at=model.manifest.created_at,
+                    metrics=dict(_flatten(model.manifest.metrics)),
+                    providers=info.providers,
                     latest=self.registry.is_latest(model),
                 )
             return response

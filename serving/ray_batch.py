@@ -37,8 +37,8 @@ import ray
 import ray.data
 
 from serving.artifact import atomic_write, resolve
-from serving.batch import ERROR_SCHEMA, errors_path, load_model, model_channels, score_series, write_outputs
-from serving.rollout import WindowShiftModel
+from serving.batch import ERROR_SCHEMA, errors_path, forecaster, load_model, model_channels, score_series, write_outputs
+from serving.runners.forecast import ForecastRunner
 from serving.tables import (
     SERIES_ID,
     TIMESTAMP,
@@ -99,7 +99,7 @@ def rows_to_series(batch: pa.Table, n_channels: int) -> list[SeriesInput]:
     ]
 
 
-def _template(model: WindowShiftModel) -> pl.DataFrame:
+def _template(model: ForecastRunner) -> pl.DataFrame:
     """An empty frame with every column a scored block can have, so that all blocks share one schema."""
     channels = model_channels(model)
     empty = forecast_frame("", np.zeros((0, len(channels)), np.float32), channels, np.array([], "datetime64[us]"))
@@ -110,7 +110,7 @@ class SeriesScorer:
     """A Ray Data worker: one onnxruntime session for the actor's life, one scored block per batch."""
 
     def __init__(self, artifact_path: str, model_name: str, horizon: int, threads: int) -> None:
-        self.model = load_model(Path(artifact_path), model_name, horizon, intra_op_threads=threads)
+        self.model = forecaster(load_model(Path(artifact_path), model_name, horizon, intra_op_threads=threads))
         self.horizon = horizon
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.batches = 0

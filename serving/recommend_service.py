@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 import numpy as np
 
-from serving.beam_search import MAX_BEAM_WIDTH, ConstrainedBeamModel, SearchResult, UserQuery
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
 from serving.rpc import Calls, Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
+from serving.runners.constrained_beam import MAX_BEAM_WIDTH, ConstrainedBeamModel, SearchResult, UserQuery
 
 
 def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
@@ -18,9 +20,9 @@ def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[Load
         model = registry.get(name, version or None)
     except ModelNotFound as err:
         raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
-    if not isinstance(model.runner, ConstrainedBeamModel):
-        raise invalid(f"model: {echo(name)} is a {model.manifest['model_kind']} model, not a recommender")
-    return model, model.runner
+    if model.runner.task != "recommend":
+        raise invalid(f"model: {echo(name)} is a {model.manifest.model_kind} model, not a recommender")
+    return model, cast(ConstrainedBeamModel, model.runner)
 
 
 def _check_settings(runner: ConstrainedBeamModel, k: int, beam_width: int) -> tuple[int, int]:

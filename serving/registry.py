@@ -19,11 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from serving.artifact import ArtifactError, is_version_name, read_published
+from serving.artifact import is_version_name, read_published
 from serving.batching import BatchingConfig, BatchKind, DynamicBatcher, RunSlots, settle
-from serving.beam_search import ConstrainedBeamModel, RecommendJob, SearchResult, UserQuery, recommend_batches
-from serving.rollout import ForecastJob, KVCacheModel, WindowShiftModel, default_threads, forecast_batches, load_runner
+from serving.manifest import Manifest
 from serving.rpc import echo
+from serving.runners import load_runner
+from serving.runners.base import Runner
+from serving.runners.constrained_beam import RecommendJob, SearchResult, UserQuery
+from serving.runners.forecast import ForecastJob
+from serving.sessions import default_threads
 
 log = logging.getLogger(__name__)
 Signature = tuple[tuple[str, int, int], ...]
@@ -45,13 +49,13 @@ def _some(names: list[str], shown: int = 10) -> str:
 class LoadedModel:
     """One artifact version ready to serve: its rollout and (if on) its batcher."""
 
-    runner: WindowShiftModel | KVCacheModel | ConstrainedBeamModel
+    runner: Runner
     kind: BatchKind[Any, Any]  # how its jobs (ForecastJob or RecommendJob, after the runner) run, alone or merged
     batcher: DynamicBatcher[Any, Any] | None
     on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         return self.runner.artifact.manifest
 
     @property
@@ -201,13 +205,7 @@ class ModelRegistry:
     def _load(self, path: Path) -> LoadedModel | None:
         try:
             artifact = read_published(self.store, path)
-            kind = artifact.manifest["rollout"]["kind"]
-            if kind == "constrained_beam":
-                runner = ConstrainedBeamModel.load(artifact, self.providers, self.intra_op_threads)
-            elif kind in ("window_shift", "kv_cache"):
-                runner = load_runner(artifact, self.providers, self.intra_op_threads)
-            else:
-                raise ArtifactError(f"{path}: rollout kind {kind!r} is not served by this server yet")
+            runner = load_runner(artifact, self.providers, self.intra_op_threads)
             runner.smoke_check()  # a graph that answers NaN is refused here, not found out by a caller
         except Exception as err:  # any failure refuses this artifact only
             log.error("refused artifact: %s", err, extra={"path": str(path)})
@@ -220,16 +218,13 @@ class ModelRegistry:
             if report:
                 report(name, rows)
 
-        if isinstance(runner, ConstrainedBeamModel):
-            kind = recommend_batches(runner, self._slots)
-        else:
-            kind = forecast_batches(runner, self._slots)
+        kind = runner.batches(self._slots)
         batcher = None
         if self.batching.enabled:
             batcher = DynamicBatcher(kind, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows)
         log.info(
             "loaded model",
-            extra={"model": name, "version": artifact.version, "providers": runner.session.get_providers()},
+            extra={"model": name, "version": artifact.version, "providers": list(runner.describe().providers)},
         )
         if self.on_load:
             self.on_load("loaded")

@@ -16,7 +16,7 @@ import grpc
 from serving.batching import DeadlineExceeded, QueueFull
 from serving.drain import Drain
 from serving.observability import ServerMetrics
-from serving.rollout import NonFiniteOutput
+from serving.runners.base import NonFiniteOutput
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

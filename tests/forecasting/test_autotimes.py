@@ -30,7 +30,8 @@ from forecasting.models.autotimes import (
 )
 from forecasting.training import TrainConfig
 from serving.artifact import read_artifact
-from serving.rollout import KVCacheModel, load_runner
+from serving.runners import load_runner
+from serving.runners.kv_cache import KVCacheModel, KVCacheRollout
 
 LOOKBACK, SEGMENT = 672, 96  # the one-for-all protocol: 7 segment tokens
 _CACHE_ENV = os.environ.get(llm_backbone.ENV_CACHE_DIR)
@@ -331,28 +332,20 @@ def exported(trained, tmp_path_factory: pytest.TempPathFactory):
 def test_export_parity_and_manifest(exported) -> None:
     artifact, plain = exported
     m = artifact.manifest
-    assert m["model_kind"] == "autotimes" and m["rollout"]["kind"] == "kv_cache"
-    assert {k: m["rollout"][k] for k in ("context_length", "step", "max_horizon", "n_layers", "kv_heads")} == {
-        "context_length": LOOKBACK,
-        "step": SEGMENT,
-        "max_horizon": 720,
-        "n_layers": 2,
-        "kv_heads": 2,
-    }
-    assert sorted(m["files"]) == ["step.onnx", "timestamps.npy"]  # one graph: one copy of the weights
-    assert [i["name"] for i in m["graphs"]["step"]["inputs"]][:4] == [
-        "segments",
-        "time_embeds",
-        "past_key_0",
-        "past_value_0",
-    ]
-    stamps = m["rollout"]["timestamps"]
-    assert stamps["rows"] == 1200 + 6 * SEGMENT + 1 and stamps["start"] == "2016-07-01T00:00:00"
-    assert max(m["parity"].values()) <= 1e-4
-    details = m["parity_details"]
+    assert m.model_kind == "autotimes" and isinstance(m.rollout, KVCacheRollout)
+    r = m.rollout
+    assert (r.context_length, r.step, r.max_horizon, r.n_layers, r.kv_heads) == (LOOKBACK, SEGMENT, 720, 2, 2)
+    assert sorted(m.files) == ["step.onnx", "timestamps.npy"]  # one graph: one copy of the weights
+    assert m.graphs["step"].input_names[:4] == ("segments", "time_embeds", "past_key_0", "past_value_0")
+    assert r.timestamps is not None
+    assert r.timestamps.rows == 1200 + 6 * SEGMENT + 1 and r.timestamps.start == "2016-07-01T00:00:00"
+    assert max(m.parity.values()) <= 1e-4
+    details = m.parity_details
+    assert details is not None
     assert details["horizon"] == 720 and max(details["torch_cache_vs_recompute"].values()) <= 1e-4
-    assert "time_embeds" not in [i["name"] for i in plain.manifest["graphs"]["step"]["inputs"]]
-    assert "timestamps" not in plain.manifest["rollout"] and max(plain.manifest["parity"].values()) <= 1e-4
+    assert "time_embeds" not in plain.manifest.graphs["step"].input_names
+    assert isinstance(plain.manifest.rollout, KVCacheRollout) and plain.manifest.rollout.timestamps is None
+    assert max(plain.manifest.parity.values()) <= 1e-4
 
 
 def _test_windows(run, index: np.ndarray, horizon: int):

@@ -14,7 +14,7 @@ import torch
 from forecasting.export import ServingGraph, export_run
 from forecasting.runs import load_run, save_run
 from serving.artifact import ArtifactError, read_artifact, resolve
-from serving.rollout import WindowShiftModel
+from serving.runners.window_shift import WindowShiftModel, WindowShiftRollout
 
 
 def torch_rollout(run, context: np.ndarray, horizon: int) -> np.ndarray:
@@ -46,18 +46,15 @@ def test_onnxruntime_matches_torch(arnet_run, model_store: Path, batch: int) -> 
 def test_manifest_carries_the_contract(model_store: Path) -> None:
     artifact = read_artifact(resolve(model_store, "etth1-arnet"))
     m = artifact.manifest
-    assert m["model_kind"] == "arnet" and m["rollout"] == {
-        "kind": "window_shift",
-        "context_length": 48,
-        "step": 12,
-        "max_horizon": 120,
-    }
-    assert m["graphs"]["forecast"]["inputs"][0]["shape"] == ["batch", 48, 1]
-    assert m["channels"] == ["OT"] and m["freq"] == "1h"
-    assert set(m["normalization"]) >= {"mean", "std", "applied"}
-    assert len(m["data"]["fingerprint"]) == 64 and "test" in m["metrics"]
-    assert max(m["parity"].values()) <= 1e-5
-    assert set(m["files"]) == {"forecast.onnx"}
+    assert m.model_kind == "arnet" and m.rollout == WindowShiftRollout(
+        kind="window_shift", context_length=48, step=12, max_horizon=120
+    )
+    assert m.graphs["forecast"].inputs[0].shape == ("batch", 48, 1)
+    assert m.channels == ("OT",) and m.freq == "1h"
+    assert m.normalization is not None and m.normalization.applied == "in_graph" and len(m.normalization.std) == 1
+    assert m.data.fingerprint is not None and len(m.data.fingerprint) == 64 and "test" in m.metrics
+    assert max(m.parity.values()) <= 1e-5
+    assert set(m.files) == {"forecast.onnx"}
     umask = os.umask(0)
     os.umask(umask)
     for path in (artifact.path, artifact.path / "forecast.onnx", artifact.path / "manifest.json"):

@@ -26,7 +26,7 @@ from forecasting.models.informer import (
 )
 from forecasting.training import TrainConfig, validation_loss
 from serving.artifact import read_artifact
-from serving.rollout import WindowShiftModel, window_shift
+from serving.runners.window_shift import TimeFeatureSpec, WindowShiftModel, WindowShiftRollout, window_shift
 
 LOOKBACK, LABEL, HORIZON = 48, 24, 12  # long enough that ProbSparse really is sparse (u = 20 of 48, 24 and 36)
 TINY = {"d_model": 16, "n_heads": 2, "d_ff": 32}
@@ -247,23 +247,23 @@ def informer_artifact(informer_run, tmp_path_factory: pytest.TempPathFactory):
 
 def test_export_parity_and_manifest(informer_artifact) -> None:
     m = informer_artifact.manifest
-    assert m["model_kind"] == "informer" and m["freq"] == "1h"
-    assert m["rollout"] == {
-        "kind": "window_shift",
-        "context_length": LOOKBACK,
-        "step": HORIZON,
-        "max_horizon": 50,
-        "label_len": LABEL,
-        "chunked": True,
-    }
-    assert [(i["name"], i["shape"]) for i in m["graphs"]["forecast"]["inputs"]] == [
-        ("context", ["batch", LOOKBACK, 7]),
-        ("context_marks", ["batch", LOOKBACK, 4]),
-        ("target_marks", ["batch", LABEL + HORIZON, 4]),
+    assert m.model_kind == "informer" and m.freq == "1h"
+    assert m.rollout == WindowShiftRollout(
+        kind="window_shift",
+        context_length=LOOKBACK,
+        step=HORIZON,
+        max_horizon=50,
+        label_len=LABEL,
+        chunked=True,
+        time_features=TimeFeatureSpec("timeF", ("hour", "weekday", "day", "yearday")),
+    )
+    assert [(i.name, i.shape) for i in m.graphs["forecast"].inputs] == [
+        ("context", ("batch", LOOKBACK, 7)),
+        ("context_marks", ("batch", LOOKBACK, 4)),
+        ("target_marks", ("batch", LABEL + HORIZON, 4)),
     ]
-    assert m["time_features"]["names"] == ["hour", "weekday", "day", "yearday"]
-    assert m["parity"]["max_abs_diff_batch_1"] <= 1e-4 and m["parity"]["max_abs_diff_batch_32"] <= 1e-4
-    assert max(m["parity"].values()) <= 1e-4
+    assert m.parity["max_abs_diff_batch_1"] <= 1e-4 and m.parity["max_abs_diff_batch_32"] <= 1e-4
+    assert max(m.parity.values()) <= 1e-4
 
 
 def _test_windows(run, batch: int) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:

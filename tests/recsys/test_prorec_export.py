@@ -27,7 +27,7 @@ from recsys.quantizer import QuantizerConfig
 from recsys.semantic_ids import ItemEmbeddings, build_semantic_ids
 from recsys.split import LeaveOneOutSplit, leave_one_out
 from serving.artifact import Artifact, read_artifact
-from serving.beam_search import ConstrainedBeamModel
+from serving.runners.constrained_beam import ConstrainedBeamModel, ConstrainedBeamRollout
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLICE = {"top_items": 500, "max_users": 4000}
@@ -65,13 +65,14 @@ def artifact(split_and_run: tuple[LeaveOneOutSplit, PRORecRun], tmp_path_factory
 def test_manifest_describes_graphs_tables_and_parity(artifact: Artifact) -> None:
     again = read_artifact(artifact.path)  # checksums and schema verified
     manifest = again.manifest
-    assert manifest["model_kind"] == "prorec" and manifest["rollout"]["kind"] == "constrained_beam"
-    assert manifest["n_items"] == 500 and manifest["rollout"]["levels"] == 4
-    decoder_inputs = [i["name"] for i in manifest["graphs"]["decoder"]["inputs"]]
-    assert decoder_inputs[:2] == ["tokens", "memory_mask"] and "past_key_1" in decoder_inputs
-    assert {"codes", "item_ids", "trie", "titles"} <= set(manifest["side_tables"])
-    assert manifest["parity"]["all_items"]["identical_top_k"] + manifest["parity"]["all_items"]["tie_flips"] == 48
-    assert manifest["data"]["slice"] == SLICE and len(manifest["data"]["fingerprint"]) == 64
+    assert manifest.model_kind == "prorec" and isinstance(manifest.rollout, ConstrainedBeamRollout)
+    assert manifest.rollout.n_items == 500 and len(manifest.rollout.level_sizes) == 4
+    decoder_inputs = manifest.graphs["decoder"].input_names
+    assert decoder_inputs[:2] == ("tokens", "memory_mask") and "past_key_1" in decoder_inputs
+    assert manifest.rollout.side_tables.titles is not None
+    assert manifest.parity["all_items"]["identical_top_k"] + manifest.parity["all_items"]["tie_flips"] == 48
+    assert manifest.data.slice == SLICE and manifest.data.fingerprint is not None
+    assert len(manifest.data.fingerprint) == 64
 
 
 @pytest.mark.parametrize("exclude_seen", [False, True])

@@ -11,7 +11,7 @@ import torch
 from recsys.generator import Generator, GeneratorConfig, beam_search, history_tokens, token_table
 from recsys.quantizer import append_dedup_code
 from recsys.trie import PrefixTrie
-from serving.beam_search import TrieTable
+from serving.runners.constrained_beam import TrieTable
 
 
 def random_codes(n: int, sizes: tuple[int, ...], seed: int = 0) -> np.ndarray:

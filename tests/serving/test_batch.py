@@ -14,7 +14,7 @@ import pytest
 
 from serving.artifact import read_artifact, resolve
 from serving.batch import errors_path, run_batch
-from serving.rollout import WindowShiftModel
+from serving.runners.window_shift import WindowShiftModel
 
 MODEL = "etth1-arnet"
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from serving.batch import errors_path, run_batch
-from serving.beam_search import ConstrainedBeamModel
+from serving.runners.constrained_beam import ConstrainedBeamModel
 from tests.recsys.test_prorec_export import artifact, split_and_run  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from serving.batching import BatchingConfig
-from serving.beam_search import ConstrainedBeamModel, RecommendJob, recommend_batches
 from serving.client import ArcastClient
+from serving.runners.constrained_beam import ConstrainedBeamModel, RecommendJob
 from serving.server import ForecastServer
 from tests.recsys.test_prorec_export import artifact, split_and_run  # noqa: F401 - shared fixtures
 from tests.serving.conftest import start_server
@@ -141,7 +141,7 @@ def test_long_searches_run_in_chunks_with_the_same_answers(sample) -> None:
     search = model.search_queries
     model.search_queries = lambda qs, k, w: calls.append(len(qs)) or search(qs, k, w)  # type: ignore[method-assign]
     try:
-        kind = recommend_batches(model, beams_per_run=30)  # 3 users of 10 beams per onnxruntime search
+        kind = model.batches(beams_per_run=30)  # 3 users of 10 beams per onnxruntime search
         (chunked,) = kind.run_batch([RecommendJob(queries, 5, 10)])
     finally:
         del model.search_queries

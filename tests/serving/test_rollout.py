@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from serving.artifact import read_artifact, resolve
-from serving.rollout import WindowShiftModel, usable_providers
+from serving.runners.window_shift import WindowShiftModel
+from serving.sessions import usable_providers
 
 
 @pytest.mark.parametrize("horizon", [1, 12, 13, 120])

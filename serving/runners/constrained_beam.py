@@ -27,21 +27,56 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
 from serving.batching import BatchKind, Piece, run_in_chunks
-from serving.rollout import NonFiniteOutput, create_session
+from serving.manifest import RolloutSpec
+from serving.runners.base import NonFiniteOutput, RunnerInfo, Task
+from serving.sessions import create_session
 
-ROLLOUT_KIND = "constrained_beam"
 TRIE_FORMAT = 1
 MAX_BEAM_WIDTH = 512  # a request's beam width bound: cost grows linearly with it
 # Users x beam width per onnxruntime search: a search's memory grows with its beams (about 50 KB each for the
 # demo's model: logits, caches and candidate scores), so long requests run in chunks of this many.
 BEAMS_PER_RUN = 4096
+
+
+@dataclass(frozen=True)
+class TableFile:
+    file: str
+
+
+@dataclass(frozen=True)
+class SideTables:
+    """The search's tables beside the graphs: codes per dense id, raw ids, the prefix trie, titles when known."""
+
+    codes: TableFile
+    item_ids: TableFile
+    trie: TableFile
+    titles: TableFile | None = None
+
+
+@dataclass(frozen=True)
+class ConstrainedBeamRollout(RolloutSpec):
+    """The semantic-ID code levels, the decoder's cache layout and the search's defaults (``n_items`` and
+    ``side_tables`` sit at the manifest's top level in format version 1)."""
+
+    top_level: ClassVar[tuple[str, ...]] = ("n_items", "side_tables")
+    level_sizes: tuple[int, ...]
+    token_offsets: tuple[int, ...]
+    bos_token: int
+    max_history: int
+    decoder_layers: int
+    heads: int
+    head_dim: int
+    beam_width: int
+    top_k: int
+    n_items: int
+    side_tables: SideTables
 
 
 @dataclass(frozen=True)
@@ -131,6 +166,9 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 class ConstrainedBeamModel:
     """A loaded ``constrained_beam`` artifact: ``recommend`` turns raw-id histories into raw-id recommendations."""
 
+    rollout_kind: ClassVar[str] = "constrained_beam"
+    rollout_spec: ClassVar[type[ConstrainedBeamRollout]] = ConstrainedBeamRollout
+    task: ClassVar[Task] = "recommend"
     artifact: Artifact
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
@@ -143,24 +181,23 @@ class ConstrainedBeamModel:
     def load(
         cls, artifact: Artifact, providers: Sequence[str] | None = None, intra_op_threads: int | None = None
     ) -> ConstrainedBeamModel:
-        manifest = artifact.manifest
-        rollout = manifest["rollout"]
-        if rollout["kind"] != ROLLOUT_KIND:
-            raise ValueError(f"{artifact.path}: rollout kind {rollout['kind']!r} is not {ROLLOUT_KIND}")
-        tables = manifest["side_tables"]
-        codes = np.load(artifact.path / tables["codes"]["file"], allow_pickle=False)
-        item_ids = np.load(artifact.path / tables["item_ids"]["file"], allow_pickle=False)
-        trie = TrieTable.load(artifact.path / tables["trie"]["file"])
-        n_items, levels = int(manifest["n_items"]), len(rollout["level_sizes"])
+        rollout = artifact.manifest.rollout
+        if not isinstance(rollout, ConstrainedBeamRollout):
+            raise ValueError(f"{artifact.path}: rollout kind {rollout.kind!r} is not {cls.rollout_kind}")
+        tables = rollout.side_tables
+        codes = np.load(artifact.path / tables.codes.file, allow_pickle=False)
+        item_ids = np.load(artifact.path / tables.item_ids.file, allow_pickle=False)
+        trie = TrieTable.load(artifact.path / tables.trie.file)
+        n_items, levels = rollout.n_items, len(rollout.level_sizes)
         if codes.shape != (n_items + 1, levels) or item_ids.shape != (n_items + 1,) or trie.n_items != n_items:
             raise ValueError(f"{artifact.path}: side tables do not match n_items={n_items} and {levels} levels")
         if not np.all(np.diff(item_ids[1:]) > 0):
             raise ValueError(f"{artifact.path}: item_ids must be strictly increasing after the padding row")
         tokens = np.zeros_like(codes)
-        tokens[1:] = codes[1:] + np.asarray(rollout["token_offsets"], dtype=np.int64)
+        tokens[1:] = codes[1:] + np.asarray(rollout.token_offsets, dtype=np.int64)
         titles = None
-        if "titles" in tables:
-            titles = json.loads((artifact.path / tables["titles"]["file"]).read_text())
+        if tables.titles is not None:
+            titles = json.loads((artifact.path / tables.titles.file).read_text())
         return cls(
             artifact,
             create_session(artifact.graph_path("encoder"), providers, intra_op_threads),
@@ -174,24 +211,33 @@ class ConstrainedBeamModel:
     # --- facts from the manifest -------------------------------------------------------------------------------
 
     @property
-    def rollout(self) -> dict:
-        return self.artifact.manifest["rollout"]
+    def spec(self) -> ConstrainedBeamRollout:
+        rollout = self.artifact.manifest.rollout
+        assert isinstance(rollout, ConstrainedBeamRollout)
+        return rollout
 
     @property
     def n_items(self) -> int:
-        return int(self.artifact.manifest["n_items"])
+        return self.spec.n_items
 
     @property
     def max_history(self) -> int:
-        return int(self.rollout["max_history"])
+        return self.spec.max_history
 
     @property
     def default_beam_width(self) -> int:
-        return int(self.rollout["beam_width"])
+        return self.spec.beam_width
 
     @property
     def default_k(self) -> int:
-        return int(self.rollout["top_k"])
+        return self.spec.top_k
+
+    def describe(self) -> RunnerInfo:
+        return RunnerInfo(rollout_kind=self.rollout_kind, providers=tuple(self.session.get_providers()))
+
+    def check_reach(self, reach: int) -> None:
+        if not 0 < reach <= MAX_BEAM_WIDTH:
+            raise ValueError(f"k: {reach} is outside 1..{MAX_BEAM_WIDTH}")
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -207,6 +253,42 @@ class ConstrainedBeamModel:
         """One search from a one-item history; NonFiniteOutput when the decoder answers NaN, so a broken graph is
         never served (search_dense checks every level's logits)."""
         self.search_dense(np.ones((1, 1), dtype=np.int64), 1, min(self.default_beam_width, MAX_BEAM_WIDTH))
+
+    def batches(
+        self, slots: AbstractContextManager[object] | None = None, beams_per_run: int = BEAMS_PER_RUN
+    ) -> BatchKind[RecommendJob, SearchResult]:
+        """How the dynamic batcher merges recommendation requests: one search per beam width, at the largest k.
+
+        A user's top-k does not depend on who else is in the batch (left padding is masked, positions count from the
+        right) and the first k of a top-K search at the same beam width are the top-k, so merging is exact. Searches
+        run ``beams_per_run`` beams (users x width) at a time, each inside one of the server's ``slots``, with
+        deadlines checked between them.
+        """
+        slots = slots or nullcontext()
+
+        def run_chunk(pieces: list[Piece[RecommendJob]]) -> list[SearchResult]:
+            queries = [q for p in pieces for q in p.job.queries[p.rows]]
+            with slots:
+                merged = self.search_queries(queries, max(p.job.k for p in pieces), pieces[0].job.beam_width)
+            out, start = [], 0
+            for p in pieces:
+                rows, top = slice(start, start + p.rows.stop - p.rows.start), slice(0, p.job.k)
+                out.append(SearchResult(merged.items[rows, top], merged.scores[rows, top], merged.codes[rows, top]))
+                start = rows.stop
+            return out
+
+        def join(parts: list[SearchResult]) -> SearchResult:
+            if len(parts) == 1:
+                return parts[0]
+            return SearchResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("items", "scores", "codes")))
+
+        def run(jobs: list[RecommendJob]) -> list[SearchResult | BaseException]:
+            users_per_run = max(1, beams_per_run // jobs[0].beam_width)
+            return run_in_chunks(
+                jobs, lambda job: len(job.queries), users_per_run, lambda job: job.deadline, run_chunk, join
+            )
+
+        return BatchKind(run, rows=lambda job: len(job.queries), key=lambda job: job.beam_width)
 
     # --- requests ----------------------------------------------------------------------------------------------
 
@@ -305,7 +387,7 @@ class ConstrainedBeamModel:
 
         ``steps`` makes the decoder's per-level runs (default :class:`CachedSteps`, the served way).
         """
-        rollout = self.rollout
+        rollout = self.spec
         histories = np.asarray(histories, dtype=np.int64)
         used = np.flatnonzero((histories != 0).any(axis=0))
         tokens = self.tokens[histories[:, int(used[0]) :]].reshape(len(histories), -1)
@@ -313,13 +395,13 @@ class ConstrainedBeamModel:
         encoded = dict(zip(names, self.encoder.run(None, {"history": tokens}), strict=True))
         decoder = (steps or CachedSteps)(self, encoded)
         batch = len(histories)
-        step_tokens = np.full((batch, 1), int(rollout["bos_token"]), dtype=np.int64)
+        step_tokens = np.full((batch, 1), rollout.bos_token, dtype=np.int64)
         nodes = np.zeros((batch, 1), dtype=np.int64)
         scores = np.zeros((batch, 1), dtype=np.float32)
         codes = np.zeros((batch, 1, 0), dtype=np.int64)
         rows = np.arange(batch)[:, None]
-        for level, size in enumerate(rollout["level_sizes"]):
-            start = int(rollout["token_offsets"][level])
+        for level, size in enumerate(rollout.level_sizes):
+            start = rollout.token_offsets[level]
             logits = decoder.logits(step_tokens)[..., start : start + size]
             if np.isnan(logits).any() or np.isposinf(logits).any():
                 raise NonFiniteOutput(f"{self.artifact.path}: the decoder answered non-finite logits at level {level}")
@@ -360,11 +442,11 @@ class CachedSteps:
     """The served way: one decoder-step run per level, each beam's self-attention keys/values carried over."""
 
     def __init__(self, model: ConstrainedBeamModel, encoded: dict[str, np.ndarray]) -> None:
-        rollout = model.rollout
-        self._session, self._layers = model.decoder, int(rollout["decoder_layers"])
+        rollout = model.spec
+        self._session, self._layers = model.decoder, rollout.decoder_layers
         self._outputs = [o.name for o in self._session.get_outputs()]
         batch = len(encoded["memory_mask"])
-        empty = np.zeros((batch, 1, int(rollout["heads"]), 0, int(rollout["head_dim"])), dtype=np.float32)
+        empty = np.zeros((batch, 1, rollout.heads, 0, rollout.head_dim), dtype=np.float32)
         self._feeds = dict(encoded)
         for i in range(self._layers):
             self._feeds[f"past_key_{i}"] = self._feeds[f"past_value_{i}"] = empty
@@ -379,42 +461,3 @@ class CachedSteps:
         for i in range(self._layers):
             self._feeds[f"past_key_{i}"] = self._present[f"present_key_{i}"][rows, parent]
             self._feeds[f"past_value_{i}"] = self._present[f"present_value_{i}"][rows, parent]
-
-
-def recommend_batches(
-    model: ConstrainedBeamModel,
-    slots: AbstractContextManager[object] | None = None,
-    beams_per_run: int = BEAMS_PER_RUN,
-) -> BatchKind[RecommendJob, SearchResult]:
-    """How the dynamic batcher merges recommendation requests: one search per beam width, at the largest k.
-
-    A user's top-k does not depend on who else is in the batch (left padding is masked, positions count from the
-    right) and the first k of a top-K search at the same beam width are the top-k, so merging is exact. Searches
-    run ``beams_per_run`` beams (users x width) at a time, each inside one of the server's ``slots``, with
-    deadlines checked between them.
-    """
-    slots = slots or nullcontext()
-
-    def run_chunk(pieces: list[Piece[RecommendJob]]) -> list[SearchResult]:
-        queries = [q for p in pieces for q in p.job.queries[p.rows]]
-        with slots:
-            merged = model.search_queries(queries, max(p.job.k for p in pieces), pieces[0].job.beam_width)
-        out, start = [], 0
-        for p in pieces:
-            rows, top = slice(start, start + p.rows.stop - p.rows.start), slice(0, p.job.k)
-            out.append(SearchResult(merged.items[rows, top], merged.scores[rows, top], merged.codes[rows, top]))
-            start = rows.stop
-        return out
-
-    def join(parts: list[SearchResult]) -> SearchResult:
-        if len(parts) == 1:
-            return parts[0]
-        return SearchResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("items", "scores", "codes")))
-
-    def run(jobs: list[RecommendJob]) -> list[SearchResult | BaseException]:
-        users_per_run = max(1, beams_per_run // jobs[0].beam_width)
-        return run_in_chunks(
-            jobs, lambda job: len(job.queries), users_per_run, lambda job: job.deadline, run_chunk, join
-        )
-
-    return BatchKind(run, rows=lambda job: len(job.queries), key=lambda job: job.beam_width)
