@@ -167,7 +167,7 @@ class ConstrainedBeamModel:
     """A loaded ``constrained_beam`` artifact: ``recommend`` turns raw-id histories into raw-id recommendations."""
 
     rollout_kind: ClassVar[str] = "constrained_beam"
-    rollout_spec: ClassVar[type[ConstrainedBeamRollout]] = ConstrainedBeamRollout
+    rollout_spec: ClassVar[type[RolloutSpec]] = ConstrainedBeamRollout
     task: ClassVar[Task] = "recommend"
     artifact: Artifact
     encoder: ort.InferenceSession

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
+from serving.manifest import RolloutSpec
 from serving.runners.forecast import ForecastRollout, ForecastRunner
 from serving.sessions import create_session
 from serving.time_features import freq_step
@@ -130,7 +131,7 @@ class KVCacheModel(ForecastRunner):
     """
 
     rollout_kind: ClassVar[str] = "kv_cache"
-    rollout_spec: ClassVar[type[KVCacheRollout]] = KVCacheRollout
+    rollout_spec: ClassVar[type[RolloutSpec]] = KVCacheRollout
     artifact: Artifact
     session: ort.InferenceSession
     table: TimestampTable | None

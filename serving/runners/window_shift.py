@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
+from serving.manifest import RolloutSpec
 from serving.runners.forecast import ForecastRollout, ForecastRunner
 from serving.sessions import create_session
 from serving.time_features import freq_step, future_timestamps, time_features
@@ -193,7 +194,7 @@ class WindowShiftModel(ForecastRunner):
     """A loaded window-shift artifact: one graph, context (B, L, C) -> forecast (B, step, C), raw units."""
 
     rollout_kind: ClassVar[str] = "window_shift"
-    rollout_spec: ClassVar[type[WindowShiftRollout]] = WindowShiftRollout
+    rollout_spec: ClassVar[type[RolloutSpec]] = WindowShiftRollout
     artifact: Artifact
     session: ort.InferenceSession
     steps: Steps
