@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from serving_load import ROUNDS, Phase, closed_loop  # bench/serving_load.py
+from serving_load import ROUNDS, Phase, closed_loop, git_commit  # bench/serving_load.py
 
 from serving.artifact import atomic_write_text
 from serving.client import ArcastClient
@@ -58,13 +58,6 @@ def summary(phase: Phase) -> dict[str, float]:
         "p50_ms": round(float(np.percentile(lat, 50)), 3),
         "p99_ms": round(float(np.percentile(lat, 99)), 3),
     }
-
-
-def git_commit(checkout: Path) -> str:
-    """The commit a checkout is at (``+dirty`` with uncommitted changes): which code a row measured."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True, text=True).stdout
-    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
 def main() -> int:

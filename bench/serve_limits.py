@@ -27,6 +27,8 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path.cwd()))  # the checkout this runs from: its serving package, old or new
+from serving_load import git_commit  # bench/serving_load.py
+
 from serving.artifact import atomic_write_text
 from serving.proto.arcast.v1 import forecast_pb2, recommend_pb2, recommend_pb2_grpc
 from serving.server import spawn_server
@@ -81,13 +83,6 @@ def status_of(fn: Callable[[], object]) -> str:
         return "OK"
     except grpc.RpcError as err:
         return f"{err.code().name}: {err.details()[:160]}"
-
-
-def git_commit(checkout: Path) -> str:
-    """The commit a checkout is at (``+dirty`` with uncommitted changes): which code a row measured."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True, text=True).stdout
-    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
 def main() -> int:

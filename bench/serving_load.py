@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,13 @@ def load_row(cells: list[str], row: dict[str, Any]) -> str:
         f"| {' | '.join(cells)} | {on['rps']:.0f} | {off['rps']:.0f} | {row['throughput_ratio_on_vs_off']:.2f}x"
         f" | {on['p50_ms']:.2f} / {off['p50_ms']:.2f} | {on['p99_ms']:.2f} / {off['p99_ms']:.2f} |"
     )
+
+
+def git_commit(checkout: Path) -> str:
+    """The commit a checkout is at (``+dirty`` with uncommitted changes): which code a row measured."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True, text=True).stdout
+    return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
 def peak_rss_mib(pid: int) -> float:
