@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from arcast_core.data_dir import DatasetNotFound
+from arcast_core.files import atomic_write_text
 from forecasting.data import DataConfig
-from forecasting.datasets import KNOWN_DATASETS, DatasetNotFound
+from forecasting.datasets import KNOWN_DATASETS
 from forecasting.loading import MISSING_POLICIES, DataError
 from forecasting.models import MODELS
 from forecasting.training import TrainConfig
-from serving.artifact import ArtifactError, atomic_write_text, resolve
+from serving.artifact import ArtifactError, resolve
 
 EXIT_BAD_INPUT = 2
 DESCRIPTION = f"""\

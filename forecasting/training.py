@@ -16,7 +16,6 @@ import itertools
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from arcast_core.runtime import pick_device, seed_everything
 from forecasting.data import WindowDataset
 from forecasting.models.base import ForecastModel
 
@@ -69,19 +69,6 @@ class FitResult:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def seed_everything(seed: int) -> np.random.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 @dataclass(frozen=True)
@@ -319,7 +306,8 @@ def fit(
     ``on_epoch(epoch, val_loss)`` runs after every epoch; Optuna's pruning raises from it. Under torchrun (more
     than one process) it trains with DDP as the module docstring describes; every rank returns the same result.
     """
-    rng = seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     ctx = distributed_context()
     replica = _alone(model, train, cfg) if ctx is None else _distributed(model, train, cfg, ctx)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -40,11 +40,11 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from arcast_core.files import atomic_write_text
 from forecasting.data import DataConfig, PreparedData, prepare_data
 from forecasting.models import model_spec
 from forecasting.runs import train_run
 from forecasting.training import TrainConfig
-from serving.artifact import atomic_write_text
 
 log = logging.getLogger(__name__)
 BEST_PARAMS_FILE = "best_params.json"

@@ -163,7 +163,8 @@ def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recsys.data import find_data_dir, load_beauty_titles
+    from arcast_core.data_dir import find_data_dir
+    from recsys.data import load_beauty_titles
     from recsys.prorec_training import load_run, load_sequences, retrain_generator, save_run, train_pipeline
     from recsys.tuning import apply_settings, settings_from_file
 
@@ -260,7 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not report["data_matches_training"]:
         print("warning: the data differs from the data the model was trained on", file=sys.stderr)
     if args.json:
-        from serving.artifact import atomic_write_text
+        from arcast_core.files import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(report, indent=2))
     return 0

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from arcast_core.files import atomic_write, atomic_write_text
+from arcast_core.runtime import pick_device, seed_everything
+from arcast_core.trie import PrefixTrie
 from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec
 from recsys.generator import (
     DistillationTargets,
@@ -41,9 +44,7 @@ from recsys.models.sasrec import SASRecConfig
 from recsys.quantizer import CodeStats, QuantizerConfig, SemanticIds
 from recsys.semantic_ids import NEEDS, ItemEmbeddings, build_semantic_ids, check_variant, distillation_embeddings
 from recsys.split import EvalExamples, LeaveOneOutSplit, leave_one_out, left_pad
-from recsys.training import TrainConfig, resolve_device, seed_everything, train_sasrec
-from recsys.trie import PrefixTrie
-from serving.artifact import atomic_write, atomic_write_text
+from recsys.training import TrainConfig, train_sasrec
 
 SELECTION_METRIC = "ndcg@10"
 EVAL_KS = (5, 10, 20)
@@ -171,7 +172,8 @@ def load_sequences(spec: dict[str, Any], data_dir: str | None = None) -> dict[in
 
     Runs and artifacts record their spec, so evaluation and tuning rebuild exactly the data they were trained on.
     """
-    from recsys.data import find_data_dir, load_dataset
+    from arcast_core.data_dir import find_data_dir
+    from recsys.data import load_dataset
 
     sequences = load_dataset(spec["dataset"], find_data_dir(data_dir)).sequences
     if spec.get("slice"):
@@ -274,8 +276,9 @@ def train_generator(
 
     ``on_epoch(epoch, validation)`` runs after each evaluation (Optuna's pruning hook: it may raise).
     """
-    generator = seed_everything(config.seed)
-    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = pick_device(config.device)
     use_semantic = distill is not None and distill.semantic is not None and config.distill_weight > 0
     use_collab = distill is not None and distill.collaborative is not None and config.distill_weight > 0
     model_config = GeneratorConfig(
@@ -572,7 +575,7 @@ def load_run(folder: Path | str, device: str | None = "cpu") -> PRORecRun:
     payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
     model = Generator(GeneratorConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
-    model = model.to(resolve_device(device)).eval()
+    model = model.to(pick_device(device)).eval()
     stats = info["code_stats"]
     ids = SemanticIds(
         codes=np.load(folder / CODES_FILE),

@@ -6,7 +6,6 @@ stopping after ``patience`` evaluations without improvement, and the best weight
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from arcast_core.runtime import pick_device, seed_everything
 from recsys.evaluation import evaluate_scorer
 from recsys.metrics import DEFAULT_KS
 from recsys.models.sasrec import SASRec, SASRecConfig
@@ -60,18 +60,6 @@ class TrainResult:
     best_validation: dict[str, float]
     history: list[EpochLog] = field(default_factory=list)
     stopped_by: str = "epochs"
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    return torch.device(name if name else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator for shuffling and negative sampling."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def training_windows(sequences: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +110,9 @@ def train_sasrec(
     """
     if model_config.num_items != split.num_items:
         raise ValueError(f"model has {model_config.num_items} items, split has {split.num_items}")
-    generator = seed_everything(config.seed)
-    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # shuffling and negative sampling
+    device = pick_device(config.device)
     model = (model if model is not None else SASRec(model_config)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     inputs, targets = training_windows(split.train_sequences, model_config.max_len)
@@ -186,4 +175,4 @@ def load_sasrec(path: Path, device: str | None = None) -> SASRec:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model = SASRec(SASRecConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
-    return model.to(resolve_device(device)).eval()
+    return model.to(pick_device(device)).eval()

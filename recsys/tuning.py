@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from arcast_core.files import atomic_write_text
 from forecasting.tuning import BEST_PARAMS_FILE, create_study, default_storage, public_url
 from recsys.prorec_training import (
     SELECTION_METRIC,
@@ -30,7 +31,6 @@ from recsys.prorec_training import (
     train_generator,
 )
 from recsys.split import leave_one_out
-from serving.artifact import atomic_write_text
 
 
 def search_space(trial: optuna.Trial, variant: str) -> dict[str, dict[str, Any]]:

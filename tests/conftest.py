@@ -13,7 +13,7 @@ os.environ.setdefault("ARCAST_NO_DOWNLOAD", "1")
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    from forecasting.datasets import find_data_dir
+    from arcast_core.data_dir import find_data_dir
 
     path = find_data_dir()
     if not (path / "ETT" / "ETTh1.csv").is_file():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from arcast_core.trie import PrefixTrie
 from recsys.generator import Generator, GeneratorConfig, beam_search, history_tokens, token_table
 from recsys.quantizer import append_dedup_code
-from recsys.trie import PrefixTrie
 from serving.beam_search import TrieTable
 
 
