@@ -11,12 +11,12 @@ from typing import Any
 
 from arcast_core.data_dir import DatasetNotFound
 from arcast_core.files import atomic_write_text
+from arcast_core.training import TrainConfig
 from arcast_core.tuning_args import add_worker_args
 from forecasting.data import DataConfig
 from forecasting.datasets import KNOWN_DATASETS
 from forecasting.loading import MISSING_POLICIES, DataError
 from forecasting.models import MODELS
-from forecasting.training import TrainConfig
 from serving.artifact import ArtifactError, resolve
 
 EXIT_BAD_INPUT = 2
@@ -114,8 +114,8 @@ def _model_params(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from arcast_core.distributed import finish_distributed, is_main_process
     from forecasting.runs import save_run, train_run
-    from forecasting.training import finish_distributed, is_main_process
 
     data, train, params = _data_config(args), _train_config(args), _model_params(args.param)
     if args.params:
@@ -136,8 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from arcast_core.distributed import distributed_context
     from arcast_core.tuning import BEST_PARAMS_FILE, Heartbeat
-    from forecasting.training import distributed_context
     from forecasting.tuning import tune
 
     if distributed_context() is not None:

@@ -16,12 +16,13 @@ import torch
 
 from arcast_core.files import atomic_write, atomic_write_text, sha256_file
 from arcast_core.runtime import library_versions, seed_everything
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, PreparedData, WindowDataset, prepare_data
 from forecasting.metrics import forecast_metrics
 from forecasting.models import build_model
 from forecasting.models.base import ForecastModel
 from forecasting.splits import StandardScaler
-from forecasting.training import EpochCallback, FitResult, TrainConfig, fit, predict_dataset
+from forecasting.training import EpochCallback, FitResult, fit, predict_dataset
 
 RUN_FILE, WEIGHTS_FILE = "run.json", "model.pt"
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import optuna
 
+from arcast_core.training import TrainConfig
 from arcast_core.tuning import Heartbeat, default_storage, optimize, report_or_prune, write_best_params
 from forecasting.data import DataConfig, PreparedData, prepare_data
 from forecasting.models import model_spec
 from forecasting.runs import train_run
-from forecasting.training import TrainConfig
 
 
 def trial_settings(

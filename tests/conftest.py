@@ -34,9 +34,9 @@ def etth1_slice(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="session")
 def arnet_run(etth1_slice: Path):
     """A small AR-Net trained on the ETTh1 slice (univariate OT): lookback 48, 12 values per step."""
+    from arcast_core.training import TrainConfig
     from forecasting.data import DataConfig
     from forecasting.runs import train_run
-    from forecasting.training import TrainConfig
 
     return train_run(
         "arnet",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import optuna
 
+from arcast_core.training import TrainConfig
 from arcast_core.tuning import BEST_PARAMS_FILE
 from forecasting.data import DataConfig
-from forecasting.training import TrainConfig
 from forecasting.tuning import tune
 
 
