@@ -361,9 +361,8 @@ def fit(
             train_loss, terms = _train_epoch(loop, task, optimizer, scheduler, cfg, epoch, bar)
         task.end_epoch(epoch, train_loss)
         out_of_time = cfg.max_seconds is not None and time.monotonic() - started >= cfg.max_seconds
-        validation = None
-        if selection is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or out_of_time):
-            validation = task.validate(loop.replica)
+        due = (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or out_of_time
+        validation = task.validate(loop.replica) if selection is not None and due else None
         if validation is not None and selection is not None:
             if on_validation is not None:
                 on_validation(epoch, validation)
