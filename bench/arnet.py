@@ -44,15 +44,16 @@ import statsmodels
 import torch
 from statsmodels.tsa.ar_model import AutoReg
 
+from arcast_core.files import atomic_write_text
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, WindowDataset, prepare_data
 from forecasting.evaluate import evaluate_artifact
 from forecasting.export import export_run
 from forecasting.metrics import error_metrics
 from forecasting.models.arnet import ARNet, ARNetConfig
 from forecasting.runs import train_run
-from forecasting.training import TrainConfig, fit
+from forecasting.training import fit
 from forecasting.tuning import tune
-from serving.artifact import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "arnet.json"

@@ -42,14 +42,16 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from arcast_core.files import atomic_write_text  # noqa: E402
+from arcast_core.runtime import seed_everything  # noqa: E402
+from arcast_core.training import TrainConfig  # noqa: E402
 from forecasting.data import DataConfig, PreparedData, WindowDataset, prepare_data  # noqa: E402
 from forecasting.llm_backbone import DEFAULT_BACKBONE, shared_backbone  # noqa: E402
 from forecasting.metrics import error_metrics  # noqa: E402
 from forecasting.models import build_model  # noqa: E402
 from forecasting.models.autotimes import AutoTimes  # noqa: E402
 from forecasting.runs import Run  # noqa: E402
-from forecasting.training import TrainConfig, fit, seed_everything  # noqa: E402
-from serving.artifact import atomic_write_text  # noqa: E402
+from forecasting.training import fit  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "autotimes.json"
 LOOKBACK, SEGMENT = 672, 96

@@ -30,12 +30,12 @@ import numpy as np
 import onnxruntime
 import polars as pl
 
+from arcast_core.data_dir import find_data_dir
+from arcast_core.files import atomic_write_text
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig
-from forecasting.datasets import find_data_dir
 from forecasting.export import export_run
 from forecasting.runs import train_run
-from forecasting.training import TrainConfig
-from serving.artifact import atomic_write_text
 from serving.batch import run_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -42,15 +42,16 @@ import optuna
 import torch
 
 import forecasting.tuning
+from arcast_core.files import atomic_write_text
+from arcast_core.runtime import seed_everything
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, PreparedData, WindowDataset, prepare_data
 from forecasting.metrics import error_metrics
 from forecasting.models import build_model
 from forecasting.models.base import ForecastModel
 from forecasting.models.informer import prob_sizes
 from forecasting.runs import Run, train_run
-from forecasting.training import TrainConfig, seed_everything
 from forecasting.tuning import tune
-from serving.artifact import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "informer.json"

@@ -39,8 +39,11 @@ import numpy as np  # noqa: E402
 import threadpoolctl  # noqa: E402
 import torch  # noqa: E402
 
+from arcast_core.data_dir import find_data_dir  # noqa: E402
+from arcast_core.files import atomic_write_text  # noqa: E402
+from arcast_core.training import TrainConfig  # noqa: E402
 from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec  # noqa: E402
-from recsys.data import find_data_dir, load_beauty_titles, load_dataset  # noqa: E402
+from recsys.data import load_beauty_titles, load_dataset  # noqa: E402
 from recsys.models.sasrec import SASRecConfig  # noqa: E402
 from recsys.popularity import evaluate_popularity  # noqa: E402
 from recsys.prorec_training import (  # noqa: E402
@@ -54,8 +57,7 @@ from recsys.quantizer import QuantizerConfig, RQVAEConfig  # noqa: E402
 from recsys.semantic_ids import ItemEmbeddings  # noqa: E402
 from recsys.split import leave_one_out  # noqa: E402
 from recsys.text_embeddings import embed_item_titles  # noqa: E402
-from recsys.training import TrainConfig, evaluate_sasrec, train_sasrec  # noqa: E402
-from serving.artifact import atomic_write_text  # noqa: E402
+from recsys.training import evaluate_sasrec, train_sasrec  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("popularity", "sasrec-ce", "sasrec-bce", "stage1", "tiger", "collab", "concat", "prorec")
@@ -128,7 +130,10 @@ def sasrec_config(args: argparse.Namespace, n_items: int) -> tuple[SASRecConfig,
     model = SASRecConfig(num_items=n_items, hidden=args.sasrec_hidden, loss="ce")
     train = TrainConfig(
         epochs=args.sasrec_epochs,
+        batch_size=256,
+        lr_schedule="constant",
         patience=args.sasrec_patience,
+        eval_batch_size=1024,
         seed=args.seed,
         max_seconds=args.sasrec_minutes * 60,
         progress=False,

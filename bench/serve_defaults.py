@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 from serving_load import ROUNDS, Phase, closed_loop, git_commit  # bench/serving_load.py
 
-from serving.artifact import atomic_write_text
+from arcast_core.files import atomic_write_text
 from serving.client import ArcastClient
 from serving.proto.arcast.v1 import forecast_pb2_grpc
 

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from serving_load import Phase, closed_loop, load_row, on_off, peak_rss_mib, start_server  # bench/serving_load.py
 
+from arcast_core.files import atomic_write_text
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, prepare_data
 from forecasting.export import ServingGraph, export_run
 from forecasting.runs import train_run
-from forecasting.training import TrainConfig
-from serving.artifact import atomic_write_text, read_artifact, resolve
+from serving.artifact import read_artifact, resolve
 from serving.client import ArcastClient
 from serving.proto.arcast.v1 import forecast_pb2_grpc
 from serving.runners.window_shift import WindowShiftModel

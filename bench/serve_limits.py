@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path.cwd()))  # the checkout this runs from: its serving package, old or new
 from serving_load import git_commit  # bench/serving_load.py
 
-from serving.artifact import atomic_write_text
+from arcast_core.files import atomic_write_text
 from serving.proto.arcast.v1 import forecast_pb2, recommend_pb2, recommend_pb2_grpc
 from serving.server import spawn_server
 

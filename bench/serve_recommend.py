@@ -47,12 +47,13 @@ from serving_load import Phase, closed_loop, load_row, on_off, peak_rss_mib, sta
 from torch import nn
 from tqdm import tqdm
 
+from arcast_core.files import atomic_write_text
 from recsys.export import evaluate_artifact, export_run
 from recsys.generator import Generator
 from recsys.metrics import metrics_from_ranks, target_ranks_from_ranked_lists
 from recsys.prorec_training import EVAL_KS, load_run, load_sequences
 from recsys.split import leave_one_out
-from serving.artifact import atomic_write_text, read_artifact
+from serving.artifact import read_artifact
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 from serving.runners.constrained_beam import ConstrainedBeamModel
 from serving.sessions import create_session

@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from arcast_core.data_dir import DatasetNotFound
+from arcast_core.files import atomic_write_text
+from arcast_core.training import TrainConfig
+from arcast_core.tuning_args import add_worker_args
 from forecasting.data import DataConfig
-from forecasting.datasets import KNOWN_DATASETS, DatasetNotFound
+from forecasting.datasets import KNOWN_DATASETS
 from forecasting.loading import MISSING_POLICIES, DataError
 from forecasting.models import MODELS
-from forecasting.training import TrainConfig
-from serving.artifact import ArtifactError, atomic_write_text, resolve
+from serving.artifact import ArtifactError, resolve
 
 EXIT_BAD_INPUT = 2
 DESCRIPTION = f"""\
@@ -111,8 +114,8 @@ def _model_params(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from arcast_core.distributed import finish_distributed, is_main_process
     from forecasting.runs import save_run, train_run
-    from forecasting.training import finish_distributed, is_main_process
 
     data, train, params = _data_config(args), _train_config(args), _model_params(args.param)
     if args.params:
@@ -133,8 +136,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from forecasting.training import distributed_context
-    from forecasting.tuning import BEST_PARAMS_FILE, Heartbeat, tune
+    from arcast_core.distributed import distributed_context
+    from arcast_core.tuning import BEST_PARAMS_FILE, Heartbeat
+    from forecasting.tuning import tune
 
     if distributed_context() is not None:
         raise ValueError("tune starts its own worker processes (--workers N): run it without torchrun")
@@ -230,11 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db; PostgreSQL to share)")
     tune.add_argument("--study", help="study name (default derived from model, dataset and horizon)")
-    tune.add_argument("--workers", type=int, default=1, help="worker processes sharing --trials (default 1)")
-    tune.add_argument("--heartbeat", type=int, default=30, help="seconds between a running trial's heartbeats")
-    tune.add_argument(
-        "--grace", type=int, default=120, help="seconds without a heartbeat before a trial is failed and retried"
-    )
+    add_worker_args(tune)
     tune.add_argument("--out", required=True, help="folder for the study database and best_params.json")
     tune.set_defaults(func=cmd_tune)
 

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from arcast_core.files import sha256_file
 from forecasting.datasets import resolve_dataset
 from forecasting.loading import DataError, MissingPolicy, TimeSeriesTable, read_table
 from forecasting.splits import SplitBorders, StandardScaler, split_borders
 from forecasting.time_features import infer_freq, time_features
-from serving.artifact import sha256_file
 
 Features = Literal["S", "M"]
 _FREQ_ALIASES = {"h": "1h", "t": "15m", "15min": "15m", "d": "1d", "w": "1w"}

@@ -1,22 +1,18 @@
 """Known benchmark datasets and where to find them.
 
-The data directory comes from an explicit ``--data-dir``, else ``ARCAST_DATA_DIR``, else the first of
-the default folders that exists. A known dataset missing from the directory is downloaded from its public
-address and checked against its sha256 before it is used.
+The data directory is found by ``arcast_core.data_dir``. A known dataset missing from it is downloaded from its
+public address and checked against its sha256 before it is used.
 """
 
 from __future__ import annotations
 
-import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.artifact import atomic_write, sha256_file
+from arcast_core.data_dir import DatasetNotFound, data_dir_candidates, find_data_dir
+from arcast_core.files import atomic_write, sha256_file
 
-ENV_DATA_DIR = "ARCAST_DATA_DIR"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIRS = (Path("../shared/data"), _REPO_ROOT.parent / "shared" / "data", Path.home() / ".cache/arcast/data")
 _ETT_URL = (
     "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/1d16c8f4f943005d613b5bc962e9eeb06058cf07/ETT-small/{}.csv"
 )
@@ -87,40 +83,6 @@ KNOWN_DATASETS: dict[str, DatasetSpec] = {
         ),
     )
 }
-
-
-class DatasetNotFound(FileNotFoundError):
-    pass
-
-
-def data_dir_candidates(explicit: str | Path | None = None) -> list[Path]:
-    if explicit is not None:
-        return [Path(explicit)]
-    if os.environ.get(ENV_DATA_DIR):
-        return [Path(os.environ[ENV_DATA_DIR])]
-    return list(DEFAULT_DATA_DIRS)
-
-
-def find_data_dir(explicit: str | Path | None = None) -> Path:
-    """The data directory by the rules above; the first default that exists wins.
-
-    An explicit path or environment value that does not exist is an error, not a silent fallback, so a typo
-    never evaluates on other data.
-    """
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_dir():
-            raise DatasetNotFound(f"data directory {path} (given explicitly) does not exist")
-        return path.resolve()
-    if os.environ.get(ENV_DATA_DIR):
-        path = Path(os.environ[ENV_DATA_DIR]).expanduser()
-        if not path.is_dir():
-            raise DatasetNotFound(f"data directory {path} (from ${ENV_DATA_DIR}) does not exist")
-        return path.resolve()
-    for candidate in DEFAULT_DATA_DIRS:
-        if candidate.is_dir():
-            return candidate.resolve()
-    return DEFAULT_DATA_DIRS[-1]  # the user cache: downloads land there
 
 
 def resolve_dataset(

@@ -15,8 +15,9 @@ import onnx
 import torch
 from torch import nn
 
+from arcast_core.runtime import library_versions
 from forecasting.models.autotimes import KVStepGraph
-from forecasting.runs import Run, library_versions
+from forecasting.runs import Run
 from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
 from serving.runners.kv_cache import KVCacheModel

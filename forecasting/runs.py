@@ -7,7 +7,6 @@ channels, fit history, metrics) and ``model.pt`` (the weights). Export reads run
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from arcast_core.files import atomic_write, atomic_write_text, sha256_file
+from arcast_core.runtime import library_versions, seed_everything
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, PreparedData, WindowDataset, prepare_data
 from forecasting.metrics import forecast_metrics
 from forecasting.models import build_model
 from forecasting.models.base import ForecastModel
 from forecasting.splits import StandardScaler
-from forecasting.training import EpochCallback, FitResult, TrainConfig, fit, predict_dataset, seed_everything
-from serving.artifact import atomic_write, atomic_write_text, sha256_file
+from forecasting.training import EpochCallback, FitResult, fit, predict_dataset
 
 RUN_FILE, WEIGHTS_FILE = "run.json", "model.pt"
 
@@ -56,19 +57,6 @@ class Run:
             "metrics": self.metrics,
             "versions": library_versions(),
         }
-
-
-def library_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcast_core.runtime import seed_everything
+from arcast_core.training import TrainConfig
 from recsys.models.sasrec import PADDING_ID, SASRec, SASRecConfig
 from recsys.split import LeaveOneOutSplit
-from recsys.training import TrainConfig, TrainResult, seed_everything, train_sasrec
+from recsys.training import TrainResult, train_sasrec
 
 NEG_INF = float("-inf")
 

@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from recsys.data import find_data_dir, load_dataset
+from arcast_core.data_dir import find_data_dir
+from arcast_core.runtime import pick_device
+from arcast_core.training import TrainConfig
+from recsys.data import load_dataset
 from recsys.models.sasrec import Loss, SASRecConfig
 from recsys.popularity import evaluate_popularity
 from recsys.split import LeaveOneOutSplit, leave_one_out
-from recsys.training import TrainConfig, evaluate_sasrec, resolve_device, save_sasrec, train_sasrec
+from recsys.training import evaluate_sasrec, save_sasrec, train_sasrec
 
 MODELS = ("popularity", "sasrec-ce", "sasrec-bce")
 
@@ -64,10 +67,12 @@ def run_sasrec(split: LeaveOneOutSplit, loss: str, args: argparse.Namespace) -> 
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        lr_schedule="constant",
         patience=args.patience,
         seed=args.seed,
         device=args.device,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        eval_batch_size=1024,
         progress=args.progress,
     )
     started = time.monotonic()
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "users": len(split.test),
         "items": split.num_items,
         "protocol": "leave-one-out, full ranking, history " + ("masked" if args.exclude_history else "not masked"),
-        "device": str(resolve_device(args.device)),
+        "device": str(pick_device(args.device)),
         "args": vars(args),
         "results": {},
     }

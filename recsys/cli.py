@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from arcast_core.tuning_args import add_worker_args
 from recsys.semantic_ids import VARIANTS
 
 EXIT_BAD_INPUT = 2
@@ -163,7 +164,8 @@ def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recsys.data import find_data_dir, load_beauty_titles
+    from arcast_core.data_dir import find_data_dir
+    from recsys.data import load_beauty_titles
     from recsys.prorec_training import load_run, load_sequences, retrain_generator, save_run, train_pipeline
     from recsys.tuning import apply_settings, settings_from_file
 
@@ -190,24 +192,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from forecasting.tuning import BEST_PARAMS_FILE
-    from recsys.prorec_training import load_run, load_sequences
+    from arcast_core.tuning import BEST_PARAMS_FILE, Heartbeat
+    from recsys.prorec_training import load_run
     from recsys.tuning import tune_generator
 
     _set_threads(args.threads)
     run = load_run(args.run)
-    spec = run.info.get("data", {"dataset": run.info["dataset"], "slice": None})
     config = replace(_pipeline_config(args, run.variant), max_history=run.model.config.max_history)
     result = tune_generator(
-        run,
-        load_sequences(spec, args.data_dir),
+        args.run,
         config,
         args.trials,
         args.out,
+        data_dir=args.data_dir,
         storage=args.storage,
         study_name=args.study,
         timeout=args.timeout,
         seed=args.seed,
+        workers=args.workers,
+        heartbeat=Heartbeat(args.heartbeat, args.grace),
     )
     print(json.dumps({k: result[k] for k in ("study", "n_trials", "best_value", "params")}, indent=2))
     print(f"best parameters written to {Path(args.out) / BEST_PARAMS_FILE}")
@@ -260,7 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not report["data_matches_training"]:
         print("warning: the data differs from the data the model was trained on", file=sys.stderr)
     if args.json:
-        from serving.artifact import atomic_write_text
+        from arcast_core.files import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(report, indent=2))
     return 0
@@ -296,15 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search the generator's size and training settings (and the distillation weight for prorec) "
         "with Optuna's TPE sampler, pruning trials by median validation NDCG@10 after each epoch; stage 1 and the "
         "semantic IDs of --run are reused. Resumable: run again with the same --storage and --study to add trials "
-        "(a PostgreSQL URL lets commands on several machines share one study). Writes best_params.json to --out.",
+        "(a PostgreSQL URL lets commands on several machines share one study). Writes best_params.json to --out. "
+        "--workers N runs N processes on one study (it needs a PostgreSQL --storage); a worker killed mid-trial has "
+        "its trial marked failed once its heartbeat is older than --grace seconds, and run again.",
     )
     tune.add_argument("--run", required=True, help="run folder whose embeddings and semantic IDs are reused")
     tune.add_argument("--data-dir", help="benchmark data folder")
     _add_model_args(tune)
     tune.add_argument("--trials", type=int, default=20, help="trials to run now (default 20)")
     tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
+    tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db; PostgreSQL to share)")
     tune.add_argument("--study", help="study name (default prorec-DATASET-VARIANT)")
+    add_worker_args(tune)
     tune.add_argument("--out", required=True, help="folder for the study database and best_params.json")
     tune.set_defaults(func=cmd_tune)
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from forecasting.datasets import find_data_dir
+from arcast_core.data_dir import find_data_dir
 
 # Dataset name -> folder under the data directory.
 DATASET_FOLDERS: dict[str, str] = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,12 @@ import onnx
 import torch
 from torch import nn
 
+from arcast_core.files import atomic_write_text
+from arcast_core.runtime import library_versions
 from recsys.generator import BOS_TOKEN, PAD_TOKEN, Generator, beam_search, history_tokens
 from recsys.metrics import metrics_from_ranks, target_ranks_from_ranked_lists
 from recsys.prorec_training import PRORecRun
-from serving.artifact import Artifact, atomic_write_text
+from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
 from serving.runners.constrained_beam import MAX_BEAM_WIDTH, ConstrainedBeamModel
 
@@ -201,18 +202,6 @@ def parity_report(
     return report
 
 
-def library_versions() -> dict[str, str]:
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-
-
 def export_run(
     run: PRORecRun,
     store: Path | str,
@@ -238,7 +227,7 @@ def export_run(
     tables: dict[str, Any] = {
         "codes": {"file": CODES_FILE, "dtype": "int64", "shape": list(index.trie.codes.shape), "row_0": "padding"},
         "item_ids": {"file": ITEM_IDS_FILE, "dtype": "int64", "shape": [len(run.item_ids)], "meaning": "raw id"},
-        "trie": {"file": TRIE_FILE, "format": 1, "layout": "recsys/trie.py"},
+        "trie": {"file": TRIE_FILE, "format": 1, "layout": "arcast_core/trie.py"},
     }
     if run.titles is not None:
         tables["titles"] = {"file": TITLES_FILE, "meaning": "title of each dense id, [0] empty"}

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcast_core.trie import PrefixTrie
 from recsys.alignment import info_nce
-from recsys.trie import PrefixTrie
 
 PAD_TOKEN = 0
 BOS_TOKEN = 1

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,8 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from arcast_core.files import atomic_write, atomic_write_text
+from arcast_core.runtime import pick_device
+from arcast_core.training import Replica, Selection, StepLoss, TrainConfig, fit
+from arcast_core.trie import PrefixTrie
 from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec
 from recsys.generator import (
     DistillationTargets,
@@ -41,9 +43,7 @@ from recsys.models.sasrec import SASRecConfig
 from recsys.quantizer import CodeStats, QuantizerConfig, SemanticIds
 from recsys.semantic_ids import NEEDS, ItemEmbeddings, build_semantic_ids, check_variant, distillation_embeddings
 from recsys.split import EvalExamples, LeaveOneOutSplit, leave_one_out, left_pad
-from recsys.training import TrainConfig, resolve_device, seed_everything, train_sasrec
-from recsys.trie import PrefixTrie
-from serving.artifact import atomic_write, atomic_write_text
+from recsys.training import train_sasrec
 
 SELECTION_METRIC = "ndcg@10"
 EVAL_KS = (5, 10, 20)
@@ -94,6 +94,23 @@ class GeneratorTrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "eval_users", "beam_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GeneratorTrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+
+    def training(self) -> TrainConfig:
+        """The shared loop's settings: AdamW at a constant rate, gradients clipped to norm 1."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            lr_schedule="constant",
+            patience=self.patience,
+            eval_every=self.eval_every,
+            grad_clip=1.0,
+            seed=self.seed,
+            device=self.device,
+            max_seconds=self.max_seconds,
+            progress=self.progress,
+        )
 
 
 @dataclass(frozen=True)
@@ -171,7 +188,8 @@ def load_sequences(spec: dict[str, Any], data_dir: str | None = None) -> dict[in
 
     Runs and artifacts record their spec, so evaluation and tuning rebuild exactly the data they were trained on.
     """
-    from recsys.data import find_data_dir, load_dataset
+    from arcast_core.data_dir import find_data_dir
+    from recsys.data import load_dataset
 
     sequences = load_dataset(spec["dataset"], find_data_dir(data_dir)).sequences
     if spec.get("slice"):
@@ -262,6 +280,62 @@ def evaluate_generator(
     return metrics_from_ranks(ranks, ks)
 
 
+@dataclass
+class GeneratorTask:
+    """The generator's part in the shared loop: length-bucketed batches of transitions, the code loss (plus the
+    distillation terms), and validation NDCG@10 of the beam search on a fixed sample of validation users."""
+
+    model: Generator
+    index: CodeIndex
+    histories: np.ndarray
+    targets: np.ndarray
+    distill: DistillationTargets | None
+    validation: EvalExamples
+    config: GeneratorTrainConfig
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.config.seed)  # the batches' order
+        self.size = len(self.targets)
+        self.lengths = (self.histories != 0).sum(axis=1)
+        self.tokens = torch.from_numpy(self.index.tokens).to(self.device)
+        ids = self.index.ids
+        padded = np.vstack([np.zeros((1, ids.codes.shape[1]), np.int64), ids.codes])
+        self.codes = torch.from_numpy(padded).to(self.device)
+        sample = np.random.default_rng(self.config.seed)
+        users = sample.choice(len(self.validation), min(self.config.eval_users, len(self.validation)), False)
+        self.eval_users = np.sort(users)
+
+    def batches(self, batch_size: int, shard: tuple[int, int]) -> list[np.ndarray]:
+        rank, world = shard
+        return [batch[rank::world] for batch in length_bucketed_batches(self.lengths, batch_size, self.generator)]
+
+    def loss(self, batch: np.ndarray, progress: float) -> StepLoss:
+        model, codes = self.model, self.codes
+        hist = torch.from_numpy(self.histories[batch]).to(self.device)
+        first = int((hist != 0).any(dim=0).nonzero()[0])  # bucketed: drop the all-padding columns
+        hist = hist[:, first:]
+        target = torch.from_numpy(self.targets[batch]).to(self.device)
+        memory, keep = model.encode(self.tokens[hist].flatten(1))
+        hidden = model.decode(model.cross_keys_values(memory), keep, codes[target])
+        parts = {"codes": model.code_loss(hidden, codes[target])}
+        if self.distill is not None:
+            parts.update(model.distillation_loss(memory, hidden, hist, target, self.distill))
+        distill_terms = [v for k, v in parts.items() if k != "codes"]
+        loss = parts["codes"] + self.config.distill_weight * (
+            torch.stack(distill_terms).sum() if distill_terms else torch.zeros((), device=self.device)
+        )
+        return StepLoss(loss, len(batch), parts)
+
+    def end_epoch(self, epoch: int, train_loss: float) -> None:
+        pass
+
+    def validate(self, replica: Replica) -> dict[str, float]:
+        return evaluate_generator(
+            self.model, self.index, self.validation, self.config.beam_width, users=self.eval_users
+        )
+
+
 def train_generator(
     split: LeaveOneOutSplit,
     ids: SemanticIds,
@@ -274,8 +348,6 @@ def train_generator(
 
     ``on_epoch(epoch, validation)`` runs after each evaluation (Optuna's pruning hook: it may raise).
     """
-    generator = seed_everything(config.seed)
-    device = resolve_device(config.device)
     use_semantic = distill is not None and distill.semantic is not None and config.distill_weight > 0
     use_collab = distill is not None and distill.collaborative is not None and config.distill_weight > 0
     model_config = GeneratorConfig(
@@ -291,82 +363,33 @@ def train_generator(
         semantic_dim=int(distill.semantic.shape[1]) if use_semantic else 0,  # type: ignore[union-attr]
         collaborative_dim=int(distill.collaborative.shape[1]) if use_collab else 0,  # type: ignore[union-attr]
     )
-    model = Generator(model_config).to(device)
-    index = CodeIndex.build(ids, model_config)
-    tokens = torch.from_numpy(index.tokens).to(device)
-    codes = torch.from_numpy(np.vstack([np.zeros((1, ids.codes.shape[1]), np.int64), ids.codes])).to(device)
-    targets_d = None
-    if use_semantic or use_collab:
-        assert distill is not None
-        targets_d = DistillationTargets(
-            semantic=distill.semantic.to(device) if use_semantic else None,  # type: ignore[union-attr]
-            collaborative=distill.collaborative.to(device) if use_collab else None,  # type: ignore[union-attr]
-            temperature=config.distill_temperature,
-        )
     histories, targets = training_examples(split.train_sequences, split.max_history)
-    lengths = (histories != 0).sum(axis=1)
-    eval_rng = np.random.default_rng(config.seed)
-    eval_users = np.sort(eval_rng.choice(len(split.validation), min(config.eval_users, len(split.validation)), False))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    best = (-1.0, 0, {}, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-    history: list[dict[str, Any]] = []
-    stale, stopped_by = 0, "epochs"
-    started = time.monotonic()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        epoch_start = time.monotonic()
-        sums: Counter[str] = Counter()
-        batches = length_bucketed_batches(lengths, config.batch_size, generator)
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not config.progress, leave=False, file=sys.stderr)
-        for batch in bar:
-            hist = torch.from_numpy(histories[batch]).to(device)
-            first = int((hist != 0).any(dim=0).nonzero()[0])  # bucketed: drop the all-padding columns
-            hist = hist[:, first:]
-            target = torch.from_numpy(targets[batch]).to(device)
-            memory, keep = model.encode(tokens[hist].flatten(1))
-            hidden = model.decode(model.cross_keys_values(memory), keep, codes[target])
-            parts = {"codes": model.code_loss(hidden, codes[target])}
-            if targets_d is not None:
-                parts.update(model.distillation_loss(memory, hidden, hist, target, targets_d))
-            distill_terms = [v for k, v in parts.items() if k != "codes"]
-            loss = parts["codes"] + config.distill_weight * (
-                torch.stack(distill_terms).sum() if distill_terms else torch.zeros((), device=device)
+    def build(device: torch.device) -> GeneratorTask:
+        model = Generator(model_config).to(device)
+        targets_d = None
+        if use_semantic or use_collab:
+            assert distill is not None
+            targets_d = DistillationTargets(
+                semantic=distill.semantic.to(device) if use_semantic else None,  # type: ignore[union-attr]
+                collaborative=distill.collaborative.to(device) if use_collab else None,  # type: ignore[union-attr]
+                temperature=config.distill_temperature,
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            for name, value in {"loss": loss, **parts}.items():
-                sums[name] += float(value.detach()) * len(batch)
-            sums["n"] += len(batch)
-            bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}")
-        out_of_time = config.max_seconds is not None and time.monotonic() - started >= config.max_seconds
-        log: dict[str, Any] = {k: v / sums["n"] for k, v in sums.items() if k != "n"}
-        log.update(epoch=epoch, seconds=round(time.monotonic() - epoch_start, 2))
-        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
-            validation = evaluate_generator(model, index, split.validation, config.beam_width, users=eval_users)
-            log["validation"] = validation
-            if validation[SELECTION_METRIC] > best[0]:
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best, stale = (validation[SELECTION_METRIC], epoch, validation, state), 0
-            else:
-                stale += 1
-            if on_epoch is not None:
-                on_epoch(epoch, validation)
+        index = CodeIndex.build(ids, model_config)
+        return GeneratorTask(model, index, histories, targets, targets_d, split.validation, config, device)
+
+    hook = None if on_epoch is None else lambda epoch, validation: on_epoch(epoch + 1, validation)
+    selection = Selection(SELECTION_METRIC, maximise=True)
+    task, report = fit(build, config.training(), selection, hook, name="generator")
+    history: list[dict[str, Any]] = []
+    for r in report.history:
+        log: dict[str, Any] = {"loss": r.train_loss, **r.terms, "epoch": r.epoch + 1, "seconds": round(r.seconds, 2)}
+        if r.validation is not None:
+            log["validation"] = r.validation
         history.append(log)
-        if config.progress:
-            shown = f", val {SELECTION_METRIC} {log['validation'][SELECTION_METRIC]:.4f}" if "validation" in log else ""
-            tqdm.write(f"epoch {epoch}: loss {log['loss']:.4f} ({log['seconds']:.0f} s){shown}", file=sys.stderr)
-        if stale >= config.patience:
-            stopped_by = "early_stopping"
-            break
-        if out_of_time:
-            stopped_by = "time_budget"
-            break
-    model.load_state_dict(best[3])
-    model.eval()
-    return GeneratorFit(model, best[1], best[2], history, stopped_by, time.monotonic() - started)
+    return GeneratorFit(
+        task.model, report.best_epoch + 1, report.best_validation, history, report.stopped_by, report.seconds
+    )
 
 
 # --- stage 1 ---------------------------------------------------------------------------------------------------
@@ -389,8 +412,10 @@ def train_stage1_sasrec(
         epochs=config.epochs,
         batch_size=config.batch_size,
         lr=config.lr,
+        lr_schedule="constant",
         patience=config.patience,
         seed=seed,
+        eval_batch_size=1024,
         max_seconds=config.max_seconds,
         progress=progress,
     )
@@ -572,7 +597,7 @@ def load_run(folder: Path | str, device: str | None = "cpu") -> PRORecRun:
     payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
     model = Generator(GeneratorConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
-    model = model.to(resolve_device(device)).eval()
+    model = model.to(pick_device(device)).eval()
     stats = info["code_stats"]
     ids = SemanticIds(
         codes=np.load(folder / CODES_FILE),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
+
+from arcast_core.training import Replica, StepLoss, TrainConfig, fit, shuffled_index_batches
 
 Method = Literal["rqvae", "rkmeans"]
 
@@ -234,32 +236,55 @@ class RQVAEFit:
     codes_reset: int = 0
 
 
+@dataclass
+class RQVAETask:
+    """The RQ-VAE's part in the shared loop: shuffled mini-batches of item embeddings, no validation (the final
+    weights are kept), and dead codes re-seeded after each of the first ``reset_until`` share of the epochs."""
+
+    model: RQVAE
+    data: torch.Tensor
+    config: RQVAEConfig
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.config.seed)  # shuffling and code re-seeding
+        self.size = len(self.data)
+        self.codes_reset = 0
+
+    def batches(self, batch_size: int, shard: tuple[int, int]) -> Iterator[torch.Tensor]:
+        return shuffled_index_batches(self.size, batch_size, self.generator, shard)
+
+    def loss(self, idx: torch.Tensor, progress: float) -> StepLoss:
+        _, _, loss = self.model(self.data[idx])
+        return StepLoss(loss, len(idx), {})
+
+    def end_epoch(self, epoch: int, train_loss: float) -> None:
+        if self.config.reset_dead_codes and epoch < int(self.config.epochs * self.config.reset_until):
+            self.codes_reset += self.model.reset_dead_codes(self.data, self.generator)
+
+    def validate(self, replica: Replica) -> None:
+        return None
+
+
 def train_rqvae(x: np.ndarray, config: RQVAEConfig) -> RQVAEFit:
-    """Fit an RQ-VAE on item embeddings ``x`` (n, dim) with Adam on shuffled mini-batches (CPU is plenty)."""
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    """Fit an RQ-VAE on item embeddings ``x`` (n, dim) on shuffled mini-batches (on the CPU: plenty for it)."""
     data = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    model = RQVAE(data.shape[1], config)
-    model.init_codebooks(data, config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    fit = RQVAEFit(model)
-    reset_epochs = int(config.epochs * config.reset_until)
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(data), generator=generator)
-        total = 0.0
-        for start in range(0, len(data), config.batch_size):
-            batch = data[order[start : start + config.batch_size]]
-            _, _, loss = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        fit.losses.append(total / len(data))
-        if config.reset_dead_codes and epoch < reset_epochs:
-            fit.codes_reset += model.reset_dead_codes(data, generator)
-    model.eval()
-    return fit
+
+    def build(device: torch.device) -> RQVAETask:
+        model = RQVAE(data.shape[1], config)
+        model.init_codebooks(data, config.seed)
+        return RQVAETask(model, data, config)
+
+    train = TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        lr_schedule="constant",
+        seed=config.seed,
+        device="cpu",
+        progress=False,
+    )
+    task, report = fit(build, train)
+    return RQVAEFit(task.model, [r.train_loss for r in report.history], task.codes_reset)
 
 
 @dataclass(frozen=True)

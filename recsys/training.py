@@ -1,48 +1,27 @@
 """Training and full-ranking evaluation for SASRec.
 
-AdamW, shuffled mini-batches of training windows, validation NDCG@10 after every ``eval_every`` epochs, early
-stopping after ``patience`` evaluations without improvement, and the best weights restored at the end.
+On the shared loop (``arcast_core.training``): shuffled mini-batches of training windows, validation NDCG@10 after
+every ``eval_every`` epochs, early stopping after ``patience`` evaluations without improvement, and the best
+weights restored at the end. Epochs are numbered from 1 in the results.
 """
 
 from __future__ import annotations
 
-import random
-import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from arcast_core.runtime import pick_device
+from arcast_core.training import Replica, Selection, StepLoss, TrainConfig, fit, shuffled_index_batches
 from recsys.evaluation import evaluate_scorer
 from recsys.metrics import DEFAULT_KS
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.split import EvalExamples, LeaveOneOutSplit, left_pad
 
 SELECTION_METRIC = "ndcg@10"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 5
-    eval_every: int = 1
-    seed: int = 0
-    device: str | None = None  # None: CUDA when available, else CPU
-    max_seconds: float | None = None  # wall-clock budget; checked after each epoch
-    eval_batch_size: int = 1024
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "eval_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -60,18 +39,6 @@ class TrainResult:
     best_validation: dict[str, float]
     history: list[EpochLog] = field(default_factory=list)
     stopped_by: str = "epochs"
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    return torch.device(name if name else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator for shuffling and negative sampling."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def training_windows(sequences: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +80,35 @@ def evaluate_sasrec(
         model.train(was_training)
 
 
+@dataclass
+class SASRecTask:
+    """SASRec's part in the shared loop: shuffled training windows, its next-item loss, validation NDCG@10."""
+
+    model: SASRec
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    validation: EvalExamples
+    cfg: TrainConfig
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling and negative sampling
+        self.size = len(self.inputs)
+
+    def batches(self, batch_size: int, shard: tuple[int, int]) -> Iterator[torch.Tensor]:
+        return shuffled_index_batches(self.size, batch_size, self.generator, shard)
+
+    def loss(self, idx: torch.Tensor, progress: float) -> StepLoss:
+        inputs, targets = self.inputs[idx].to(self.device), self.targets[idx].to(self.device)
+        return StepLoss(self.model.loss(inputs, targets, self.generator), len(idx), {})
+
+    def end_epoch(self, epoch: int, train_loss: float) -> None:
+        pass
+
+    def validate(self, replica: Replica) -> dict[str, float]:
+        return evaluate_sasrec(self.model, self.validation, self.cfg.eval_batch_size)
+
+
 def train_sasrec(
     split: LeaveOneOutSplit, model_config: SASRecConfig, config: TrainConfig, model: SASRec | None = None
 ) -> TrainResult:
@@ -122,58 +118,15 @@ def train_sasrec(
     """
     if model_config.num_items != split.num_items:
         raise ValueError(f"model has {model_config.num_items} items, split has {split.num_items}")
-    generator = seed_everything(config.seed)
-    device = resolve_device(config.device)
-    model = (model if model is not None else SASRec(model_config)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     inputs, targets = training_windows(split.train_sequences, model_config.max_len)
 
-    best_score = -1.0
-    best_epoch = 0
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    best_validation: dict[str, float] = {}
-    history: list[EpochLog] = []
-    stale = 0
-    stopped_by = "epochs"
-    started = time.monotonic()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.monotonic()
-        model.train()
-        order = torch.randperm(len(inputs), generator=generator)
-        batches = range(0, len(order), config.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not config.progress, leave=False)
-        total, count = 0.0, 0
-        for start in bar:
-            idx = order[start : start + config.batch_size]
-            loss = model.loss(inputs[idx].to(device), targets[idx].to(device), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        out_of_time = config.max_seconds is not None and time.monotonic() - started >= config.max_seconds
-        validation = None
-        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time:
-            validation = evaluate_sasrec(model, split.validation, config.eval_batch_size)
-            if validation[SELECTION_METRIC] > best_score:
-                best_score, best_epoch, best_validation, stale = validation[SELECTION_METRIC], epoch, validation, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-        history.append(EpochLog(epoch, total / count, time.monotonic() - epoch_start, validation))
-        if config.progress:
-            shown = f", val {SELECTION_METRIC} {validation[SELECTION_METRIC]:.4f}" if validation else ""
-            tqdm.write(f"epoch {epoch}: loss {total / count:.4f}{shown}", file=sys.stderr)  # stdout may carry data
-        if stale >= config.patience:
-            stopped_by = "early_stopping"
-            break
-        if out_of_time:
-            stopped_by = "time_budget"
-            break
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, best_epoch, best_validation, history, stopped_by)
+    def build(device: torch.device) -> SASRecTask:
+        trained = (model if model is not None else SASRec(model_config)).to(device)
+        return SASRecTask(trained, inputs, targets, split.validation, config, device)
+
+    task, report = fit(build, config, Selection(SELECTION_METRIC, maximise=True), name="sasrec")
+    history = [EpochLog(r.epoch + 1, r.train_loss, r.seconds, r.validation) for r in report.history]
+    return TrainResult(task.model, report.best_epoch + 1, report.best_validation, history, report.stopped_by)
 
 
 def save_sasrec(model: SASRec, path: Path) -> None:
@@ -186,4 +139,4 @@ def load_sasrec(path: Path, device: str | None = None) -> SASRec:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model = SASRec(SASRecConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
-    return model.to(resolve_device(device)).eval()
+    return model.to(pick_device(device)).eval()

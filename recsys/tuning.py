@@ -1,10 +1,10 @@
-"""Optuna tuning of the generator, through the project's one way of tuning (``forecasting.tuning.create_study``).
+"""Optuna tuning of the generator, through the project's one way of tuning (``arcast_core.tuning``).
 
-The study is created exactly as the forecasting models' (TPE sampler, median pruner, any Optuna storage URL:
-SQLite in the output folder by default, PostgreSQL to share one study between machines, where running the same
-command again adds trials). Trials retrain only the generator: stage 1 and the semantic IDs come from an existing
-run, so every trial sees the same codes. The objective is minimised, as ``create_study`` fixes the direction, and is
-``-NDCG@10`` on the run's fixed sample of validation users; pruning looks at it after every epoch.
+The study is run exactly as the forecasting models' (TPE sampler, median pruner, any Optuna storage URL: SQLite in
+the output folder by default, PostgreSQL to share one study between worker processes and machines, where running
+the same command again adds trials). Trials retrain only the generator: stage 1 and the semantic IDs come from an
+existing run, so every trial sees the same codes. The objective is minimised, as the study's direction is fixed,
+and is ``-NDCG@10`` on the run's fixed sample of validation users; pruning looks at it after every epoch.
 
 The best trial's settings go to ``best_params.json`` in the forecasting format (``settings`` holds what
 ``python -m recsys train --params`` applies).
@@ -13,24 +13,25 @@ The best trial's settings go to ``best_params.json`` in the forecasting format (
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from forecasting.tuning import BEST_PARAMS_FILE, create_study, default_storage, public_url
+from arcast_core.tuning import Heartbeat, default_storage, optimize, report_or_prune, write_best_params
 from recsys.prorec_training import (
     SELECTION_METRIC,
     GeneratorShape,
     GeneratorTrainConfig,
     PipelineConfig,
-    PRORecRun,
     distillation_targets,
+    load_run,
+    load_sequences,
     train_generator,
 )
 from recsys.split import leave_one_out
-from serving.artifact import atomic_write_text
 
 
 def search_space(trial: optuna.Trial, variant: str) -> dict[str, dict[str, Any]]:
@@ -62,59 +63,67 @@ def apply_settings(config: PipelineConfig, settings: dict[str, dict[str, Any]]) 
     return replace(config, generator=generator, train=train)
 
 
+@dataclass(frozen=True)
+class GeneratorObjective:
+    """The objective factory a tuning worker calls once: it loads the run and its data (picklable paths only)."""
+
+    run_dir: str
+    base: PipelineConfig
+    data_dir: str | None = None
+
+    def __call__(self) -> Callable[[optuna.Trial], float]:
+        run = load_run(self.run_dir)
+        spec = run.info.get("data", {"dataset": run.info["dataset"], "slice": None})
+        split = leave_one_out(load_sequences(spec, self.data_dir), max_history=self.base.max_history)
+
+        def objective(trial: optuna.Trial) -> float:
+            config = apply_settings(self.base, search_space(trial, run.variant))
+            train = replace(config.train, progress=False)
+            distill = distillation_targets(run.variant, run.embeddings, train.distill_temperature)
+
+            def report(epoch: int, validation: dict[str, float]) -> None:
+                report_or_prune(trial, epoch, -validation[SELECTION_METRIC])
+
+            fit = train_generator(split, run.ids, config.generator, train, distill, on_epoch=report)
+            trial.set_user_attr("settings", {"generator": asdict(config.generator), "train": asdict(train)})
+            trial.set_user_attr("validation", fit.best_validation)
+            return -fit.best_validation[SELECTION_METRIC]
+
+        return objective
+
+
 def tune_generator(
-    run: PRORecRun,
-    sequences: dict[int, list[int]],
+    run_dir: Path | str,
     base: PipelineConfig,
     n_trials: int,
     out_dir: Path | str,
+    data_dir: str | None = None,
     storage: str | None = None,
     study_name: str | None = None,
     timeout: float | None = None,
     seed: int = 0,
+    workers: int = 1,
+    heartbeat: Heartbeat | None = None,
 ) -> dict[str, Any]:
-    """Add ``n_trials`` trials to the study, write ``best_params.json`` to ``out_dir`` and return its content."""
+    """Add ``n_trials`` finished trials to the study of the run in ``run_dir`` (``workers`` processes share them);
+    write ``best_params.json`` to ``out_dir`` and return its content."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out_dir)
+    run = load_run(run_dir)
     study_name = study_name or f"prorec-{run.info['dataset']}-{run.variant}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = create_study(study_name, storage, seed=seed, warmup_epochs=1)
-    split = leave_one_out(sequences, max_history=base.max_history)
-
-    def objective(trial: optuna.Trial) -> float:
-        settings = search_space(trial, run.variant)
-        config = apply_settings(base, settings)
-        train = replace(config.train, progress=False)
-        distill = distillation_targets(run.variant, run.embeddings, train.distill_temperature)
-
-        def report(epoch: int, validation: dict[str, float]) -> None:
-            trial.report(-validation[SELECTION_METRIC], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        fit = train_generator(split, run.ids, config.generator, train, distill, on_epoch=report)
-        trial.set_user_attr("settings", {"generator": asdict(config.generator), "train": asdict(train)})
-        trial.set_user_attr("validation", fit.best_validation)
-        return -fit.best_validation[SELECTION_METRIC]
-
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=True)
-    best = study.best_trial
-    result = {
-        "study": study_name,
-        "storage": public_url(storage),
-        "model": "prorec",
-        "variant": run.variant,
-        "objective": f"-{SELECTION_METRIC} on the validation sample",
-        "best_value": best.value,
-        "best_trial": best.number,
-        "n_trials": len(study.trials),
-        "params": best.params,
-        "settings": best.user_attrs["settings"],
-        "validation": best.user_attrs.get("validation"),
-    }
-    atomic_write_text(out_dir / BEST_PARAMS_FILE, json.dumps(result, indent=2, default=list))
-    return result
+    objective = GeneratorObjective(str(run_dir), base, data_dir)
+    study = optimize(objective, n_trials, storage, study_name, timeout, seed, workers, heartbeat, warmup_steps=1)
+    return write_best_params(
+        study,
+        storage,
+        out_dir,
+        model="prorec",
+        variant=run.variant,
+        objective=f"-{SELECTION_METRIC} on the validation sample",
+        workers=workers,
+        validation=study.best_trial.user_attrs.get("validation"),
+    )
 
 
 def settings_from_file(path: Path | str) -> dict[str, dict[str, Any]]:

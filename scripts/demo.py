@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, prepare_data
 from forecasting.evaluate import evaluate_artifact
 from forecasting.export import export_run
 from forecasting.runs import save_run, train_run
-from forecasting.training import TrainConfig
 from recsys.data import load_beauty_titles, load_dataset
 from recsys.prorec_training import popular_items_slice
 from serving.batch import run_batch

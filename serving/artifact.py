@@ -9,18 +9,18 @@ checksums, the manifest typed by ``serving.manifest``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from arcast_core.files import atomic_write_text, sha256_file
 from serving.manifest import ArtifactError, Manifest, parse_manifest
 
 MANIFEST = "manifest.json"
@@ -36,7 +36,7 @@ def _umask() -> int:
     return mask
 
 
-_FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,6 @@ def check_name(name: str, field: str = "name") -> str:
 def is_version_name(name: str) -> bool:
     """Whether a folder named ``name`` is a version folder: ``0`` or ASCII digits without a leading zero."""
     return _VERSION_RE.fullmatch(name) is not None
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -240,27 +232,6 @@ def resolve(store: Path | str, name: str, version: str | None = None) -> Path:
     if not is_version_name(version) or int(version) not in versions:
         raise ArtifactError(f"model {name!r} has no version {version!r} (has {versions})")
     return model_dir / version
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.chmod(_FILE_MODE)  # mkstemp makes it owner-only; give it the permissions of a normally created file
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

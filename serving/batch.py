@@ -22,7 +22,8 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from serving.artifact import atomic_write, atomic_write_text, read_published, resolve, sha256_file
+from arcast_core.files import atomic_write, atomic_write_text, sha256_file
+from serving.artifact import read_published, resolve
 from serving.runners import load_runner
 from serving.runners.base import Runner
 from serving.runners.constrained_beam import ConstrainedBeamModel

@@ -36,7 +36,8 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from serving.artifact import atomic_write, resolve
+from arcast_core.files import atomic_write
+from serving.artifact import resolve
 from serving.batch import ERROR_SCHEMA, errors_path, forecaster, load_model, model_channels, score_series, write_outputs
 from serving.runners.forecast import ForecastRunner
 from serving.tables import (

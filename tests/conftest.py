@@ -13,7 +13,7 @@ os.environ.setdefault("ARCAST_NO_DOWNLOAD", "1")
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    from forecasting.datasets import find_data_dir
+    from arcast_core.data_dir import find_data_dir
 
     path = find_data_dir()
     if not (path / "ETT" / "ETTh1.csv").is_file():
@@ -34,9 +34,9 @@ def etth1_slice(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="session")
 def arnet_run(etth1_slice: Path):
     """A small AR-Net trained on the ETTh1 slice (univariate OT): lookback 48, 12 values per step."""
+    from arcast_core.training import TrainConfig
     from forecasting.data import DataConfig
     from forecasting.runs import train_run
-    from forecasting.training import TrainConfig
 
     return train_run(
         "arnet",

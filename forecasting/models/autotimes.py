@@ -57,9 +57,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from arcast_core.files import atomic_write
 from forecasting.llm_backbone import DEFAULT_BACKBONE, Backbone, cache_root, run_decoder, shared_backbone
 from forecasting.models.base import ForecastModel
-from serving.artifact import atomic_write
 from serving.time_features import freq_step, time_features
 
 log = logging.getLogger(__name__)

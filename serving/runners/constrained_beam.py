@@ -8,7 +8,7 @@ numpy and onnxruntime only, no torch: the artifact carries
   self-attention cache ``past_key_i``/``past_value_i`` (B, W, H, P, hd) -> ``logits`` (B, W, vocab) and the
   cache one position longer (``present_*``);
 - side tables: ``codes.npy`` (dense item id -> its L codes, row 0 padding), ``item_ids.npy`` (dense id -> raw
-  item id), ``trie.npz`` (the prefix trie of every item's codes, written by ``recsys.trie``), ``titles.json``.
+  item id), ``trie.npz`` (the prefix trie of every item's codes, written by ``arcast_core.trie``), ``titles.json``.
 
 Search: the decoder starts from BOS; at level l every live beam's continuations are scored by the beam's score plus
 the log-softmax over level l's codes, codes that lead to no (allowed) item are removed with the trie, and the
@@ -26,19 +26,18 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
+from arcast_core.trie import PrefixTrie
 from serving.artifact import Artifact
 from serving.batching import BatchKind, Piece, run_in_chunks
 from serving.manifest import RolloutSpec
 from serving.runners.base import NonFiniteOutput, RunnerInfo, Task
 from serving.sessions import create_session
 
-TRIE_FORMAT = 1
 MAX_BEAM_WIDTH = 512  # a request's beam width bound: cost grows linearly with it
 # Users x beam width per onnxruntime search: a search's memory grows with its beams (about 50 KB each for the
 # demo's model: logits, caches and candidate scores), so long requests run in chunks of this many.
@@ -77,57 +76,6 @@ class ConstrainedBeamRollout(RolloutSpec):
     top_k: int
     n_items: int
     side_tables: SideTables
-
-
-@dataclass(frozen=True)
-class TrieTable:
-    """The artifact's prefix trie (see ``recsys/trie.py`` for the layout); the same pruning as ``PrefixTrie``."""
-
-    level_sizes: tuple[int, ...]
-    children: tuple[np.ndarray, ...]
-    counts: tuple[np.ndarray, ...]
-    codes: np.ndarray
-    paths: np.ndarray
-
-    @property
-    def levels(self) -> int:
-        return len(self.level_sizes)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.codes) - 1
-
-    @classmethod
-    def load(cls, path: Path) -> TrieTable:
-        with np.load(path, allow_pickle=False) as data:
-            if int(data["format"]) != TRIE_FORMAT:
-                raise ValueError(f"{path}: trie format {int(data['format'])} is not {TRIE_FORMAT}")
-            sizes = tuple(int(s) for s in data["level_sizes"])
-            children = tuple(data[f"children_{d}"] for d in range(len(sizes)))
-            counts = tuple(data[f"counts_{d}"] for d in range(len(sizes)))
-            return cls(sizes, children, counts, data["codes"], data["paths"])
-
-    def allowed(
-        self, depth: int, nodes: np.ndarray, excluded: Sequence[np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(children, ok), both (G, W, level_sizes[depth]), for the (G, W) beam nodes; ``excluded[g]``: dense ids."""
-        child = self.children[depth][nodes]
-        exists = child >= 0
-        if depth + 1 < self.levels:
-            remaining = np.where(exists, self.counts[depth + 1][np.maximum(child, 0)], 0).astype(np.int64)
-        else:
-            remaining = exists.astype(np.int64)
-        if excluded is not None:
-            sizes = np.fromiter((len(e) for e in excluded), dtype=np.int64, count=len(excluded))
-            if sizes.sum():
-                users = np.repeat(np.arange(len(excluded), dtype=np.int64), sizes)
-                items = np.concatenate([np.asarray(e, dtype=np.int64).reshape(-1) for e in excluded])
-                keep = (items >= 1) & (items <= self.n_items)
-                key = np.unique(users[keep] * (self.n_items + 1) + items[keep])  # each (user, item) once
-                users, items = key // (self.n_items + 1), key % (self.n_items + 1)
-                pair, beam = np.nonzero(self.paths[items, depth][:, None] == nodes[users])
-                np.subtract.at(remaining, (users[pair], beam, self.codes[items[pair], depth]), 1)
-        return child, remaining > 0
 
 
 @dataclass(frozen=True)
@@ -172,7 +120,7 @@ class ConstrainedBeamModel:
     artifact: Artifact
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
-    trie: TrieTable
+    trie: PrefixTrie
     tokens: np.ndarray  # (n_items + 1, L) token ids per dense id, row 0 padding
     item_ids: np.ndarray  # (n_items + 1,) raw id per dense id, [0] = -1
     titles: list[str] | None
@@ -187,7 +135,7 @@ class ConstrainedBeamModel:
         tables = rollout.side_tables
         codes = np.load(artifact.path / tables.codes.file, allow_pickle=False)
         item_ids = np.load(artifact.path / tables.item_ids.file, allow_pickle=False)
-        trie = TrieTable.load(artifact.path / tables.trie.file)
+        trie = PrefixTrie.load(artifact.path / tables.trie.file)
         n_items, levels = rollout.n_items, len(rollout.level_sizes)
         if codes.shape != (n_items + 1, levels) or item_ids.shape != (n_items + 1,) or trie.n_items != n_items:
             raise ValueError(f"{artifact.path}: side tables do not match n_items={n_items} and {levels} levels")

@@ -7,9 +7,10 @@ import pytest
 import torch
 from statsmodels.tsa.ar_model import AutoReg
 
+from arcast_core.training import TrainConfig
 from forecasting.data import WindowDataset
 from forecasting.models.arnet import ARNet, ARNetConfig, sparsity_penalty
-from forecasting.training import TrainConfig, fit
+from forecasting.training import fit
 
 
 def simulate_ar(coefs: dict[int, float], n: int, seed: int, burn_in: int = 500) -> np.ndarray:

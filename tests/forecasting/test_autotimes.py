@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from arcast_core.training import TrainConfig
 from forecasting import llm_backbone
 from forecasting.data import DataConfig, prepare_data
 from forecasting.export import export_run
@@ -28,7 +29,6 @@ from forecasting.models.autotimes import (
     regular_timeline,
     segment_texts,
 )
-from forecasting.training import TrainConfig
 from serving.artifact import read_artifact
 from serving.runners import load_runner
 from serving.runners.kv_cache import KVCacheModel, KVCacheRollout

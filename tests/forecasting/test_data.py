@@ -8,8 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from arcast_core.data_dir import DatasetNotFound, find_data_dir
 from forecasting.data import DataConfig, prepare_data
-from forecasting.datasets import DatasetNotFound, find_data_dir, resolve_dataset
+from forecasting.datasets import resolve_dataset
 from forecasting.loading import DataError, read_table
 from forecasting.time_features import infer_freq, time_features
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, prepare_data
 from forecasting.export import ServingGraph, export_run
 from forecasting.models import build_model
@@ -24,7 +25,7 @@ from forecasting.models.informer import (
     even_key_index,
     prob_sizes,
 )
-from forecasting.training import TrainConfig, validation_loss
+from forecasting.training import validation_loss
 from serving.artifact import read_artifact
 from serving.runners.window_shift import TimeFeatureSpec, WindowShiftModel, WindowShiftRollout, window_shift
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from arcast_core.training import TrainConfig
 from forecasting.data import DataConfig, prepare_data
 from forecasting.runs import train_run
-from forecasting.training import TrainConfig, validation_loss
+from forecasting.training import validation_loss
 
 
 def test_same_seed_same_model(etth1_slice: Path) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import optuna
 
+from arcast_core.training import TrainConfig
+from arcast_core.tuning import BEST_PARAMS_FILE
 from forecasting.data import DataConfig
-from forecasting.training import TrainConfig
-from forecasting.tuning import BEST_PARAMS_FILE, tune
+from forecasting.tuning import tune
 
 
 def test_tune_resumes_and_writes_best_params(etth1_slice: Path, tmp_path: Path) -> None:

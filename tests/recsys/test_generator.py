@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from arcast_core.trie import PrefixTrie
 from recsys.alignment import info_nce
 from recsys.generator import (
     DistillationTargets,
@@ -16,7 +17,6 @@ from recsys.generator import (
     token_table,
 )
 from recsys.quantizer import append_dedup_code
-from recsys.trie import PrefixTrie
 
 CODES = append_dedup_code(np.random.default_rng(0).integers(0, (6, 5, 4), size=(120, 3)))
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from arcast_core.trie import PrefixTrie
 from recsys.quantizer import (
     RQVAE,
     QuantizerConfig,
@@ -16,7 +17,6 @@ from recsys.quantizer import (
     quantise,
     residual_kmeans,
 )
-from recsys.trie import PrefixTrie
 
 
 def test_dedup_code_numbers_items_within_each_collision_group() -> None:

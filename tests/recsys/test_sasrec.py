@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from arcast_core.training import TrainConfig
 from recsys.data import InteractionData
 from recsys.models.sasrec import SASRec, SASRecConfig, sample_negatives
 from recsys.popularity import PopularityModel, evaluate_popularity
 from recsys.split import LeaveOneOutSplit, leave_one_out
-from recsys.training import TrainConfig, evaluate_sasrec, load_sasrec, save_sasrec, train_sasrec, training_windows
+from recsys.training import evaluate_sasrec, load_sasrec, save_sasrec, train_sasrec, training_windows
 
 
 def small_model(loss: str = "ce") -> SASRec:
@@ -96,7 +97,9 @@ def test_short_sasrec_run_learns_and_beats_popularity(dense_beauty_split: LeaveO
     split = dense_beauty_split
     model_config = SASRecConfig(num_items=split.num_items, hidden=64, num_layers=2, dropout=0.3)
     result = train_sasrec(
-        split, model_config, TrainConfig(epochs=3, batch_size=128, lr=3e-3, patience=3, seed=0, progress=False)
+        split,
+        model_config,
+        TrainConfig(epochs=3, batch_size=128, lr=3e-3, lr_schedule="constant", patience=3, seed=0, progress=False),
     )
     losses = [log.train_loss for log in result.history]
     # Cross-entropy starts near log(num_items) (a uniform guess) and must fall well below it.

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from forecasting.tuning import SLOT_ATTR, WORKER_ATTR
+from arcast_core.tuning import SLOT_ATTR, WORKER_ATTR
 
 POSTGRES_ENV = "ARCAST_TEST_POSTGRES_URL"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

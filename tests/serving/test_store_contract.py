@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from arcast_core.files import sha256_file
 from serving.artifact import (
     MANIFEST,
     ArtifactError,
@@ -18,7 +19,6 @@ from serving.artifact import (
     next_version,
     read_artifact,
     resolve,
-    sha256_file,
     staged_artifact,
     write_manifest,
 )

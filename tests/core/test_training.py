@@ -1,0 +1,81 @@
+"""The shared loop's switches that no model test exercises: warm-up, the time budget, training without validation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from arcast_core.training import Replica, Selection, StepLoss, TrainConfig, fit, make_scheduler, shuffled_index_batches
+
+
+@dataclass
+class LineTask:
+    """Least squares on y = 2x: a model the loop can train in milliseconds."""
+
+    model: nn.Module
+    validate_every_epoch: bool = True
+
+    def __post_init__(self) -> None:
+        self.x = torch.linspace(-1, 1, 64).unsqueeze(1)
+        self.y = 2 * self.x
+        self.size = len(self.x)
+        self.generator = torch.Generator().manual_seed(0)
+        self.ended: list[int] = []
+
+    def batches(self, batch_size: int, shard: tuple[int, int]) -> Iterator[torch.Tensor]:
+        return shuffled_index_batches(self.size, batch_size, self.generator, shard)
+
+    def loss(self, idx: torch.Tensor, progress: float) -> StepLoss:
+        return StepLoss(nn.functional.mse_loss(self.model(self.x[idx]), self.y[idx]), len(idx), {})
+
+    def end_epoch(self, epoch: int, train_loss: float) -> None:
+        self.ended.append(epoch)
+
+    def validate(self, replica: Replica) -> dict[str, float] | None:
+        if not self.validate_every_epoch:
+            return None
+        with torch.no_grad():
+            return {"mse": float(nn.functional.mse_loss(self.model(self.x), self.y))}
+
+
+def test_warmup_rises_linearly_then_decays() -> None:
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0)
+    scheduler = make_scheduler(optimizer, TrainConfig(epochs=2, lr=1.0, lr_schedule="cosine", warmup_steps=4), 5)
+    assert scheduler is not None
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:5] == pytest.approx([0.25, 0.4375, 0.625, 0.8125, 1.0])  # from lr / warmup_steps to lr
+    assert rates[4] == pytest.approx(1.0) and rates[4:] == sorted(rates[4:], reverse=True)
+    with pytest.raises(ValueError, match="onecycle"):
+        TrainConfig(lr_schedule="onecycle", warmup_steps=2)
+
+
+def test_time_budget_stops_after_a_validated_epoch() -> None:
+    cfg = TrainConfig(epochs=50, batch_size=8, lr=0.05, max_seconds=0.0, progress=False, device="cpu")
+    _, report = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+    assert report.stopped_by == "time_budget" and report.epochs_run == 1
+    assert report.history[0].validation is not None and report.best_epoch == 0
+
+
+def test_without_validation_the_final_weights_are_kept() -> None:
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, lr_schedule="constant", progress=False, device="cpu")
+    task, report = fit(lambda device: LineTask(nn.Linear(1, 1), validate_every_epoch=False), cfg)
+    assert report.epochs_run == 3 and report.best_validation == {} and task.ended == [0, 1, 2]
+    assert report.history[-1].train_loss < report.history[0].train_loss
+
+
+def test_patience_counts_validations_and_the_best_weights_come_back() -> None:
+    cfg = TrainConfig(epochs=40, batch_size=8, lr=3.0, lr_schedule="constant", patience=2, progress=False)
+    task, report = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+    best = min(r.validation["mse"] for r in report.history if r.validation)
+    assert report.best_validation["mse"] == best
+    with torch.no_grad():
+        assert float(nn.functional.mse_loss(task.model(task.x), task.y)) == pytest.approx(best)
