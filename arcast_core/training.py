@@ -375,7 +375,9 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         history.append(EpochRecord(epoch, train_loss, terms, lr, time.monotonic() - epoch_start, validation))
         if show:
-            shown = f", val {selection.metric} {validation[selection.metric]:.4f}" if validation and selection else ""
+            shown = ""
+            if validation and selection:  # "val loss 0.0885", "val ndcg@10 0.0145"
+                shown = f", val {selection.metric.removeprefix('val_')} {validation[selection.metric]:.4f}"
             tqdm.write(f"{name} epoch {epoch + 1}: loss {train_loss:.4f}{shown}", file=sys.stderr)
         if stale >= cfg.patience:
             stopped_by = "early_stopping"
