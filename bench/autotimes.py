@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from arcast_core.files import atomic_write_text  # noqa: E402
 from arcast_core.runtime import seed_everything  # noqa: E402
 from arcast_core.training import TrainConfig  # noqa: E402
-from forecasting.data import DataConfig, PreparedData, WindowDataset, prepare_data  # noqa: E402
+from forecasting.data import DataConfig, PreparedData, WindowDataset, data_facts, prepare_data  # noqa: E402
 from forecasting.llm_backbone import DEFAULT_BACKBONE, shared_backbone  # noqa: E402
 from forecasting.metrics import error_metrics  # noqa: E402
 from forecasting.models import build_model  # noqa: E402
@@ -104,7 +104,7 @@ def save(result: dict[str, Any], out: Path) -> None:
 
 def new_model(args: argparse.Namespace, data: DataConfig, channels: int, timestamps: bool) -> AutoTimes:
     params = {"backbone": args.backbone, "timestamps": timestamps}
-    model = build_model("autotimes", params, data, channels)
+    model = build_model("autotimes", params, data_facts(data, channels))
     assert isinstance(model, AutoTimes)
     return model
 

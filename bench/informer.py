@@ -367,7 +367,7 @@ def bench_timing(
     models, optimizers = {}, {}
     for attn in ATTENTIONS:
         seed_everything(seed)
-        models[attn] = build_model("informer", {**params, "attn": attn}, data, prepared.n_channels)
+        models[attn] = build_model("informer", {**params, "attn": attn}, prepared.facts())
         # Adam = the project's AdamW with weight_decay 0 (what fit() uses), the paper's optimiser.
         optimizers[attn] = torch.optim.Adam(models[attn].parameters(), lr=PAPER_TRAIN.lr)
         _train_step(models[attn], optimizers[attn], batches[0])  # warm-up: allocator, first-call costs; untimed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,7 +12,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from arcast_core.files import sha256_file
-from forecasting.datasets import resolve_dataset
+from forecasting.datasets import KNOWN_DATASETS, resolve_dataset
 from forecasting.loading import DataError, MissingPolicy, TimeSeriesTable, read_table
 from forecasting.splits import SplitBorders, StandardScaler, split_borders
 from forecasting.time_features import infer_freq, time_features
@@ -88,6 +88,56 @@ class WindowDataset:
             yield self.batch(order[start : start + batch_size])
 
 
+def resolve_freq(config: DataConfig, timestamps: Callable[[], np.ndarray]) -> str:
+    """The data's frequency: given, the known dataset's, or read off the timestamps (asked for only then)."""
+    if config.freq:
+        freq = config.freq
+    elif config.dataset in KNOWN_DATASETS:
+        freq = KNOWN_DATASETS[config.dataset].freq
+    else:
+        freq = infer_freq(timestamps())
+    return _FREQ_ALIASES.get(freq, freq)
+
+
+def _read_timestamps(config: DataConfig) -> np.ndarray:
+    path, _ = resolve_dataset(config.dataset, config.data_dir, download=False)
+    columns = [config.target] if config.features == "S" else None
+    return read_table(path, config.date_column, config.missing, columns).timestamps
+
+
+@dataclass
+class DataFacts:
+    """What a model's ``bind`` may read off its data, resolved here so that model modules never open data files.
+
+    ``timestamps()`` are the series' own when the data was prepared, else read from the data file on first use
+    (rebuilding a saved run: only a model that needs its timeline, AutoTimes, asks).
+    """
+
+    config: DataConfig
+    n_channels: int
+    freq: str
+    _timestamps: np.ndarray | None = field(default=None, repr=False)
+
+    def timestamps(self) -> np.ndarray:
+        if self._timestamps is None:
+            self._timestamps = _read_timestamps(self.config)
+        return self._timestamps
+
+
+def data_facts(config: DataConfig, n_channels: int) -> DataFacts:
+    """The facts of data that was not prepared here (a saved run, a bench): the file is read only if needed."""
+    facts = DataFacts(config, n_channels, "")
+
+    def timestamps() -> np.ndarray:
+        try:
+            return facts.timestamps()
+        except FileNotFoundError as err:
+            raise ValueError(f"cannot tell the frequency of {config.dataset!r} ({err}): set the data's freq") from err
+
+    facts.freq = resolve_freq(config, timestamps)
+    return facts
+
+
 @dataclass
 class PreparedData:
     config: DataConfig
@@ -105,6 +155,9 @@ class PreparedData:
     def n_channels(self) -> int:
         return len(self.channels)
 
+    def facts(self) -> DataFacts:
+        return DataFacts(self.config, self.n_channels, self.freq, self.table.timestamps)
+
 
 def prepare_data(config: DataConfig) -> PreparedData:
     path, spec = resolve_dataset(config.dataset, config.data_dir)
@@ -121,8 +174,7 @@ def prepare_data(config: DataConfig) -> PreparedData:
         raise DataError(path, f"series has {len(table)} rows, shorter than lookback + horizon = {need}")
     if config.label_len > config.lookback:
         raise ValueError(f"label_len {config.label_len} exceeds lookback {config.lookback}")
-    freq = config.freq or (spec.freq if spec else infer_freq(table.timestamps))
-    freq = _FREQ_ALIASES.get(freq, freq)
+    freq = resolve_freq(config, lambda: table.timestamps)
     borders = split_borders(len(table), config.split or (spec.split if spec else "ratio"), config.lookback)
     scaler = StandardScaler.fit(table.values[slice(*borders.train)])
     scaled = scaler.transform(table.values)

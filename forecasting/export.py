@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from arcast_core.runtime import library_versions
-from forecasting.models.autotimes import KVStepGraph
+from forecasting.models.autotimes import AutoTimes, KVStepGraph
 from forecasting.runs import Run
 from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
@@ -503,6 +503,42 @@ EXPORTERS: dict[str, Callable[[Run, Path | str, str, str | None, int | None, int
     WindowShiftModel.rollout_kind: export_window_shift_run,
     KVCacheModel.rollout_kind: export_kv_cache_run,
 }
+
+
+def _torch_window_shift(run: Run, context: np.ndarray, horizon: int, timestamps: np.ndarray | None) -> np.ndarray:
+    model = run.model
+    run_torch = _torch_runner(ServingGraph(model, run.scaler.mean, run.scaler.std).eval())
+    return window_shift(run_torch, context, horizon, model.context_length, model.step, _calendar(run), timestamps)
+
+
+def _torch_kv_cache(run: Run, context: np.ndarray, horizon: int, timestamps: np.ndarray | None) -> np.ndarray:
+    model = run.model
+    assert isinstance(model, AutoTimes)
+    cfg = model.config
+    rows = None
+    if cfg.timestamps:  # the timeline row of each window's first step, as the served table indexes it
+        if timestamps is None:
+            raise ValueError("this model embeds timestamps: the context's timestamps are needed")
+        first = np.asarray(timestamps, "datetime64[us]")[:, -cfg.context_length]
+        step = freq_step(cfg.freq).astype("timedelta64[us]")
+        rows = ((first - np.datetime64(cfg.time_start, "us")) // step).astype(np.int64)
+    scaled = run.scaler.transform(context[:, -cfg.context_length :]).astype(np.float32)
+    with torch.no_grad():
+        out = model.eval().forecast(torch.from_numpy(scaled), -(-horizon // cfg.segment), rows=rows)
+    return run.scaler.inverse(out.numpy()[:, :horizon])
+
+
+# Rollout kind -> the torch model rolled out as that kind's runner rolls out its artifact: raw (B, L, C) context
+# (and its (B, L) timestamps) -> raw (B, horizon, C). The reference a served forecast is checked against.
+TORCH_ROLLOUTS: dict[str, Callable[[Run, np.ndarray, int, np.ndarray | None], np.ndarray]] = {
+    WindowShiftModel.rollout_kind: _torch_window_shift,
+    KVCacheModel.rollout_kind: _torch_kv_cache,
+}
+
+
+def torch_forecast(run: Run, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> np.ndarray:
+    """The trained torch model's own forecast of ``horizon`` raw values, by its rollout kind (see TORCH_ROLLOUTS)."""
+    return TORCH_ROLLOUTS[run.model.rollout_kind](run, context, horizon, timestamps)
 
 
 def _transformers_version() -> str:

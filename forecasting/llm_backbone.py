@@ -282,3 +282,31 @@ def shared_backbone(spec: str = DEFAULT_BACKBONE) -> Backbone:
     if spec not in _SHARED:
         _SHARED[spec] = load_backbone(spec)
     return _SHARED[spec]
+
+
+def write_random_backbone(folder: Path, seed: int = 0) -> Path:
+    """A random Llama of SmolLM2's architecture, scaled down, with a character-level tokenizer (all offline).
+
+    Tests and AutoTimes' tiny setting use it where the real backbone would cost minutes and learn nothing.
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = "0123456789-: " + "abcdefghijklmnopqrstuvwxyz" + "abcdefghijklmnopqrstuvwxyz".upper()
+    vocab = {"[UNK]": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(folder)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(vocab),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder

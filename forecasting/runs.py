@@ -17,7 +17,7 @@ import torch
 from arcast_core.files import atomic_write, atomic_write_text, sha256_file
 from arcast_core.runtime import library_versions, seed_everything
 from arcast_core.training import TrainConfig
-from forecasting.data import DataConfig, PreparedData, WindowDataset, prepare_data
+from forecasting.data import DataConfig, PreparedData, WindowDataset, data_facts, prepare_data
 from forecasting.metrics import forecast_metrics
 from forecasting.models import build_model
 from forecasting.models.base import ForecastModel
@@ -83,7 +83,7 @@ def train_run(
     train_config = train_config or TrainConfig()
     prepared = prepared or prepare_data(data_config)
     seed_everything(train_config.seed)  # the initial weights are drawn here, so the seed must rule them too
-    model = build_model(kind, params, data_config, prepared.n_channels)
+    model = build_model(kind, params, prepared.facts())
     result: FitResult = fit(model, prepared.train, prepared.val, train_config, on_epoch=on_epoch)
     metrics = {"val": evaluate_split(model, prepared.val, prepared.scaler)}
     if evaluate_test:
@@ -123,7 +123,7 @@ def load_run(folder: Path | str) -> Run:
         raise ValueError(f"{folder / WEIGHTS_FILE} does not match the checksum in {RUN_FILE}")
     # The recorded frequency, so a model whose shape depends on it rebuilds without the data file at hand.
     data = DataConfig(**{**info["data"], "freq": info["data"].get("freq") or info["freq"]})
-    model = build_model(info["model_kind"], info["model_params"], data, len(info["channels"]))
+    model = build_model(info["model_kind"], info["model_params"], data_facts(data, len(info["channels"])))
     model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     model.eval()
     return Run(

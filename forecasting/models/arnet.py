@@ -9,12 +9,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from forecasting.models.base import ForecastModel
+from forecasting.data import DataFacts
+from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
 
 
 @dataclass
@@ -122,3 +123,32 @@ class ARNet(ForecastModel):
         if self.config.sparsity is None or self.config.sparsity >= 1:
             return 0.0
         return self.config.reg_start + self.config.reg_ramp
+
+
+def _bind(params: dict[str, Any], facts: DataFacts) -> ARNetConfig:
+    return ARNetConfig(**{**params, "n_lags": facts.config.lookback, "n_forecasts": facts.config.horizon})
+
+
+def _search_space(trial: Any) -> dict[str, dict[str, Any]]:
+    hidden = trial.suggest_categorical("hidden", [0, 32, 128])
+    return {
+        "data": {"lookback": trial.suggest_categorical("lookback", [24, 48, 96, 168, 336])},
+        "model": {
+            "hidden_sizes": (hidden,) if hidden else (),
+            "loss": trial.suggest_categorical("loss", ["huber", "mse"]),
+        },
+        "train": {
+            "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        },
+    }
+
+
+SPEC = ModelSpec(
+    ARNet,
+    ARNetConfig,
+    _bind,
+    _search_space,
+    tiny=TinySetup(data={"features": "S", "lookback": 48, "horizon": 12}, model={"hidden_sizes": (16,)}),
+)

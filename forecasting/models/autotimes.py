@@ -58,8 +58,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from arcast_core.files import atomic_write
-from forecasting.llm_backbone import DEFAULT_BACKBONE, Backbone, cache_root, run_decoder, shared_backbone
-from forecasting.models.base import ForecastModel
+from forecasting.data import DataFacts
+from forecasting.llm_backbone import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    cache_root,
+    run_decoder,
+    shared_backbone,
+    write_random_backbone,
+)
+from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
 from serving.time_features import freq_step, time_features
 
 log = logging.getLogger(__name__)
@@ -573,3 +581,40 @@ class KVStepGraph(nn.Module):
             time, past = None, rest
         hidden, present = run_decoder(self.model.body, self.model.encode(segments, time), list(past), True)
         return (self.model.decode(hidden[:, -1:]), *present)
+
+
+def _bind(params: dict[str, Any], facts: DataFacts) -> AutoTimesConfig:
+    """Lookback -> context_length, horizon -> segment (one token per training target), plus the data's timeline."""
+    freq = params.get("freq") or facts.freq
+    bound: dict[str, Any] = {**params, "context_length": facts.config.lookback, "segment": facts.config.horizon}
+    bound["freq"] = freq
+    if bound.get("timestamps", True) and not bound.get("time_start"):
+        bound["time_start"], bound["time_rows"] = regular_timeline(facts.timestamps(), freq)
+    return AutoTimesConfig(**bound)
+
+
+def _search_space(trial: Any) -> dict[str, dict[str, Any]]:
+    """The protocol fixes lookback 672 and segment 96 (one-for-all); tune the maps, timestamps and the rate."""
+    layers = trial.suggest_categorical("mlp_hidden_layers", [0, 1, 2])
+    model: dict[str, Any] = {
+        "mlp_hidden_layers": layers,
+        "timestamps": trial.suggest_categorical("timestamps", [True, False]),
+    }
+    if layers:
+        model["mlp_hidden_dim"] = trial.suggest_categorical("mlp_hidden_dim", [128, 256, 512])
+        model["dropout"] = trial.suggest_float("dropout", 0.0, 0.3)
+    return {"model": model, "train": {"lr": trial.suggest_float("lr", 1e-4, 5e-3, log=True)}}
+
+
+SPEC = ModelSpec(
+    AutoTimes,
+    AutoTimesConfig,
+    _bind,
+    _search_space,
+    # A random LLM of SmolLM2's architecture, scaled down, stands in for the real backbone (offline, seconds).
+    tiny=TinySetup(
+        data={"features": "M", "lookback": 96, "horizon": 24},
+        model={},
+        assets=lambda folder: {"backbone": str(write_random_backbone(folder))},
+    ),
+)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from forecasting.data import DataFacts
 
 
 class ForecastModel(nn.Module):
@@ -44,3 +49,37 @@ class ForecastModel(nn.Module):
     def selection_from(self) -> float:
         """Progress from which a checkpoint may be kept as best or training stopped early."""
         return 0.0
+
+
+@dataclass(frozen=True)
+class TinySetup:
+    """The smallest setting of a model that trains in seconds on a slice of a couple of thousand rows.
+
+    data: DataConfig overrides (lookback, horizon, label_len, features); model: model parameters; assets:
+    writes files the model needs offline into a folder (AutoTimes: a small random LLM backbone) and returns
+    the parameters naming them. The model contract test (tests/forecasting/test_model_contract.py) uses it.
+    """
+
+    data: dict[str, Any]
+    model: dict[str, Any]
+    assets: Callable[[Path], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model kind: its class, its config dataclass, how it binds to data, what Optuna may tune, its tiny setting.
+
+    bind(params, facts) builds the config from user/tuned parameters and the data layer's resolved facts
+    (lookback, horizon, channels, frequency, timestamps); it reads no files.
+    search_space(trial) returns {"model": ..., "data": ..., "train": ...} parameter overrides for a trial.
+    """
+
+    model_cls: type[ForecastModel]
+    config_cls: type
+    bind: Callable[[dict[str, Any], DataFacts], Any]
+    search_space: Callable[[Any], dict[str, dict[str, Any]]]
+    tiny: TinySetup
+
+    @property
+    def kind(self) -> str:
+        return self.model_cls.kind

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from forecasting.models.base import ForecastModel
+from forecasting.data import DataFacts
+from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
 from forecasting.time_features import feature_names
 
 EvalSampling = Literal["even", "random"]
@@ -497,3 +498,40 @@ class Informer(ForecastModel):
         self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.forward_with_attention(x, x_mark, y_mark)[0]
+
+
+def _bind(params: dict[str, Any], facts: DataFacts) -> InformerConfig:
+    data = facts.config
+    lengths = {"seq_len": data.lookback, "label_len": data.label_len, "pred_len": data.horizon}
+    channels = {"enc_in": facts.n_channels, "dec_in": facts.n_channels, "c_out": facts.n_channels}
+    return InformerConfig(**{**params, **lengths, **channels, "freq": params.get("freq") or facts.freq})
+
+
+def _search_space(trial: Any) -> dict[str, dict[str, Any]]:
+    lookback = trial.suggest_categorical("lookback", [48, 96, 168, 336])
+    label_share = trial.suggest_categorical("label_share", [0.25, 0.5, 1.0])  # label_len = share * lookback
+    d_model = trial.suggest_categorical("d_model", [128, 256, 512])
+    return {
+        "data": {"lookback": lookback, "label_len": int(lookback * label_share)},
+        "model": {
+            "d_model": d_model,
+            "d_ff": 4 * d_model,
+            "e_layers": trial.suggest_int("e_layers", 1, 3),
+            "d_layers": trial.suggest_int("d_layers", 1, 2),
+            "factor": trial.suggest_categorical("factor", [3, 5, 8]),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+        },
+        "train": {"lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True)},
+    }
+
+
+SPEC = ModelSpec(
+    Informer,
+    InformerConfig,
+    _bind,
+    _search_space,
+    tiny=TinySetup(
+        data={"features": "M", "lookback": 48, "label_len": 24, "horizon": 12},
+        model={"d_model": 16, "n_heads": 2, "d_ff": 32},
+    ),
+)

@@ -17,9 +17,9 @@ import torch
 
 from arcast_core.training import TrainConfig
 from forecasting import llm_backbone
-from forecasting.data import DataConfig, prepare_data
+from forecasting.data import DataConfig, data_facts, prepare_data
 from forecasting.export import export_run
-from forecasting.llm_backbone import BackboneNotFound, load_backbone, resolve_backbone
+from forecasting.llm_backbone import BackboneNotFound, load_backbone, resolve_backbone, write_random_backbone
 from forecasting.models import build_model
 from forecasting.models.autotimes import (
     AutoTimes,
@@ -58,34 +58,9 @@ def stamp_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ[llm_backbone.ENV_CACHE_DIR] = _CACHE_ENV
 
 
-def write_tiny_backbone(folder: Path, seed: int = 0) -> Path:
-    """A random Llama of SmolLM2's architecture, scaled down, with a character-level tokenizer (all offline)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    chars = "0123456789-: " + "abcdefghijklmnopqrstuvwxyz" + "abcdefghijklmnopqrstuvwxyz".upper()
-    vocab = {"[UNK]": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(folder)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(vocab),
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory: pytest.TempPathFactory, stamp_cache: Path) -> str:
-    return str(write_tiny_backbone(tmp_path_factory.mktemp("tiny-llm")))
+    return str(write_random_backbone(tmp_path_factory.mktemp("tiny-llm")))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +79,7 @@ def data_config(path: Path, features: str = "M") -> DataConfig:
 
 def tiny_model(tiny_llm: str, path: Path, channels: int = 7, **params) -> AutoTimes:
     torch.manual_seed(1)
-    return build_model("autotimes", {"backbone": tiny_llm, **params}, data_config(path), channels).eval()
+    return build_model("autotimes", {"backbone": tiny_llm, **params}, data_facts(data_config(path), channels)).eval()
 
 
 # --- timestamps ----------------------------------------------------------------------------------------------
@@ -260,7 +235,7 @@ def test_bind_config_and_search_space(tiny_llm: str, small_slice: Path) -> None:
         {"mlp_hidden_layers": 2, "timestamps": False, "mlp_hidden_dim": 128, "dropout": 0.1, "lr": 1e-3}
     )
     data, params, train = trial_settings("autotimes", trial, data_config(small_slice), TrainConfig())
-    mlp = build_model("autotimes", {**params, "backbone": tiny_llm}, data, 7)
+    mlp = build_model("autotimes", {**params, "backbone": tiny_llm}, data_facts(data, 7))
     assert train.lr == 1e-3 and mlp.config.timestamps is False and mlp.add_scale is None
     assert [type(m).__name__ for m in mlp.encoder] == [
         "Linear",

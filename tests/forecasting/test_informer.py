@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from arcast_core.training import TrainConfig
-from forecasting.data import DataConfig, prepare_data
+from forecasting.data import DataConfig, data_facts, prepare_data
 from forecasting.export import ServingGraph, export_run
 from forecasting.models import build_model
 from forecasting.models.informer import (
@@ -93,7 +93,7 @@ def test_paper_defaults_and_binding(data_dir: Path) -> None:
         True,
     )
     data = DataConfig(dataset="ETTm1", features="M", lookback=96, horizon=24, label_len=48, data_dir=str(data_dir))
-    model = build_model("informer", {"d_model": 32, "n_heads": 4, "d_ff": 64}, data, 7)
+    model = build_model("informer", {"d_model": 32, "n_heads": 4, "d_ff": 64}, data_facts(data, 7))
     c = model.config
     assert (c.seq_len, c.label_len, c.pred_len, c.enc_in, c.dec_in, c.c_out, c.freq) == (96, 48, 24, 7, 7, 7, "15m")
     assert model.enc_embedding.temporal_embedding.in_features == 5  # minute, hour, weekday, day, yearday
@@ -333,7 +333,7 @@ def test_search_space_builds_a_model() -> None:
     )
     data, params, train = trial_settings("informer", trial, DataConfig(dataset="ETTh1", horizon=24), TrainConfig())
     assert (data.lookback, data.label_len, train.lr) == (96, 48, 1e-4)
-    model = build_model("informer", params, data, 1)
+    model = build_model("informer", params, data_facts(data, 1))
     assert (model.config.d_model, model.config.d_ff, model.config.e_layers, model.config.freq) == (128, 512, 3, "1h")
 
 
