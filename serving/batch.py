@@ -27,12 +27,10 @@ from serving.artifact import read_published, resolve
 from serving.runners import load_runner
 from serving.runners.base import Runner
 from serving.runners.constrained_beam import ConstrainedBeamModel
-from serving.runners.forecast import ForecastRunner
+from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastRunner
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
 
 JOB_FILE = "_job.json"
-# The reason a series gets when the model's forecast for it is NaN or infinite (the server answers OUT_OF_RANGE).
-NON_FINITE = "the model's forecast is not finite (NaN or infinity); the history may be beyond what the model handles"
 ERROR_SCHEMA = {SERIES_ID: pl.String, "reason": pl.String}
 # Recommendation jobs: a long table of (user_id, item_id[, timestamp]) interactions in, top-k per user out.
 USER_ID, ITEM_ID, TIMESTAMP = "user_id", "item_id", "timestamp"
@@ -63,7 +61,7 @@ def _check(series: SeriesInput, model: ForecastRunner) -> str | None:
     tail = series.values[-model.context_length :]
     if not np.isfinite(tail).all():
         return "missing or non-finite values in the last context_length steps"
-    if (np.abs(tail) > np.finfo(np.float32).max).any():  # as the server refuses them: inf once in float32
+    if (np.abs(tail) > FLOAT32_MAX).any():  # as the server refuses them
         return "values beyond the float32 range the models compute in"
     if model.calendar is not None and series.timestamps is None:
         return "no timestamps: this model uses calendar features"
@@ -119,7 +117,7 @@ def score_series(
             stamps = np.stack([s.timestamps[-model.context_length :] for s in block])
         out = model.forecast(context, horizon, stamps)
         finite = np.isfinite(out).reshape(len(block), -1).all(axis=1)
-        errors.extend((s.id, NON_FINITE) for s, ok in zip(block, finite, strict=True) if not ok)
+        errors.extend((s.id, NON_FINITE_FORECAST) for s, ok in zip(block, finite, strict=True) if not ok)
         parts.extend(
             forecast_frame(s.id, out[i], channels, _future(s.timestamps, horizon))
             for i, s in enumerate(block)

@@ -12,14 +12,13 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
-from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
-from serving.rpc import Calls, Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
-from serving.runners.forecast import ForecastRunner
+from serving.registry import LoadedModel, ModelRegistry
+from serving.rpc import Calls, Limits, RequestError, await_result, deadline, exhausted, invalid, observed, served_model
+from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastRunner
 
 log = logging.getLogger(__name__)
 # The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -62,14 +61,7 @@ def _future(past: np.ndarray, horizon: int, field: str) -> np.ndarray:
 
 
 def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, limits: Limits) -> ValidatedRequest:
-    if not request.model:
-        raise invalid("model: required")
-    try:
-        model = registry.get(request.model, request.version or None)
-    except ModelNotFound as err:
-        raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
-    if model.runner.task != "forecast":
-        raise invalid(f"model: {echo(request.model)} is a {model.manifest.model_kind} model, not a forecaster")
+    model = served_model(registry, request.model, request.version, "forecast")
     runner = cast(ForecastRunner, model.runner)
     if request.horizon <= 0:
         raise invalid("horizon: must be at least 1")
@@ -142,8 +134,7 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                 bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
                 raise RequestError(
                     grpc.StatusCode.OUT_OF_RANGE,
-                    f"series[{bad}]: the model's forecast is not finite (NaN or infinity); the history may be "
-                    "beyond the range the model handles",
+                    f"series[{bad}]: {NON_FINITE_FORECAST}",
                 )
             response = forecast_pb2.ForecastResponse(model=checked.model.name, version=checked.model.version)
             for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):

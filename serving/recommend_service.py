@@ -8,20 +8,13 @@ import grpc
 import numpy as np
 
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
-from serving.registry import LoadedModel, ModelNotFound, ModelRegistry
-from serving.rpc import Calls, Limits, RequestError, await_result, deadline, echo, exhausted, invalid, observed
+from serving.registry import LoadedModel, ModelRegistry
+from serving.rpc import Calls, Limits, await_result, deadline, exhausted, invalid, observed, served_model
 from serving.runners.constrained_beam import MAX_BEAM_WIDTH, ConstrainedBeamModel, SearchResult, UserQuery
 
 
 def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
-    if not name:
-        raise invalid("model: required")
-    try:
-        model = registry.get(name, version or None)
-    except ModelNotFound as err:
-        raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
-    if model.runner.task != "recommend":
-        raise invalid(f"model: {echo(name)} is a {model.manifest.model_kind} model, not a recommender")
+    model = served_model(registry, name, version, "recommend")
     return model, cast(ConstrainedBeamModel, model.runner)
 
 

@@ -9,14 +9,17 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
 from serving.batching import DeadlineExceeded, QueueFull
 from serving.drain import Drain
 from serving.observability import ServerMetrics
-from serving.runners.base import NonFiniteOutput
+from serving.runners.base import NonFiniteOutput, Task
+
+if TYPE_CHECKING:  # the registry imports this module (echo)
+    from serving.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +59,22 @@ def echo(text: str) -> str:
     if len(text) <= ECHO_CHARS:
         return repr(text)
     return f"{text[:ECHO_CHARS]!r}… ({len(text)} characters)"
+
+
+_SERVES = {"forecast": "forecaster", "recommend": "recommender"}
+
+
+def served_model(registry: ModelRegistry, name: str, version: str, task: Task) -> LoadedModel:
+    """The loaded model a request names, checked to do ``task``: INVALID_ARGUMENT or NOT_FOUND otherwise."""
+    if not name:
+        raise invalid("model: required")
+    try:
+        model = registry.get(name, version or None)
+    except LookupError as err:  # ModelNotFound
+        raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from err
+    if model.runner.task != task:
+        raise invalid(f"model: {echo(name)} is a {model.manifest.model_kind} model, not a {_SERVES[task]}")
+    return model
 
 
 def deadline(context: grpc.ServicerContext, limits: Limits) -> float:

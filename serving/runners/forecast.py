@@ -14,6 +14,10 @@ from serving.batching import BatchKind, Piece, run_in_chunks
 from serving.manifest import RolloutSpec
 from serving.runners.base import NonFiniteOutput, RunnerInfo, Task
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the models compute in float32: larger inputs become inf
+# Why a series gets no forecast when the model answers NaN or infinity (OUT_OF_RANGE online, the errors file in batch).
+NON_FINITE_FORECAST = "the model's forecast is not finite (NaN or infinity); the history may be beyond what it handles"
+
 
 @dataclass(frozen=True)
 class ForecastRollout(RolloutSpec):

@@ -8,6 +8,7 @@ are the last one + k * freq.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -229,9 +230,9 @@ class WindowShiftModel(ForecastRunner):
     def rows_per_run(self) -> int:
         return ROWS_PER_RUN
 
-    @property
+    @functools.cached_property
     def calendar(self) -> CalendarInputs | None:
-        """How the graph takes calendar features (None: context only, e.g. AR-Net)."""
+        """How the graph takes calendar features (None: context only, e.g. AR-Net); read once per loaded artifact."""
         manifest = self.artifact.manifest
         if "context_marks" not in manifest.graphs["forecast"].input_names:
             return None
