@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path.cwd()))  # the checkout this runs from: its serving package, old or new
-from serving_load import git_commit  # bench/serving_load.py
+from serving_load import git_commit, peak_rss_mib  # bench/serving_load.py
 
 from arcast_core.files import atomic_write_text
 from serving.proto.arcast.v1 import forecast_pb2, recommend_pb2, recommend_pb2_grpc
@@ -36,13 +36,8 @@ from serving.server import spawn_server
 
 def proc_stat(pid: int) -> tuple[float, float]:
     """(peak RSS in MiB, CPU seconds so far) of a process."""
-    rss = next(
-        int(line.split()[1]) / 1024
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmHWM:")
-    )
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return rss, (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+    return peak_rss_mib(pid), (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in ticks of 1/100 s
 
 
 def run_case(store: Path, options: list[str], call: Callable[[grpc.Channel], str], settle_s: float) -> dict[str, Any]:
