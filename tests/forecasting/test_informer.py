@@ -73,6 +73,26 @@ def test_shapes_multivariate_and_univariate(channels: int, variant: dict) -> Non
     assert model.graph_inputs == ("context", "context_marks", "target_marks")
 
 
+def test_instance_normalisation_is_off_by_default_and_follows_each_channels_level_and_scale() -> None:
+    """With ``revin`` the forecast of a * x + b is a * forecast(x) + b per channel: the window's own statistics."""
+    assert InformerConfig().revin is False
+    torch.manual_seed(0)
+    model = tiny(3, revin=True).eval()
+    x, x_mark, y_mark = inputs(2, 3)
+    scale, shift = torch.tensor([2.0, 0.5, 10.0]), torch.tensor([100.0, -3.0, 0.25])
+    moved = model(x * scale + shift, x_mark, y_mark)
+    torch.testing.assert_close(moved, model(x, x_mark, y_mark) * scale + shift, rtol=1e-4, atol=1e-3)
+
+
+def test_instance_normalised_model_exports_with_parity(etth1_slice: Path, tmp_path: Path) -> None:
+    from forecasting.runs import train_run
+
+    data = DataConfig(dataset=str(etth1_slice), features="M", lookback=LOOKBACK, horizon=HORIZON, label_len=LABEL)
+    run = train_run("informer", data, {**TINY, "revin": True}, TrainConfig(epochs=1, progress=False))
+    artifact = export_run(run, tmp_path, "revin", max_horizon=2 * HORIZON)  # the export's parity gate must pass
+    assert artifact.manifest.facts["model_config"]["revin"] is True
+
+
 def test_label_len_zero_and_missing_marks() -> None:
     model = tiny(3, label_len=0).eval()
     x, x_mark, y_mark = inputs(2, 3, label=0)

@@ -1,0 +1,594 @@
+"""One leaderboard: every forecasting model kind on each published protocol, beside the papers' figures.
+
+Rows go to ``bench/results/leaderboard.json`` (a top-level ``rows`` list), one per (protocol, dataset, features,
+horizon, model), each with ``mse``/``mae`` on the standardised scale over every test window, as the exported
+artifact is served (onnxruntime, the served rollout): ``forecasting.evaluate.evaluate_artifact``. A row is added
+the moment it is finished (atomically, under a file lock, so two runs may share the file) and a finished row is
+never rerun: run the same command again to resume. ``--readme`` rewrites the README's table from the file.
+
+Protocols (see ../shared/ANCHORS.md):
+
+- ``informer``: ETTh1, ETTh2, ETTm1 multivariate at their five horizons and ETTh1 univariate (OT), the official
+  scripts' lookback/label lengths (``bench/informer.py``: SCRIPT_SETTINGS), 12/4/4-month splits;
+- ``autotimes``: ETTh1 multivariate, lookback 672, horizons 96/192/336/720; one model per kind trained for the
+  next 96 values and rolled out to every horizon (AutoTimes' "one-for-all");
+- ``arnet``: ETTh1 univariate (OT), lookback 168, horizons 24/48/168 (the AR-Net setting of the README).
+
+Models: the baselines (``naive``, ``seasonal_naive`` with one day as the season, ``linear`` with its options
+chosen on validation), ``arnet`` (tuned with Optuna on rolling-origin folds), ``informer`` and ``informer-revin``
+(width, depth and rate chosen by Optuna within a CPU budget; see ``informer_rows``), and the papers' rows.
+
+Run from the repository root:  .venv/bin/python bench/leaderboard.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import math
+import re
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from arcast_core.files import atomic_write_text
+from arcast_core.training import TrainConfig
+from forecasting.data import DataConfig, prepare_data
+from forecasting.evaluate import evaluate_artifact
+from forecasting.export import export_run
+from forecasting.runs import Run, train_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from informer import HORIZONS, PAPER_TRAIN, PUBLISHED, SCRIPT_FREQ, SCRIPT_SETTINGS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "leaderboard.json"
+README = REPO_ROOT / "README.md"
+README_START, README_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+ROWS_PER_DAY = {"ETTh1": 24, "ETTh2": 24, "ETTm1": 96, "ETTm2": 96}
+INFORMER_PLAN = (("ETTh1", "M"), ("ETTh2", "M"), ("ETTm1", "M"), ("ETTh1", "S"))
+AUTOTIMES_HORIZONS, AUTOTIMES_LOOKBACK, AUTOTIMES_STEP = (96, 192, 336, 720), 672, 96
+ARNET_HORIZONS, ARNET_LOOKBACK = (24, 48, 168), 168
+BASELINES = ("naive", "seasonal_naive", "linear")
+MODELS = (*BASELINES, "arnet", "informer", "informer-revin")
+
+# Published figures (../shared/ANCHORS.md): the AutoTimes paper's per-horizon ETTh1 (LLaMA-7B) and its DLinear
+# average over the four horizons (per-horizon DLinear figures are not in ANCHORS.md, so only the average is a row).
+AUTOTIMES_PAPER = {96: (0.360, 0.400), 192: (0.388, 0.419), 336: (0.401, 0.429), 720: (0.406, 0.440)}
+DLINEAR_PAPER_AVERAGE = (0.426, 0.444)
+PAPER_SOURCES = {
+    "informer-paper": "Zhou et al., AAAI 2021, Tables 1-2 (../shared/ANCHORS.md)",
+    "autotimes-paper": "Liu et al., NeurIPS 2024, ETTh1 per horizon, LLaMA-7B (../shared/ANCHORS.md)",
+    "dlinear-paper": "AutoTimes paper's DLinear row, average of 96/192/336/720 (../shared/ANCHORS.md)",
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One (protocol, dataset, features, horizon) cell: the data every model of the row is trained and tested on."""
+
+    protocol: str
+    dataset: str
+    features: str
+    horizon: int
+    lookback: int
+    label_len: int = 0
+    calendar_freq: str | None = None  # the official scripts' calendar, where it differs from the data's
+    train_horizon: int | None = None  # one-for-all: the step a model is trained for, rolled out to ``horizon``
+
+    def data(self, data_dir: str | None, model: str, horizon: int | None = None) -> DataConfig:
+        informer = model.startswith("informer")
+        return DataConfig(
+            dataset=self.dataset,
+            features=self.features,  # type: ignore[arg-type]
+            lookback=self.lookback,
+            horizon=horizon or self.train_horizon or self.horizon,
+            label_len=self.label_len if informer else 0,
+            freq=self.calendar_freq if informer else None,
+            data_dir=data_dir,
+        )
+
+
+def protocol_tasks(protocol: str) -> list[Task]:
+    if protocol == "informer":
+        out = []
+        for dataset, features in INFORMER_PLAN:
+            for horizon in HORIZONS[dataset]:
+                s = SCRIPT_SETTINGS[(dataset, features)][horizon]
+                out.append(Task(protocol, dataset, features, horizon, s.seq_len, s.label_len, SCRIPT_FREQ.get(dataset)))
+        return out
+    if protocol == "autotimes":
+        return [
+            Task(protocol, "ETTh1", "M", h, AUTOTIMES_LOOKBACK, train_horizon=AUTOTIMES_STEP)
+            for h in AUTOTIMES_HORIZONS
+        ]
+    if protocol == "arnet":
+        return [Task(protocol, "ETTh1", "S", h, ARNET_LOOKBACK) for h in ARNET_HORIZONS]
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["protocol"], row["dataset"], row["features"], row["horizon"], row["model"])
+
+
+# ------------------------------------------------------------------------------------------- results file
+
+
+class Leaderboard:
+    """The rows file. Every change re-reads the file under an exclusive lock, so concurrent runs never lose rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                doc = json.loads(self.path.read_text()) if self.path.is_file() else {"rows": []}
+                yield doc
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._locked() as doc:
+            return list(doc["rows"])
+
+    def has(self, key: tuple[Any, ...]) -> bool:
+        return any(row_key(r) == key for r in self.rows())
+
+    def add(self, row: dict[str, Any]) -> None:
+        with self._locked() as doc:
+            rows = [r for r in doc["rows"] if row_key(r) != row_key(row)] + [row]
+            doc["rows"] = sorted(rows, key=sort_key)
+            doc["about"] = __doc__.split("\n\n")[0] if __doc__ else ""
+            doc["updated_at"] = now()
+            atomic_write_text(self.path, json.dumps(doc, indent=2))
+
+
+def sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    protocols = ("informer", "autotimes", "arnet")
+    model_order = (*MODELS, "autotimes", "informer-paper", "autotimes-paper", "dlinear-paper")
+    return (
+        protocols.index(row["protocol"]) if row["protocol"] in protocols else 9,
+        row["dataset"],
+        row["features"],
+        row["horizon"] if isinstance(row["horizon"], int) else 10**6,
+        model_order.index(row["model"]) if row["model"] in model_order else 99,
+    )
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------- one row
+
+
+@dataclass
+class Trained:
+    """A trained run and what the row reports about how it was made."""
+
+    run: Run
+    train_seconds: float
+    budget: str
+    reduced: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_row(task: Task, model: str, trained: Trained, command: str, data_dir: str | None) -> dict[str, Any]:
+    """Export the run, evaluate the artifact as served on every test window of ``task``, and build the row."""
+    with tempfile.TemporaryDirectory(prefix="leaderboard-") as store:
+        artifact = export_run(trained.run, store, "m", max_horizon=max(task.horizon, trained.run.model.step))
+        report = evaluate_artifact(artifact.path, horizon=task.horizon, data_dir=data_dir, progress=False)
+    scaled = report["metrics"]["scaled"]
+    return {
+        "protocol": task.protocol,
+        "dataset": task.dataset,
+        "features": task.features,
+        "horizon": task.horizon,
+        "model": model,
+        "mse": scaled["mse"],
+        "mae": scaled["mae"],
+        "windows": report["windows"],
+        "train_seconds": round(trained.train_seconds, 2),
+        "budget": trained.budget,
+        "reduced": bool(trained.reduced),
+        "reduced_reasons": trained.reduced,
+        "command": command,
+        "lookback": trained.run.model.context_length,
+        "step": trained.run.model.step,
+        "val_mse": trained.run.fit["best_val_loss"],
+        "details": trained.details,
+        "finished_at": now(),
+    }
+
+
+def timed_train(
+    kind: str, data: DataConfig, params: dict[str, Any], train: TrainConfig, **kw: Any
+) -> tuple[Run, float]:
+    started = time.perf_counter()
+    run = train_run(kind, data, params, train, evaluate_test=False, **kw)
+    return run, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------- baselines
+
+CLOSED_FORM = TrainConfig(epochs=1, progress=False)
+
+
+def baseline(task: Task, kind: str, data_dir: str | None) -> Trained:
+    """naive / seasonal_naive (one day as the season) / linear (options chosen on validation, ridge in closed form)."""
+    data = task.data(data_dir, kind)
+    if kind == "naive":
+        run, seconds = timed_train(kind, data, {}, CLOSED_FORM)
+        return Trained(run, seconds, "none (no parameters)")
+    if kind == "seasonal_naive":
+        run, seconds = timed_train(kind, data, {"period": ROWS_PER_DAY[task.dataset]}, CLOSED_FORM)
+        return Trained(run, seconds, "none (no parameters)", details={"period": ROWS_PER_DAY[task.dataset]})
+    if kind == "linear":
+        return linear_on_validation(task, data)
+    raise ValueError(kind)
+
+
+def linear_on_validation(task: Task, data: DataConfig) -> Trained:
+    """Every input normalisation x decomposition (x per-channel weights for M), each ridge-fitted with its penalty
+    chosen on validation; the option set with the lowest validation MSE is the row."""
+    prepared = prepare_data(data)
+    options = [
+        {"norm": norm, "decomposition": decomposition, "per_channel": per_channel}
+        for norm in ("none", "last", "mean")
+        for decomposition in (False, True)
+        for per_channel in ((False, True) if task.features == "M" else (False,))
+    ]
+    started = time.perf_counter()
+    tried = []
+    best: Run | None = None
+    for params in options:
+        run, _ = timed_train("linear", data, params, CLOSED_FORM, prepared=prepared)
+        tried.append({**params, "val_mse": run.fit["best_val_loss"]})
+        if best is None or run.fit["best_val_loss"] < best.fit["best_val_loss"]:
+            best = run
+    assert best is not None
+    seconds = time.perf_counter() - started
+    chosen = {k: v for k, v in best.model_params.items()}
+    return Trained(
+        best,
+        seconds,
+        f"closed form, {len(options)} option sets x penalty grid on validation",
+        details={"chosen": chosen, "alpha": getattr(best.model.config, "alpha", None), "tried": tried},
+    )
+
+
+# ------------------------------------------------------------------------------------------- AR-Net
+
+
+def arnet(task: Task, data_dir: str | None, folds: int, trials: int, work_dir: Path) -> Trained:
+    """AR-Net tuned by Optuna on rolling-origin folds (``tune --folds``), retrained on the training split."""
+    from arcast_core.tuning import BEST_PARAMS_FILE
+    from forecasting.tuning import tune
+
+    data = task.data(data_dir, "arnet")
+    base = TrainConfig(epochs=30, batch_size=64, lr=1e-3, patience=5, progress=False)
+    out = work_dir / f"arnet-{task.protocol}-{task.dataset}-{task.features}-h{task.horizon}"
+    started = time.perf_counter()
+    tune("arnet", data, base, trials, out, folds=folds, seed=0)
+    best = json.loads((out / BEST_PARAMS_FILE).read_text())["settings"]
+    run, _ = timed_train(
+        "arnet",
+        DataConfig(**{**best["data"], "data_dir": data_dir}),
+        best["model"],
+        TrainConfig(**{**best["train"], "progress": False}),
+    )
+    seconds = time.perf_counter() - started
+    return Trained(
+        run,
+        seconds,
+        f"Optuna {trials} trials on {folds} rolling-origin folds, then one retrain",
+        details={"settings": best, "folds": folds, "trials": trials},
+    )
+
+
+# ------------------------------------------------------------------------------------------- Informer
+
+# What Optuna may choose for the CPU plan; everything else is the paper's (InformerConfig defaults, the scripts'
+# lengths, factor and decoder layers, Adam halving every epoch, batch 32, patience 3).
+INFORMER_WIDTHS = (32, 64)
+INFORMER_RATES = (1e-4, 3e-3)
+
+
+def informer_params(task: Task, width: int, e_layers: int, revin: bool) -> dict[str, Any]:
+    s = SCRIPT_SETTINGS[(task.dataset, task.features)][task.horizon]
+    return {
+        "d_model": width,
+        "n_heads": 8 if width >= 64 else 4,
+        "d_ff": 4 * width,
+        "e_layers": e_layers,
+        "d_layers": s.d_layers,
+        "factor": s.factor,
+        "revin": revin,
+    }
+
+
+def cheapest_task(dataset: str, features: str) -> Task:
+    """The configuration of a dataset with the shortest sequences: where width search costs least."""
+    tasks = [t for t in protocol_tasks("informer") if (t.dataset, t.features) == (dataset, features)]
+    return min(tasks, key=lambda t: (t.lookback + t.label_len + t.horizon, t.horizon))
+
+
+def informer_choice(
+    task: Task, revin: bool, trials: int, data_dir: str | None, work_dir: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Width, encoder depth and rate chosen by Optuna (TPE) on validation at the dataset's cheapest configuration.
+
+    Each trial trains one epoch over every training window; the study lives in ``work_dir`` (SQLite) and resumes.
+    """
+    probe = cheapest_task(task.dataset, task.features)
+    model = "informer-revin" if revin else "informer"
+    name = f"{model}-{probe.dataset}-{probe.features}-h{probe.horizon}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=f"sqlite:///{work_dir / f'{model}-width.db'}",  # one file per model: SQLite dislikes two creators
+        load_if_exists=True,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=0),
+    )
+    prepared = prepare_data(probe.data(data_dir, model))
+
+    def objective(trial: optuna.Trial) -> float:
+        width = trial.suggest_categorical("d_model", list(INFORMER_WIDTHS))
+        e_layers = trial.suggest_int("e_layers", 1, 2)
+        lr = trial.suggest_float("lr", *INFORMER_RATES, log=True)
+        params = informer_params(probe, width, e_layers, revin)
+        train = replace(PAPER_TRAIN, epochs=1, lr=lr)
+        run, _ = timed_train("informer", prepared.config, params, train, prepared=prepared)
+        return float(run.fit["best_val_loss"])
+
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(finished) < trials:
+        study.optimize(objective, n_trials=trials - len(finished))
+    best = study.best_trial
+    summary = {
+        "probe": f"{probe.dataset} {probe.features} h{probe.horizon} (seq {probe.lookback}, label {probe.label_len})",
+        "trials": [
+            {**t.params, "val_mse": t.value} for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+        ],
+        "seconds": sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in study.trials
+            if t.datetime_complete and t.datetime_start
+        ),
+    }
+    return best.params, summary
+
+
+def informer(task: Task, revin: bool, trials: int, max_seconds: float, data_dir: str | None, work_dir: Path) -> Trained:
+    """Informer on every training window of ``task`` with the chosen width, the paper's schedule, a time budget."""
+    choice, search = informer_choice(task, revin, trials, data_dir, work_dir)
+    params = informer_params(task, choice["d_model"], choice["e_layers"], revin)
+    train = replace(PAPER_TRAIN, lr=choice["lr"], max_seconds=max_seconds)
+    run, seconds = timed_train("informer", task.data(data_dir, "informer"), params, train)
+    reasons = [
+        f"d_model {params['d_model']} (d_ff {params['d_ff']}), {params['e_layers']} encoder layer(s) and lr "
+        f"{choice['lr']:.1e} chosen by Optuna on {search['probe']} instead of the paper's 512/2048, 2 layers, 1e-4",
+    ]
+    if run.fit["epochs_run"] < PAPER_TRAIN.epochs and len(run.fit["history"]) >= 1:
+        stopped_early = run.fit["epochs_run"] - 1 - run.fit["best_epoch"] >= PAPER_TRAIN.patience
+        if not stopped_early:
+            reasons.append(f"{run.fit['epochs_run']} of {PAPER_TRAIN.epochs} epochs within {max_seconds:.0f} s")
+    if revin:
+        reasons.append("instance normalisation (RevIN without its affine) added: not in the paper")
+    return Trained(
+        run,
+        seconds,
+        f"{max_seconds:.0f} s per row + width search ({len(search['trials'])} trials x 1 epoch, "
+        f"{search['seconds']:.0f} s, shared by the dataset's rows); 1 torch thread",
+        reduced=reasons,
+        details={"params": params, "lr": choice["lr"], "search": search, "fit": run.fit},
+    )
+
+
+# ------------------------------------------------------------------------------------------- papers' rows
+
+
+def paper_rows() -> list[dict[str, Any]]:
+    rows = []
+
+    def add(protocol: str, dataset: str, features: str, horizon: int | str, model: str, mse: float, mae: float):
+        rows.append(
+            {
+                "protocol": protocol,
+                "dataset": dataset,
+                "features": features,
+                "horizon": horizon,
+                "model": model,
+                "mse": mse,
+                "mae": mae,
+                "windows": None,
+                "train_seconds": None,
+                "budget": None,
+                "reduced": False,
+                "command": None,
+                "source": PAPER_SOURCES[model],
+            }
+        )
+
+    for (dataset, features), by_horizon in PUBLISHED.items():
+        for horizon, (mse, mae) in by_horizon.items():
+            add("informer", dataset, features, horizon, "informer-paper", mse, mae)
+            if (dataset, features) == ("ETTh1", "S") and horizon in ARNET_HORIZONS:
+                add("arnet", dataset, features, horizon, "informer-paper", mse, mae)
+    for horizon, (mse, mae) in AUTOTIMES_PAPER.items():
+        add("autotimes", "ETTh1", "M", horizon, "autotimes-paper", mse, mae)
+    add("autotimes", "ETTh1", "M", "avg", "dlinear-paper", *DLINEAR_PAPER_AVERAGE)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- README table
+
+
+def fmt(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One table per protocol and dataset: models down, horizons across, MSE/MAE; the best MSE of ours in bold."""
+    out: list[str] = []
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["protocol"], row["dataset"], row["features"]), []).append(row)
+    for (protocol, dataset, features), group in sorted(groups.items(), key=lambda kv: sort_key(kv[1][0])):
+        horizons = sorted({r["horizon"] for r in group if isinstance(r["horizon"], int)})
+        with_avg = protocol == "autotimes"
+        models = sorted({r["model"] for r in group}, key=lambda m: sort_key({**group[0], "model": m, "horizon": 0}))
+        cells = {(r["model"], r["horizon"]): r for r in group}
+        best = {
+            h: min((r["mse"] for r in group if r["horizon"] == h and not r["model"].endswith("-paper")), default=None)
+            for h in horizons
+        }
+        head = [str(h) for h in horizons] + (["avg"] if with_avg else [])
+        out += [f"**{protocol} protocol: {dataset} {features}** (MSE / MAE, standardised, every test window)", ""]
+        out += ["| model | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+        for model in models:
+            line, values = [], []
+            for h in horizons:
+                r = cells.get((model, h))
+                if r is None:
+                    line.append("")
+                    continue
+                values.append((r["mse"], r["mae"]))
+                mse = fmt(r["mse"])
+                mse = f"**{mse}**" if best[h] is not None and r["mse"] == best[h] else mse
+                line.append(f"{mse} / {fmt(r['mae'])}" + (" *" if r.get("reduced") else ""))
+            if with_avg:
+                avg = cells.get((model, "avg"))
+                if avg is not None:
+                    line.append(f"{fmt(avg['mse'])} / {fmt(avg['mae'])}")
+                elif values and len(values) == len(horizons):
+                    line.append(
+                        f"{fmt(float(np.mean([v[0] for v in values])))} / {fmt(float(np.mean([v[1] for v in values])))}"
+                    )
+                else:
+                    line.append("")
+            out.append(f"| {model} | " + " | ".join(line) + " |")
+        out.append("")
+    out.append(
+        "`*`: reduced (differs from the protocol: see the row's `reduced_reasons` in bench/results/leaderboard.json)."
+    )
+    return "\n".join(out)
+
+
+def write_readme(rows: list[dict[str, Any]], readme: Path = README) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to fill")
+    block = f"{README_START}\n{markdown(rows)}\n{README_END}"
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    atomic_write_text(readme, pattern.sub(lambda _: block, text))
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train (or collect) every forecasting model kind on each published protocol and write one "
+        "leaderboard (bench/results/leaderboard.json) plus the README table. Resumes: finished rows are skipped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--protocols", nargs="+", choices=("informer", "autotimes", "arnet"), default=["arnet", "autotimes", "informer"]
+    )
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(BASELINES), help="model kinds to run")
+    parser.add_argument("--datasets", nargs="+", default=None, help="only these datasets")
+    parser.add_argument("--features", nargs="+", choices=("S", "M"), default=None, help="only these features")
+    parser.add_argument("--horizons", nargs="+", type=int, default=None, help="only these horizons")
+    parser.add_argument("--informer-trials", type=int, default=6, help="Optuna trials of the width search per dataset")
+    parser.add_argument("--informer-seconds", type=float, default=900.0, help="training budget per Informer row")
+    parser.add_argument("--arnet-trials", type=int, default=30, help="Optuna trials per AR-Net row")
+    parser.add_argument("--arnet-folds", type=int, default=3, help="rolling-origin folds AR-Net is selected on")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=REPO_ROOT / "bench" / "work" / "leaderboard",
+        help="Optuna studies (resumable; not committed)",
+    )
+    parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: as the product finds it)")
+    parser.add_argument("--readme", action="store_true", help="only rewrite the README table from --out")
+    return parser.parse_args(argv)
+
+
+def selected(task: Task, args: argparse.Namespace) -> bool:
+    return (
+        (args.datasets is None or task.dataset in args.datasets)
+        and (args.features is None or task.features in args.features)
+        and (args.horizons is None or task.horizon in args.horizons)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    board = Leaderboard(args.out)
+    if args.readme:
+        write_readme(board.rows())
+        print(f"README table rewritten from {args.out}")
+        return 0
+    for row in paper_rows():
+        if not board.has(row_key(row)):
+            board.add(row)
+    command = shlex.join(["bench/leaderboard.py", *(sys.argv[1:] if argv is None else argv)])
+    for protocol in args.protocols:
+        for task in protocol_tasks(protocol):
+            if not selected(task, args):
+                continue
+            for model in args.models:
+                if model == "arnet" and protocol != "arnet":
+                    continue  # AR-Net is a short-horizon univariate model: its own protocol
+                if model.startswith("informer") and protocol != "informer":
+                    continue
+                key = (task.protocol, task.dataset, task.features, task.horizon, model)
+                if board.has(key):
+                    continue
+                print(f"{protocol}: {task.dataset} {task.features} h{task.horizon} {model}", flush=True)
+                trained = train_model(task, model, args)
+                row = evaluate_row(task, model, trained, command, args.data_dir)
+                board.add(row)
+                print(
+                    f"  test MSE {row['mse']:.4f} MAE {row['mae']:.4f} on {row['windows']} windows, "
+                    f"{row['train_seconds']:.0f} s",
+                    flush=True,
+                )
+    print(markdown(board.rows()))
+    return 0
+
+
+def train_model(task: Task, model: str, args: argparse.Namespace) -> Trained:
+    if model in BASELINES:
+        return baseline(task, model, args.data_dir)
+    if model == "arnet":
+        return arnet(task, args.data_dir, args.arnet_folds, args.arnet_trials, args.work_dir)
+    return informer(
+        task, model == "informer-revin", args.informer_trials, args.informer_seconds, args.data_dir, args.work_dir
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

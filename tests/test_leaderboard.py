@@ -1,0 +1,94 @@
+"""bench/leaderboard.py: the protocols' cells, the rows file (resume, concurrent writers), the README table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_FIELDS = {"protocol", "dataset", "features", "horizon", "model", "mse", "mae", "windows"}
+ROW_FIELDS |= {"train_seconds", "budget", "reduced", "command"}
+
+
+@pytest.fixture(scope="module")
+def leaderboard() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("leaderboard", REPO / "bench" / "leaderboard.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["leaderboard"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_protocol_cells_follow_the_papers(leaderboard) -> None:
+    informer = leaderboard.protocol_tasks("informer")
+    assert len(informer) == 20 and {(t.dataset, t.features) for t in informer} == set(leaderboard.INFORMER_PLAN)
+    h720 = next(t for t in informer if (t.dataset, t.features, t.horizon) == ("ETTh1", "M", 720))
+    assert (h720.lookback, h720.label_len) == (336, 336)  # the official ETTh1 script
+    assert [(t.lookback, t.horizon, t.train_horizon) for t in leaderboard.protocol_tasks("autotimes")] == [
+        (672, h, 96) for h in (96, 192, 336, 720)
+    ]
+    assert [(t.features, t.lookback, t.horizon) for t in leaderboard.protocol_tasks("arnet")] == [
+        ("S", 168, h) for h in (24, 48, 168)
+    ]
+    # Only Informer gets the decoder's known values and the scripts' calendar; baselines see the same windows.
+    ettm1 = next(t for t in informer if t.dataset == "ETTm1")
+    assert ettm1.data(None, "informer").freq == "1h" and ettm1.data(None, "linear").freq is None
+    assert ettm1.data(None, "linear").label_len == 0
+
+
+def test_rows_file_replaces_by_key_and_keeps_other_writers_rows(leaderboard, tmp_path: Path) -> None:
+    path = tmp_path / "board.json"
+    first, second = leaderboard.Leaderboard(path), leaderboard.Leaderboard(path)  # two runs sharing one file
+    row = {"protocol": "arnet", "dataset": "ETTh1", "features": "S", "horizon": 24, "model": "naive", "mse": 1.0}
+    first.add(row)
+    second.add({**row, "model": "linear", "mse": 0.5})
+    first.add({**row, "mse": 0.9})  # the same cell again replaces, never duplicates
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["model"], r["mse"]) for r in rows] == [("naive", 0.9), ("linear", 0.5)]
+    assert second.has(("arnet", "ETTh1", "S", 24, "naive")) and not second.has(("arnet", "ETTh1", "S", 48, "naive"))
+
+
+def test_paper_rows_carry_every_field_and_their_source(leaderboard) -> None:
+    rows = leaderboard.paper_rows()
+    assert all(ROW_FIELDS <= set(r) and r["source"] for r in rows)
+    informer = {(r["dataset"], r["features"], r["horizon"]): r["mse"] for r in rows if r["model"] == "informer-paper"}
+    assert informer[("ETTh1", "M", 24)] == 0.577 and informer[("ETTm1", "M", 672)] == 1.192
+    assert {r["model"] for r in rows} == {"informer-paper", "autotimes-paper", "dlinear-paper"}
+
+
+def test_table_marks_our_best_and_the_reduced_rows(leaderboard, tmp_path: Path) -> None:
+    base = {"protocol": "arnet", "dataset": "ETTh1", "features": "S", "reduced": False}
+    rows = [
+        {**base, "horizon": 24, "model": "naive", "mse": 0.034, "mae": 0.14},
+        {**base, "horizon": 24, "model": "linear", "mse": 0.027, "mae": 0.12, "reduced": True},
+        {**base, "horizon": 24, "model": "informer-paper", "mse": 0.010, "mae": 0.1},  # a paper's row is not ours
+    ]
+    table = leaderboard.markdown(rows)
+    assert "| linear | **0.027** / 0.120 * |" in table and "| naive | 0.034 / 0.140 |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{leaderboard.README_START}\nold\n{leaderboard.README_END}\nrest\n")
+    leaderboard.write_readme(rows, readme)
+    text = readme.read_text()
+    assert "old" not in text and "**0.027**" in text and text.startswith("intro\n") and text.endswith("rest\n")
+
+
+def test_a_row_is_trained_served_evaluated_and_not_rerun(leaderboard, tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "board.json"
+    argv = ["--protocols", "arnet", "--models", "naive", "--horizons", "24", "--out", str(out)]
+    argv += ["--data-dir", str(data_dir), "--work-dir", str(tmp_path / "work")]
+    assert leaderboard.main(argv) == 0
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["model"] == "naive"]
+    assert len(rows) == 1 and ROW_FIELDS <= set(rows[0])
+    # Every test window of the AR-Net setting: the 2,880 test rows less the horizon.
+    assert rows[0]["windows"] == 2880 - 24 + 1 and rows[0]["reduced"] is False
+    assert 0.03 < rows[0]["mse"] < 0.04  # last value on ETTh1 OT at 24 h (../shared/ANCHORS.md: .0343)
+    finished = rows[0]["finished_at"]
+    assert leaderboard.main(argv) == 0  # resumed: the finished row is kept, not rerun
+    again = [r for r in json.loads(out.read_text())["rows"] if r["model"] == "naive"]
+    assert [r["finished_at"] for r in again] == [finished]
