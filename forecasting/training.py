@@ -140,8 +140,10 @@ def fit(
     return FitResult(report.best_epoch, best_val_loss, report.epochs_run, report.seconds, history)
 
 
-def _fit_closed_form(model: ForecastModel, train: WindowDataset, val: WindowDataset, cfg: TrainConfig) -> FitResult | None:
-    """The closed-form fit as one pass over the data (epoch 0), scored like an SGD epoch; None for a model fitted by SGD.
+def _fit_closed_form(
+    model: ForecastModel, train: WindowDataset, val: WindowDataset, cfg: TrainConfig
+) -> FitResult | None:
+    """A closed-form fit as one pass over the data (epoch 0), scored like an SGD epoch; None: fit by SGD.
 
     ``on_epoch`` is not called: pruning a fit that is already complete would only throw its result away. Every
     torchrun rank computes the same fit.

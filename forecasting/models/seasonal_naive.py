@@ -55,6 +55,7 @@ class SeasonalNaiveConfig:
 
 class SeasonalNaive(ForecastModel):
     kind = "seasonal_naive"
+    index: torch.Tensor  # the window positions forecast at each horizon step
 
     def __init__(self, config: SeasonalNaiveConfig) -> None:
         super().__init__()

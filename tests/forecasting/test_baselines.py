@@ -137,7 +137,9 @@ def test_baselines_fit_without_sgd(prepared: PreparedData) -> None:
 def test_saved_linear_run_reloads_with_identical_predictions(prepared: PreparedData, tmp_path: Path) -> None:
     run = train_run("linear", prepared.config, {"decomposition": True}, prepared=prepared)
     loaded = load_run(save_run(run, tmp_path / "run"))
-    np.testing.assert_array_equal(predict_dataset(loaded.model, prepared.test), predict_dataset(run.model, prepared.test))
+    np.testing.assert_array_equal(
+        predict_dataset(loaded.model, prepared.test), predict_dataset(run.model, prepared.test)
+    )
 
 
 @pytest.mark.parametrize("kind", ["linear", "naive"])
