@@ -8,11 +8,14 @@ shared loop's docstring describes.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from arcast_core.training import Replica, Selection, StepLoss, TrainConfig
 from arcast_core.training import fit as fit_task
@@ -38,10 +41,17 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's tensors live: its parameters', else its buffers', else the CPU (naive has neither)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_dataset(model: ForecastModel, data: WindowDataset, batch_size: int = 256) -> np.ndarray:
     """Scaled predictions (N, H, C) for every window of ``data``, in order."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.eval()
     return np.concatenate([model.predict(_to(b, device)).cpu().numpy() for b in data.batches(batch_size)])
 
@@ -51,7 +61,7 @@ def _squared_error(
     model: ForecastModel, data: WindowDataset, batch_size: int, shard: tuple[int, int] = (0, 1)
 ) -> tuple[float, int]:
     """Sum of squared errors and the number of values, over this shard's windows."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.eval()
     total, count = 0.0, 0
     for batch in data.batches(batch_size, shard=shard):
@@ -108,8 +118,12 @@ def fit(
     """Train ``model`` in place, restore its best checkpoint by validation MSE and return the history.
 
     ``on_epoch(epoch, val_loss)`` runs after every epoch; Optuna's pruning raises from it. Under torchrun (more
-    than one process) it trains with DDP; every rank returns the same result.
+    than one process) it trains with DDP; every rank returns the same result. A model that fits in closed form
+    (``ForecastModel.fit_closed_form``) is fitted that way instead, with no epochs for ``on_epoch`` to prune.
     """
+    closed = _fit_closed_form(model, train, val, cfg)
+    if closed is not None:
+        return closed
 
     def build(device: torch.device) -> ForecastTask:
         return ForecastTask(model.to(device), train, val, cfg, device)
@@ -124,3 +138,20 @@ def fit(
     ]
     best_val_loss = report.best_validation["val_loss"]
     return FitResult(report.best_epoch, best_val_loss, report.epochs_run, report.seconds, history)
+
+
+def _fit_closed_form(
+    model: ForecastModel, train: WindowDataset, val: WindowDataset, cfg: TrainConfig
+) -> FitResult | None:
+    """A closed-form fit as one pass over the data (epoch 0), scored like an SGD epoch; None: fit by SGD.
+
+    ``on_epoch`` is not called: pruning a fit that is already complete would only throw its result away. Every
+    torchrun rank computes the same fit.
+    """
+    start = time.perf_counter()
+    record = model.fit_closed_form(train, val)
+    if record is None:
+        return None
+    val_loss = validation_loss(model, val, cfg.eval_batch_size)
+    history = record.get("history") or [{"epoch": 0, "val_loss": val_loss}]
+    return FitResult(0, val_loss, 1, time.perf_counter() - start, history)

@@ -6,7 +6,7 @@ from dataclasses import fields
 from typing import Any
 
 from forecasting.data import DataFacts
-from forecasting.models import arnet, autotimes, informer
+from forecasting.models import arnet, autotimes, informer, linear, naive, seasonal_naive
 from forecasting.models.base import ForecastModel, ModelSpec
 
 MODELS: dict[str, ModelSpec] = {
@@ -15,6 +15,9 @@ MODELS: dict[str, ModelSpec] = {
         arnet.SPEC,
         informer.SPEC,
         autotimes.SPEC,
+        naive.SPEC,
+        seasonal_naive.SPEC,
+        linear.SPEC,
     )
 }
 

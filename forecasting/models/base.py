@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from forecasting.data import DataFacts
+from forecasting.data import DataFacts, WindowDataset
 
 
 class ForecastModel(nn.Module):
@@ -19,6 +19,9 @@ class ForecastModel(nn.Module):
     ``forward(x, x_mark, y_mark)`` takes x (B, L, C) and calendar features and returns (B, H, C), where H is
     ``step``: the values produced per call. Longer horizons are reached by the rollout named in
     ``rollout_kind``. Subclasses set ``kind`` and keep their config dataclass in ``self.config``.
+
+    A model with a closed-form fit (the baselines: naive, seasonal naive, ridge) overrides ``fit_closed_form``;
+    the shared ``fit`` then calls it instead of running SGD, so ``loss`` and the epoch hooks never run.
     """
 
     kind: ClassVar[str]
@@ -35,6 +38,13 @@ class ForecastModel(nn.Module):
     @property
     def step(self) -> int:
         raise NotImplementedError
+
+    def fit_closed_form(self, train: WindowDataset, val: WindowDataset) -> dict[str, Any] | None:
+        """Fit in place without SGD and return what was chosen (``history``: one dict of floats per candidate).
+
+        None, the default, means the model is fitted by SGD.
+        """
+        return None
 
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["x"], batch.get("x_mark"), batch.get("y_mark"))
