@@ -178,7 +178,7 @@ def export_window_shift_run(
             warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
             torch.onnx.export(
                 graph,
-                tuple(torch.from_numpy(example[name]) for name in shapes),
+                tuple(torch.tensor(example[name]) for name in shapes),
                 str(folder / GRAPH_FILE),
                 input_names=list(shapes),
                 output_names=["forecast"],
