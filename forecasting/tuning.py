@@ -32,22 +32,37 @@ class PinnedTrial:
     """A trial whose search space holds the ``pins`` at their values (``tune --fix lookback=168``): not sampled."""
 
     def __init__(self, trial: optuna.Trial, pins: dict[str, Any]) -> None:
-        self.trial, self.pins = trial, pins
+        self.trial, self.pins, self.asked = trial, pins, set[str]()
+
+    def _pinned(self, name: str) -> bool:
+        self.asked.add(name)
+        return name in self.pins
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
-        return self.pins[name] if name in self.pins else self.trial.suggest_categorical(name, choices)
+        return self.pins[name] if self._pinned(name) else self.trial.suggest_categorical(name, choices)
 
     def suggest_float(self, name: str, low: float, high: float, **kwargs: Any) -> float:
-        return self.pins[name] if name in self.pins else self.trial.suggest_float(name, low, high, **kwargs)
+        return self.pins[name] if self._pinned(name) else self.trial.suggest_float(name, low, high, **kwargs)
 
     def suggest_int(self, name: str, low: int, high: int, **kwargs: Any) -> int:
-        return self.pins[name] if name in self.pins else self.trial.suggest_int(name, low, high, **kwargs)
+        return self.pins[name] if self._pinned(name) else self.trial.suggest_int(name, low, high, **kwargs)
+
+    def check(self, kind: str) -> None:
+        """A pin the search space never asked for is a typo, not a setting to ignore silently."""
+        unknown = set(self.pins) - self.asked
+        if unknown:
+            raise ValueError(f"--fix {sorted(unknown)}: not in {kind}'s search space (it has {sorted(self.asked)})")
 
 
 def trial_settings(
     kind: str, trial: optuna.Trial, base_data: DataConfig, base_train: TrainConfig, pins: dict[str, Any] | None = None
 ) -> tuple[DataConfig, dict[str, Any], TrainConfig]:
-    space = model_spec(kind).search_space(PinnedTrial(trial, pins) if pins else trial)
+    if pins:
+        pinned = PinnedTrial(trial, pins)
+        space = model_spec(kind).search_space(pinned)
+        pinned.check(kind)
+    else:
+        space = model_spec(kind).search_space(trial)
     return (
         replace(base_data, **space.get("data", {})),
         space.get("model", {}),

@@ -10,6 +10,7 @@ from statsmodels.tsa.ar_model import AutoReg
 from arcast_core.training import TrainConfig
 from forecasting.data import WindowDataset
 from forecasting.models.arnet import ARNet, ARNetConfig, sparsity_penalty
+from forecasting.models.input_norm import InputNorm
 from forecasting.training import fit
 
 
@@ -94,7 +95,7 @@ def test_channels_are_independent_with_shared_weights() -> None:
 
 
 @pytest.mark.parametrize("norm", ["last", "mean"])
-def test_input_norm_shifts_the_forecast_with_the_window(norm: str) -> None:
+def test_input_norm_shifts_the_forecast_with_the_window(norm: InputNorm) -> None:
     torch.manual_seed(0)
     model = ARNet(ARNetConfig(n_lags=8, n_forecasts=3, hidden_sizes=(4,), norm=norm)).eval()
     x = torch.randn(5, 8, 2)

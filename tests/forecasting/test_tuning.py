@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 
 from arcast_core.training import TrainConfig
 from arcast_core.tuning import BEST_PARAMS_FILE
@@ -82,3 +83,5 @@ def test_tune_holds_fixed_parameters(etth1_slice: Path, tmp_path: Path) -> None:
     result = tune("arnet", data, TrainConfig(epochs=1, progress=False), n_trials=2, out_dir=tmp_path, pins=pins)
     assert result["pins"] == pins and "lookback" not in result["params"]
     assert result["settings"]["data"]["lookback"] == 24 and result["settings"]["model"]["norm"] == "last"
+    with pytest.raises(ValueError, match="not in arnet's search space"):
+        tune("arnet", data, TrainConfig(epochs=1, progress=False), n_trials=1, out_dir=tmp_path, pins={"lookbak": 24})
