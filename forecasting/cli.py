@@ -100,12 +100,13 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def _model_params(items: list[str]) -> dict[str, Any]:
+def _model_params(items: list[str], option: str = "--param") -> dict[str, Any]:
+    """KEY=VALUE items (``--param``, ``--fix``) as a dict, each value read as JSON or else as a bare string."""
     params = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -154,8 +155,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         heartbeat=Heartbeat(args.heartbeat, args.grace),
+        folds=args.folds,
+        pins=_model_params(args.fix, "--fix"),
     )
-    print(json.dumps({k: result[k] for k in ("study", "n_trials", "best_value", "params")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("study", "n_trials", "folds", "best_value", "params")}, indent=2))
     print(f"best parameters written to {Path(args.out) / BEST_PARAMS_FILE}")
     return 0
 
@@ -231,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(tune)
     _add_train_args(tune)
     tune.add_argument("--trials", type=int, default=20, help="trials to run now (default 20)")
+    tune.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="rolling-origin folds per trial (default 1: the validation split alone). K > 1 trains and validates "
+        "each trial on K folds of the training + validation period, the last one the validation split, the earlier "
+        "ones validating on blocks (the validation split's length or shorter) just before it, and minimises the "
+        "mean validation MSE: settings that fit one validation period alone lose",
+    )
+    tune.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="hold a search-space parameter at a value, as JSON (e.g. --fix lookback=168 --fix norm=last)",
+    )
     tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db; PostgreSQL to share)")
     tune.add_argument("--study", help="study name (default derived from model, dataset and horizon)")

@@ -14,7 +14,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from arcast_core.files import sha256_file
 from forecasting.datasets import KNOWN_DATASETS, resolve_dataset
 from forecasting.loading import DataError, MissingPolicy, TimeSeriesTable, read_table
-from forecasting.splits import SplitBorders, StandardScaler, split_borders
+from forecasting.splits import FoldBorders, SplitBorders, StandardScaler, fold_borders, split_borders
 from forecasting.time_features import infer_freq, time_features
 
 Features = Literal["S", "M"]
@@ -200,3 +200,35 @@ def prepare_data(config: DataConfig) -> PreparedData:
         val=window(borders.val, "validation"),
         test=window(borders.test, "test"),
     )
+
+
+@dataclass
+class Fold:
+    """One rolling-origin fold's rows and windows (``fold_windows``)."""
+
+    borders: FoldBorders
+    train: WindowDataset
+    val: WindowDataset
+
+
+def fold_windows(prepared: PreparedData, folds: int) -> list[Fold]:
+    """The K rolling-origin folds of ``splits.fold_borders`` as windows, earliest first; 1 fold is the published split.
+
+    Every fold is scaled with the scaler fitted on the whole training split: folds that validate inside the
+    training split see its scaling, a mild look-ahead on the scale only (refitting per fold would change what the
+    model sees between folds and the final run).
+    """
+    config = prepared.config
+    spans = fold_borders(prepared.borders, folds, config.lookback, config.horizon)
+    published = Fold(spans[-1], prepared.train, prepared.val)  # the last fold: the windows already prepared
+    if folds == 1:
+        return [published]
+    scaled = prepared.scaler.transform(prepared.table.values)
+    marks = time_features(prepared.table.timestamps, prepared.freq)
+
+    def window(rows: tuple[int, int]) -> WindowDataset:
+        return WindowDataset(
+            scaled[slice(*rows)], marks[slice(*rows)], config.lookback, config.horizon, config.label_len
+        )
+
+    return [*(Fold(span, window(span.train), window(span.val)) for span in spans[:-1]), published]

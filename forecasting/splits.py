@@ -44,6 +44,60 @@ def split_borders(n_rows: int, kind: str, lookback: int) -> SplitBorders:
 
 
 @dataclass(frozen=True)
+class FoldBorders:
+    """One rolling-origin fold: row ranges [start, end) to train on and to validate on (``lookback`` rows early)."""
+
+    train: tuple[int, int]
+    val: tuple[int, int]
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"train": list(self.train), "val": list(self.val)}
+
+
+MIN_TRAIN_SHARE = 0.5  # the earliest fold trains on at least this share of the training split's rows
+
+
+def fold_block_length(borders: SplitBorders, folds: int) -> int:
+    """Rows in each earlier fold's validation block: the validation split's length, shortened so that K - 1 blocks
+    carved off the end of the training split leave the earliest fold ``MIN_TRAIN_SHARE`` of it (a fold trained
+    on far less data than the final model would favour settings that suit small data)."""
+    train_end = borders.train[1]
+    val_rows = borders.val[1] - train_end
+    if folds == 1:
+        return val_rows
+    return min(val_rows, int(train_end * (1 - MIN_TRAIN_SHARE)) // (folds - 1))
+
+
+def fold_borders(borders: SplitBorders, folds: int, lookback: int, horizon: int) -> list[FoldBorders]:
+    """K rolling-origin folds inside the training + validation period, earliest first.
+
+    The last fold is the published split (train on the training split, validate on the validation split). Each
+    earlier fold validates on the block of ``fold_block_length`` rows that ends where the next fold's block
+    starts, and trains on every row before its block; its validation windows start ``lookback`` rows early, as the
+    published split's do, so no training target lies in its validation block. Raises ValueError when the blocks
+    would be shorter than the horizon or the earliest fold too short for one training window.
+    """
+    if folds < 1:
+        raise ValueError(f"--folds must be at least 1, got {folds}")
+    block = fold_block_length(borders, folds)
+    train_end, val_end = borders.train[1], borders.val[1]
+    if block < horizon:
+        raise ValueError(
+            f"{folds} folds leave validation blocks of {block} rows, shorter than the horizon {horizon}: "
+            "use fewer folds"
+        )
+    earliest = train_end - (folds - 1) * block
+    if earliest < lookback + horizon:
+        raise ValueError(
+            f"with {folds} folds the earliest trains on {earliest} rows, fewer than lookback + horizon = "
+            f"{lookback + horizon}: use fewer folds or a shorter lookback"
+        )
+    starts = [train_end - (folds - 1 - k) * block for k in range(folds)]
+    ends = [*starts[1:], val_end]
+    return [FoldBorders((0, start), (max(start - lookback, 0), end)) for start, end in zip(starts, ends, strict=True)]
+
+
+@dataclass(frozen=True)
 class StandardScaler:
     """Per-channel mean/std fitted on the training rows only (sklearn's definition: population std)."""
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from forecasting.data import DataFacts
 from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
+from forecasting.models.input_norm import INPUT_NORMS, InputNorm, check_input_norm, window_level
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ARNetConfig:
         reached without regularisation (measured when it switches on).
     reg_start / reg_ramp: the regulariser is off for the first ``reg_start`` of training (so L_hat can be
         measured and the fit found first), then its weight rises linearly to 1 over ``reg_ramp``.
+    norm: the window level subtracted from the lags and added back to the forecast (``input_norm``); "last"
+        makes the linear model NLinear, which stays right when the series' level drifts between periods.
     """
 
     n_lags: int = 96
@@ -40,6 +43,7 @@ class ARNetConfig:
     loss: Literal["huber", "mse"] = "huber"
     huber_delta: float = 1.0
     bias: bool = True
+    norm: InputNorm = "none"
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
@@ -49,6 +53,7 @@ class ARNetConfig:
             raise ValueError(f"sparsity must be in (0, 1], got {self.sparsity}")
         if self.loss not in ("huber", "mse"):
             raise ValueError(f"loss must be 'huber' or 'mse', got {self.loss!r}")
+        check_input_norm(self.norm)
 
 
 def sparsity_penalty(weights: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
@@ -85,9 +90,13 @@ class ARNet(ForecastModel):
         self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
     ) -> torch.Tensor:
         batch, lags, channels = x.shape
+        # "none" adds nothing to the graph, so runs and artifacts from before ``norm`` existed rebuild identically.
+        level = None if self.config.norm == "none" else window_level(x, self.config.norm)
+        if level is not None:
+            x = x - level
         flat = x.permute(0, 2, 1).reshape(batch * channels, lags)
-        out = self.net(flat)
-        return out.reshape(batch, channels, -1).permute(0, 2, 1)
+        out = self.net(flat).reshape(batch, channels, -1).permute(0, 2, 1)
+        return out if level is None else out + level
 
     def ar_coefficients(self) -> torch.Tensor:
         """(n_forecasts, p) coefficients of the linear model, lag 1 first (only for the linear model)."""
@@ -136,6 +145,7 @@ def _search_space(trial: Any) -> dict[str, dict[str, Any]]:
         "model": {
             "hidden_sizes": (hidden,) if hidden else (),
             "loss": trial.suggest_categorical("loss", ["huber", "mse"]),
+            "norm": trial.suggest_categorical("norm", list(INPUT_NORMS)),
         },
         "train": {
             "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),

@@ -10,6 +10,7 @@ from statsmodels.tsa.ar_model import AutoReg
 from arcast_core.training import TrainConfig
 from forecasting.data import WindowDataset
 from forecasting.models.arnet import ARNet, ARNetConfig, sparsity_penalty
+from forecasting.models.input_norm import InputNorm
 from forecasting.training import fit
 
 
@@ -91,3 +92,19 @@ def test_channels_are_independent_with_shared_weights() -> None:
     both = model(x)
     assert both.shape == (4, 3, 2)
     torch.testing.assert_close(both[..., 1:], model(x[..., 1:]))
+
+
+@pytest.mark.parametrize("norm", ["last", "mean"])
+def test_input_norm_shifts_the_forecast_with_the_window(norm: InputNorm) -> None:
+    torch.manual_seed(0)
+    model = ARNet(ARNetConfig(n_lags=8, n_forecasts=3, hidden_sizes=(4,), norm=norm)).eval()
+    x = torch.randn(5, 8, 2)
+    shifted = x + torch.tensor([3.5, -2.0])  # a constant per channel: channels are normalised on their own
+    with torch.no_grad():
+        torch.testing.assert_close(model(shifted), model(x) + torch.tensor([3.5, -2.0]), atol=1e-5, rtol=0)
+
+
+def test_input_norm_is_checked_and_off_by_default() -> None:
+    assert ARNetConfig().norm == "none"
+    with pytest.raises(ValueError, match="norm must be one of"):
+        ARNetConfig(norm="median")  # type: ignore[arg-type]

@@ -54,6 +54,8 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     assert "line 3, column 'OT': non-numeric value 'oops'" in result.stderr
     missing = cli("evaluate", "--store", str(tmp_path), "--name", "nothing")
     assert missing.returncode == 2 and "no model named 'nothing'" in missing.stderr
+    no_folds = cli("tune", "--folds", "0", "--out", str(tmp_path / "tune"))
+    assert no_folds.returncode == 2 and "--folds must be at least 1, got 0" in no_folds.stderr
 
 
 def test_help_explains_each_command() -> None:

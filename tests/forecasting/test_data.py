@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,10 @@ import polars as pl
 import pytest
 
 from arcast_core.data_dir import DatasetNotFound, find_data_dir
-from forecasting.data import DataConfig, prepare_data
+from forecasting.data import DataConfig, fold_windows, prepare_data
 from forecasting.datasets import resolve_dataset
 from forecasting.loading import DataError, read_table
+from forecasting.splits import fold_block_length, fold_borders, split_borders
 from forecasting.time_features import infer_freq, time_features
 
 
@@ -153,3 +155,45 @@ def test_find_data_dir_prefers_explicit_then_env(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("ARCAST_DATA_DIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="ARCAST_DATA_DIR"):
         find_data_dir(None)
+
+
+def test_fold_borders_roll_the_origin_up_to_the_published_split() -> None:
+    lookback, horizon = 168, 24
+    borders = split_borders(17420, "ett_hourly", lookback)
+    folds = fold_borders(borders, 3, lookback, horizon)
+    assert (folds[-1].train, folds[-1].val) == (borders.train, borders.val)  # the last fold is the published split
+    block = fold_block_length(borders, 3)
+    assert block == 2160  # two validation-length blocks would leave the earliest fold a third of the training rows
+    for fold, later in itertools.pairwise(folds):
+        assert fold.val[0] + lookback == fold.train[1]  # validation windows start lookback rows early
+        assert fold.val[1] == later.train[1] == later.val[0] + lookback  # blocks end where the next one starts
+        assert fold.val[1] - fold.train[1] == block
+    for fold in folds:
+        assert fold.train[0] == 0
+        train_targets = set(range(lookback, fold.train[1]))
+        val_targets = set(range(fold.val[0] + lookback, fold.val[1]))
+        assert not train_targets & val_targets
+    assert folds[0].train[1] >= borders.train[1] // 2
+    assert fold_borders(borders, 1, lookback, horizon)[0].val == borders.val
+
+
+def test_too_many_folds_or_none_are_refused() -> None:
+    borders = split_borders(2000, "ratio", 48)
+    with pytest.raises(ValueError, match="at least 1"):
+        fold_borders(borders, 0, 48, 12)
+    with pytest.raises(ValueError, match="shorter than the horizon"):
+        fold_borders(borders, 200, 48, 12)
+    with pytest.raises(ValueError, match="fewer than lookback"):  # the earliest fold trains on rows 0-1200
+        fold_borders(split_borders(2000, "ratio", 1195), 2, 1195, 12)
+
+
+def test_fold_windows_line_up_with_rows(etth1) -> None:
+    folds = fold_windows(etth1, 2)
+    assert folds[-1].train is etth1.train and len(folds[-1].val) == len(etth1.val)
+    scaled = etth1.scaler.transform(etth1.table.values)  # every fold keeps the training split's scaler
+    first = folds[0]
+    batch = first.val.batch(np.array([0]))
+    start = first.borders.val[0]
+    np.testing.assert_allclose(batch["x"][0].numpy(), scaled[start : start + 96])
+    np.testing.assert_allclose(batch["y"][0].numpy(), scaled[start + 96 : start + 120])
+    assert len(first.train) == first.borders.train[1] - 96 - 24 + 1

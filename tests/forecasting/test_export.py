@@ -113,3 +113,17 @@ def test_evaluating_the_artifact_reproduces_the_training_test_metrics(arnet_run,
     report = evaluate_artifact(resolve(model_store, "etth1-arnet"), progress=False)
     for key in ("mse", "mae"):
         assert report["metrics"]["scaled"][key] == pytest.approx(arnet_run.metrics["test"]["scaled"][key], rel=1e-5)
+
+
+def test_input_norm_exports_with_the_context_alone(arnet_run, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from forecasting.models.arnet import ARNet
+
+    model = ARNet(replace(arnet_run.model.config, norm="last"))
+    model.load_state_dict(arnet_run.model.state_dict())
+    run = replace(arnet_run, model=model.eval(), model_params={**arnet_run.model_params, "norm": "last"})
+    export_run(run, tmp_path, "norm-last", max_horizon=36)
+    served = WindowShiftModel.load(read_artifact(resolve(tmp_path, "norm-last")))
+    context = (np.random.default_rng(0).standard_normal((4, 48, 1)) * 5 + 15).astype(np.float32)
+    np.testing.assert_allclose(served.forecast(context, 36), torch_rollout(run, context, 36), atol=1e-5, rtol=0)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 
 from arcast_core.training import TrainConfig
 from arcast_core.tuning import BEST_PARAMS_FILE
@@ -58,3 +59,29 @@ def test_train_from_best_params(etth1_slice: Path, tmp_path: Path) -> None:
     best = json.loads((tmp_path / "tune" / BEST_PARAMS_FILE).read_text())
     assert info["data"]["lookback"] == best["params"]["lookback"]
     assert info["train"]["lr"] == best["params"]["lr"]
+
+
+def test_tune_with_folds_backtests_every_trial(etth1_slice: Path, tmp_path: Path) -> None:
+    data = DataConfig(dataset=str(etth1_slice), lookback=48, horizon=12)
+    result = tune("arnet", data, TrainConfig(epochs=2, progress=False), n_trials=2, out_dir=tmp_path, folds=2)
+    assert result["n_trials"] == 2 and result["folds"] == 2 and result["study"].endswith("-folds2")
+    best = json.loads((tmp_path / BEST_PARAMS_FILE).read_text())
+    lookback = best["settings"]["data"]["lookback"]
+    last, first = best["fold_borders"][-1], best["fold_borders"][0]
+    assert last == {"train": [0, 1400], "val": [1400 - lookback, 1600]}  # the published 70/10/20 split
+    assert first["val"][1] == 1400 and first["train"][1] == 1200  # a validation-length block just before it
+    study = optuna.load_study(study_name=result["study"], storage=result["storage"])
+    for trial in study.trials:
+        losses = trial.user_attrs["fold_val_loss"]
+        assert len(losses) == 2 and len(trial.user_attrs["folds"]) == 2
+        assert trial.value is not None and abs(trial.value - sum(losses) / 2) < 1e-12
+
+
+def test_tune_holds_fixed_parameters(etth1_slice: Path, tmp_path: Path) -> None:
+    data = DataConfig(dataset=str(etth1_slice), lookback=48, horizon=12)
+    pins = {"lookback": 24, "norm": "last"}
+    result = tune("arnet", data, TrainConfig(epochs=1, progress=False), n_trials=2, out_dir=tmp_path, pins=pins)
+    assert result["pins"] == pins and "lookback" not in result["params"]
+    assert result["settings"]["data"]["lookback"] == 24 and result["settings"]["model"]["norm"] == "last"
+    with pytest.raises(ValueError, match="not in arnet's search space"):
+        tune("arnet", data, TrainConfig(epochs=1, progress=False), n_trials=1, out_dir=tmp_path, pins={"lookbak": 24})
