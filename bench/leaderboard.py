@@ -279,10 +279,11 @@ def arnet(task: Task, data_dir: str | None, folds: int, trials: int, work_dir: P
     from forecasting.tuning import tune
 
     data = task.data(data_dir, "arnet")
-    base = TrainConfig(epochs=30, batch_size=64, lr=1e-3, patience=5, progress=False)
-    out = work_dir / f"arnet-{task.protocol}-{task.dataset}-{task.features}-h{task.horizon}"
+    base = TrainConfig(epochs=20, batch_size=64, lr=1e-3, patience=5, progress=False)
+    out = work_dir / f"arnet-{task.protocol}-{task.dataset}-{task.features}-h{task.horizon}-folds{folds}"
     started = time.perf_counter()
-    tune("arnet", data, base, trials, out, folds=folds, seed=0)
+    # The protocol's lookback is pinned, so AR-Net sees the same windows as the baselines of its row.
+    tune("arnet", data, base, trials, out, folds=folds, seed=0, pins={"lookback": task.lookback})
     best = json.loads((out / BEST_PARAMS_FILE).read_text())["settings"]
     run, _ = timed_train(
         "arnet",
@@ -294,7 +295,7 @@ def arnet(task: Task, data_dir: str | None, folds: int, trials: int, work_dir: P
     return Trained(
         run,
         seconds,
-        f"Optuna {trials} trials on {folds} rolling-origin folds, then one retrain",
+        f"Optuna {trials} trials x up to {base.epochs} epochs on {folds} rolling-origin folds, then one retrain",
         details={"settings": best, "folds": folds, "trials": trials},
     )
 

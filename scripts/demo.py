@@ -49,7 +49,10 @@ def main() -> int:
     data = DataConfig(dataset="ETTh1", features="S", target="OT", lookback=168, horizon=24)
     print(f"1/6 training AR-Net on ETTh1 (target OT, lookback {data.lookback}, {data.horizon} values per step)")
     run = train_run(
-        "arnet", data, {"loss": "mse"}, TrainConfig(epochs=15, batch_size=64, lr=3e-3, lr_schedule="onecycle")
+        "arnet",
+        data,
+        {"loss": "mse", "norm": "last"},
+        TrainConfig(epochs=15, batch_size=64, lr=3e-3, lr_schedule="onecycle"),
     )
     save_run(run, OUT / "runs" / MODEL)
     print(f"    best epoch {run.fit['best_epoch']} of {run.fit['epochs_run']}, {run.fit['seconds']:.1f} s")
