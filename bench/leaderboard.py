@@ -478,7 +478,9 @@ def autotimes_rows(path: Path = AUTOTIMES_RESULTS) -> list[dict[str, Any]]:
 
 
 def fmt(value: float | None) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4f}" if abs(value) < 0.1 else f"{value:.3f}"  # univariate OT errors are small
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -70,12 +70,12 @@ def test_table_marks_our_best_and_the_reduced_rows(leaderboard, tmp_path: Path) 
         {**base, "horizon": 24, "model": "informer-paper", "mse": 0.010, "mae": 0.1},  # a paper's row is not ours
     ]
     table = leaderboard.markdown(rows)
-    assert "| linear | **0.027** / 0.120 * |" in table and "| naive | 0.034 / 0.140 |" in table
+    assert "| linear | **0.0270** / 0.120 * |" in table and "| naive | 0.0340 / 0.140 |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{leaderboard.README_START}\nold\n{leaderboard.README_END}\nrest\n")
     leaderboard.write_readme(rows, readme)
     text = readme.read_text()
-    assert "old" not in text and "**0.027**" in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "old" not in text and "**0.0270**" in text and text.startswith("intro\n") and text.endswith("rest\n")
 
 
 def test_a_row_is_trained_served_evaluated_and_not_rerun(leaderboard, tmp_path: Path, data_dir: Path) -> None:
