@@ -245,6 +245,7 @@ def _run_export(
             "model_config": info["model_config"],
             "train": info["train"],
             "fit": {k: v for k, v in run.fit.items() if k != "history"},
+            "loading": run.loading,
             **facts,
         },
     )
