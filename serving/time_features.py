@@ -104,14 +104,35 @@ def future_timestamps(last: np.ndarray, count: int, freq: str) -> np.ndarray:
     return anchored.astype("datetime64[us]") + time_of_day
 
 
-def _month_step(timestamps: np.ndarray) -> int | None:
-    """The count of months between rows when every row is that many calendar months after the previous one."""
-    stamps = np.asarray(timestamps, dtype="datetime64[us]")
-    months = np.diff(stamps.astype("datetime64[M]").astype(np.int64))
-    if len(months) == 0 or months[0] <= 0 or not (months == months[0]).all():
+def future_from_history(stamps: np.ndarray | None, count: int, freq: str | None) -> np.ndarray | None:
+    """The forecast's timestamps: the history's last step repeated, or calendar months for a monthly model.
+
+    None without two timestamps to step from. Fixed steps follow the history (as served before frequencies
+    were recorded); months have no fixed step, so the model's frequency decides.
+    """
+    if stamps is None or len(stamps) < 2:
         return None
-    expected = future_timestamps(stamps[0], len(stamps) - 1, f"{int(months[0])}mo")
-    return int(months[0]) if (expected == stamps[1:]).all() else None
+    last = np.asarray(stamps[-1], dtype="datetime64[us]")
+    if freq and parse_freq(freq)[1] == "mo":
+        return future_timestamps(last, count, freq)
+    step = np.asarray(stamps[-1] - stamps[-2]).astype("timedelta64[us]")
+    return last + step * np.arange(1, count + 1)
+
+
+def _month_step(timestamps: np.ndarray) -> int | None:
+    """The common count of months between rows, when every row falls on the same day of its month (or on the
+    month's last day) at the same time: monthly data, whose steps in seconds vary."""
+    stamps = np.asarray(timestamps, dtype="datetime64[us]")
+    month = stamps.astype("datetime64[M]")
+    into_month = stamps - month.astype("datetime64[us]")
+    to_next = (month + 1).astype("datetime64[us]") - stamps
+    if not ((into_month == into_month[0]).all() or (to_next == to_next[0]).all()):
+        return None
+    steps = np.diff(month.astype(np.int64))
+    if (steps <= 0).any():
+        return None
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[counts.argmax()]) if counts.max() >= len(steps) / 2 else None
 
 
 def _freq_of_seconds(step: int) -> str:
@@ -131,7 +152,7 @@ def infer_freq(timestamps: np.ndarray) -> str:
     if len(timestamps) < 2:
         raise ValueError("at least two timestamps are needed to infer a frequency (give the frequency: --freq)")
     months = _month_step(timestamps)
-    if months is not None and months >= 1 and np.diff(np.asarray(timestamps, "datetime64[D]")).max() > 7:
+    if months is not None:
         return f"{months}mo"
     micros = np.diff(np.asarray(timestamps, dtype="datetime64[us]").astype(np.int64))
     values, counts = np.unique(micros, return_counts=True)
