@@ -104,6 +104,12 @@ def future_timestamps(last: np.ndarray, count: int, freq: str) -> np.ndarray:
     return anchored.astype("datetime64[us]") + time_of_day
 
 
+def regular_timestamps(start: np.ndarray, count: int, freq: str) -> np.ndarray:
+    """``count`` timestamps from ``start`` (any shape; the new axis appended) at ``freq``, months included."""
+    start = np.asarray(start, dtype="datetime64[us]")
+    return np.concatenate([start[..., None], future_timestamps(start, count - 1, freq)], axis=-1)
+
+
 def future_from_history(stamps: np.ndarray | None, count: int, freq: str | None) -> np.ndarray | None:
     """The forecast's timestamps: the history's last step repeated, or calendar months for a monthly model.
 

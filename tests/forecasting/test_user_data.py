@@ -273,3 +273,39 @@ def test_ten_minute_series_trained_exported_served_with_future_timestamps(tmp_pa
     expected = table.timestamps[-1] + np.arange(1, 6) * TEN_MIN.astype("timedelta64[us]")
     assert forecast["timestamp"].cast(pl.Datetime("us")).to_numpy().tolist() == expected.tolist()
     assert forecast.columns[-3:] == list(table.columns)
+
+
+def test_monthly_calendar_model_exports_and_serves_calendar_months(tmp_path: Path, one_thread) -> None:
+    """A model that takes calendar features (Informer) on month-end data: month-of-year features, served with
+    forecast timestamps that step calendar months."""
+    from arcast_core.training import TrainConfig
+    from forecasting.export import export_run, torch_forecast
+    from forecasting.models import MODELS
+    from forecasting.models.seasonal_naive import season_length
+    from forecasting.runs import train_run
+    from serving.client import ArcastClient
+    from serving.time_features import regular_timestamps
+    from tests.serving.conftest import start_server
+
+    assert season_length("1mo") == 12 and season_length("3mo") == 4
+    ends = regular_timestamps(np.datetime64("1995-01-31", "us"), 300, "1mo")
+    values = np.sin(np.arange(300) * 2 * np.pi / 12) + np.arange(300) / 300
+    path = tmp_path / "monthly.csv"
+    pl.DataFrame({"date": [str(t)[:10] for t in ends], "OT": values, "b": values[::-1]}).write_csv(path)
+    tiny = MODELS["informer"].tiny
+    data = DataConfig(dataset=str(path), **tiny.data)
+    run = train_run("informer", data, tiny.model, TrainConfig(epochs=1, batch_size=32, progress=False))
+    assert run.freq == "1mo"
+    export_run(run, tmp_path / "store", "monthly", max_horizon=15)
+    raw = np.stack([values[-48:], values[::-1][-48:]], axis=1)[None].astype(np.float32)
+    stamps = ends[-48:][None]
+    server = start_server(tmp_path / "store")
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as client:
+            result = client.forecast("monthly", list(raw), 13, timestamps=list(stamps))
+    finally:
+        server.stop(grace_s=1)
+    (forecast,) = result.forecasts
+    assert [str(t)[:10] for t in forecast.timestamps[:3]] == ["2020-01-31", "2020-02-29", "2020-03-31"]
+    expected = torch_forecast(run, raw, 13, stamps)
+    np.testing.assert_allclose(run.scaler.transform(forecast.values[None]), run.scaler.transform(expected), atol=1e-4)
