@@ -124,13 +124,23 @@ def _read_frame(file: str) -> pl.DataFrame:
     return frame.rename({c: c.strip() for c in frame.columns})
 
 
-def _parse_values(file: str, frame: pl.DataFrame, names: list[str], null_tokens: list[str]) -> np.ndarray:
-    """(T, C) float64 with NaN where a cell is missing (empty, a null token or one of the sentinel values)."""
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _parse_values(file: str, frame: pl.DataFrame, names: list[str], na_values: tuple[str, ...]) -> np.ndarray:
+    """(T, C) float64 with NaN where a cell is missing: empty, a null token, or a sentinel (as text or as number,
+    so that -9999 also catches -9999.0)."""
+    tokens = [*_NULL_TOKENS, *na_values]
+    sentinels = [n for n in map(_number, na_values) if n is not None]
     matrix = np.empty((frame.height, len(names)), dtype=np.float64)
     for j, name in enumerate(names):
         text = frame[name].str.strip_chars()
-        is_missing = text.is_null() | text.is_in(null_tokens)
         numbers = text.cast(pl.Float64, strict=False)
+        is_missing = text.is_null() | text.is_in(tokens) | numbers.is_in(sentinels).fill_null(False)
         non_numeric = numbers.is_null() & ~is_missing
         if non_numeric.any():
             row = int(non_numeric.arg_true()[0])
@@ -226,10 +236,12 @@ def _fill_gaps(
 
 
 def _fill(column: np.ndarray, method: str) -> np.ndarray:
-    """Forward-fill or linearly interpolate NaN cells; leading ones are filled backwards so no NaN reaches a model."""
+    """Forward-fill or linearly interpolate NaN cells; so that no NaN reaches a model, leading ones are filled
+    backwards and trailing ones (nothing to interpolate towards) forwards."""
     series = pl.Series(column).fill_nan(None)
-    series = series.forward_fill() if method == "ffill" else series.interpolate()
-    return series.backward_fill().to_numpy().astype(np.float64)
+    if method == "interpolate":
+        series = series.interpolate()
+    return series.forward_fill().backward_fill().to_numpy().astype(np.float64)
 
 
 def _check_policy(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -282,7 +294,7 @@ def read_table(
                 file, f"unsorted timestamp {dates[row]!r} (earlier than the row before)", _line(row), date_column
             )
     na = tuple(str(v).strip() for v in na_values)
-    values = _parse_values(file, frame, value_columns, [*_NULL_TOKENS, *na])
+    values = _parse_values(file, frame, value_columns, na)
     lines = np.arange(frame.height) + 2
     n_rows = len(stamps)
     stamps, values, lines = _merge_duplicates(file, stamps, values, lines, dates, duplicates)

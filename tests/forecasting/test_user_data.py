@@ -101,14 +101,14 @@ def test_gaps_keep_leaves_rows_alone(tmp_path: Path) -> None:
 
 
 def test_sentinels_are_missing_values(tmp_path: Path) -> None:
-    rows = ["2020-01-01 00:00,1", "2020-01-01 00:10,-9999", "2020-01-01 00:20,3"]
+    rows = ["2020-01-01 00:00,1", "2020-01-01 00:10,-9999", "2020-01-01 00:20,3", "2020-01-01 00:30,-9999.0"]
     path = write_rows(tmp_path / "s.csv", "date,a", rows)
     assert read_table(path).values[1, 0] == -9999  # a number unless declared
     with pytest.raises(DataError) as err:
         read_table(path, na_values=["-9999"])
     assert f"{path}, line 3, column 'a': missing value" in str(err.value) and "--missing" in str(err.value)
     table = read_table(path, na_values=["-9999"], missing="interpolate")
-    assert table.values[:, 0].tolist() == [1.0, 2.0, 3.0] and table.filled_values == 1
+    assert table.values[:, 0].tolist() == [1.0, 2.0, 3.0, 3.0] and table.filled_values == 2
 
 
 def test_non_numeric_marker_points_at_na_values(tmp_path: Path) -> None:
