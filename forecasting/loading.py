@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from serving.time_features import freq_step, future_timestamps, infer_freq, parse_freq
+from serving.time_features import format_timestamp, freq_step, future_timestamps, infer_freq, parse_freq
 
 MissingPolicy = Literal["error", "ffill", "interpolate"]
 MISSING_POLICIES: tuple[str, ...] = ("error", "ffill", "interpolate")
@@ -211,7 +211,8 @@ def _fill_gaps(
         row = int(np.flatnonzero(off)[0])
         raise DataError(
             file,
-            f"timestamp {str(stamps[row])!r} is off the {freq} grid that starts at {str(stamps[0])!r} "
+            f"timestamp {format_timestamp(stamps[row])!r} is off the {freq} grid that starts at "
+            f"{format_timestamp(stamps[0])!r} "
             "(the sampling step is not regular: give the right --freq, or --gaps keep)",
             int(lines[row]),
             raw_column,
@@ -223,7 +224,7 @@ def _fill_gaps(
         missing = int(position[row + 1] - position[row] - 1)
         raise DataError(
             file,
-            f"gap of {missing} missing {freq} step(s) after {str(stamps[row])!r} "
+            f"gap of {missing} missing {freq} step(s) after {format_timestamp(stamps[row])!r} "
             "(choose --gaps ffill, interpolate or keep)",
             int(lines[row + 1]),
             raw_column,

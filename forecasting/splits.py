@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.time_features import format_timestamp
+
 _HOURS_PER_MONTH = 30 * 24
 
 
@@ -80,7 +82,11 @@ def describe_split(kind: str, borders: SplitBorders, timestamps: np.ndarray) -> 
     own = {"train": borders.train, "val": (borders.train[1], borders.val[1]), "test": (borders.val[1], borders.test[1])}
     lines = [f"split {kind}:"]
     for name, (start, end) in own.items():
-        span = f"{timestamps[start]} .. {timestamps[end - 1]}" if end > start else "empty"
+        span = (
+            f"{format_timestamp(timestamps[start])} .. {format_timestamp(timestamps[end - 1])}"
+            if end > start
+            else "empty"
+        )
         lines.append(f"  {name:<5} rows {start}-{end - 1} ({end - start} rows) {span}")
     return "\n".join(lines)
 

@@ -104,6 +104,13 @@ def future_timestamps(last: np.ndarray, count: int, freq: str) -> np.ndarray:
     return anchored.astype("datetime64[us]") + time_of_day
 
 
+def format_timestamp(value: np.datetime64) -> str:
+    """'2021-03-02 09:10:00' for messages: seconds, no microseconds unless there are some."""
+    stamp = np.datetime64(value, "us")
+    unit = "s" if stamp == np.datetime64(stamp, "s") else "us"
+    return str(np.datetime64(stamp, unit)).replace("T", " ")
+
+
 def regular_timestamps(start: np.ndarray, count: int, freq: str) -> np.ndarray:
     """``count`` timestamps from ``start`` (any shape; the new axis appended) at ``freq``, months included."""
     start = np.asarray(start, dtype="datetime64[us]")

@@ -214,7 +214,7 @@ def test_known_dataset_by_path_gets_its_protocol(data_dir: Path, tmp_path: Path)
     assert path == copy and spec is not None and spec.name == "ETTh1"
     prepared = prepare_data(DataConfig(dataset=str(copy)))
     assert prepared.split == "ett_hourly" and prepared.borders.train == (0, 8640)
-    assert "train rows 0-8639 (8640 rows) 2016-07-01T00:00:00" in prepared.split_summary()
+    assert "train rows 0-8639 (8640 rows) 2016-07-01 00:00:00 .. 2017-06-25 23:00:00" in prepared.split_summary()
 
 
 # ---- end to end: train, export, serve and forecast a 10-minute sensor file ----------------------------------------
