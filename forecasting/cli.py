@@ -15,8 +15,10 @@ from arcast_core.training import TrainConfig
 from arcast_core.tuning_args import add_worker_args
 from forecasting.data import DataConfig
 from forecasting.datasets import KNOWN_DATASETS
-from forecasting.loading import MISSING_POLICIES, DataError
+from forecasting.loading import DUPLICATE_POLICIES, GAP_POLICIES, MISSING_POLICIES, DataError
 from forecasting.models import MODELS
+from forecasting.splits import SPLIT_HELP
+from forecasting.time_features import normalize_freq
 from serving.artifact import ArtifactError, resolve
 
 EXIT_BAD_INPUT = 2
@@ -51,6 +53,36 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "--missing", choices=MISSING_POLICIES, default="error", help="missing-value policy (default: error)"
     )
     group.add_argument("--date-column", default="date", help="name of the timestamp column (default date)")
+    group.add_argument(
+        "--duplicates",
+        choices=DUPLICATE_POLICIES,
+        default="error",
+        help="rows sharing a timestamp: keep the first, the last, their mean, or stop (default: error)",
+    )
+    group.add_argument(
+        "--gaps",
+        choices=GAP_POLICIES,
+        default="error",
+        help="missing steps in the time grid: insert and fill them, keep the rows as they are, or stop "
+        "(default: error)",
+    )
+    group.add_argument(
+        "--na-values",
+        type=_comma_list,
+        default=[],
+        metavar="V1,V2",
+        help="cell values that mean missing, e.g. --na-values=-9999,-999 (then handled by --missing)",
+    )
+    group.add_argument(
+        "--freq",
+        type=normalize_freq,
+        help="sampling step, e.g. 10m, 1h, 1d, 1mo (default: the known dataset's, else inferred from the timestamps)",
+    )
+    group.add_argument("--split", help=f"train/validation/test split: {SPLIT_HELP} (default: the dataset's protocol)")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +115,11 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
         label_len=args.label_len,
         missing=args.missing,
         date_column=args.date_column,
+        split=args.split,
+        freq=args.freq,
+        duplicates=args.duplicates,
+        gaps=args.gaps,
+        na_values=args.na_values,
         data_dir=args.data_dir,
     )
 
@@ -116,6 +153,7 @@ def _model_params(items: list[str], option: str = "--param") -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from arcast_core.distributed import finish_distributed, is_main_process
+    from forecasting.data import prepare_data
     from forecasting.runs import save_run, train_run
 
     data, train, params = _data_config(args), _train_config(args), _model_params(args.param)
@@ -125,7 +163,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         train = TrainConfig(**{**best["train"], "epochs": args.epochs, "progress": True})
         params = {**best["model"], **params}
     try:
-        run = train_run(args.model, data, params, train)
+        prepared = prepare_data(data)
+        if is_main_process():
+            print(prepared.split_summary())
+        run = train_run(args.model, data, params, train, prepared=prepared)
     finally:
         finish_distributed()
     if not is_main_process():
@@ -139,10 +180,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from arcast_core.distributed import distributed_context
     from arcast_core.tuning import BEST_PARAMS_FILE, Heartbeat
+    from forecasting.data import prepare_data
     from forecasting.tuning import tune
 
     if distributed_context() is not None:
         raise ValueError("tune starts its own worker processes (--workers N): run it without torchrun")
+    print(prepare_data(_data_config(args)).split_summary())  # the lookback may vary per trial: the split does not
     result = tune(
         args.model,
         _data_config(args),
@@ -186,6 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{report['model']} v{report['version']} on {report['dataset']} {report['split']} "
         f"({report['windows']} windows, horizon {report['horizon']})"
     )
+    print(report["split_summary"])
     _print_metrics({report["split"]: report["metrics"]})
     if not report["data_matches_training"]:
         print("warning: the data file differs from the one the model was trained on", file=sys.stderr)

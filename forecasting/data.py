@@ -13,12 +13,18 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from arcast_core.files import sha256_file
 from forecasting.datasets import KNOWN_DATASETS, resolve_dataset
-from forecasting.loading import DataError, MissingPolicy, TimeSeriesTable, read_table
-from forecasting.splits import FoldBorders, SplitBorders, StandardScaler, fold_borders, split_borders
-from forecasting.time_features import infer_freq, time_features
+from forecasting.loading import DataError, DuplicatePolicy, GapPolicy, MissingPolicy, TimeSeriesTable, read_table
+from forecasting.splits import (
+    FoldBorders,
+    SplitBorders,
+    StandardScaler,
+    describe_split,
+    fold_borders,
+    split_borders,
+)
+from forecasting.time_features import infer_freq, normalize_freq, time_features
 
 Features = Literal["S", "M"]
-_FREQ_ALIASES = {"h": "1h", "t": "15m", "15min": "15m", "d": "1d", "w": "1w"}
 
 
 @dataclass
@@ -37,8 +43,11 @@ class DataConfig:
     label_len: int = 0
     missing: MissingPolicy = "error"
     date_column: str = "date"
-    split: str | None = None  # default: the known dataset's protocol, else "ratio"
+    split: str | None = None  # default: the known dataset's protocol, else "ratio" (forecasting.splits)
     freq: str | None = None  # default: the known dataset's, else inferred from the timestamps
+    duplicates: DuplicatePolicy = "error"  # rows sharing a timestamp (forecasting.loading)
+    gaps: GapPolicy = "error"  # missing steps in the time grid
+    na_values: list[str] = field(default_factory=list)  # cell texts read as missing, e.g. ["-9999"]
     data_dir: str | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, object]:
@@ -96,13 +105,27 @@ def resolve_freq(config: DataConfig, timestamps: Callable[[], np.ndarray]) -> st
         freq = KNOWN_DATASETS[config.dataset].freq
     else:
         freq = infer_freq(timestamps())
-    return _FREQ_ALIASES.get(freq, freq)
+    return normalize_freq(freq)
+
+
+def _read(path: str | Path, config: DataConfig, freq: str | None = None) -> TimeSeriesTable:
+    """The data file read with the config's columns and loading policies."""
+    columns = [config.target] if config.features == "S" else None
+    return read_table(
+        path,
+        date_column=config.date_column,
+        missing=config.missing,
+        columns=columns,
+        duplicates=config.duplicates,
+        gaps=config.gaps,
+        na_values=config.na_values,
+        freq=freq,
+    )
 
 
 def _read_timestamps(config: DataConfig) -> np.ndarray:
-    path, _ = resolve_dataset(config.dataset, config.data_dir, download=False)
-    columns = [config.target] if config.features == "S" else None
-    return read_table(path, config.date_column, config.missing, columns).timestamps
+    path, spec = resolve_dataset(config.dataset, config.data_dir, download=False)
+    return _read(path, config, config.freq or (spec.freq if spec else None)).timestamps
 
 
 @dataclass
@@ -145,6 +168,7 @@ class PreparedData:
     channels: tuple[str, ...]  # the model's input/output channels
     scaler: StandardScaler  # for those channels, fitted on the training rows
     borders: SplitBorders
+    split: str  # the split kind the borders come from
     freq: str
     fingerprint: str  # sha256 of the source file
     train: WindowDataset
@@ -158,15 +182,20 @@ class PreparedData:
     def facts(self) -> DataFacts:
         return DataFacts(self.config, self.n_channels, self.freq, self.table.timestamps)
 
+    def loading_report(self) -> dict[str, object]:
+        """How the file was read and cut: recorded in the run and the artifact's manifest."""
+        return {**self.table.loading_report(), "split": self.split, "borders": self.borders.as_dict()}
+
+    def split_summary(self) -> str:
+        """The split used, its rows and dates, for every command to print."""
+        return describe_split(self.split, self.borders, self.table.timestamps)
+
 
 def prepare_data(config: DataConfig) -> PreparedData:
     path, spec = resolve_dataset(config.dataset, config.data_dir)
-    columns = None
-    if config.features == "S":
-        columns = [config.target]
-    elif config.features != "M":
+    if config.features not in ("S", "M"):
         raise ValueError(f"features must be 'S' (target only) or 'M' (all channels), not {config.features!r}")
-    table = read_table(path, date_column=config.date_column, missing=config.missing, columns=columns)
+    table = _read(path, config, config.freq or (spec.freq if spec else None))
     if config.features == "S":
         table.column_index(config.target)
     need = config.lookback + config.horizon
@@ -174,8 +203,12 @@ def prepare_data(config: DataConfig) -> PreparedData:
         raise DataError(path, f"series has {len(table)} rows, shorter than lookback + horizon = {need}")
     if config.label_len > config.lookback:
         raise ValueError(f"label_len {config.label_len} exceeds lookback {config.lookback}")
-    freq = resolve_freq(config, lambda: table.timestamps)
-    borders = split_borders(len(table), config.split or (spec.split if spec else "ratio"), config.lookback)
+    freq = normalize_freq(table.freq) if table.freq else resolve_freq(config, lambda: table.timestamps)
+    split = config.split or (spec.split if spec else "ratio")
+    try:
+        borders = split_borders(len(table), split, config.lookback, table.timestamps)
+    except ValueError as err:
+        raise DataError(path, f"split {split!r}: {err}") from err
     scaler = StandardScaler.fit(table.values[slice(*borders.train)])
     scaled = scaler.transform(table.values)
     marks = time_features(table.timestamps, freq)
@@ -194,6 +227,7 @@ def prepare_data(config: DataConfig) -> PreparedData:
         channels=table.columns,
         scaler=scaler,
         borders=borders,
+        split=split,
         freq=freq,
         fingerprint=sha256_file(Path(path)),
         train=window(borders.train, "train"),

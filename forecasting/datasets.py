@@ -62,8 +62,8 @@ KNOWN_DATASETS: dict[str, DatasetSpec] = {
             "15m",
             "ett_minute",
         ),
-        # ETTm2 is not in our shared folder and its checksum has not been pinned here: a download is refused
-        # until someone verifies the file and records its sha256 (see DatasetSpec.sha256).
+        # ETTm2 is not in our shared folder, and neither the public address nor a mirror of the repository could
+        # be reached to verify it: a download is refused until someone verifies the file and records its sha256.
         DatasetSpec("ETTm2", "ETT/ETTm2.csv", _ETT_URL.format("ETTm2"), None, "15m", "ett_minute"),
         DatasetSpec(
             "exchange_rate",
@@ -88,12 +88,16 @@ KNOWN_DATASETS: dict[str, DatasetSpec] = {
 def resolve_dataset(
     name_or_path: str, data_dir: str | Path | None = None, download: bool = True
 ) -> tuple[Path, DatasetSpec | None]:
-    """The CSV file for a known dataset name (downloading it if allowed) or a path to any CSV."""
+    """The CSV file for a known dataset name (downloading it if allowed) or a path to any CSV.
+
+    A path to a copy of a known dataset gets that dataset's spec (found by checksum), so it is cut by its
+    published protocol rather than the generic ratio split.
+    """
     spec = KNOWN_DATASETS.get(name_or_path)
     if spec is None:
         path = Path(name_or_path)
         if path.suffix.lower() == ".csv" and path.is_file():
-            return path, None
+            return path, known_by_checksum(path)
         known = ", ".join(KNOWN_DATASETS)
         raise DatasetNotFound(f"dataset {name_or_path!r} is neither a known dataset ({known}) nor an existing CSV file")
     candidates = data_dir_candidates(data_dir)
@@ -105,6 +109,12 @@ def resolve_dataset(
     target = find_data_dir(data_dir) / spec.relpath
     download_dataset(spec, target)
     return target, spec
+
+
+def known_by_checksum(path: Path) -> DatasetSpec | None:
+    """The known dataset whose pinned sha256 ``path`` has, if any."""
+    by_sha = {spec.sha256: spec for spec in KNOWN_DATASETS.values() if spec.sha256}
+    return by_sha.get(sha256_file(path))
 
 
 def download_dataset(spec: DatasetSpec, target: Path) -> None:

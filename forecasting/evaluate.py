@@ -62,6 +62,7 @@ def evaluate_artifact(
         "split": split,
         "horizon": horizon,
         "windows": len(windows),
+        "split_summary": prepared.split_summary(),
         "data_matches_training": prepared.fingerprint == manifest.data.fingerprint,
         "metrics": forecast_metrics(pred_scaled, true_scaled, scaler),
         "mse_by_step": error_by_horizon(pred_scaled, true_scaled).tolist(),

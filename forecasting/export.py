@@ -23,7 +23,7 @@ from serving.publish import Export, Parity, publish
 from serving.runners.kv_cache import KVCacheModel
 from serving.runners.window_shift import CalendarInputs, WindowShiftModel, window_shift
 from serving.sessions import create_session
-from serving.time_features import feature_names, freq_step
+from serving.time_features import feature_names, freq_step, parse_freq, regular_timestamps
 
 log = logging.getLogger(__name__)
 # The exporter warns about every torchvision operator it cannot register; we export no vision models.
@@ -69,6 +69,9 @@ def _example_context(run: Run, batch: int, seed: int) -> torch.Tensor:
 def _example_timestamps(run: Run, batch: int, seed: int) -> np.ndarray:
     """(batch, context_length) regular timestamps at the run's frequency, each row starting somewhere in 2016-2018."""
     rng = np.random.default_rng(seed + 1000)
+    if parse_freq(run.freq)[1] == "mo":  # calendar months have no fixed step: rows start on a month's first day
+        starts = (np.datetime64("2016-01", "M") + rng.integers(0, 24, batch)).astype("datetime64[us]")
+        return regular_timestamps(starts, run.model.context_length, run.freq)
     step = freq_step(run.freq).astype("timedelta64[us]")
     slots = int(np.timedelta64(2 * 365, "D") / step)
     starts = np.datetime64("2016-01-01T00:00", "us") + rng.integers(0, slots, batch) * step
@@ -245,6 +248,7 @@ def _run_export(
             "model_config": info["model_config"],
             "train": info["train"],
             "fit": {k: v for k, v in run.fit.items() if k != "history"},
+            "loading": run.loading,
             **facts,
         },
     )

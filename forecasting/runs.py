@@ -7,7 +7,7 @@ channels, fit history, metrics) and ``model.pt`` (the weights). Export reads run
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Run:
     fingerprint: str
     fit: dict[str, Any]
     metrics: dict[str, Any]
+    loading: dict[str, Any] = field(default_factory=dict)  # the loading policies, what they changed, the split
 
     def info(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class Run:
             "fingerprint": self.fingerprint,
             "fit": self.fit,
             "metrics": self.metrics,
+            "loading": self.loading,
             "versions": library_versions(),
         }
 
@@ -99,6 +101,7 @@ def train_run(
         fingerprint=prepared.fingerprint,
         fit=result.as_dict(),
         metrics=metrics,
+        loading=prepared.loading_report(),
     )
 
 
@@ -137,4 +140,5 @@ def load_run(folder: Path | str) -> Run:
         fingerprint=info["fingerprint"],
         fit=info["fit"],
         metrics=info["metrics"],
+        loading=info.get("loading", {}),
     )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.time_features import format_timestamp
+
 _HOURS_PER_MONTH = 30 * 24
 
 
@@ -21,19 +23,51 @@ class SplitBorders:
         return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
 
-def split_borders(n_rows: int, kind: str, lookback: int) -> SplitBorders:
-    """ETT: 12/4/4 months (hourly, or 4 rows per hour for 15-minute data); otherwise 70/10/20."""
-    if kind in ("ett_hourly", "ett_minute"):
-        per_hour = 1 if kind == "ett_hourly" else 4
+SPLIT_HELP = "ett-hourly, ett-minute (12/4/4 months), ratio[:0.7,0.1,0.2] or dates:TRAIN_END,VAL_END"
+
+
+def _ratio_ends(n_rows: int, spec: str) -> tuple[int, int, int]:
+    """``ratio`` (70/10/20, test and train rounded down as in the papers) or ``ratio:TRAIN,VAL,TEST``."""
+    parts = [float(p) for p in spec.split(",")] if spec else [0.7, 0.1, 0.2]
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+        raise ValueError(f"ratio:{spec} needs three non-negative shares that sum to 1")
+    n_train, n_test = int(n_rows * parts[0]), int(n_rows * parts[2])
+    return n_train, n_rows - n_test, n_rows
+
+
+def _date_ends(spec: str, timestamps: np.ndarray | None) -> tuple[int, int, int]:
+    """``dates:TRAIN_END,VAL_END``: training rows are before TRAIN_END, validation rows before VAL_END."""
+    if timestamps is None:
+        raise ValueError("a dates split needs the timestamps")
+    try:
+        train_end, val_end = (np.datetime64(d.strip(), "us") for d in spec.split(","))
+    except ValueError as err:
+        raise ValueError(f"dates:{spec} needs two dates, TRAIN_END,VAL_END ({err})") from err
+    if not train_end < val_end:
+        raise ValueError(f"dates:{spec}: TRAIN_END must come before VAL_END")
+    stamps = np.asarray(timestamps, dtype="datetime64[us]")
+    ends = (int(np.searchsorted(stamps, train_end)), int(np.searchsorted(stamps, val_end)), len(stamps))
+    if not 0 < ends[0] < ends[1] < ends[2]:
+        raise ValueError(f"dates:{spec} leaves a split empty (data from {stamps[0]} to {stamps[-1]})")
+    return ends
+
+
+def split_borders(n_rows: int, kind: str, lookback: int, timestamps: np.ndarray | None = None) -> SplitBorders:
+    """Cut ``n_rows`` by ``kind`` (see SPLIT_HELP; "ett_hourly", "ett_minute" are the recorded spellings)."""
+    name, _, spec = kind.partition(":")
+    name = name.replace("-", "_")
+    if name in ("ett_hourly", "ett_minute") and not spec:
+        per_hour = 1 if name == "ett_hourly" else 4
         month = _HOURS_PER_MONTH * per_hour
         train_end, val_end, test_end = 12 * month, 16 * month, 20 * month
         if n_rows < test_end:
             raise ValueError(f"ETT split needs {test_end} rows, the file has {n_rows}")
-    elif kind == "ratio":
-        n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
-        train_end, val_end, test_end = n_train, n_rows - n_test, n_rows
+    elif name == "ratio":
+        train_end, val_end, test_end = _ratio_ends(n_rows, spec)
+    elif name == "dates":
+        train_end, val_end, test_end = _date_ends(spec, timestamps)
     else:
-        raise ValueError(f"unknown split kind {kind!r} (ett_hourly, ett_minute, ratio)")
+        raise ValueError(f"unknown split {kind!r} ({SPLIT_HELP})")
     if lookback >= train_end:
         raise ValueError(f"lookback {lookback} is not shorter than the training split ({train_end} rows)")
     return SplitBorders(
@@ -41,6 +75,20 @@ def split_borders(n_rows: int, kind: str, lookback: int) -> SplitBorders:
         val=(max(train_end - lookback, 0), val_end),
         test=(max(val_end - lookback, 0), test_end),
     )
+
+
+def describe_split(kind: str, borders: SplitBorders, timestamps: np.ndarray) -> str:
+    """One line per split: its own rows (without the lookback rows borrowed before it) and their dates."""
+    own = {"train": borders.train, "val": (borders.train[1], borders.val[1]), "test": (borders.val[1], borders.test[1])}
+    lines = [f"split {kind}:"]
+    for name, (start, end) in own.items():
+        span = (
+            f"{format_timestamp(timestamps[start])} .. {format_timestamp(timestamps[end - 1])}"
+            if end > start
+            else "empty"
+        )
+        lines.append(f"  {name:<5} rows {start}-{end - 1} ({end - start} rows) {span}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
-from serving.time_features import feature_names, freq_step, future_timestamps, infer_freq, time_features
+from serving.time_features import (
+    feature_names,
+    freq_step,
+    future_timestamps,
+    infer_freq,
+    normalize_freq,
+    parse_freq,
+    time_features,
+)
 
-__all__ = ["feature_names", "freq_step", "future_timestamps", "infer_freq", "time_features"]
+__all__ = [
+    "feature_names",
+    "freq_step",
+    "future_timestamps",
+    "infer_freq",
+    "normalize_freq",
+    "parse_freq",
+    "time_features",
+]

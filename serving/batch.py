@@ -29,6 +29,7 @@ from serving.runners.base import Runner
 from serving.runners.constrained_beam import ConstrainedBeamModel
 from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastRunner
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
+from serving.time_features import future_from_history
 
 JOB_FILE = "_job.json"
 ERROR_SCHEMA = {SERIES_ID: pl.String, "reason": pl.String}
@@ -68,12 +69,6 @@ def _check(series: SeriesInput, model: ForecastRunner) -> str | None:
     return None
 
 
-def _future(stamps: np.ndarray | None, horizon: int) -> np.ndarray | None:
-    if stamps is None or len(stamps) < 2:
-        return None
-    return stamps[-1] + (stamps[-1] - stamps[-2]) * np.arange(1, horizon + 1)
-
-
 def forecaster(model: Runner) -> ForecastRunner:
     """``model`` as a forecaster; ValueError for a recommender (scored by ``score_users``, in-process only)."""
     if model.task != "forecast":
@@ -104,7 +99,7 @@ def score_series(
     Series are whole (all their history), so each is checked and scored alone; onnxruntime runs up to
     ``rows_per_run`` of them at a time.
     """
-    channels = model_channels(model)
+    channels, freq = model_channels(model), model.artifact.manifest.freq
     errors = [(s.id, reason) for s in series if (reason := _check(s, model))]
     bad = {sid for sid, _ in errors}
     good = [s for s in series if s.id not in bad]
@@ -119,7 +114,7 @@ def score_series(
         finite = np.isfinite(out).reshape(len(block), -1).all(axis=1)
         errors.extend((s.id, NON_FINITE_FORECAST) for s, ok in zip(block, finite, strict=True) if not ok)
         parts.extend(
-            forecast_frame(s.id, out[i], channels, _future(s.timestamps, horizon))
+            forecast_frame(s.id, out[i], channels, future_from_history(s.timestamps, horizon, freq))
             for i, s in enumerate(block)
             if finite[i]
         )
@@ -158,11 +153,12 @@ def score_users(
 
 
 def _score_chunk(
-    frame: pl.DataFrame, model: Runner, horizon: int, rows_per_run: int
+    frame: pl.DataFrame, model: Runner, horizon: int, rows_per_run: int, date_column: str | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     if model.task == "recommend":
         return score_users(frame, cast(ConstrainedBeamModel, model), horizon, rows_per_run)
-    return score_series(series_from_frame(frame, model_channels(model)), forecaster(model), horizon, rows_per_run)
+    series = series_from_frame(frame, model_channels(model), date_column)
+    return score_series(series, forecaster(model), horizon, rows_per_run)
 
 
 def write_outputs(output: Path, scored: pl.DataFrame, errors: pl.DataFrame) -> None:
@@ -181,7 +177,10 @@ def run_batch(
     chunk_series: int = 512,
     rows_per_run: int = 1024,
     progress: bool = True,
+    date_column: str | None = None,
 ) -> BatchSummary:
+    """Score ``input_path`` chunk by chunk, resumably; ``date_column`` names the time column (default: timestamp
+    or date, as training reads them)."""
     started = time.perf_counter()
     output, input_path = Path(output), Path(input_path)
     parts_dir = output.with_name(output.name + ".parts")
@@ -193,6 +192,7 @@ def run_batch(
         "version": model.artifact.version,
         "horizon": horizon,
         "chunk_series": chunk_series,
+        **({"date_column": date_column} if date_column else {}),  # absent when unset: older jobs still resume
     }
     parts_dir.mkdir(parents=True, exist_ok=True)
     job_file = parts_dir / JOB_FILE
@@ -230,7 +230,7 @@ def run_batch(
             resumed += 1
             continue
         frame = (scan.filter(pl.col(id_column).cast(pl.String).is_in(chunk)) if has_ids else scan).collect()
-        scored, errors = _score_chunk(frame, model, horizon, rows_per_run)
+        scored, errors = _score_chunk(frame, model, horizon, rows_per_run, date_column)
         atomic_write(part_errors, errors.write_parquet)
         atomic_write(part, scored.write_parquet)  # last: its presence marks the chunk done
 

@@ -30,7 +30,8 @@ TLS and bearer tokens (see `serve --help`):
   ARCAST_TOKENS=s3cret python -m serving serve --store models --tls-cert server.pem --tls-key server.key
   ARCAST_TOKEN=s3cret python -m serving models --target localhost:50051 --tls-ca ca.pem
 
-Series files (CSV or parquet) are long tables: series_id (optional), timestamp (optional) and a value column
+Series files (CSV or parquet) are long tables: series_id (optional), timestamp or date (optional; another
+name with --date-column) and a value column
 (or one column per model channel).
 """
 
@@ -93,8 +94,15 @@ def _security(args: argparse.Namespace) -> dict:
     return {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key, "token": token}
 
 
-def _read_series(path: str, channels: list[str]) -> list:
-    return series_from_frame(scan_table(path).collect(), channels)
+def _add_date_column(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--date-column",
+        help="the input's time column, as for training (default: a 'timestamp' or 'date' column if there is one)",
+    )
+
+
+def _read_series(path: str, channels: list[str], date_column: str | None = None) -> list:
+    return series_from_frame(scan_table(path).collect(), channels, date_column)
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
@@ -113,7 +121,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
             )
             return EXIT_BAD_INPUT
         channels = list(info[0].channels)
-        series = _read_series(args.input, channels)
+        series = _read_series(args.input, channels, args.date_column)
         result = client.forecast(
             args.model,
             [s.values for s in series],
@@ -189,6 +197,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.horizon or args.k,
         version=args.version,
         chunk_series=args.chunk_series,
+        date_column=args.date_column,
     )
     print(summary_json(summary))
     return 0
@@ -197,6 +206,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def _ray_batch(args: argparse.Namespace) -> int:
     from serving.batch import summary_json
 
+    if args.date_column not in (None, "timestamp"):
+        raise ValueError("--ray reads the time from a 'timestamp' column: rename the column or run without --ray")
     try:  # Ray is an optional extra: only --ray imports it
         from serving.ray_batch import run_ray_batch
     except ImportError as err:
@@ -324,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--version", help="model version (default latest)")
     forecast.add_argument("--horizon", type=int, required=True)
     forecast.add_argument("--input", required=True, help="series file: series_id?, timestamp?, value")
+    _add_date_column(forecast)
     forecast.add_argument("--output", help="write forecasts here instead of printing")
     forecast.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     _add_client_security(forecast)
@@ -370,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--k", type=int, help="items per user (recommenders: input user_id, item_id[, timestamp])")
     batch.add_argument("--input", required=True, help="series_id, timestamp?, value (CSV or parquet)")
     batch.add_argument("--output", required=True, help="output parquet file")
+    _add_date_column(batch)
     batch.add_argument("--chunk-series", type=int, default=512, help="series per resumable chunk (default 512)")
     batch.add_argument(
         "--ray",

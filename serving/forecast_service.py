@@ -15,6 +15,7 @@ from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2,
 from serving.registry import LoadedModel, ModelRegistry
 from serving.rpc import Calls, Limits, RequestError, await_result, deadline, exhausted, invalid, observed, served_model
 from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastRunner
+from serving.time_features import future_from_history, parse_freq
 
 log = logging.getLogger(__name__)
 # The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
@@ -51,13 +52,22 @@ def _timestamps(series: forecast_pb2.Series, index: int, steps: int) -> np.ndarr
     return micros.astype("datetime64[us]")
 
 
-def _future(past: np.ndarray, horizon: int, field: str) -> np.ndarray:
-    """The forecast's timestamps: the history's last step repeated ``horizon`` times, within the Timestamp range."""
+def _future(past: np.ndarray, horizon: int, field: str, freq: str | None) -> np.ndarray:
+    """The forecast's timestamps: the history's last step repeated ``horizon`` times (calendar months for a
+    monthly model), within the Timestamp range."""
     delta = (past[-1] - past[-2]).astype(np.int64) if len(past) > 1 else 0
     last = int(past[-1].astype(np.int64))
-    if last + delta * horizon > MAX_SECONDS * 1_000_000:
+    if last + max(delta, 31 * 86_400_000_000 if _monthly(freq) else 0) * horizon > MAX_SECONDS * 1_000_000:
         raise invalid(f"{field}: {horizon} more steps after the last timestamp pass the year 9999")
-    return past[-1] + np.timedelta64(delta, "us") * np.arange(1, horizon + 1)
+    if len(past) < 2:
+        return np.repeat(past[-1], horizon)
+    future = future_from_history(past, horizon, freq)
+    assert future is not None  # two or more timestamps
+    return future
+
+
+def _monthly(freq: str | None) -> bool:
+    return parse_freq(freq)[1] == "mo" if freq else False
 
 
 def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, limits: Limits) -> ValidatedRequest:
@@ -109,7 +119,8 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
             if past is None:
                 raise invalid(f"series[{i}].timestamps: required, this model uses calendar features (one per step)")
             context_stamps[i] = past[-length:]
-        stamps.append(None if past is None else _future(past, request.horizon, f"series[{i}].timestamps"))
+        freq = runner.artifact.manifest.freq
+        stamps.append(None if past is None else _future(past, request.horizon, f"series[{i}].timestamps", freq))
     return ValidatedRequest(model, int(request.horizon), context, context_stamps, stamps)
 
 

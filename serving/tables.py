@@ -1,7 +1,8 @@
 """Series tables for the client CLI and batch jobs: long format, CSV or parquet, read with polars.
 
-Columns: ``series_id`` (optional: one series when absent), ``timestamp`` (optional), and the values: a ``value``
-column for a one-channel model, or one column per model channel (named as in the manifest).
+Columns: ``series_id`` (optional: one series when absent), the time (optional: ``timestamp`` or ``date``, as
+training reads it, or any column named with ``--date-column``), and the values: a ``value`` column for a
+one-channel model, or one column per model channel (named as in the manifest).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import polars as pl
 
 SERIES_ID, TIMESTAMP, VALUE = "series_id", "timestamp", "value"
+TIME_COLUMNS = (TIMESTAMP, "date")  # looked for in this order when no date column is named
 
 
 class TableError(ValueError):
@@ -47,8 +49,20 @@ def value_columns(columns: list[str], channels: list[str]) -> list[str]:
     raise TableError(f"input needs {want}columns {channels} (has {columns})")
 
 
-def series_from_frame(frame: pl.DataFrame, channels: list[str]) -> list[SeriesInput]:
+def time_column(columns: list[str], date_column: str | None = None) -> str | None:
+    """The column holding the time: ``date_column`` if named (it must exist), else ``timestamp`` or ``date``."""
+    if date_column is not None:
+        if date_column not in columns:
+            raise TableError(f"no date column {date_column!r} (columns: {columns}); name it with --date-column")
+        return date_column
+    return next((c for c in TIME_COLUMNS if c in columns), None)
+
+
+def series_from_frame(frame: pl.DataFrame, channels: list[str], date_column: str | None = None) -> list[SeriesInput]:
     """Group a long table into series, each sorted by timestamp when there is one (input order otherwise)."""
+    stamp_column = time_column(frame.columns, date_column)
+    if stamp_column is not None and stamp_column != TIMESTAMP:
+        frame = frame.drop(TIMESTAMP, strict=False).rename({stamp_column: TIMESTAMP})
     cols = value_columns(frame.columns, channels)
     if SERIES_ID not in frame.columns:
         frame = frame.with_columns(pl.lit("0").alias(SERIES_ID))

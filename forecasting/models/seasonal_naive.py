@@ -15,14 +15,17 @@ import torch
 
 from forecasting.data import DataFacts, WindowDataset
 from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
-from forecasting.time_features import freq_step
+from forecasting.time_features import freq_step, parse_freq
 
 _DAY, _WEEK = np.timedelta64(1, "D"), np.timedelta64(7, "D")
 
 
 def season_length(freq: str) -> int:
     """Steps in one season at ``freq``: a day for sub-daily data (24 hourly, 96 at 15 min), a week of days, a
-    year of weeks."""
+    year of weeks or of months."""
+    count, unit = parse_freq(freq)
+    if unit == "mo" and 12 % count == 0:
+        return 12 // count
     try:
         step = freq_step(freq)
     except ValueError as err:

@@ -20,7 +20,7 @@ from serving.artifact import Artifact
 from serving.manifest import RolloutSpec
 from serving.runners.forecast import ForecastRollout, ForecastRunner
 from serving.sessions import create_session
-from serving.time_features import freq_step, future_timestamps, time_features
+from serving.time_features import future_timestamps, regular_timestamps, time_features
 
 ROWS_PER_RUN = 1024  # series per onnxruntime rollout: bounds a run's memory whatever a request asks
 
@@ -251,8 +251,7 @@ class WindowShiftModel(ForecastRunner):
         calendar = self.calendar
         if calendar is None:
             return None
-        step = freq_step(calendar.freq).astype("timedelta64[us]")
-        return np.datetime64("2020-01-01", "us") + np.arange(self.context_length) * step
+        return regular_timestamps(np.datetime64("2020-01-01", "us"), self.context_length, calendar.freq)
 
     def forecast(self, context: np.ndarray, horizon: int, timestamps: np.ndarray | None = None) -> np.ndarray:
         """(B, L', C) raw history, L' >= context_length -> (B, horizon, C) raw forecast.

@@ -121,8 +121,9 @@ def test_seasonal_naive_repeats_the_last_season() -> None:
 
 def test_season_length_by_frequency() -> None:
     assert [season_length(f) for f in ("15m", "1h", "1d", "1w")] == [96, 24, 7, 52]
-    with pytest.raises(ValueError, match="no season is defined for frequency '2h'"):
-        season_length("2h")
+    assert [season_length(f) for f in ("10m", "2h", "1mo")] == [144, 12, 12]  # any step that divides a day or year
+    with pytest.raises(ValueError, match="no season is defined for frequency '7h'"):
+        season_length("7h")
     with pytest.raises(ValueError, match=r"lookback \(12\) must be at least the period \(24\)"):
         build_model("seasonal_naive", {}, data_facts(DataConfig(lookback=12, freq="1h"), 1))
 
