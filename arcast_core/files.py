@@ -26,6 +26,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def git_blob_sha1(path: Path, chunk: int = 1 << 20) -> str:
+    """The id git gives the file's content (``git hash-object``): sha1 over ``blob <size>\\0`` and the bytes. It lets a
+    file be checked against a repository's tree at a pinned commit when only that tree, not the file, is at hand."""
+    digest = hashlib.sha1(f"blob {Path(path).stat().st_size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arcast_core.data_dir import DatasetNotFound, data_dir_candidates, find_data_dir
-from arcast_core.files import atomic_write, sha256_file
+from arcast_core.files import atomic_write, git_blob_sha1, sha256_file
 
 _ETT_URL = (
     "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/1d16c8f4f943005d613b5bc962e9eeb06058cf07/ETT-small/{}.csv"
@@ -29,10 +29,21 @@ class DatasetSpec:
     name: str
     relpath: str
     url: str
-    sha256: str | None  # None: no pinned checksum known yet; download refuses it
+    sha256: str | None  # None: no sha256 pinned; then the git blob id is the check
     freq: str  # polars-style duration of one row: "1h", "15m", "1d", "1w"
     split: str  # "ett_hourly", "ett_minute" (12/4/4 months) or "ratio" (70/10/20)
     target: str = "OT"
+    git_blob: str | None = None  # ``git hash-object`` of the file in the repository tree ``url`` pins
+
+    @property
+    def pinned(self) -> bool:
+        return self.sha256 is not None or self.git_blob is not None
+
+    def matches(self, path: Path) -> bool:
+        """Whether ``path`` is this dataset's published file, by its pinned checksum."""
+        if self.sha256 is not None:
+            return sha256_file(path) == self.sha256
+        return self.git_blob is not None and git_blob_sha1(path) == self.git_blob
 
 
 KNOWN_DATASETS: dict[str, DatasetSpec] = {
@@ -62,9 +73,17 @@ KNOWN_DATASETS: dict[str, DatasetSpec] = {
             "15m",
             "ett_minute",
         ),
-        # ETTm2 is not in our shared folder, and neither the public address nor a mirror of the repository could
-        # be reached to verify it: a download is refused until someone verifies the file and records its sha256.
-        DatasetSpec("ETTm2", "ETT/ETTm2.csv", _ETT_URL.format("ETTm2"), None, "15m", "ett_minute"),
+        # ETTm2: pinned by its git blob id in the ETDataset tree at the commit _ETT_URL names (read from that tree;
+        # the same tree's ETTm1 and ETTh1 ids equal `git hash-object` of our shared copies, so the ids are right).
+        DatasetSpec(
+            "ETTm2",
+            "ETT/ETTm2.csv",
+            _ETT_URL.format("ETTm2"),
+            None,
+            "15m",
+            "ett_minute",
+            git_blob="f9d46027c987d442d2d8f81308d1d8c4d1d35db8",
+        ),
         DatasetSpec(
             "exchange_rate",
             "exchange_rate/exchange_rate.csv",
@@ -112,16 +131,18 @@ def resolve_dataset(
 
 
 def known_by_checksum(path: Path) -> DatasetSpec | None:
-    """The known dataset whose pinned sha256 ``path`` has, if any."""
+    """The known dataset whose pinned checksum ``path`` has, if any."""
     by_sha = {spec.sha256: spec for spec in KNOWN_DATASETS.values() if spec.sha256}
-    return by_sha.get(sha256_file(path))
+    if (spec := by_sha.get(sha256_file(path))) is not None:
+        return spec
+    return next((s for s in KNOWN_DATASETS.values() if s.sha256 is None and s.matches(path)), None)
 
 
 def download_dataset(spec: DatasetSpec, target: Path) -> None:
-    """Fetch ``spec.url`` to ``target`` and keep it only if its sha256 matches the pinned one."""
-    if spec.sha256 is None:
+    """Fetch ``spec.url`` to ``target`` and keep it only if its checksum matches the pinned one."""
+    if not spec.pinned:
         raise DatasetNotFound(
-            f"{spec.name} is not present and has no pinned sha256, so it is not downloaded: fetch {spec.url} "
+            f"{spec.name} is not present and has no pinned checksum, so it is not downloaded: fetch {spec.url} "
             f"yourself, check it, and place it at {target}"
         )
 
@@ -129,8 +150,8 @@ def download_dataset(spec: DatasetSpec, target: Path) -> None:
         with urllib.request.urlopen(spec.url, timeout=60) as response, open(tmp, "wb") as out:
             while block := response.read(1 << 20):
                 out.write(block)
-        actual = sha256_file(tmp)
-        if actual != spec.sha256:
-            raise DatasetNotFound(f"{spec.name} from {spec.url}: sha256 {actual} does not match pinned {spec.sha256}")
+        if not spec.matches(tmp):
+            pinned = f"sha256 {spec.sha256}" if spec.sha256 else f"git blob {spec.git_blob}"
+            raise DatasetNotFound(f"{spec.name} from {spec.url}: the file does not match its pinned {pinned}")
 
     atomic_write(target, fetch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import polars as pl
 import pytest
 
 from arcast_core.data_dir import DatasetNotFound, find_data_dir
+from arcast_core.files import git_blob_sha1, sha256_file
+from forecasting import datasets
 from forecasting.data import DataConfig, fold_windows, prepare_data
-from forecasting.datasets import resolve_dataset
+from forecasting.datasets import KNOWN_DATASETS, DatasetSpec, download_dataset, known_by_checksum, resolve_dataset
 from forecasting.loading import DataError, read_table
 from forecasting.splits import fold_block_length, fold_borders, split_borders
 from forecasting.time_features import infer_freq, time_features
@@ -135,11 +138,31 @@ def test_custom_csv_with_ratio_split(tmp_path: Path, data_dir: Path) -> None:
     assert prepared.borders.train == (0, 700) and prepared.freq == "1h"
 
 
-def test_unknown_dataset_and_unpinned_download(tmp_path: Path) -> None:
+def test_unknown_dataset_and_unpinned_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DatasetNotFound, match="neither a known dataset"):
         resolve_dataset("no-such-data")
-    with pytest.raises(DatasetNotFound, match="no pinned sha256"):
+    monkeypatch.setitem(KNOWN_DATASETS, "ETTm2", replace(KNOWN_DATASETS["ETTm2"], sha256=None, git_blob=None))
+    with pytest.raises(DatasetNotFound, match="no pinned checksum"):
         resolve_dataset("ETTm2", data_dir=tmp_path)  # refused before any network access
+
+
+def test_a_download_is_kept_only_when_its_pinned_git_blob_matches(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ETTm2 is pinned by its id in the ETDataset tree; that tree's id of ETTm1 checks the mechanism on a real file."""
+    source = data_dir / "ETT/ETTm1.csv"
+    etdataset_ettm1 = "62c9f979e2dc5b05d9cc5b38891e60e6baf77417"  # ETT-small/ETTm1.csv at the commit _ETT_URL pins
+    assert git_blob_sha1(source) == etdataset_ettm1
+    spec = DatasetSpec("mine", "mine.csv", source.as_uri(), None, "15m", "ett_minute", git_blob=etdataset_ettm1)
+    download_dataset(spec, tmp_path / "mine.csv")
+    assert sha256_file(tmp_path / "mine.csv") == sha256_file(source)
+    with pytest.raises(DatasetNotFound, match="does not match its pinned git blob"):
+        download_dataset(replace(spec, git_blob="0" * 40), tmp_path / "other.csv")
+    assert not (tmp_path / "other.csv").exists()  # nothing half-kept
+    assert known_by_checksum(source) == KNOWN_DATASETS["ETTm1"]  # its sha256 pin
+    monkeypatch.setattr(datasets, "KNOWN_DATASETS", {"mine": spec})
+    assert known_by_checksum(tmp_path / "mine.csv") == spec  # a file given by path is recognised by its git pin
+    assert KNOWN_DATASETS["ETTm2"].pinned
 
 
 def test_find_data_dir_prefers_explicit_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
