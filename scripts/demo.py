@@ -1,10 +1,12 @@
 """The main job: train AR-Net on real ETTh1 data, export it, serve it over gRPC, call it, run a batch job.
 
-Run with `make demo`. Everything it writes goes to demo-output/ (runs, model store, batch files).
+Run with `make demo`. Everything it writes goes to demo-output/ (runs, model store, batch files), recreated on every
+run so that a second run starts from the same empty store as the first.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +48,7 @@ def show_recommendations(client: ArcastClient) -> None:
 
 
 def main() -> int:
+    shutil.rmtree(OUT, ignore_errors=True)  # the demo's own folder: a rerun must not serve the last run's versions
     data = DataConfig(dataset="ETTh1", features="S", target="OT", lookback=168, horizon=24)
     print(f"1/6 training AR-Net on ETTh1 (target OT, lookback {data.lookback}, {data.horizon} values per step)")
     run = train_run(
