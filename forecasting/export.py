@@ -421,7 +421,10 @@ def kv_parity_failures(report: dict[str, Any], tolerance: float) -> list[str]:
     each with float64) measures the export, not which of two roundings landed closer. The training scale makes
     channels comparable. Measured on the tiny test backbone (random Llama, hidden 64, 2 layers; the export's
     noise cases, 42 sequences, 4 segments): ratios 1.26 to 1.30 per segment growing and 1.26 to 1.47 sliding,
-    at float32 rms errors of 1.0e-7 to 1.2e-7; two independent roundings of equal size would give sqrt(2). The
+    at float32 rms errors of 1.0e-7 to 1.2e-7; two independent roundings of equal size would give sqrt(2). On
+    SmolLM2-135M with an untrained head (ETTh1 M, no timestamps, horizon 720): the export's noise cases 0.51 to
+    1.33, five real test windows 0.20 to 1.57 growing and 0.87 to 1.49 sliding, while the max abs gaps (1e-4 to
+    4.5e-3 raw units, above the tolerance on every segment) and the old max-based ratio (up to 2.0) scatter. The
     factor of 10 leaves room for kernels less accurate than torch's, while the export errors the tests plant
     give: one weight of an LLM matrix (std 0.02) moved by 0.1, ratios 136 to 184; the timestamp table shifted
     by one row, 1.4e5. An error below ``tolerance`` passes whatever its ratio (the same weight moved by 1e-2:
