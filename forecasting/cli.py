@@ -210,10 +210,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from forecasting.export import export_run
     from forecasting.runs import load_run
 
-    artifact = export_run(load_run(args.run), args.store, args.name, version=args.version, max_horizon=args.max_horizon)
+    artifact = export_run(
+        load_run(args.run),
+        args.store,
+        args.name,
+        version=args.version,
+        max_horizon=args.max_horizon,
+        rollout=args.rollout,
+    )
     print(f"exported {artifact.name} version {artifact.version} to {artifact.path}")
     print(
-        "parity (max |onnxruntime - torch|): " + ", ".join(f"{k}={v:.1e}" for k, v in artifact.manifest.parity.items())
+        "parity (max |onnxruntime - torch|; rms_ratio_*: the gate, see kv_parity_failures): "
+        + ", ".join(f"{k}={v:.1e}" for k, v in artifact.manifest.parity.items())
     )
     return 0
 
@@ -312,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", required=True, help="model name in the store")
     export.add_argument("--version", help="version to publish (default: the next integer)")
     export.add_argument("--max-horizon", type=int, help="largest horizon served (default 30 model steps)")
+    export.add_argument(
+        "--rollout",
+        choices=("growing", "sliding"),
+        help="AutoTimes: the rollout served by default: growing (KV cache) or sliding (the official loop: a fixed "
+        "window re-normalised every segment); default: the run's own (model parameter rollout, else growing)",
+    )
     export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser(

@@ -22,12 +22,17 @@ Follows the paper and its official code (thuml/AutoTimes, ``models/AutoTimes_Lla
 
 Deviations, documented:
 
-- rollout: the official test loop slides a fixed 672-value window (dropping the oldest segment and
-  re-normalising at every step). Here the context grows, as an LLM generates: the lookback is processed
-  once (prefill), each predicted segment is appended as one more token (decode), the normalisation stays
-  that of the lookback, and rotary positions continue (positions 8..14 at horizon 720). This is what makes
-  a KV cache possible; ``forecast(..., use_cache=False)`` recomputes the whole sequence at every step and
-  gives the same numbers (tested to 1e-4);
+- rollout: two, chosen by ``AutoTimesConfig.rollout`` (or per call, ``forecast(..., rollout=...)``):
+  ``sliding`` is the official test loop: a fixed window of ``context_length`` values, re-normalised over
+  its own values at every segment, one full forward pass over its ``n_segments`` tokens (no cache reused
+  across segments), then the oldest segment dropped and the prediction appended; each window's tokens carry
+  the timestamp embeddings of its own segments (the window moves one segment forward in time per step), so
+  the LLM only ever sees the positions it was trained at. ``growing`` (the default, kept for the artifacts
+  already exported) grows the context as an LLM generates: the lookback is processed once (prefill), each
+  predicted segment is appended as one more token (decode), the normalisation stays that of the lookback,
+  and rotary positions continue past training's (positions 8..14 at horizon 720). This is what makes a KV
+  cache possible; ``forecast(..., use_cache=False)`` recomputes the whole sequence at every step and gives
+  the same numbers (tested to 1e-4);
 - in-context prompts are normalised with their own statistics (the official code normalises prompt and
   lookback together, which only makes sense when both come from one series); prompt tokens get no timestamp
   embedding;
@@ -50,7 +55,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -76,6 +81,8 @@ TEMPLATE = "This is Time Series from {start} to {end}"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 NORM_EPS = 1e-5  # the official code's variance epsilon
 Activation = Literal["tanh", "relu", "gelu"]
+Rollout = Literal["growing", "sliding"]
+ROLLOUTS: tuple[Rollout, ...] = ("growing", "sliding")
 
 
 @dataclass
@@ -86,7 +93,9 @@ class AutoTimesConfig:
     token (96). backbone: a spec for ``forecasting.llm_backbone.load_backbone``. mlp_hidden_layers: 0 for
     linear segment embedding/projection, else the number of hidden layers (of ``mlp_hidden_dim``) in each.
     timestamps: add the timestamp text embeddings ("mix_embeds"). freq / time_start / time_rows: the training
-    data's timeline (a regular grid), set when the model is bound to its data.
+    data's timeline (a regular grid), set when the model is bound to its data. rollout: how ``forecast`` goes
+    past one segment by default (and what an export serves by default): ``growing`` (KV cache, the context
+    grows) or ``sliding`` (the official loop: fixed window, re-normalised every segment); see the module.
     """
 
     context_length: int = 672
@@ -101,8 +110,10 @@ class AutoTimesConfig:
     time_start: str | None = None  # ISO timestamp of the timeline's first row
     time_rows: int = 0
     template: str = TEMPLATE
+    rollout: Rollout = "growing"
 
     def __post_init__(self) -> None:
+        check_rollout(self.rollout)
         if self.segment < 1 or self.context_length < self.segment or self.context_length % self.segment:
             raise ValueError(
                 f"the lookback ({self.context_length}) must be a positive multiple of the segment ({self.segment})"
@@ -125,6 +136,13 @@ class AutoTimesConfig:
     @property
     def n_segments(self) -> int:
         return self.context_length // self.segment
+
+
+def check_rollout(rollout: str) -> Rollout:
+    """``rollout`` if it is one AutoTimes knows; ValueError otherwise."""
+    if rollout not in ROLLOUTS:
+        raise ValueError(f"rollout must be one of {', '.join(ROLLOUTS)}, got {rollout!r}")
+    return cast(Rollout, rollout)
 
 
 # --- timestamps ----------------------------------------------------------------------------------------------
@@ -466,15 +484,18 @@ class AutoTimes(ForecastModel):
         use_cache: bool = True,
         prompt: torch.Tensor | None = None,
         teacher: torch.Tensor | None = None,
+        rollout: Rollout | None = None,
     ) -> torch.Tensor:
         """(B, L, C) scaled lookback -> (B, n_segments * segment, C) scaled forecast, rolled out segment by segment.
 
-        ``rows``: grid rows of each window's first step (else found from ``x_mark``); only used with timestamps.
-        ``use_cache``: prefill once and decode one token per segment with the KV cache; False recomputes the
-        whole sequence at every step (the reference the cache is checked against). ``prompt`` (B, P, C), P a
-        multiple of the segment: in-context examples placed before the lookback. ``teacher`` (B, >= (n - 1) *
-        segment, C) scaled values: fed back in place of the predictions (teacher forcing), to compare single
-        steps of two implementations without their differences compounding.
+        ``rollout``: ``growing`` or ``sliding`` (default: the config's; see the module docstring). ``rows``: grid
+        rows of each window's first step (else found from ``x_mark``); only used with timestamps. ``use_cache``
+        (growing): prefill once and decode one token per segment with the KV cache; False recomputes the whole
+        sequence at every step (the reference the cache is checked against); the sliding rollout never reuses a
+        cache. ``prompt`` (B, P, C), P a multiple of the segment: in-context examples placed before the lookback
+        (before every window, sliding). ``teacher`` (B, >= (n - 1) * segment, C) scaled values: fed back in
+        place of the predictions (teacher forcing), to compare single steps of two implementations without their
+        differences compounding.
         """
         seg = self.config.segment
         b, length, c = x.shape
@@ -482,14 +503,20 @@ class AutoTimes(ForecastModel):
             raise ValueError(f"the lookback ({length}) must be a positive multiple of the segment ({seg})")
         if n_segments < 1:
             raise ValueError(f"n_segments must be at least 1, got {n_segments}")
+        mode = check_rollout(rollout or self.config.rollout)
         s = length // seg
-        z, mean, std = normalize(x)
         time = self._time(rows, x_mark, s + n_segments - 1, c)
-        embeds = self.encode(to_segments(z, seg), None if time is None else time[:, :s])
+        prompt_embeds = None
         if prompt is not None:
             if prompt.shape[0] != b or prompt.shape[2] != c or prompt.shape[1] % seg or prompt.shape[1] == 0:
                 raise ValueError(f"prompt must be ({b}, k * {seg}, {c}), got {tuple(prompt.shape)}")
-            embeds = torch.cat([self.encode(to_segments(normalize(prompt)[0], seg), None), embeds], dim=1)
+            prompt_embeds = self.encode(to_segments(normalize(prompt)[0], seg), None)
+        if mode == "sliding":
+            return self._sliding(x, n_segments, time, prompt_embeds, teacher)
+        z, mean, std = normalize(x)
+        embeds = self.encode(to_segments(z, seg), None if time is None else time[:, :s])
+        if prompt_embeds is not None:
+            embeds = torch.cat([prompt_embeds, embeds], dim=1)
         forced = None if teacher is None else to_segments((teacher - mean) / std, seg)
 
         def fed_back(k: int) -> torch.Tensor:  # the segment fed in after prediction k: its own, or the teacher's
@@ -513,6 +540,36 @@ class AutoTimes(ForecastModel):
                     sequence = torch.cat([sequence, self.encode(fed_back(k), step_time)], dim=1)
         pred = from_segments(torch.stack(outs, dim=1), b)
         return pred * std + mean
+
+    def _sliding(
+        self,
+        x: torch.Tensor,
+        n_segments: int,
+        time: torch.Tensor | None,
+        prompt_embeds: torch.Tensor | None,
+        teacher: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The official rollout: a fixed window, re-normalised and run in full (no cache) for every segment.
+
+        Window k holds segments k..k+S-1 of lookback || forecast (or the teacher's values in place of the
+        forecast), so its tokens carry the timestamp embeddings ``time[:, k : k + S]``.
+        """
+        seg = self.config.segment
+        b, length, _ = x.shape
+        s = length // seg
+        window, outs = x, []
+        for k in range(n_segments):
+            z, mean, std = normalize(window)
+            embeds = self.encode(to_segments(z, seg), None if time is None else time[:, k : k + s])
+            if prompt_embeds is not None:
+                embeds = torch.cat([prompt_embeds, embeds], dim=1)
+            hidden, _ = run_decoder(self.body, embeds, None, False)
+            out = from_segments(self.decode(hidden[:, -1:]), b) * std + mean  # (B, segment, C) scaled
+            outs.append(out)
+            if k + 1 < n_segments:
+                fed = out if teacher is None else teacher[:, k * seg : (k + 1) * seg].to(out.dtype)
+                window = torch.cat([window[:, seg:], fed], dim=1)
+        return torch.cat(outs, dim=1)
 
     def forward(
         self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None

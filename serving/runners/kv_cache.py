@@ -1,8 +1,10 @@
-"""The KV-cache runner (AutoTimes): one step graph, prefill then one decode step per segment (no torch here).
+"""The KV-cache runner (AutoTimes): one step graph, two rollouts (no torch here).
 
-The graph is run twice over: with an empty past it is the prefill over the context's segment tokens, then each new
-segment is one decode step that takes the past keys/values back and returns them one position longer. See
-``KVCacheModel``.
+``growing``: the graph is run twice over: with an empty past it is the prefill over the context's segment tokens,
+then each new segment is one decode step that takes the past keys/values back and returns them one position
+longer. ``sliding`` (the official AutoTimes test loop): every segment is one prefill (empty past) over a fixed
+window of the context's length, re-normalised over its own values; the window then drops its oldest segment and
+takes the prediction. See ``KVCacheModel``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.artifact import Artifact
-from serving.manifest import RolloutSpec
+from serving.manifest import ArtifactError, RolloutSpec
 from serving.runners.forecast import ForecastRollout, ForecastRunner
 from serving.sessions import create_session
 from serving.time_features import freq_step
@@ -35,9 +37,17 @@ class TimestampSpec:
     backbone: str
 
 
+ROLLOUTS = ("growing", "sliding")
+
+
 @dataclass(frozen=True)
 class KVCacheRollout(ForecastRollout):
-    """The KV cache's layout per layer (N, kv_heads, length, head_dim) and, when used, the timestamp table."""
+    """The KV cache's layout per layer (N, kv_heads, length, head_dim) and, when used, the timestamp table.
+
+    ``rollout``: how a forecast goes past one segment unless a caller asks otherwise: ``growing`` (KV cache,
+    the context grows; manifests written before the field existed mean this) or ``sliding`` (a fixed window,
+    re-normalised and run in full for every segment, as the official AutoTimes test loop).
+    """
 
     n_layers: int
     kv_heads: int
@@ -46,6 +56,7 @@ class KVCacheRollout(ForecastRollout):
     normalization: str
     channel_independent: bool
     timestamps: TimestampSpec | None = None
+    rollout: str = "growing"
 
 
 NORM_EPS = 1e-5  # per-series normalisation: (x - mean) / sqrt(var + eps), as the model was trained
@@ -125,8 +136,11 @@ class KVCacheModel(ForecastRunner):
 
     ``forecast`` scales the raw context with the training scaler, normalises each series over the context,
     cuts every channel into segment tokens (channel independence: B series x C channels -> N = B*C
-    sequences), runs the prefill (empty past), then feeds each predicted segment back as one token with the
-    returned keys/values, and undoes both normalisations. Models trained with timestamp embeddings read them
+    sequences) and rolls out as the manifest's ``rollout`` says (or the caller's ``rollout``): ``growing``
+    runs the prefill (empty past), then feeds each predicted segment back as one token with the returned
+    keys/values; ``sliding`` runs one prefill per segment over the last ``context_length`` values, each window
+    re-normalised over itself and given the timestamp rows of its own segments (the table lookup moves one
+    segment per step). Both normalisations are undone on the way out. Models trained with timestamp embeddings read them
     from the artifact's table (``calendar``), so a request needs the context's timestamps.
     """
 
@@ -149,6 +163,10 @@ class KVCacheModel(ForecastRunner):
         rollout = artifact.manifest.rollout
         if not isinstance(rollout, KVCacheRollout):
             raise ValueError(f"{artifact.path}: rollout kind {rollout.kind!r} is not kv_cache")
+        if rollout.rollout not in ROLLOUTS:
+            raise ArtifactError(
+                f"{artifact.path}: field 'rollout.rollout' is {rollout.rollout!r}, not one of {', '.join(ROLLOUTS)}"
+            )
         session = create_session(artifact.graph_path("step"), providers, intra_op_threads)
         table = None
         stamps = rollout.timestamps
@@ -196,18 +214,25 @@ class KVCacheModel(ForecastRunner):
             raise ValueError(f"{self.artifact.path}: a kv_cache manifest needs the training scaler (normalization)")
         return np.asarray(norm.mean, np.float32), np.asarray(norm.std, np.float32)
 
-    def normalised_segments(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw (B, T, C) -> segment tokens (B*C, T / step, step) and the per-series mean and std (B, 1, C).
-
-        The values are first scaled with the training scaler; mean and std are on that scale.
-        """
+    def scale(self, values: np.ndarray) -> np.ndarray:
+        """Raw (B, T, C) -> float32 values on the training scaler's scale."""
         center, scale = self.scaler
-        scaled = ((np.asarray(values, np.float32) - center) / scale).astype(np.float32)
+        return ((np.asarray(values, np.float32) - center) / scale).astype(np.float32)
+
+    def normalise(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scaled (B, T, C) -> segment tokens (B*C, T / step, step) and the per-series mean and std (B, 1, C)."""
         mean = scaled.mean(axis=1, keepdims=True, dtype=np.float32)
         std = np.sqrt(np.square(scaled - mean).mean(axis=1, keepdims=True, dtype=np.float32) + np.float32(NORM_EPS))
         z = (scaled - mean) / std
         b, t, c = z.shape
         return np.ascontiguousarray(z.transpose(0, 2, 1).reshape(b * c, t // self.step, self.step)), mean, std
+
+    def normalised_segments(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw (B, T, C) -> segment tokens (B*C, T / step, step) and the per-series mean and std (B, 1, C).
+
+        The values are first scaled with the training scaler; mean and std are on that scale.
+        """
+        return self.normalise(self.scale(values))
 
     def _stamps(self, timestamps: np.ndarray | None, batch: int, length: int) -> np.ndarray:
         if timestamps is None:
@@ -228,62 +253,114 @@ class KVCacheModel(ForecastRunner):
         timestamps: np.ndarray | None = None,
         prompt: np.ndarray | None = None,
     ) -> KVInputs:
-        """Check a request and turn it into the prefill's tokens (and timestamp embeddings for every step)."""
+        """Check a request and turn it into the scaled context, prompt tokens and timestamp embeddings."""
         if context.ndim != 3 or context.shape[2] != self.n_channels:
             raise ValueError(f"context must be (batch, time, {self.n_channels}), got {context.shape}")
         if context.shape[1] < self.context_length:
             raise ValueError(f"context has {context.shape[1]} steps, the model needs {self.context_length}")
         batch, length = context.shape[0], self.context_length
-        segments, mean, std = self.normalised_segments(context[:, -length:])
-        tokens = segments.shape[1]
+        scaled = self.scale(context[:, -length:])
         time = None
         if self.table is not None:
             stamps = self._stamps(timestamps, batch, context.shape[1])[:, -length:]
-            time = np.repeat(self.table.lookup(stamps, tokens + n_blocks - 1), self.n_channels, axis=0)
+            time = np.repeat(self.table.lookup(stamps, length // self.step + n_blocks - 1), self.n_channels, axis=0)
+        prompt_segments = None
         if prompt is not None:
             if prompt.ndim != 3 or prompt.shape[0] != batch or prompt.shape[2] != self.n_channels:
                 raise ValueError(f"prompt must be ({batch}, k * {self.step}, {self.n_channels}), got {prompt.shape}")
             if prompt.shape[1] % self.step or prompt.shape[1] == 0:
                 raise ValueError(f"prompt length {prompt.shape[1]} is not a positive multiple of {self.step}")
             prompt_segments = self.normalised_segments(prompt)[0]
-            segments = np.concatenate([prompt_segments, segments], axis=1)
-            if time is not None:  # prompt tokens carry no timestamp: a zero embedding adds nothing
-                no_time = np.zeros((len(segments), prompt_segments.shape[1], time.shape[2]), np.float32)
-                time = np.concatenate([no_time, time], axis=1)
-            tokens += prompt_segments.shape[1]
-        return KVInputs(segments, time, tokens, mean, std)
+        return KVInputs(scaled, time, prompt_segments)
 
-    def rollout(self, inputs: KVInputs, n_blocks: int, teacher: np.ndarray | None = None) -> np.ndarray:
-        """Prefill, then ``n_blocks - 1`` decode steps: (N, n_blocks, step) normalised segments.
+    def _tokens(self, inputs: KVInputs, segments: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prefill tokens (prompt, then ``segments``) and their timestamp embeddings from context token ``first``."""
+        time = None if inputs.time is None else inputs.time[:, first : first + segments.shape[1]]
+        if inputs.prompt is None:
+            return segments, time
+        tokens = np.concatenate([inputs.prompt, segments], axis=1)
+        if time is not None:  # prompt tokens carry no timestamp: a zero embedding adds nothing
+            no_time = np.zeros((len(tokens), inputs.prompt.shape[1], time.shape[2]), np.float32)
+            time = np.concatenate([no_time, time], axis=1)
+        return tokens, time
 
-        ``teacher`` (N, n_blocks, step): feed these segments back instead of the model's own predictions
-        (to compare step by step with another implementation without the errors compounding).
-        """
+    def _prefill_feeds(self, tokens: np.ndarray, time: np.ndarray | None) -> dict[str, object]:
         layout = self.spec
-        past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_")]
-        n, s, time = len(inputs.segments), inputs.tokens, inputs.time
-        empty = np.zeros((n, layout.kv_heads, 0, layout.head_dim), np.float32)
-        feeds: dict[str, object] = {"segments": inputs.segments, **dict.fromkeys(past_names, empty)}
+        empty = np.zeros((len(tokens), layout.kv_heads, 0, layout.head_dim), np.float32)
+        feeds: dict[str, object] = {"segments": tokens, **dict.fromkeys(self._past_names, empty)}
         if time is not None:
-            feeds["time_embeds"] = np.ascontiguousarray(time[:, :s])
+            feeds["time_embeds"] = np.ascontiguousarray(time)
+        return feeds
+
+    @property
+    def _past_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs() if i.name.startswith("past_")]
+
+    def rollout(
+        self, inputs: KVInputs, n_blocks: int, teacher: np.ndarray | None = None, mode: str | None = None
+    ) -> np.ndarray:
+        """(B, n_blocks * step, C) forecast on the training scale, by ``mode`` (default: the manifest's rollout).
+
+        ``teacher`` (B, >= (n_blocks - 1) * step, C) values on the training scale: fed back instead of the model's
+        own predictions (to compare step by step with another implementation without the errors compounding).
+        """
+        mode = mode or self.spec.rollout
+        if mode == "growing":
+            return self._growing(inputs, n_blocks, teacher)
+        if mode == "sliding":
+            return self._sliding(inputs, n_blocks, teacher)
+        raise ValueError(f"rollout must be one of {', '.join(ROLLOUTS)}, got {mode!r}")
+
+    def _growing(self, inputs: KVInputs, n_blocks: int, teacher: np.ndarray | None) -> np.ndarray:
+        """Prefill over the context (one normalisation), then ``n_blocks - 1`` decode steps with the KV cache."""
+        segments, mean, std = self.normalise(inputs.scaled)
+        s = segments.shape[1]
+        tokens, time = self._tokens(inputs, segments, 0)
+        forced = None if teacher is None else self.normalise_like(teacher, mean, std)
+        past_names = self._past_names
+        feeds = self._prefill_feeds(tokens, time)
         blocks = []
         for k in range(n_blocks):
             outputs = self.steps(feeds)
             blocks.append(outputs[0])
             if k + 1 < n_blocks:
                 present = dict(zip(self.steps.outputs[1:], outputs[1:], strict=True))
-                fed = outputs[0] if teacher is None else np.ascontiguousarray(teacher[:, k : k + 1], np.float32)
+                fed = outputs[0] if forced is None else np.ascontiguousarray(forced[:, k : k + 1])
                 feeds = {"segments": fed, **{name: present["present" + name[4:]] for name in past_names}}
-                if time is not None:
-                    feeds["time_embeds"] = np.ascontiguousarray(time[:, s + k : s + k + 1])
-        return np.concatenate([self.steps.host(b) for b in blocks], axis=1)
+                if inputs.time is not None:
+                    feeds["time_embeds"] = np.ascontiguousarray(inputs.time[:, s + k : s + k + 1])
+        normalised = np.concatenate([self.steps.host(b) for b in blocks], axis=1)
+        return self.from_segments(normalised, len(mean)) * std + mean
 
-    def denormalise(self, segments: np.ndarray, inputs: KVInputs) -> np.ndarray:
-        """(B*C, n, step) normalised segments -> (B, n * step, C) raw values."""
-        batch = inputs.mean.shape[0]
-        pred = segments.reshape(batch, self.n_channels, -1).transpose(0, 2, 1)
+    def _sliding(self, inputs: KVInputs, n_blocks: int, teacher: np.ndarray | None) -> np.ndarray:
+        """One prefill per segment over a fixed window, re-normalised; the window then moves one segment on."""
+        window, blocks = inputs.scaled, []
+        for k in range(n_blocks):
+            segments, mean, std = self.normalise(window)
+            out = self.steps.host(self.steps(self._prefill_feeds(*self._tokens(inputs, segments, k)))[0])
+            block = (self.from_segments(out, len(window)) * std + mean).astype(np.float32)
+            blocks.append(block)
+            if k + 1 < n_blocks:
+                fed = block if teacher is None else np.asarray(teacher[:, k * self.step : (k + 1) * self.step])
+                fed = fed.astype(np.float32)
+                window = np.concatenate([window[:, self.step :], fed], axis=1)
+        return np.concatenate(blocks, axis=1)
+
+    def normalise_like(self, scaled: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        """Scaled (B, T, C) -> segment tokens (B*C, T / step, step) with a given per-series mean and std."""
+        z = ((np.asarray(scaled, np.float32) - mean) / std).astype(np.float32)
+        b, t, c = z.shape
+        t -= t % self.step
+        return np.ascontiguousarray(z[:, :t].transpose(0, 2, 1).reshape(b * c, t // self.step, self.step))
+
+    def from_segments(self, segments: np.ndarray, batch: int) -> np.ndarray:
+        """(B*C, n, step) -> (B, n * step, C)."""
+        return segments.reshape(batch, self.n_channels, -1).transpose(0, 2, 1)
+
+    def denormalise(self, scaled: np.ndarray) -> np.ndarray:
+        """(B, n, C) values on the training scale -> raw values."""
         center, scale = self.scaler
-        return ((pred * inputs.std + inputs.mean) * scale + center).astype(np.float32)
+        return (scaled * scale + center).astype(np.float32)
 
     def forecast(
         self,
@@ -291,26 +368,26 @@ class KVCacheModel(ForecastRunner):
         horizon: int,
         timestamps: np.ndarray | None = None,
         prompt: np.ndarray | None = None,
+        rollout: str | None = None,
     ) -> np.ndarray:
         """(B, L', C) raw history, L' >= context_length -> (B, horizon, C) raw forecast.
 
         ``timestamps`` (L',) shared by the batch or (B, L'), datetime64: needed when the model uses timestamp
         embeddings. ``prompt`` (B, P, C) raw, P a multiple of the step: in-context examples placed before the
-        context (normalised on their own, no timestamp embedding).
+        context (normalised on their own, no timestamp embedding). ``rollout``: ``growing`` or ``sliding``
+        (default: the manifest's).
         """
         if not 0 < horizon <= self.max_horizon:
             raise ValueError(f"horizon {horizon} is outside 1..{self.max_horizon}")
         n_blocks = -(-horizon // self.step)
         inputs = self.prepare(context, n_blocks, timestamps, prompt)
-        return self.denormalise(self.rollout(inputs, n_blocks), inputs)[:, :horizon]
+        return self.denormalise(self.rollout(inputs, n_blocks, mode=rollout))[:, :horizon]
 
 
 @dataclass
 class KVInputs:
-    """A prepared KV-cache request: prefill tokens, timestamp embeddings, and the per-series normalisation."""
+    """A prepared KV-cache request: the scaled context, prompt tokens and timestamp embeddings."""
 
-    segments: np.ndarray  # (N, tokens, step) normalised segment tokens, N = batch * channels
-    time: np.ndarray | None  # (N, tokens + n_blocks - 1, hidden): the prefill's and every decode step's
-    tokens: int  # prefill length (prompt + context segments)
-    mean: np.ndarray  # (B, 1, C) on the training scaler's scale
-    std: np.ndarray
+    scaled: np.ndarray  # (B, context_length, C) on the training scaler's scale
+    time: np.ndarray | None  # (N, context tokens + n_blocks - 1, hidden), N = batch * channels: every segment's
+    prompt: np.ndarray | None = None  # (N, P / step, step) normalised prompt tokens (no timestamp)

@@ -7,6 +7,8 @@ from its PyPI package.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,14 @@ import torch
 from arcast_core.training import TrainConfig
 from forecasting import llm_backbone
 from forecasting.data import DataConfig, data_facts, prepare_data
-from forecasting.export import export_run
+from forecasting.export import (
+    PARITY_TOLERANCE,
+    STEP_RMS_FACTOR,
+    export_run,
+    kv_parity_failures,
+    kv_parity_report,
+    torch_forecast,
+)
 from forecasting.llm_backbone import BackboneNotFound, load_backbone, resolve_backbone, write_random_backbone
 from forecasting.models import build_model
 from forecasting.models.autotimes import (
@@ -30,6 +39,7 @@ from forecasting.models.autotimes import (
     segment_texts,
 )
 from serving.artifact import read_artifact
+from serving.manifest import ArtifactError, parse_manifest
 from serving.runners import load_runner
 from serving.runners.kv_cache import KVCacheModel, KVCacheRollout
 
@@ -218,6 +228,54 @@ def test_kv_cache_rollout_equals_recompute(tiny_llm: str, small_slice: Path, tim
     torch.testing.assert_close(cached[:, :SEGMENT], model(batch["x"], batch["x_mark"]))
 
 
+def reference_sliding(model: AutoTimes, x: torch.Tensor, rows: np.ndarray, n_segments: int) -> torch.Tensor:
+    """The official test loop, written plainly: re-normalise the window, full forward, drop the oldest segment."""
+    b, length, c = x.shape
+    seg, s = model.config.segment, length // model.config.segment
+    window, outs = x, []
+    for k in range(n_segments):
+        mean = window.mean(dim=1, keepdim=True)
+        std = torch.sqrt(window.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
+        tokens = ((window - mean) / std).permute(0, 2, 1).reshape(b * c, s, seg)
+        embeds = model.encoder(tokens)
+        embeds = embeds / embeds.norm(dim=-1, keepdim=True)
+        # window k starts k segments later: its tokens' timestamps are those of its own segments
+        stamps = model.time_embeddings(rows + k * seg, s).repeat_interleave(c, dim=0)
+        assert model.add_scale is not None
+        hidden = model.body(inputs_embeds=embeds + model.add_scale * stamps).last_hidden_state[:, -1]
+        out = model.decoder(hidden).reshape(b, c, seg).permute(0, 2, 1) * std + mean
+        outs.append(out)
+        window = torch.cat([window[:, seg:], out], dim=1)
+    return torch.cat(outs, dim=1)
+
+
+def test_sliding_rollout_equals_the_official_loop(tiny_llm: str, small_slice: Path) -> None:
+    model = tiny_model(tiny_llm, small_slice)
+    torch.nn.init.normal_(model.decoder.weight, std=0.2)  # a head that moves the rollout around
+    prepared = prepare_data(data_config(small_slice))
+    batch = prepared.test.batch(np.array([0, 50, 100]))
+    rows = model.timeline_rows(batch["x_mark"])
+    with torch.no_grad():
+        sliding = model.forecast(batch["x"], 5, batch["x_mark"], rollout="sliding")
+        expected = reference_sliding(model, batch["x"], rows, 5)
+        growing = model.forecast(batch["x"], 5, batch["x_mark"])
+        by_config = tiny_model(tiny_llm, small_slice, rollout="sliding")
+        by_config.load_state_dict(model.state_dict())
+        default_sliding = by_config.forecast(batch["x"], 5, rows=rows)
+        prompt = batch["x"][:, : 2 * SEGMENT] * 0.5
+        with_prompt = model.forecast(batch["x"], 2, rows=rows, prompt=prompt, rollout="sliding")
+    assert sliding.shape == (3, 5 * SEGMENT, 7)
+    torch.testing.assert_close(sliding, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(default_sliding, sliding, atol=0, rtol=0)
+    torch.testing.assert_close(sliding[:, :SEGMENT], growing[:, :SEGMENT], atol=1e-5, rtol=0)  # same first window
+    assert (sliding[:, SEGMENT:] - growing[:, SEGMENT:]).abs().max() > 1e-2  # then they part
+    assert not torch.allclose(with_prompt, sliding[:, : 2 * SEGMENT])
+    with pytest.raises(ValueError, match="rollout must be one of"):
+        model.forecast(batch["x"], 2, rows=rows, rollout="shifting")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rollout must be one of"):
+        AutoTimesConfig(timestamps=False, rollout="shifting")  # type: ignore[arg-type]
+
+
 def test_bind_config_and_search_space(tiny_llm: str, small_slice: Path) -> None:
     import optuna
 
@@ -314,13 +372,28 @@ def test_export_parity_and_manifest(exported) -> None:
     assert m.graphs["step"].input_names[:4] == ("segments", "time_embeds", "past_key_0", "past_value_0")
     assert r.timestamps is not None
     assert r.timestamps.rows == 1200 + 6 * SEGMENT + 1 and r.timestamps.start == "2016-07-01T00:00:00"
-    assert max(m.parity.values()) <= 1e-4
+    assert r.rollout == "growing" and m.facts["model_config"]["rollout"] == "growing"
+    assert max(v for k, v in m.parity.items() if k.startswith("max_abs_diff")) <= 1e-4
+    assert m.parity["rms_ratio_step_worst"] <= STEP_RMS_FACTOR
     details = m.parity_details
-    assert details is not None
+    assert details is not None and details["rollout_mode"] == "growing"
     assert details["horizon"] == 720 and max(details["torch_cache_vs_recompute"].values()) <= 1e-4
+    assert len(details["step_rms"]["ratio"]) == len(details["rollout_rms"]["ratio"]) == 8
     assert "time_embeds" not in plain.manifest.graphs["step"].input_names
     assert isinstance(plain.manifest.rollout, KVCacheRollout) and plain.manifest.rollout.timestamps is None
-    assert max(plain.manifest.parity.values()) <= 1e-4
+    assert max(v for k, v in plain.manifest.parity.items() if k.startswith("max_abs_diff")) <= 1e-4
+
+
+def test_manifest_without_a_rollout_field_means_growing(exported) -> None:
+    artifact = exported[0]
+    raw = json.loads((artifact.path / "manifest.json").read_text())
+    assert raw["rollout"]["rollout"] == "growing"
+    del raw["rollout"]["rollout"]  # as written before the field existed
+    old = parse_manifest(raw, "old manifest.json")
+    assert isinstance(old.rollout, KVCacheRollout) and old.rollout.rollout == "growing"
+    bogus = dataclasses.replace(old, rollout=dataclasses.replace(old.rollout, rollout="shifting"))
+    with pytest.raises(ArtifactError, match=r"rollout\.rollout"):
+        KVCacheModel.load(dataclasses.replace(artifact, manifest=bogus))
 
 
 def _test_windows(run, index: np.ndarray, horizon: int):
@@ -346,6 +419,113 @@ def test_served_forecast_matches_torch_on_real_windows(trained, exported, horizo
     assert bound.device == "cpu" and served.device == "host"
     np.testing.assert_allclose(bound.forecast(raw, horizon, stamps), actual, atol=1e-5, rtol=0)
     np.testing.assert_allclose(served.forecast(raw[:1], horizon, stamps[0]), actual[:1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_served_sliding_matches_torch_sliding(trained, exported, io_binding: bool) -> None:
+    """The growing artifact also serves the sliding rollout (one prefill per segment) on request."""
+    run = trained[0]
+    served = KVCacheModel.load(read_artifact(exported[0].path), intra_op_threads=1, io_binding=io_binding)
+    raw, stamps, rows, scaler = _test_windows(run, np.array([0, 17, 40]), 720)
+    prompt = raw[:, -2 * SEGMENT :][::-1].copy()
+    scaled = torch.from_numpy(scaler.transform(raw))
+    with torch.no_grad():
+        expected = run.model.forecast(scaled, 8, rows=rows, rollout="sliding").numpy()
+        growing = run.model.forecast(scaled, 8, rows=rows).numpy()
+        with_prompt = run.model.forecast(
+            scaled, 2, rows=rows, prompt=torch.from_numpy(scaler.transform(prompt)), rollout="sliding"
+        ).numpy()
+    actual = served.forecast(raw, 700, stamps, rollout="sliding")
+    np.testing.assert_allclose(scaler.transform(actual), expected[:, :700], atol=1e-4, rtol=0)
+    assert np.abs(expected - growing).max() > 1e-3  # a different rollout, not the same numbers twice
+    served_prompt = served.forecast(raw, 192, stamps, prompt=prompt, rollout="sliding")
+    np.testing.assert_allclose(scaler.transform(served_prompt), with_prompt, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="rollout must be one of"):
+        served.forecast(raw, 96, stamps, rollout="shifting")
+
+
+@pytest.fixture(scope="module")
+def exported_sliding(trained, tmp_path_factory: pytest.TempPathFactory):
+    return export_run(trained[0], tmp_path_factory.mktemp("store"), "etth1-autotimes-sliding", rollout="sliding")
+
+
+def test_export_sliding_serves_it_by_default(trained, exported_sliding) -> None:
+    run = trained[0]
+    m = exported_sliding.manifest
+    assert isinstance(m.rollout, KVCacheRollout) and m.rollout.rollout == "sliding"
+    assert m.facts["model_config"]["rollout"] == "sliding" and run.model.config.rollout == "growing"
+    assert m.parity_details is not None and m.parity_details["rollout_mode"] == "sliding"
+    assert "torch_cache_vs_recompute" not in m.parity_details
+    assert m.parity["rms_ratio_step_worst"] <= STEP_RMS_FACTOR
+    served = KVCacheModel.load(read_artifact(exported_sliding.path), intra_op_threads=1)
+    raw, stamps, _, scaler = _test_windows(run, np.array([5, 60]), 300)
+    expected = torch_forecast(run, raw, 300, stamps, rollout="sliding")
+    np.testing.assert_allclose(
+        scaler.transform(served.forecast(raw, 300, stamps)), scaler.transform(expected), atol=1e-4
+    )
+    window_shift = dataclasses.replace(run, model=_WindowShiftStub())
+    with pytest.raises(ValueError, match="one rollout"):
+        torch_forecast(window_shift, raw, 10, None, rollout="sliding")
+    with pytest.raises(ValueError, match="one rollout"):
+        export_run(window_shift, exported_sliding.path.parents[1], "never", rollout="sliding")
+
+
+class _WindowShiftStub:
+    kind, rollout_kind = "arnet", "window_shift"
+
+
+# --- the parity gate -----------------------------------------------------------------------------------------
+
+
+def _corrupt_weight(served: KVCacheModel, folder: Path, delta: float) -> tuple[KVCacheModel, str]:
+    """The served model with one weight of an LLM layer in its step graph moved by ``delta``.
+
+    The exporter names initialisers ``val_<n>``: the LLM's matrices are the 2-d ones that do not touch the segment
+    (the trained head's do, with 96 values).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from serving.runners.kv_cache import _KVSteps
+    from serving.sessions import create_session
+
+    graph = onnx.load(str(served.artifact.graph_path("step")))
+    step = served.step
+    candidates = [i for i in graph.graph.initializer if len(i.dims) == 2 and min(i.dims) > 1 and step not in i.dims]
+    init = candidates[len(candidates) // 2]
+    weight = numpy_helper.to_array(init).copy()
+    weight.flat[weight.size // 3] += delta
+    init.CopyFrom(numpy_helper.from_array(weight, init.name))
+    path = folder / "step.onnx"
+    onnx.save(graph, str(path))
+    session = create_session(path, None, 1)
+    return KVCacheModel(served.artifact, session, served.table, _KVSteps(session, None)), init.name
+
+
+def test_parity_gate_passes_the_export_and_refuses_corrupted_ones(trained, exported, tmp_path: Path) -> None:
+    run = trained[0]
+    served = KVCacheModel.load(read_artifact(exported[0].path), intra_op_threads=1)
+    good = {mode: kv_parity_report(run, served, 384, rollout=mode) for mode in ("growing", "sliding")}
+    for mode, report in good.items():
+        assert kv_parity_failures(report, PARITY_TOLERANCE) == [], mode
+        assert kv_parity_failures(report, 0.0) == [], mode  # on the rms criterion alone
+        print(mode, "ratios", np.round(report["step_rms"]["ratio"], 2), "rms", report["step_rms"]["torch_fp32_vs_fp64"])
+
+    # one weight of an LLM matrix moved by 0.1 (its matrix: std 0.02, max 0.077); 1e-2 moves the forecast by
+    # at most 7e-5 raw units, within the tolerance, at rms ratios 14 to 18
+    wrong_weight, name = _corrupt_weight(served, tmp_path, 0.1)
+    assert served.table is not None
+    shifted = served.table.embeddings.copy()
+    shifted[:-1] = shifted[1:]  # every segment gets the next hour's embedding
+    wrong_row = dataclasses.replace(served, table=dataclasses.replace(served.table, embeddings=shifted))
+    for label, bad in (("weight " + name, wrong_weight), ("timestamp row", wrong_row)):
+        for mode in ("growing", "sliding"):
+            report = kv_parity_report(run, bad, 384, rollout=mode)
+            failures = kv_parity_failures(report, PARITY_TOLERANCE)
+            ratios = report["step_rms"]["ratio"]
+            print(label, mode, "ratios", np.round(ratios, 1))
+            assert failures, f"{label} ({mode}) passed the gate: {ratios}"
+            assert min(ratios) > 10 * STEP_RMS_FACTOR, f"{label} ({mode}): {ratios}"
 
 
 def test_served_prompt_and_refusals(trained, exported) -> None:

@@ -36,6 +36,8 @@ def test_train_export_evaluate(etth1_slice: Path, tmp_path: Path) -> None:
     exported = cli("export", "--run", str(run), "--store", str(store), "--name", "slice")
     assert exported.returncode == 0, exported.stderr
     assert "version 1" in exported.stdout
+    sliding = cli("export", "--run", str(run), "--store", str(store), "--name", "other", "--rollout", "sliding")
+    assert sliding.returncode == 2 and "arnet has one rollout (window_shift)" in sliding.stderr  # AutoTimes' choice
     report = tmp_path / "eval.json"
     evaluated = cli("evaluate", "--store", str(store), "--name", "slice", "--horizon", "36", "--json", str(report))
     assert evaluated.returncode == 0, evaluated.stderr
