@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,17 @@ PARITY_BATCHES = (1, 32, 37)
 # Graph input layouts export knows: values only (AR-Net), or values + calendar features (Informer).
 GRAPH_INPUTS = (("context",), ("context", "context_marks", "target_marks"))
 DEFAULT_MAX_HORIZON_STEPS = 30  # window-shift blocks allowed per request unless --max-horizon says otherwise
+
+
+@contextlib.contextmanager
+def _exporter_noise_silenced() -> Iterator[None]:
+    """torch.onnx.export's warnings that no user can act on, silenced for one export."""
+    with warnings.catch_warnings():
+        # torch's own exporter trips a deprecation inside pytree.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        # Inputs sharing one dynamic dimension ("batch", "n"): the exporter says so once per extra input.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
+        yield
 
 
 class ServingGraph(nn.Module):
@@ -184,11 +196,7 @@ def export_window_shift_run(
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
 
     def write(folder: Path) -> None:
-        with warnings.catch_warnings():
-            # torch's own exporter trips a deprecation inside pytree; nothing a user can act on.
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            # Every input shares the one "batch" dimension; the exporter says so once per extra input.
-            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
+        with _exporter_noise_silenced():
             torch.onnx.export(
                 graph,
                 tuple(torch.tensor(example[name]) for name in shapes),
@@ -529,9 +537,7 @@ def export_kv_cache_run(
         }
 
     def write(folder: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
+        with _exporter_noise_silenced():
             torch.onnx.export(
                 graph,
                 tuple(example),
