@@ -61,6 +61,18 @@ class ForecastModel(nn.Module):
         return 0.0
 
 
+class LookbackHorizonModel(ForecastModel):
+    """A model whose config names its window ``lookback`` and its step ``horizon`` (the baselines)."""
+
+    @property
+    def context_length(self) -> int:
+        return self.config.lookback
+
+    @property
+    def step(self) -> int:
+        return self.config.horizon
+
+
 @dataclass(frozen=True)
 class TinySetup:
     """The smallest setting of a model that trains in seconds on a slice of a couple of thousand rows.

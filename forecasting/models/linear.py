@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from forecasting.data import DataFacts, WindowDataset
-from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
+from forecasting.models.base import LookbackHorizonModel, ModelSpec, TinySetup
 from forecasting.models.input_norm import InputNorm, check_input_norm, window_level
 
 # Penalties on the mean squared error per training row (the ridge term is alpha * rows * |W|^2), so one grid
@@ -73,7 +73,7 @@ def moving_average(z: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return nn.functional.avg_pool1d(padded, kernel_size, stride=1)
 
 
-class Linear(ForecastModel):
+class Linear(LookbackHorizonModel):
     kind = "linear"
 
     def __init__(self, config: LinearConfig) -> None:
@@ -82,14 +82,6 @@ class Linear(ForecastModel):
         shape = (config.groups, config.n_features, config.horizon)
         self.weight = nn.Parameter(torch.zeros(shape), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(config.groups, 1, config.horizon), requires_grad=False)
-
-    @property
-    def context_length(self) -> int:
-        return self.config.lookback
-
-    @property
-    def step(self) -> int:
-        return self.config.horizon
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The level (B, 1, C) and the regression features (C, B, F) of windows x (B, L, C)."""

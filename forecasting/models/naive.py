@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from forecasting.data import DataFacts, WindowDataset
-from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
+from forecasting.models.base import LookbackHorizonModel, ModelSpec, TinySetup
 
 
 @dataclass
@@ -25,20 +25,12 @@ class NaiveConfig:
             raise ValueError("lookback and horizon must be positive")
 
 
-class Naive(ForecastModel):
+class Naive(LookbackHorizonModel):
     kind = "naive"
 
     def __init__(self, config: NaiveConfig) -> None:
         super().__init__()
         self.config = config
-
-    @property
-    def context_length(self) -> int:
-        return self.config.lookback
-
-    @property
-    def step(self) -> int:
-        return self.config.horizon
 
     def forward(
         self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None

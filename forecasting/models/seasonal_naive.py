@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from forecasting.data import DataFacts, WindowDataset
-from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
+from forecasting.models.base import LookbackHorizonModel, ModelSpec, TinySetup
 from forecasting.time_features import freq_step, parse_freq
 
 _DAY, _WEEK = np.timedelta64(1, "D"), np.timedelta64(7, "D")
@@ -56,7 +56,7 @@ class SeasonalNaiveConfig:
             raise ValueError(f"lookback ({self.lookback}) must be at least the period ({self.period})")
 
 
-class SeasonalNaive(ForecastModel):
+class SeasonalNaive(LookbackHorizonModel):
     kind = "seasonal_naive"
     index: torch.Tensor  # the window positions forecast at each horizon step
 
@@ -66,14 +66,6 @@ class SeasonalNaive(ForecastModel):
         period = int(config.period or 0)
         index = config.lookback - period + torch.arange(config.horizon) % period
         self.register_buffer("index", index, persistent=False)  # derived from the config: not saved
-
-    @property
-    def context_length(self) -> int:
-        return self.config.lookback
-
-    @property
-    def step(self) -> int:
-        return self.config.horizon
 
     def forward(
         self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
