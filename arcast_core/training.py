@@ -55,7 +55,9 @@ class TrainConfig:
     schedule decays it over the remaining ones (not with "onecycle", which warms up itself).
     weight_decay defaults to 0: decay would pull AR coefficients away from the least-squares solution.
     eval_every: validate every this many epochs (and after the last); patience counts validations.
-    max_seconds: a wall-clock budget, checked after each epoch (that epoch is validated, then training stops).
+    max_seconds: a time budget, checked after each epoch (that epoch is validated, then training stops).
+    budget_clock: what ``max_seconds`` counts: "wall" (elapsed time) or "cpu" (this process's CPU time, all its
+    threads). A CPU budget buys the same epochs whatever else runs on a shared machine; a wall-clock one does not.
     device: "auto" (or None): CUDA when available, else CPU.
     """
 
@@ -72,6 +74,7 @@ class TrainConfig:
     device: str | None = "auto"
     eval_batch_size: int = 256
     max_seconds: float | None = None
+    budget_clock: Literal["wall", "cpu"] = "wall"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -351,7 +354,8 @@ def fit(
     best_epoch, best_validation, stale, stopped_by = -1, {}, 0, "epochs"
     history: list[EpochRecord] = []
     show = cfg.progress and loop.replica.reports
-    started = time.monotonic()
+    clock = time.process_time if cfg.budget_clock == "cpu" else time.monotonic
+    started = clock()
     epoch = 0
     for epoch in range(cfg.epochs):
         epoch_start = time.monotonic()
@@ -360,7 +364,7 @@ def fit(
         ) as bar:
             train_loss, terms = _train_epoch(loop, task, optimizer, scheduler, cfg, epoch, bar)
         task.end_epoch(epoch, train_loss)
-        out_of_time = cfg.max_seconds is not None and time.monotonic() - started >= cfg.max_seconds
+        out_of_time = cfg.max_seconds is not None and clock() - started >= cfg.max_seconds
         due = (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or out_of_time
         validation = task.validate(loop.replica) if selection is not None and due else None
         if validation is not None and selection is not None:

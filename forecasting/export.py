@@ -23,7 +23,7 @@ from forecasting.runs import Run
 from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
 from serving.runners.kv_cache import KVCacheModel
-from serving.runners.window_shift import CalendarInputs, WindowShiftModel, window_shift
+from serving.runners.window_shift import ROWS_PER_RUN, CalendarInputs, WindowShiftModel, window_shift
 from serving.sessions import create_session
 from serving.time_features import feature_names, freq_step, parse_freq, regular_timestamps
 
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 # The exporter warns about every torchvision operator it cannot register; we export no vision models.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 GRAPH_FILE = "forecast.onnx"
+# One onnxruntime run may hold this much in attention maps (scores, scaled, softmax, the kernels' own copies:
+# ATTENTION_MAP_COPIES maps); the artifact's rows_per_run keeps a served run, a batch job and an evaluation
+# inside it (Informer at a 720 horizon: 45 MB a series; 512 series took more than this machine's 24 GB).
+ATTENTION_BYTES_PER_RUN = 1 << 30
+ATTENTION_MAP_COPIES = 4
 PARITY_TOLERANCE = 1e-4  # fail the export above this; the measured figure is recorded in the manifest
 PARITY_BATCHES = (1, 32, 37)
 # Graph input layouts export knows: values only (AR-Net), or values + calendar features (Informer).
@@ -108,26 +113,86 @@ def _torch_runner(graph: ServingGraph) -> Callable[[dict[str, np.ndarray]], np.n
     return run_graph
 
 
-def parity_report(graph: ServingGraph, session: Any, run: Run, max_horizon: int) -> dict[str, float]:
-    """Max |onnxruntime - torch| at batch 1, 32 and 37, and over a rollout of 3 blocks (or the max horizon)."""
-    report: dict[str, float] = {}
+# A series whose onnxruntime output is beyond the tolerance is explained by a discontinuity of the model
+# (ProbSparse attention's top-u queries: two queries whose sparsity scores tie within float32 rounding may be
+# picked either way by two kernels) when torch itself moves that far under JITTER_DRAWS input perturbations of
+# relative size JITTER (a few float32 roundings of every value): it moves at least a JITTER_SHARE of the gap.
+JITTER = 1e-6
+JITTER_DRAWS = 4
+JITTER_SHARE = 0.1
+
+Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (row indices, their contexts) -> torch's output
+
+
+def parity_report(
+    graph: ServingGraph, session: Any, run: Run, max_horizon: int, tolerance: float = PARITY_TOLERANCE
+) -> Parity:
+    """Max |onnxruntime - torch| at batch 1, 32 and 37, and over a rollout of 3 blocks (or the max horizon).
+
+    ``details["beyond_tolerance"]`` lists every series beyond ``tolerance``, with how far torch itself moves
+    there under perturbations of float32 rounding size (``torch_jitter``): see ``parity_failures``.
+    """
+    summary: dict[str, float] = {}
+    beyond: list[dict[str, Any]] = []
     step, context_length = run.model.step, run.model.context_length
     run_torch = _torch_runner(graph)
+    calendar = _calendar(run)
+
+    def check(name: str, forward: Forward, context: np.ndarray, onnx: np.ndarray) -> None:
+        expected = forward(np.arange(len(context)), context)
+        gaps = np.abs(onnx - expected).reshape(len(onnx), -1).max(axis=1)
+        summary[name] = float(gaps.max())
+        rows = np.flatnonzero(gaps > tolerance)
+        if not len(rows):
+            return
+        jitter = np.zeros(len(rows))
+        for seed in range(JITTER_DRAWS):
+            noise = np.random.default_rng(seed).standard_normal(context[rows].shape).astype(np.float32)
+            moved = forward(rows, context[rows] * (1 + JITTER * noise))
+            jitter = np.maximum(jitter, np.abs(moved - expected[rows]).reshape(len(rows), -1).max(axis=1))
+        beyond.extend(
+            {"check": name, "row": int(r), "gap": float(gaps[r]), "torch_jitter": float(j)}
+            for r, j in zip(rows, jitter, strict=True)
+        )
+
     for batch in PARITY_BATCHES:
         feeds = _example_inputs(run, batch, seed=batch)
-        expected = run_torch(feeds)
-        actual = session.run(None, feeds)[0]
-        report[f"max_abs_diff_batch_{batch}"] = float(np.max(np.abs(actual - expected)))
+
+        def one_block(rows: np.ndarray, context: np.ndarray, feeds: dict[str, np.ndarray] = feeds) -> np.ndarray:
+            return run_torch({**{name: value[rows] for name, value in feeds.items()}, "context": context})
+
+        check(f"max_abs_diff_batch_{batch}", one_block, feeds["context"], session.run(None, feeds)[0])
     horizon = min(3 * step, max_horizon)
     context = _example_context(run, 4, seed=7).numpy()
-    calendar = _calendar(run)
     stamps = _example_timestamps(run, 4, seed=7) if calendar else None
-    expected = window_shift(run_torch, context, horizon, context_length, step, calendar, stamps)
+
+    def rollout(rows: np.ndarray, context: np.ndarray) -> np.ndarray:
+        return window_shift(
+            run_torch, context, horizon, context_length, step, calendar, None if stamps is None else stamps[rows]
+        )
+
     actual = window_shift(
         lambda feeds: session.run(None, feeds)[0], context, horizon, context_length, step, calendar, stamps
     )
-    report[f"max_abs_diff_rollout_{horizon}"] = float(np.max(np.abs(actual - expected)))
-    return report
+    check(f"max_abs_diff_rollout_{horizon}", rollout, context, actual)
+    return Parity(summary, {"tolerance": tolerance, "beyond_tolerance": beyond} if beyond else None)
+
+
+def parity_failures(parity: Parity) -> list[str]:
+    """The series beyond the tolerance that no discontinuity of the model explains (see JITTER).
+
+    A wrong export (a weight, an operator's semantics, a shape) moves a series by far more than torch moves
+    under rounding-size perturbations, so it fails; a near-tie of a discrete choice (top-k) in one series
+    moves torch as much as onnxruntime, so it passes and stays on record in ``parity_details``.
+    """
+    beyond = (parity.details or {}).get("beyond_tolerance", [])
+    return [
+        f"{b['check']} series {b['row']}: onnxruntime {b['gap']:.2e} from torch, while torch moves only "
+        f"{b['torch_jitter']:.2e} under input perturbations of {JITTER:g} (a discontinuity explains >= "
+        f"{JITTER_SHARE:g} of the gap)"
+        for b in beyond
+        if b["torch_jitter"] < JITTER_SHARE * b["gap"]
+    ]
 
 
 def export_run(
@@ -192,6 +257,10 @@ def export_window_shift_run(
         # Horizons past one step are covered block by block (window shift), each block's calendar features
         # computed from the timestamps: the last context timestamp + k * freq.
         rollout.update(label_len=calendar.label_len, chunked=max_horizon > step)
+    attention_bytes = model.attention_bytes_per_row()
+    if attention_bytes is not None:
+        fits = ATTENTION_BYTES_PER_RUN // (ATTENTION_MAP_COPIES * attention_bytes)
+        rollout["rows_per_run"] = min(max(1, fits), ROWS_PER_RUN)
     example = _example_inputs(run, 2, seed=0)
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
 
@@ -213,10 +282,13 @@ def export_window_shift_run(
 
     def parity(staged: Artifact) -> Parity:
         report = parity_report(graph, create_session(staged.graph_path("forecast")), run, max_horizon)
-        worst = max(report.values())
-        if worst > PARITY_TOLERANCE:
-            raise RuntimeError(f"onnxruntime differs from torch by {worst:.2e} (> {PARITY_TOLERANCE}): {report}")
-        return Parity(report)
+        failures = parity_failures(report)
+        if failures:
+            raise RuntimeError(
+                f"onnxruntime differs from torch beyond {PARITY_TOLERANCE} and beyond what the model's own "
+                f"sensitivity explains: {'; '.join(failures[:5])} (of {len(failures)}); {report.summary}"
+            )
+        return report
 
     graphs = {
         "forecast": {

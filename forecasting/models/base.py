@@ -46,6 +46,11 @@ class ForecastModel(nn.Module):
         """
         return None
 
+    def attention_bytes_per_row(self) -> int | None:
+        """float32 bytes of the largest attention map one series needs in a forward pass, or None where nothing
+        grows with the square of the window. Export turns it into the served artifact's rows per run."""
+        return None
+
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["x"], batch.get("x_mark"), batch.get("y_mark"))
 

@@ -466,6 +466,16 @@ class Informer(ForecastModel):
     def step(self) -> int:
         return self.config.pred_len
 
+    def attention_bytes_per_row(self) -> int:
+        """The decoder's full cross-attention (label + horizon queries on every encoder position) and, with full
+        self-attention, the encoder's and decoder's square maps; ProbSparse maps are far smaller."""
+        cfg = self.config
+        decoder_len = cfg.label_len + cfg.pred_len
+        cells = decoder_len * cfg.seq_len
+        if cfg.attn == "full":
+            cells = max(cells, cfg.seq_len**2, decoder_len**2)
+        return 4 * cfg.n_heads * cells
+
     def set_eval_sampling(self, mode: EvalSampling) -> None:
         """Switch every ProbSparse attention between the deterministic ("even") and the official ("random") draw."""
         if mode not in ("even", "random"):

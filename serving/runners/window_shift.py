@@ -34,12 +34,15 @@ class TimeFeatureSpec:
 @dataclass(frozen=True)
 class WindowShiftRollout(ForecastRollout):
     """``label_len``: the known rows before each block that a calendar-feature graph's decoder takes;
-    ``time_features``: the calendar features it takes (at the manifest's top level in format version 1)."""
+    ``time_features``: the calendar features it takes (at the manifest's top level in format version 1);
+    ``rows_per_run``: at most this many series per onnxruntime run, where the export found the graph's
+    attention maps too large for ``ROWS_PER_RUN`` (absent: ``ROWS_PER_RUN``)."""
 
     top_level: ClassVar[tuple[str, ...]] = ("time_features",)
     label_len: int | None = None
     chunked: bool | None = None
     time_features: TimeFeatureSpec | None = None
+    rows_per_run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ class WindowShiftModel(ForecastRunner):
 
     @property
     def rows_per_run(self) -> int:
-        return ROWS_PER_RUN
+        return min(ROWS_PER_RUN, self.spec.rows_per_run or ROWS_PER_RUN)
 
     @functools.cached_property
     def calendar(self) -> CalendarInputs | None:
@@ -280,12 +283,19 @@ class WindowShiftModel(ForecastRunner):
                     f"timestamps must be ({context.shape[1]},) or ({context.shape[0]}, {context.shape[1]}), "
                     f"got {np.shape(timestamps)}"
                 )
-        return window_shift(
-            self.steps,
-            context,
-            horizon,
-            self.context_length,
-            self.step,
-            calendar,
-            stamps,
+        # Any caller (the batcher, batch jobs, evaluation) gets runs of at most rows_per_run series: memory.
+        chunk = self.rows_per_run
+        return np.concatenate(
+            [
+                window_shift(
+                    self.steps,
+                    context[start : start + chunk],
+                    horizon,
+                    self.context_length,
+                    self.step,
+                    calendar,
+                    stamps if stamps is None or len(stamps) == 1 else stamps[start : start + chunk],
+                )
+                for start in range(0, len(context), chunk)
+            ]
         )

@@ -65,6 +65,14 @@ def test_time_budget_stops_after_a_validated_epoch() -> None:
     assert report.history[0].validation is not None and report.best_epoch == 0
 
 
+def test_a_cpu_budget_counts_this_process_cpu_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter(range(0, 1000, 10))  # every reading of the CPU clock 10 s later: two epochs reach 15 s
+    monkeypatch.setattr("arcast_core.training.time.process_time", lambda: next(ticks))
+    cfg = TrainConfig(epochs=50, batch_size=8, max_seconds=15.0, budget_clock="cpu", progress=False, device="cpu")
+    _, report = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+    assert report.stopped_by == "time_budget" and report.epochs_run == 2
+
+
 def test_without_validation_the_final_weights_are_kept() -> None:
     cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, lr_schedule="constant", progress=False, device="cpu")
     task, report = fit(lambda device: LineTask(nn.Linear(1, 1), validate_every_epoch=False), cfg)

@@ -76,6 +76,58 @@ def test_tampered_artifact_is_refused(model_store: Path, tmp_path: Path) -> None
         read_artifact(copy)
 
 
+class ShiftedRows:
+    """An onnxruntime session stand-in: torch's answer, with ``shift`` added to the series in ``rows``."""
+
+    def __init__(self, graph: ServingGraph, rows: list[int], shift: float) -> None:
+        self.graph, self.rows, self.shift = graph, rows, shift
+
+    def run(self, _outputs, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = self.graph(torch.from_numpy(feeds["context"])).numpy().copy()
+        out[[r for r in self.rows if r < len(out)]] += self.shift
+        return [out]
+
+
+def test_parity_gate_refuses_an_error_the_model_does_not_explain(arnet_run) -> None:
+    from forecasting.export import parity_failures, parity_report
+
+    graph = ServingGraph(arnet_run.model, arnet_run.scaler.mean, arnet_run.scaler.std).eval()
+    clean = parity_report(graph, ShiftedRows(graph, [], 0.0), arnet_run, 36)
+    assert clean.details is None and parity_failures(clean) == [] and max(clean.summary.values()) == 0.0
+    # series 30 (of the batches of 32 and 37) off by 1e-2: AR-Net is smooth, so torch barely moves under
+    # rounding-size perturbations and nothing explains the gap
+    report = parity_report(graph, ShiftedRows(graph, [30], 1e-2), arnet_run, 36)
+    assert report.summary["max_abs_diff_batch_37"] == pytest.approx(1e-2, rel=1e-3)
+    failures = parity_failures(report)
+    assert [f.split(":")[0] for f in failures] == ["max_abs_diff_batch_32 series 30", "max_abs_diff_batch_37 series 30"]
+
+
+def test_parity_gate_passes_a_gap_the_models_discontinuity_explains(arnet_run, monkeypatch) -> None:
+    """A step in torch's own output (as ProbSparse's top-u choice on a near-tie): onnxruntime on the other side."""
+    import forecasting.export as export
+
+    graph = ServingGraph(arnet_run.model, arnet_run.scaler.mean, arnet_run.scaler.std).eval()
+    threshold: dict[str, float] = {}
+
+    def step_model(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        first = feeds["context"][:, :1, :1]  # series whose first value passes the threshold jump by 1e-2
+        return np.broadcast_to(1e-2 * (first > threshold["at"]), (len(first), 12, 1)).astype(np.float32)
+
+    class OtherSide:
+        def run(self, _outputs, feeds):
+            out = step_model(feeds).copy()
+            at_tie = np.flatnonzero(feeds["context"][:, 0, 0] == threshold["at"])
+            out[at_tie] = 1e-2  # the tie resolved the other way
+            return [out]
+
+    monkeypatch.setattr(export, "_torch_runner", lambda graph: step_model)
+    threshold["at"] = float(export._example_context(arnet_run, 37, seed=37).numpy()[5, 0, 0])  # series 5 sits on it
+    report = export.parity_report(graph, OtherSide(), arnet_run, 36)
+    assert [(b["check"], b["row"]) for b in report.details["beyond_tolerance"]] == [("max_abs_diff_batch_37", 5)]
+    assert export.parity_failures(report) == []
+
+
 def test_interrupted_export_leaves_nothing(arnet_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import forecasting.export as export
 

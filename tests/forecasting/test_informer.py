@@ -277,6 +277,7 @@ def test_export_parity_and_manifest(informer_artifact) -> None:
         label_len=LABEL,
         chunked=True,
         time_features=TimeFeatureSpec("timeF", ("hour", "weekday", "day", "yearday")),
+        rows_per_run=1024,  # its maps are small: the runners' default chunk
     )
     assert [(i.name, i.shape) for i in m.graphs["forecast"].inputs] == [
         ("context", ("batch", LOOKBACK, 7)),
@@ -329,6 +330,26 @@ def test_chunked_rollout_beyond_the_horizon(informer_run, informer_artifact) -> 
         served.forecast(raw, HORIZON)
     with pytest.raises(ValueError, match="horizon"):
         served.forecast(raw, 51, stamps)
+
+
+def test_long_horizons_serve_in_chunks_their_attention_maps_fit(
+    informer_run, informer_artifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ETTh1 M at 720 h (the paper's script: 336 encoder rows, 336 + 720 decoder rows), 8 heads of d_model 64
+    long = Informer(InformerConfig(seq_len=336, label_len=336, pred_len=720, d_model=64, n_heads=8, d_ff=256))
+    assert long.attention_bytes_per_row() == 4 * 8 * (336 + 720) * 336  # the decoder's cross-attention map
+    assert (1 << 30) // (4 * long.attention_bytes_per_row()) < 32  # so such an artifact serves < 32 series a run
+
+    served = WindowShiftModel.load(read_artifact(informer_artifact.path), intra_op_threads=1)
+    raw, stamps, _ = _test_windows(informer_run, 5)
+    whole = served.forecast(raw, 2 * HORIZON, stamps)
+    monkeypatch.setattr(WindowShiftModel, "rows_per_run", property(lambda self: 2))
+    np.testing.assert_allclose(served.forecast(raw, 2 * HORIZON, stamps), whole, atol=1e-6)
+    np.testing.assert_allclose(
+        served.forecast(raw, 2 * HORIZON, stamps[0]),
+        served.forecast(raw, 2 * HORIZON, stamps[:1].repeat(5, 0)),
+        atol=1e-6,
+    )
 
 
 def test_run_round_trip(informer_run, tmp_path: Path) -> None:
