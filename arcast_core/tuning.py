@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # A picklable callable that a worker process calls once; it returns the objective that worker's trials run.
 ObjectiveFactory = Callable[[], Callable[[optuna.Trial], float]]
 BEST_PARAMS_FILE = "best_params.json"
+DIVERGED_ATTR = "diverged"  # why a trial whose training loss became nan or inf was stopped (it counts as pruned)
 SLOT_ATTR = "arcast_slot"  # "<launch>/<slot>": whose share of trials a trial counts toward
 WORKER_ATTR = "arcast_worker"  # "host:pid" of the process that ran the trial (last)
 MAX_RETRY = 1  # a trial killed twice is not queued a third time: it may be what kills its workers
@@ -142,7 +143,11 @@ def _slotted(spec: WorkerSpec) -> Callable[[optuna.Trial], float]:
         if SLOT_ATTR not in trial.user_attrs:  # a retry keeps the slot of the trial it replaces
             trial.set_user_attr(SLOT_ATTR, spec.slot)
         trial.set_user_attr(WORKER_ATTR, worker)
-        return objective(trial)
+        try:
+            return objective(trial)
+        except FloatingPointError as err:  # settings that diverge (a rate too high) are an answer, not a crash
+            trial.set_user_attr(DIVERGED_ATTR, str(err))
+            raise optuna.TrialPruned(f"diverged: {err}") from err
 
     return slotted
 

@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 
 from arcast_core.training import TrainConfig
-from arcast_core.tuning import Heartbeat, default_storage, optimize, report_or_prune, write_best_params
+from arcast_core.tuning import DIVERGED_ATTR, Heartbeat, default_storage, optimize, report_or_prune, write_best_params
 from forecasting.data import DataConfig, Fold, PreparedData, fold_windows, prepare_data
 from forecasting.models import model_spec
 from forecasting.runs import train_run
@@ -165,4 +165,10 @@ def tune(
     warmup_steps = 2 if folds == 1 else 0
     study = optimize(objective, n_trials, storage, study_name, timeout, seed, workers, heartbeat, warmup_steps)
     facts = {"model": kind, "workers": workers, "folds": folds, "pins": pins or {}}
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        diverged = sum(DIVERGED_ATTR in t.user_attrs for t in study.trials)
+        raise RuntimeError(
+            f"no trial of study {study_name!r} finished: {diverged} stopped as diverged (lower the rate), "
+            f"{len(study.trials) - diverged} pruned or failed"
+        )
     return write_best_params(study, storage, out_dir, **facts, fold_borders=study.best_trial.user_attrs.get("folds"))

@@ -146,6 +146,8 @@ def _search_space(trial: Any) -> dict[str, dict[str, Any]]:
             "hidden_sizes": (hidden,) if hidden else (),
             "loss": trial.suggest_categorical("loss", ["huber", "mse"]),
             "norm": trial.suggest_categorical("norm", list(INPUT_NORMS)),
+            # the paper's regulariser: a target share of non-zero lags (1.0: off)
+            "sparsity": trial.suggest_categorical("sparsity", [1.0, 0.5, 0.2, 0.05]),
         },
         "train": {
             "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),

@@ -85,3 +85,17 @@ def test_tune_holds_fixed_parameters(etth1_slice: Path, tmp_path: Path) -> None:
     assert result["settings"]["data"]["lookback"] == 24 and result["settings"]["model"]["norm"] == "last"
     with pytest.raises(ValueError, match="not in arnet's search space"):
         tune("arnet", data, TrainConfig(epochs=1, progress=False), n_trials=1, out_dir=tmp_path, pins={"lookbak": 24})
+
+
+def test_a_diverging_trial_is_pruned_not_a_crash(etth1_slice: Path, tmp_path: Path) -> None:
+    from arcast_core.tuning import DIVERGED_ATTR
+
+    data = DataConfig(dataset=str(etth1_slice), lookback=48, horizon=12)
+    pins = {"lr": 1e30, "hidden": 32, "loss": "mse"}  # a rate no network survives
+    with pytest.raises(RuntimeError, match=r"no trial of .* finished: 2 stopped as diverged"):
+        tune("arnet", data, TrainConfig(epochs=3, progress=False), n_trials=2, out_dir=tmp_path, pins=pins)
+    (storage,) = tmp_path.glob("*.db")
+    (name,) = optuna.get_all_study_names(f"sqlite:///{storage}")
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{storage}").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all("training loss became" in t.user_attrs[DIVERGED_ATTR] for t in trials)
