@@ -284,7 +284,9 @@ def _step(
     # Alone, stop at the first bad step. Distributed, a rank stopping alone would leave the others waiting
     # in all-reduce: the all-reduced epoch loss is checked instead, on every rank alike.
     if loop.replica.ctx is None and not torch.isfinite(step.total):
-        raise FloatingPointError(f"training loss became {float(step.total.detach())} at epoch {epoch}: lower the learning rate")
+        raise FloatingPointError(
+            f"training loss became {float(step.total.detach())} at epoch {epoch}: lower the learning rate"
+        )
     optimizer.zero_grad(set_to_none=True)
     step.total.backward()
     if cfg.grad_clip:
