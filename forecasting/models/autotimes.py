@@ -96,6 +96,10 @@ class AutoTimesConfig:
     data's timeline (a regular grid), set when the model is bound to its data. rollout: how ``forecast`` goes
     past one segment by default (and what an export serves by default): ``growing`` (KV cache, the context
     grows) or ``sliding`` (the official loop: fixed window, re-normalised every segment); see the module.
+    train_segments: segments past the lookback in each training window (the data's horizon is this many
+    segments). 1 is the paper's next-segment training; k > 1 extends every window k - 1 segments past the
+    lookback, teacher-forced with the lookback's statistics at the positions after it, exactly as the growing
+    rollout sees a k-segment forecast; validation then scores that rollout.
     """
 
     context_length: int = 672
@@ -111,9 +115,12 @@ class AutoTimesConfig:
     time_rows: int = 0
     template: str = TEMPLATE
     rollout: Rollout = "growing"
+    train_segments: int = 1
 
     def __post_init__(self) -> None:
         check_rollout(self.rollout)
+        if self.train_segments < 1:
+            raise ValueError(f"train_segments must be at least 1, got {self.train_segments}")
         if self.segment < 1 or self.context_length < self.segment or self.context_length % self.segment:
             raise ValueError(
                 f"the lookback ({self.context_length}) must be a positive multiple of the segment ({self.segment})"
@@ -577,30 +584,42 @@ class AutoTimes(ForecastModel):
         """The next segment (B, segment, C) after the lookback x (B, L, C)."""
         return self.forecast(x, 1, x_mark)
 
-    def predict_every_position(self, x: torch.Tensor, x_mark: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_every_position(
+        self, x: torch.Tensor, x_mark: torch.Tensor | None = None, beyond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, L, C) scaled lookback -> (B, L, C): after each segment k, the model's prediction of segment k + 1.
 
         One causal pass over the lookback's S tokens (normalised over the whole lookback): position k sees
         segments 1..k only; the last S - 1 predicted segments are targets inside the lookback, the last one is
-        the forecast.
+        the forecast. ``beyond`` (B, E * segment, C): known values after the lookback, appended as E more tokens
+        with the lookback's statistics (teacher forcing of the growing rollout); the output is then
+        (B, L + E * segment, C).
         """
         seg = self.config.segment
         b, length, c = x.shape
         if length % seg or length == 0:
             raise ValueError(f"the lookback ({length}) must be a positive multiple of the segment ({seg})")
         z, mean, std = normalize(x)
-        time = self._time(None, x_mark, length // seg, c)
+        if beyond is not None and beyond.shape[1]:
+            z = torch.cat([z, (beyond - mean) / std], dim=1)
+        time = self._time(None, x_mark, z.shape[1] // seg, c)
         hidden, _ = run_decoder(self.body, self.encode(to_segments(z, seg), time), None, False)
         return from_segments(self.decode(hidden), b) * std + mean
 
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The served rollout over the ``train_segments`` segments a training window carries."""
+        return self.forecast(batch["x"], self.config.train_segments, batch.get("x_mark"))
+
     def loss(self, batch: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
-        """Next-segment MSE on every position: inputs segments 1..S of x, targets segments 2..S+1 of x || y."""
+        """Next-segment MSE on every position: inputs segments 1..S+k-1 of x || y, targets segments 2..S+k."""
         x, y = batch["x"], batch["y"]
-        seg = self.config.segment
-        if y.shape[1] != seg:
-            raise ValueError(f"AutoTimes trains on windows whose horizon is one segment ({seg}), got {y.shape[1]}")
+        seg, k = self.config.segment, self.config.train_segments
+        if y.shape[1] != k * seg:
+            raise ValueError(
+                f"AutoTimes trains on windows whose horizon is train_segments x segment ({k} x {seg}), got {y.shape[1]}"
+            )
         target = torch.cat([x[:, seg:], y], dim=1)
-        return F.mse_loss(self.predict_every_position(x, batch.get("x_mark")), target)
+        return F.mse_loss(self.predict_every_position(x, batch.get("x_mark"), y[:, : (k - 1) * seg]), target)
 
 
 def _drop_llm_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -641,9 +660,13 @@ class KVStepGraph(nn.Module):
 
 
 def _bind(params: dict[str, Any], facts: DataFacts) -> AutoTimesConfig:
-    """Lookback -> context_length, horizon -> segment (one token per training target), plus the data's timeline."""
+    """Lookback -> context_length, horizon -> train_segments x segment, plus the data's timeline."""
     freq = params.get("freq") or facts.freq
-    bound: dict[str, Any] = {**params, "context_length": facts.config.lookback, "segment": facts.config.horizon}
+    k = int(params.get("train_segments", 1))
+    if k < 1 or facts.config.horizon % k:
+        raise ValueError(f"the horizon ({facts.config.horizon}) must be train_segments ({k}) segments")
+    segment = facts.config.horizon // k
+    bound: dict[str, Any] = {**params, "context_length": facts.config.lookback, "segment": segment}
     bound["freq"] = freq
     if bound.get("timestamps", True) and not bound.get("time_start"):
         bound["time_start"], bound["time_rows"] = regular_timeline(facts.timestamps(), freq)

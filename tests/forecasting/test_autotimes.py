@@ -185,8 +185,37 @@ def test_shapes_trainable_share_and_loss(tiny_llm: str, small_slice: Path) -> No
     target = torch.cat([batch["x"], batch["y"]], dim=1)[:, SEGMENT:]
     with torch.no_grad():
         torch.testing.assert_close(loss, torch.nn.functional.mse_loss(every, target))
-    with pytest.raises(ValueError, match="one segment"):
+    with pytest.raises(ValueError, match="train_segments x segment"):
         model.loss({**batch, "y": batch["y"][:, :10]}, 0.0)
+
+
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_training_past_the_lookback_is_the_growing_rollout_teacher_forced(
+    tiny_llm: str, etth1_slice: Path, timestamps: bool
+) -> None:
+    """train_segments 2: the loss's last 2 positions are the growing rollout's 2 segments, fed the truth."""
+    config = DataConfig(dataset=str(etth1_slice), features="M", lookback=LOOKBACK, horizon=2 * SEGMENT)
+    facts = data_facts(config, 7)
+    torch.manual_seed(1)
+    params = {"backbone": tiny_llm, "train_segments": 2, "timestamps": timestamps}
+    model = build_model("autotimes", params, facts).eval()
+    assert model.config.segment == SEGMENT and model.step == SEGMENT
+    torch.nn.init.normal_(model.decoder.weight, std=0.2)  # a head whose predictions differ from the truth
+    prepared = prepare_data(config)
+    batch = prepared.train.batch(np.array([0, 40]))
+    x, y = batch["x"], batch["y"]
+    with torch.no_grad():
+        every = model.predict_every_position(x, batch["x_mark"], y[:, :SEGMENT])
+        forced = model.forecast(x, 2, batch["x_mark"], teacher=y[:, :SEGMENT], rollout="growing")
+        loss = model.loss(batch, 0.0)
+        served = model.predict(batch)
+    assert every.shape == (2, LOOKBACK + SEGMENT, 7)
+    torch.testing.assert_close(every[:, -2 * SEGMENT :], forced, atol=1e-4, rtol=1e-4)
+    target = torch.cat([x[:, SEGMENT:], y], dim=1)
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(every, target))
+    torch.testing.assert_close(served, model.forecast(x, 2, batch["x_mark"]))  # validation: the free rollout
+    with pytest.raises(ValueError, match="must be train_segments"):
+        build_model("autotimes", params, data_facts(dataclasses.replace(config, horizon=SEGMENT + 1), 7))
 
 
 def test_every_position_is_causal_in_normalised_space(tiny_llm: str, small_slice: Path) -> None:
