@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from arcast_core import checkpoint
+from arcast_core.checkpoint import LoopState
 from arcast_core.distributed import (
     DistributedContext,
     all_reduce_sum,
@@ -58,6 +60,8 @@ class TrainConfig:
     max_seconds: a time budget, checked after each epoch (that epoch is validated, then training stops).
     budget_clock: what ``max_seconds`` counts: "wall" (elapsed time) or "cpu" (this process's CPU time, all its
     threads). A CPU budget buys the same epochs whatever else runs on a shared machine; a wall-clock one does not.
+    checkpoint: a file the loop's state is written to after every epoch; a run started again with it goes on
+    from the next epoch (see ``arcast_core.checkpoint``). None: nothing is written.
     device: "auto" (or None): CUDA when available, else CPU.
     """
 
@@ -75,6 +79,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     max_seconds: float | None = None
     budget_clock: Literal["wall", "cpu"] = "wall"
+    checkpoint: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -351,15 +356,17 @@ def fit(
     model = task.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, loop.steps_per_epoch)
-    best_state: dict[str, torch.Tensor] | None = None
-    best_value: float | None = None
-    best_epoch, best_validation, stale, stopped_by = -1, {}, 0, "epochs"
-    history: list[EpochRecord] = []
+    state = LoopState()
+    if cfg.checkpoint is not None:
+        state = checkpoint.load(cfg.checkpoint, cfg, model, optimizer, scheduler, task, EpochRecord)
+    best_state, best_value, best_epoch = state.best_state, state.best_value, state.best_epoch
+    best_validation, stale, history = state.best_validation, state.stale, state.history
+    stopped_by = state.stopped_by or "epochs"
     show = cfg.progress and loop.replica.reports
     clock = time.process_time if cfg.budget_clock == "cpu" else time.monotonic
-    started = clock()
-    epoch = 0
-    for epoch in range(cfg.epochs):
+    started = clock() - state.spent_seconds  # a resumed run's budget counts the time spent before
+    epoch = state.next_epoch - 1
+    for epoch in range(state.next_epoch, cfg.epochs if state.stopped_by is None else 0):
         epoch_start = time.monotonic()
         with tqdm(
             total=loop.steps_per_epoch, desc=f"{name} epoch {epoch + 1}", disable=not show, leave=False, file=sys.stderr
@@ -387,13 +394,18 @@ def fit(
             tqdm.write(f"{name} epoch {epoch + 1}: loss {train_loss:.4f}{shown}", file=sys.stderr)
         if stale >= cfg.patience:
             stopped_by = "early_stopping"
-            break
-        if out_of_time:
+        elif out_of_time:
             stopped_by = "time_budget"
+        if cfg.checkpoint is not None and loop.replica.reports:
+            done = LoopState(epoch + 1, best_state, best_value, best_epoch, best_validation, stale, history)
+            done.spent_seconds, done.stopped_by = clock() - started, None if stopped_by == "epochs" else stopped_by
+            checkpoint.save(cfg.checkpoint, cfg, model, optimizer, scheduler, task, done)
+        if stopped_by != "epochs":
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:  # no validation, or no epoch was a candidate: keep the final weights
         best_epoch, best_validation = epoch, history[-1].validation or {}
     model.eval()
-    return task, FitReport(best_epoch, best_validation, epoch + 1, time.monotonic() - started, stopped_by, history)
+    seconds = sum(r.seconds for r in history)  # every epoch's training and validation, before a resumption too
+    return task, FitReport(best_epoch, best_validation, epoch + 1, seconds, stopped_by, history)

@@ -273,13 +273,13 @@ def linear_on_validation(task: Task, data: DataConfig) -> Trained:
 # ------------------------------------------------------------------------------------------- AR-Net
 
 
-def arnet(task: Task, data_dir: str | None, folds: int, trials: int, work_dir: Path) -> Trained:
+def arnet(task: Task, data_dir: str | None, folds: int, trials: int, epochs: int, work_dir: Path) -> Trained:
     """AR-Net tuned by Optuna on rolling-origin folds (``tune --folds``), retrained on the training split."""
     from arcast_core.tuning import BEST_PARAMS_FILE
     from forecasting.tuning import tune
 
     data = task.data(data_dir, "arnet")
-    base = TrainConfig(epochs=20, batch_size=64, lr=1e-3, patience=5, progress=False)
+    base = TrainConfig(epochs=epochs, batch_size=64, lr=1e-3, patience=5, progress=False)
     out = work_dir / f"arnet-{task.protocol}-{task.dataset}-{task.features}-h{task.horizon}-folds{folds}"
     started = time.perf_counter()
     # The protocol's lookback is pinned, so AR-Net sees the same windows as the baselines of its row.
@@ -321,6 +321,10 @@ def informer_params(task: Task, width: int, e_layers: int, revin: bool) -> dict[
     }
 
 
+def informer_name(revin: bool) -> str:
+    return "informer-revin" if revin else "informer"
+
+
 def cheapest_task(dataset: str, features: str) -> Task:
     """The configuration of a dataset with the shortest sequences: where width search costs least."""
     tasks = [t for t in protocol_tasks("informer") if (t.dataset, t.features) == (dataset, features)]
@@ -335,7 +339,7 @@ def informer_choice(
     Each trial trains one epoch over every training window; the study lives in ``work_dir`` (SQLite) and resumes.
     """
     probe = cheapest_task(task.dataset, task.features)
-    model = "informer-revin" if revin else "informer"
+    model = informer_name(revin)
     name = f"{model}-{probe.dataset}-{probe.features}-h{probe.horizon}"
     work_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
@@ -386,6 +390,10 @@ def informer(task: Task, revin: bool, trials: int, max_seconds: float, data_dir:
         max_seconds=max_seconds,
         budget_clock="cpu",
         eval_batch_size=PAPER_TRAIN.batch_size,
+        # a row killed mid-way (an epoch at ETTm1 672 is most of an hour) goes on from its last epoch
+        checkpoint=str(
+            work_dir / "checkpoints" / f"{informer_name(revin)}-{task.dataset}-{task.features}-h{task.horizon}.pt"
+        ),
     )
     run, seconds = timed_train("informer", task.data(data_dir, "informer"), params, train)
     reasons = [
@@ -570,7 +578,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=600.0,
         help="training budget per Informer row in CPU seconds of this process, checked after each epoch",
     )
-    parser.add_argument("--arnet-trials", type=int, default=30, help="Optuna trials per AR-Net row")
+    parser.add_argument("--arnet-trials", type=int, default=50, help="Optuna trials per AR-Net row")
+    parser.add_argument(
+        "--arnet-epochs", type=int, default=40, help="most epochs per AR-Net fit (cosine schedule, patience 5)"
+    )
     parser.add_argument("--arnet-folds", type=int, default=3, help="rolling-origin folds AR-Net is selected on")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -646,7 +657,7 @@ def train_once(task: Task, model: str, args: argparse.Namespace) -> Trained:
     if model in BASELINES:
         return baseline(task, model, args.data_dir)
     if model == "arnet":
-        return arnet(task, args.data_dir, args.arnet_folds, args.arnet_trials, args.work_dir)
+        return arnet(task, args.data_dir, args.arnet_folds, args.arnet_trials, args.arnet_epochs, args.work_dir)
     return informer(
         task, model == "informer-revin", args.informer_trials, args.informer_seconds, args.data_dir, args.work_dir
     )

@@ -87,3 +87,33 @@ def test_patience_counts_validations_and_the_best_weights_come_back() -> None:
     assert report.best_validation["mse"] == best
     with torch.no_grad():
         assert float(nn.functional.mse_loss(task.model(task.x), task.y)) == pytest.approx(best)
+
+
+def test_a_checkpointed_run_resumes_where_it_stopped(tmp_path) -> None:
+    """Killed after 2 of 5 epochs and started again: the same weights, history and stop as one straight run."""
+    cfg = TrainConfig(epochs=5, batch_size=8, lr=0.01, patience=5, progress=False, device="cpu")
+    task, straight = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+    straight_weights = [p.detach().clone() for p in task.model.parameters()]
+
+    path = tmp_path / "run.pt"
+    resumable = TrainConfig(**{**cfg.__dict__, "checkpoint": str(path)})
+
+    def killed_at_epoch_2(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(lambda device: LineTask(nn.Linear(1, 1)), resumable, Selection("mse"), killed_at_epoch_2)
+    torch.manual_seed(99)  # a restart starts from other random states: the checkpoint brings back the saved ones
+    task, resumed = fit(lambda device: LineTask(nn.Linear(1, 1)), resumable, Selection("mse"))
+    assert [r.epoch for r in resumed.history] == [0, 1, 2, 3, 4] and task.ended == [2, 3, 4]
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in straight.history]
+    for a, b in zip(task.model.parameters(), straight_weights, strict=True):
+        torch.testing.assert_close(a.detach(), b, atol=0, rtol=0)
+    assert resumed.best_epoch == straight.best_epoch and resumed.epochs_run == 5
+
+    # a finished run restarted returns its result without training; other settings are refused by name
+    task, again = fit(lambda device: LineTask(nn.Linear(1, 1)), resumable, Selection("mse"))
+    assert task.ended == [] and again.best_epoch == straight.best_epoch
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 then, 0.02 now\)"):
+        fit(lambda device: LineTask(nn.Linear(1, 1)), TrainConfig(**{**resumable.__dict__, "lr": 0.02}))
