@@ -33,6 +33,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from forecasting.data import DataConfig, PreparedData, WindowDataset, data_facts
 from forecasting.llm_backbone import DEFAULT_BACKBONE, shared_backbone  # noqa: E402
 from forecasting.metrics import error_metrics  # noqa: E402
 from forecasting.models import build_model  # noqa: E402
-from forecasting.models.autotimes import AutoTimes  # noqa: E402
+from forecasting.models.autotimes import ROLLOUTS, AutoTimes, check_rollout  # noqa: E402
 from forecasting.runs import Run  # noqa: E402
 from forecasting.training import fit  # noqa: E402
 
@@ -103,7 +104,8 @@ def save(result: dict[str, Any], out: Path) -> None:
 
 
 def new_model(args: argparse.Namespace, data: DataConfig, channels: int, timestamps: bool) -> AutoTimes:
-    params = {"backbone": args.backbone, "timestamps": timestamps}
+    """A model bound to ``data``, whose horizon is ``train_segments`` segments (1 for the speed runs)."""
+    params = {"backbone": args.backbone, "timestamps": timestamps, "train_segments": data.horizon // SEGMENT}
     model = build_model("autotimes", params, data_facts(data, channels))
     assert isinstance(model, AutoTimes)
     return model
@@ -178,8 +180,11 @@ def speed_onnx(served, raw: np.ndarray, repeats: int) -> dict[str, Any]:
 # --- 2. accuracy ---------------------------------------------------------------------------------------------
 
 
-def evaluate(model: AutoTimes, prepared: PreparedData, index: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """Roll out 8 segments from each chosen test window; score each horizon on the windows it fits in."""
+def evaluate(
+    model: AutoTimes, prepared: PreparedData, index: np.ndarray, batch_size: int, rollout: str
+) -> dict[str, Any]:
+    """Roll out 8 segments (``growing`` or ``sliding``) from each chosen test window; score each horizon on the
+    windows it fits in."""
     test = prepared.test
     values = test.values  # the scaled split, lookback rows included
     n_blocks = -(-max(HORIZONS) // SEGMENT)
@@ -188,7 +193,7 @@ def evaluate(model: AutoTimes, prepared: PreparedData, index: np.ndarray, batch_
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             batch = test.batch(index[start : start + batch_size])
-            preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"]).numpy())
+            preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"], rollout=check_rollout(rollout)).numpy())
     pred = np.concatenate(preds)
     per_horizon = {}
     for h in HORIZONS:
@@ -200,20 +205,29 @@ def evaluate(model: AutoTimes, prepared: PreparedData, index: np.ndarray, batch_
 
 
 def train_variant(
-    args: argparse.Namespace, prepared: PreparedData, data: DataConfig, timestamps: bool
+    args: argparse.Namespace,
+    prepared: PreparedData,
+    data: DataConfig,
+    timestamps: bool,
+    lr: float,
+    epochs: int,
+    checkpoint: Path | None = None,
 ) -> tuple[AutoTimes, dict[str, Any]]:
+    """Train one model on ``prepared`` (windows of ``train_segments`` segments past the lookback)."""
     seed_everything(args.seed)
     model = new_model(args, data, prepared.n_channels, timestamps)
     train_index = choose(len(prepared.train), args.train_stride, args.max_train_windows, args.seed)
     val_index = choose(len(prepared.val), args.train_stride, args.max_val_windows, args.seed + 1)
     cfg = TrainConfig(
-        epochs=args.epochs,
+        epochs=epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=lr,
         lr_schedule="cosine",
-        patience=args.epochs,
+        warmup_steps=args.warmup_steps,
+        patience=args.patience or epochs,
         seed=args.seed,
         eval_batch_size=args.eval_batch_size,
+        checkpoint=None if checkpoint is None else str(checkpoint),
         progress=args.progress,
     )
     started = time.perf_counter()
@@ -226,6 +240,8 @@ def train_variant(
     seconds = time.perf_counter() - started
     stamps = model.timestamp_cache.computed if timestamps else 0
     return model, {
+        "lr": lr,
+        "train_segments": model.config.train_segments,
         "train_windows": len(train_index),
         "val_windows": len(val_index),
         "fit": result.as_dict(),
@@ -318,6 +334,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-stride", type=int, default=1, help="every n-th test window (default: every one)")
     parser.add_argument("--max-test-windows", type=int, help="cap on test windows (default: all)")
     parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--train-segments",
+        type=int,
+        default=1,
+        help="segments past the lookback per training window (1: the paper's next-segment training; k > 1 trains "
+        "the growing rollout teacher-forced over k segments, and validates that rollout)",
+    )
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up before the cosine decay")
+    parser.add_argument("--patience", type=int, help="validations without improvement before stopping (default: none)")
+    parser.add_argument(
+        "--lr-scan",
+        type=float,
+        nargs="+",
+        help="rates to try first, each for --scan-epochs on the same windows; the one with the lowest validation "
+        "MSE trains the variants (instead of --lr)",
+    )
+    parser.add_argument("--scan-epochs", type=int, default=1)
+    parser.add_argument(
+        "--rollouts", nargs="+", choices=ROLLOUTS, default=list(ROLLOUTS), help="rollouts scored on the test windows"
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="write a checkpoint per variant after every epoch and resume from it (a killed run goes on)",
+    )
     parser.add_argument("--speed-windows", type=int, default=4, help="test windows per speed run (x channels)")
     parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--skip-accuracy", action="store_true", help="the speed comparison only")
@@ -385,16 +425,36 @@ def main(argv: list[str] | None = None) -> int:
     plain_model = None
     if not args.skip_accuracy:
         test_index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
+        train_data = replace(data, horizon=args.train_segments * SEGMENT)
+        train_prepared = prepared if args.train_segments == 1 else prepare_data(train_data)
+        checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+        lr = args.lr
+        if args.lr_scan:
+            scan = {}
+            for rate in args.lr_scan:
+                _, info = train_variant(
+                    args, train_prepared, train_data, args.variants[0] == "timestamps", rate, args.scan_epochs
+                )
+                scan[str(rate)] = info["fit"]["best_val_loss"]
+                result["lr_scan"] = {"epochs": args.scan_epochs, "variant": args.variants[0], "val_mse": scan}
+                save(result, out)
+            lr = float(min(scan, key=lambda r: scan[r]))
+            result["lr_scan"]["chosen"] = lr
         result["accuracy"], result["training"] = {}, {}
         for variant in args.variants:
-            model, info = train_variant(args, prepared, data, timestamps=variant == "timestamps")
+            checkpoint = None if checkpoints is None else checkpoints / f"{variant}-k{args.train_segments}-lr{lr:g}.pt"
+            model, info = train_variant(
+                args, train_prepared, train_data, variant == "timestamps", lr, args.epochs, checkpoint
+            )
             result["training"][variant] = info
-            started = time.perf_counter()
-            result["accuracy"][variant] = evaluate(model, prepared, test_index, args.eval_batch_size)
-            result["accuracy"][variant]["eval_seconds"] = time.perf_counter() - started
-            result["accuracy"][variant]["test_windows"] = len(test_index)
-            save(result, out)
-            print(markdown(result), flush=True)
+            for rollout in args.rollouts:
+                started = time.perf_counter()
+                scored = evaluate(model, prepared, test_index, args.eval_batch_size, rollout)
+                scored["eval_seconds"] = time.perf_counter() - started
+                scored["test_windows"] = len(test_index)
+                result["accuracy"][f"{variant}, {rollout}"] = scored
+                save(result, out)
+                print(markdown(result), flush=True)
             if variant == "plain":
                 plain_model = model
 
