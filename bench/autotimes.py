@@ -32,6 +32,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -181,10 +182,15 @@ def speed_onnx(served, raw: np.ndarray, repeats: int) -> dict[str, Any]:
 
 
 def evaluate(
-    model: AutoTimes, prepared: PreparedData, index: np.ndarray, batch_size: int, rollout: str
+    model: AutoTimes,
+    prepared: PreparedData,
+    index: np.ndarray,
+    batch_size: int,
+    rollout: str,
+    prompt: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Roll out 8 segments (``growing`` or ``sliding``) from each chosen test window; score each horizon on the
-    windows it fits in."""
+    windows it fits in. ``prompt`` (P, C) scaled values: placed before every lookback (in-context forecasting)."""
     test = prepared.test
     values = test.values  # the scaled split, lookback rows included
     n_blocks = -(-max(HORIZONS) // SEGMENT)
@@ -193,7 +199,9 @@ def evaluate(
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             batch = test.batch(index[start : start + batch_size])
-            preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"], rollout=check_rollout(rollout)).numpy())
+            prompts = None if prompt is None else torch.from_numpy(prompt).expand(len(batch["x"]), -1, -1)
+            mode = check_rollout(rollout)
+            preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"], rollout=mode, prompt=prompts).numpy())
     pred = np.concatenate(preds)
     per_horizon = {}
     for h in HORIZONS:
@@ -249,6 +257,45 @@ def train_variant(
         "timestamp_texts_embedded": stamps,
         "trainable": model.trainable_share(),
     }
+
+
+def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[str, Any]:
+    """Zero-shot against in-context forecasting on ``target``, a dataset the model was not trained on, beside the
+    ``linear`` model (options and penalty chosen on validation, as the leaderboard's) trained on ``target``.
+
+    The prompt, as the official in-context loader: the first ``--prompt-segments`` segments of the target's own
+    training split (each channel its own), placed before every lookback; all values on the target's scale.
+    """
+    from leaderboard import Task, linear_on_validation
+
+    from forecasting.evaluate import evaluate_artifact
+    from forecasting.export import export_run
+
+    if model.config.timestamps:
+        raise ValueError("in-context forecasting on another dataset needs the plain variant (no timestamps)")
+    data = DataConfig(
+        dataset=target, features=args.features, lookback=LOOKBACK, horizon=SEGMENT, data_dir=args.data_dir
+    )
+    prepared = prepare_data(data)
+    index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
+    prompt = np.ascontiguousarray(prepared.train.values[: args.prompt_segments * SEGMENT][None], dtype=np.float32)
+    rollout = args.rollouts[0]
+    out: dict[str, Any] = {"rollout": rollout, "prompt_segments": args.prompt_segments}
+    for name, p in (("zero-shot", None), ("in-context", prompt)):
+        started = time.perf_counter()
+        out[name] = evaluate(model, prepared, index, args.eval_batch_size, rollout, p)
+        out[name]["eval_seconds"] = time.perf_counter() - started
+    task = Task("autotimes", target, args.features, max(HORIZONS), LOOKBACK, train_horizon=SEGMENT)
+    trained = linear_on_validation(task, data)
+    with tempfile.TemporaryDirectory(prefix="autotimes-linear-") as store:
+        artifact = export_run(trained.run, store, "linear", max_horizon=max(HORIZONS))
+        per_horizon = {}
+        for h in HORIZONS:
+            report = evaluate_artifact(artifact.path, horizon=h, data_dir=args.data_dir, progress=False)
+            per_horizon[str(h)] = {"windows": report["windows"], **report["metrics"]["scaled"]}
+    average = {k: float(np.mean([per_horizon[str(h)][k] for h in HORIZONS])) for k in ("mse", "mae")}
+    out["linear (trained on it)"] = {"per_horizon": per_horizon, "average": average, "chosen": trained.details}
+    return out
 
 
 # --- 3. ONNX -------------------------------------------------------------------------------------------------
@@ -315,6 +362,18 @@ def markdown(result: dict[str, Any]) -> str:
             )
         paper = [f"{PAPER_PER_HORIZON[h][0]:.3f}/{PAPER_PER_HORIZON[h][1]:.3f}" for h in HORIZONS]
         lines.append("| AutoTimes LLaMA-7B (paper) | " + " | ".join(paper) + " | 0.389/0.422 |")
+    for target, found in result.get("in_context", {}).items():
+        lines += [
+            "",
+            f"| {target} (scaled MSE/MAE), trained on ETTh1 | " + " | ".join(map(str, HORIZONS)) + " | average |",
+        ]
+        lines.append("|---" * (len(HORIZONS) + 2) + "|")
+        for name in ("zero-shot", "in-context", "linear (trained on it)"):
+            a = found[name]
+            cells = [f"{a['per_horizon'][str(h)]['mse']:.3f}/{a['per_horizon'][str(h)]['mae']:.3f}" for h in HORIZONS]
+            lines.append(
+                f"| {name} | " + " | ".join(cells) + f" | {a['average']['mse']:.3f}/{a['average']['mae']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -354,6 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rollouts", nargs="+", choices=ROLLOUTS, default=list(ROLLOUTS), help="rollouts scored on the test windows"
     )
+    parser.add_argument(
+        "--in-context",
+        nargs="+",
+        default=[],
+        metavar="DATASET",
+        help="after training, forecast these datasets zero-shot and in-context (plain variant), beside a linear "
+        "model trained on each (e.g. ETTh2 ETTm1)",
+    )
+    parser.add_argument("--prompt-segments", type=int, default=2, help="in-context prompt length, in segments")
     parser.add_argument(
         "--checkpoint-dir",
         help="write a checkpoint per variant after every epoch and resume from it (a killed run goes on)",
@@ -457,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(markdown(result), flush=True)
             if variant == "plain":
                 plain_model = model
+                for target in args.in_context:
+                    result.setdefault("in_context", {})[target] = in_context(model, args, target)
+                    save(result, out)
 
     if args.onnx:
         model = plain_model or speed_model
