@@ -34,7 +34,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -331,12 +331,21 @@ def cheapest_task(dataset: str, features: str) -> Task:
     return min(tasks, key=lambda t: (t.lookback + t.label_len + t.horizon, t.horizon))
 
 
+SEARCH_SPACE = {
+    "d_model": optuna.distributions.CategoricalDistribution(list(INFORMER_WIDTHS)),
+    "e_layers": optuna.distributions.IntDistribution(1, 2),
+    "lr": optuna.distributions.FloatDistribution(*INFORMER_RATES, log=True),
+}
+
+
 def informer_choice(
-    task: Task, revin: bool, trials: int, data_dir: str | None, work_dir: Path
+    task: Task, revin: bool, trials: int, data_dir: str | None, work_dir: Path, known: Sequence[dict[str, Any]] = ()
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Width, encoder depth and rate chosen by Optuna (TPE) on validation at the dataset's cheapest configuration.
 
     Each trial trains one epoch over every training window; the study lives in ``work_dir`` (SQLite) and resumes.
+    ``known``: trials already run (``{d_model, e_layers, lr, val_mse}``, as the finished rows of the leaderboard
+    record them), added to the study first, so a fresh checkout does not search again.
     """
     probe = cheapest_task(task.dataset, task.features)
     model = informer_name(revin)
@@ -349,6 +358,16 @@ def informer_choice(
         direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=0),
     )
+    done = {
+        tuple(t.params[k] for k in SEARCH_SPACE) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    for trial in known:
+        params = {k: trial[k] for k in SEARCH_SPACE}
+        if tuple(params.values()) not in done:
+            study.add_trial(
+                optuna.trial.create_trial(params=params, distributions=SEARCH_SPACE, value=trial["val_mse"])
+            )
+            done.add(tuple(params.values()))
     prepared = prepare_data(probe.data(data_dir, model))
 
     def objective(trial: optuna.Trial) -> float:
@@ -378,9 +397,17 @@ def informer_choice(
     return best.params, summary
 
 
-def informer(task: Task, revin: bool, trials: int, max_seconds: float, data_dir: str | None, work_dir: Path) -> Trained:
+def informer(
+    task: Task,
+    revin: bool,
+    trials: int,
+    max_seconds: float,
+    data_dir: str | None,
+    work_dir: Path,
+    known: Sequence[dict[str, Any]] = (),
+) -> Trained:
     """Informer on every training window of ``task`` with the chosen width, the paper's schedule, a time budget."""
-    choice, search = informer_choice(task, revin, trials, data_dir, work_dir)
+    choice, search = informer_choice(task, revin, trials, data_dir, work_dir, known)
     params = informer_params(task, choice["d_model"], choice["e_layers"], revin)
     # The budget counts this process's CPU time: on a shared machine a wall-clock one bought 1 to 3 epochs by
     # chance. Validation and test at the paper's batch: 256 windows of 1,056 decoder rows took gigabytes each.
@@ -658,8 +685,23 @@ def train_once(task: Task, model: str, args: argparse.Namespace) -> Trained:
         return baseline(task, model, args.data_dir)
     if model == "arnet":
         return arnet(task, args.data_dir, args.arnet_folds, args.arnet_trials, args.arnet_epochs, args.work_dir)
+    # the width search's trials that finished rows of this model and dataset record
+    rows = Leaderboard(args.out).rows()
+    known = [
+        t
+        for r in rows
+        if (r["protocol"], r["dataset"], r["features"], r["model"])
+        == (task.protocol, task.dataset, task.features, model)
+        for t in r.get("details", {}).get("search", {}).get("trials", [])
+    ]
     return informer(
-        task, model == "informer-revin", args.informer_trials, args.informer_seconds, args.data_dir, args.work_dir
+        task,
+        model == "informer-revin",
+        args.informer_trials,
+        args.informer_seconds,
+        args.data_dir,
+        args.work_dir,
+        known,
     )
 
 

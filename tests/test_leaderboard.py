@@ -92,3 +92,21 @@ def test_a_row_is_trained_served_evaluated_and_not_rerun(leaderboard, tmp_path: 
     assert leaderboard.main(argv) == 0  # resumed: the finished row is kept, not rerun
     again = [r for r in json.loads(out.read_text())["rows"] if r["model"] == "naive"]
     assert [r["finished_at"] for r in again] == [finished]
+
+
+def test_the_width_search_starts_from_the_trials_finished_rows_record(leaderboard, tmp_path, monkeypatch) -> None:
+    """A fresh checkout has no study file: the rows' recorded trials fill it, and no trial trains again."""
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded trial was trained again")
+
+    monkeypatch.setattr(leaderboard, "timed_train", no_training)
+    monkeypatch.setattr(leaderboard, "prepare_data", lambda config: None)
+    known = [
+        {"d_model": 64, "e_layers": 1, "lr": 2e-3, "val_mse": 0.65},
+        {"d_model": 32, "e_layers": 2, "lr": 6e-4, "val_mse": 0.97},
+        {"d_model": 64, "e_layers": 1, "lr": 2e-3, "val_mse": 0.65},  # the same trial, from another row
+    ]
+    task = leaderboard.protocol_tasks("informer")[0]
+    choice, search = leaderboard.informer_choice(task, False, 2, None, tmp_path, known)
+    assert choice == {"d_model": 64, "e_layers": 1, "lr": 2e-3} and len(search["trials"]) == 2
