@@ -51,6 +51,19 @@ def peak_rss_mib(pid: int) -> float:
 class Phase:
     latencies_s: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
+    requests: int = 0  # LoadClients: requests answered, and the rate integrated over the slices' seconds
+    weighted_seconds: float = 0.0
+    rate_seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_s) * 1000
+        rps = self.rate_seconds / self.weighted_seconds if self.weighted_seconds else len(lat) / self.elapsed_s
+        return {
+            "requests": len(lat),
+            "rps": rps,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+        }
 
 
 async def closed_loop(call: Callable[[int], Awaitable[Any]], clients: int, seconds: float, phase: Phase) -> None:
@@ -79,14 +92,77 @@ def on_off(load: Callable[[str, float, Phase], Awaitable[None]], targets: dict[s
     for r in range(ROUNDS):
         for mode in targets if r % 2 == 0 else reversed(targets):
             asyncio.run(load(targets[mode], seconds / ROUNDS, phases[mode]))
-    out: dict[str, Any] = {}
-    for mode, phase in phases.items():
-        lat = np.array(phase.latencies_s) * 1000
-        out[mode] = {
-            "requests": len(lat),
-            "rps": len(lat) / phase.elapsed_s,
-            "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)),
-        }
+    out: dict[str, Any] = {mode: phase.summary() for mode, phase in phases.items()}
     out["throughput_ratio_on_vs_off"] = out["on"]["rps"] / out["off"]["rps"]
     return out
+
+
+def side_by_side(
+    measure: Callable[[str, str, float, Phase], None],
+    targets: dict[str, str],
+    seconds: float,
+    rounds: int = ROUNDS,
+) -> dict[str, dict[str, Any]]:
+    """``seconds`` of load on each target, in ``rounds`` slices whose order alternates (a, b, c, c, b, a, ...) so
+    that every mode sees the same drift of a shared machine; each mode's slices pooled.
+    ``measure(mode, target, seconds, phase)`` runs one slice."""
+    phases = {mode: Phase() for mode in targets}
+    for r in range(rounds):
+        for mode in targets if r % 2 == 0 else reversed(targets):
+            measure(mode, targets[mode], seconds / rounds, phases[mode])
+    return {mode: phase.summary() for mode, phase in phases.items()}
+
+
+class LoadClients:
+    """``procs`` load-generator processes (bench/load_client.py) holding the same serialized requests.
+
+    ``measure(target, clients, seconds)`` splits ``clients`` callers over the processes (1 client: one process) and
+    over as many connections as callers (at most ``channels_per_proc`` per process), runs them at once and pools
+    their latencies; requests per second is the sum of the processes' rates.
+    """
+
+    def __init__(self, method: str, requests: list[bytes], procs: int = 2, channels_per_proc: int = 16) -> None:
+        import pickle
+        import sys
+        import tempfile
+
+        self._file = tempfile.NamedTemporaryFile(suffix=".pkl", delete=False)  # noqa: SIM115
+        self._file.write(pickle.dumps(requests))
+        self._file.close()
+        script = Path(__file__).with_name("load_client.py")
+        argv = [sys.executable, str(script), "--method", method, "--requests", self._file.name]
+        self._procs = [
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(procs)
+        ]
+        self._channels = channels_per_proc
+        for proc in self._procs:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # ready
+
+    def measure(self, target: str, clients: int, seconds: float, phase: Phase) -> None:
+        import json
+
+        used = self._procs[: max(1, min(len(self._procs), clients))]
+        shares = [clients // len(used) + (1 if i < clients % len(used) else 0) for i in range(len(used))]
+        for proc, share in zip(used, shares, strict=True):
+            assert proc.stdin is not None
+            command = {"target": target, "clients": share, "channels": min(share, self._channels), "seconds": seconds}
+            proc.stdin.write(json.dumps(command) + "\n")
+            proc.stdin.flush()
+        answers = []
+        for proc in used:
+            assert proc.stdout is not None
+            answers.append(json.loads(proc.stdout.readline()))
+        rates = [len(a["latencies_ms"]) / a["elapsed_s"] for a in answers]
+        phase.latencies_s.extend(ms / 1000 for a in answers for ms in a["latencies_ms"])
+        phase.requests += sum(len(a["latencies_ms"]) for a in answers)
+        phase.weighted_seconds += seconds
+        phase.rate_seconds += sum(rates) * seconds
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.stdin:
+                proc.stdin.close()
+        for proc in self._procs:
+            proc.wait(timeout=30)
+        Path(self._file.name).unlink(missing_ok=True)
