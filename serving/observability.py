@@ -87,16 +87,27 @@ class ServerMetrics:
             buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
         )
 
+        # labels() takes a lock and builds a key on every call: the per-request children are looked up here instead
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: what every request uses (label values must be bounded)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def stage(self, task: str, stage: str, started: float) -> float:
         """Observe ``stage`` of one ``task`` request as the time since ``started`` (``time.perf_counter``); returns
         now, the next stage's start."""
         now = time.perf_counter()
-        self.stages.labels(task, stage).observe(now - started)
+        self.child(self.stages, task, stage).observe(now - started)
         return now
 
     def on_run(self, task: str, waits: list[float], seconds: float) -> None:
         """One onnxruntime run served ``len(waits)`` requests: each waited its own time and took the whole run."""
-        wait, run = self.stages.labels(task, "batch_wait"), self.stages.labels(task, "run")
+        wait, run = self.child(self.stages, task, "batch_wait"), self.child(self.stages, task, "run")
         for w in waits:
             wait.observe(w)
             run.observe(seconds)
@@ -114,7 +125,7 @@ class ServerMetrics:
     def _timed(self, codec: Callable[[Any], Any] | None, task: str, stage: str) -> Callable[[Any], Any] | None:
         if codec is None:
             return None
-        child = self.stages.labels(task, stage)
+        child = self.child(self.stages, task, stage)
 
         def timed(message: Any) -> Any:
             started = time.perf_counter()
