@@ -124,6 +124,7 @@ def main() -> int:
         default="h2load" if shutil.which("h2load") else "python",
         help="load generator: h2load (C; default when installed) or Python grpc.aio client processes",
     )
+    parser.add_argument("--providers", help="the servers' onnxruntime providers (serve --providers; default: theirs)")
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--out", default="bench/results/serve_forecast.json")
     args = parser.parse_args()
@@ -172,9 +173,9 @@ def main() -> int:
         store = Path(tmp) / "store"
         trained = build_store(store, scenarios)
         arcast = {
-            "on": start_arcast(store, True, 1, MAX_WAIT_MS),
-            "off": start_arcast(store, False, 1, MAX_WAIT_MS),
-            "workers2": start_arcast(store, True, 2, MAX_WAIT_MS),
+            "on": start_arcast(store, True, 1, MAX_WAIT_MS, args.providers),
+            "off": start_arcast(store, False, 1, MAX_WAIT_MS, args.providers),
+            "workers2": start_arcast(store, True, 2, MAX_WAIT_MS, args.providers),
         }
         bare: dict = {}
         try:

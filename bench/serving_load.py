@@ -261,13 +261,16 @@ def spawn_with_metrics(argv: list[str]) -> tuple[subprocess.Popen[str], str, lis
     return proc, first.split()[-1], second.split()[-1].split(",")
 
 
-def start_arcast(store: Path, batching: bool, workers: int = 1, max_wait_ms: float = 0.0) -> tuple[Any, str, list[str]]:
+def start_arcast(
+    store: Path, batching: bool, workers: int = 1, max_wait_ms: float = 0.0, providers: str | None = None
+) -> tuple[Any, str, list[str]]:
     """``python -m serving serve`` for load tests (quiet logs, 256 workers, metrics on free ports)."""
     import sys
 
     argv = [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", "0", "--metrics-port", "0"]
     argv += ["--log-level", "warning", "--max-batch", "256", "--max-wait-ms", str(max_wait_ms), "--max-workers", "256"]
     argv += ["--workers", str(workers), *([] if batching else ["--no-batching"])]
+    argv += ["--providers", providers] if providers else []
     return spawn_with_metrics(argv)
 
 
