@@ -126,6 +126,7 @@ def main() -> int:
     )
     parser.add_argument("--providers", help="the servers' onnxruntime providers (serve --providers; default: theirs)")
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--repeats", type=int, default=2000, help="batch-1 rollouts, onnxruntime vs torch eager")
     parser.add_argument("--out", default="bench/results/serve_forecast.json")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
@@ -209,7 +210,7 @@ def main() -> int:
                 finally:
                     loader.close()
                 speed = ort_vs_torch(
-                    trained[name]["run"], resolve(store, model), histories, horizon, 200 if args.quick else 2000
+                    trained[name]["run"], resolve(store, model), histories, horizon, 200 if args.quick else args.repeats
                 )
                 results["scenarios"][name] = {
                     "horizon": horizon,
