@@ -192,6 +192,7 @@ class H2Load:
         import re
 
         log = Path(self._dir.name) / "requests.tsv"
+        log.unlink(missing_ok=True)  # h2load appends to its log file
         cmd = [self.binary or "h2load", "-D", f"{int(seconds * 1000)}ms", "--warm-up-time", "300ms", "-t", "1"]
         cmd += ["-c", str(clients), "-m", "1", "-H", "content-type: application/grpc", "-H", "te: trailers"]
         cmd += ["-d", str(self._body), "--log-file", str(log), f"http://{target}{self._method}"]
