@@ -1,7 +1,12 @@
-"""Benchmark the forecast service: batching on vs off under load, onnxruntime vs torch eager, server memory.
+"""Benchmark the forecast service against its own stack's floor: batching on and off, 2 worker processes, the bare
+gRPC server, per-stage costs from the server's histograms, onnxruntime vs torch eager, server memory.
 
 Everything is measured side by side in one run on this machine and reported as ratios, since the machine is
-shared and absolute numbers drift. The servers run in their own processes; the load comes from grpc.aio clients.
+shared and absolute numbers drift. Servers, each in its own process(es), under the same load in alternating slices:
+arcast with batching on, off, and on with ``--workers 2``; bench/bare_server.py (same method and messages, a canned
+reply of the same size, no work) with the thread-pool server, with 2 processes, and on grpc.aio. The load comes from
+h2load (C, light: ``--load h2load``, the default when it is installed) or from Python grpc.aio client processes
+(``--load python``).
 
     .venv/bin/python bench/serve_forecast.py            # writes bench/results/serve_forecast.json
     .venv/bin/python bench/serve_forecast.py --quick    # a smoke run
@@ -13,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,7 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving_load import Phase, closed_loop, load_row, on_off, peak_rss_mib, start_server  # bench/serving_load.py
+from serving_load import (  # bench/serving_load.py
+    ARCAST_MODES,
+    FLOOR_HEADER,
+    FORECAST_METHOD,
+    STAGE_HEADER,
+    compare_cell,
+    floor_row,
+    load_row,
+    make_loader,
+    peak_rss_mib,
+    raw_call,
+    stage_row,
+    start_arcast,
+    start_bare,
+)
 
 from arcast_core.files import atomic_write_text
 from arcast_core.training import TrainConfig
@@ -30,7 +50,6 @@ from forecasting.export import ServingGraph, export_run
 from forecasting.runs import train_run
 from serving.artifact import read_artifact, resolve
 from serving.client import ArcastClient
-from serving.proto.arcast.v1 import forecast_pb2_grpc
 from serving.runners.window_shift import WindowShiftModel
 
 LOOKBACK, STEP = 168, 24
@@ -45,10 +64,10 @@ SCENARIOS = {
 }
 
 
-def build_store(store: Path) -> dict[str, dict]:
+def build_store(store: Path, scenarios: dict[str, dict]) -> dict[str, dict]:
     """Train the scenarios' models briefly on ETTh1 (OT) and export them; also a multivariate model for memory."""
     out = {}
-    for name, scenario in SCENARIOS.items():
+    for name, scenario in scenarios.items():
         data = DataConfig(dataset="ETTh1", features="S", lookback=LOOKBACK, horizon=STEP)
         run = train_run(
             "arnet", data, scenario["params"], TrainConfig(epochs=3, batch_size=64, lr=3e-3, progress=False)
@@ -63,18 +82,6 @@ def build_store(store: Path) -> dict[str, dict]:
     )
     export_run(multi, store, "etth1-arnet-multivariate", max_horizon=720)
     return out
-
-
-async def load(
-    target: str, model: str, histories: np.ndarray, horizon: int, clients: int, seconds: float, phase: Phase
-) -> None:
-    """``clients`` concurrent callers, each sending one-series requests back to back for ``seconds``."""
-    import grpc
-
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = forecast_pb2_grpc.ForecastServiceStub(channel)
-        requests = [ArcastClient.forecast_request(model, [h], horizon) for h in histories]
-        await closed_loop(lambda i: stub.Forecast(requests[i % len(requests)], timeout=30), clients, seconds, phase)
 
 
 def ort_vs_torch(run, artifact_path: Path, histories: np.ndarray, horizon: int, repeats: int) -> dict:
@@ -110,11 +117,21 @@ def ort_vs_torch(run, artifact_path: Path, histories: np.ndarray, horizon: int, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short load phases (smoke run)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="length of each load phase")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each load phase, per server")
+    parser.add_argument(
+        "--load",
+        choices=["h2load", "python"],
+        default="h2load" if shutil.which("h2load") else "python",
+        help="load generator: h2load (C; default when installed) or Python grpc.aio client processes",
+    )
+    parser.add_argument("--providers", help="the servers' onnxruntime providers (serve --providers; default: theirs)")
+    parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--repeats", type=int, default=2000, help="batch-1 rollouts, onnxruntime vs torch eager")
     parser.add_argument("--out", default="bench/results/serve_forecast.json")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
     concurrency = (1, 8, 64)
+    scenarios = {name: SCENARIOS[name] for name in args.scenarios}
 
     prepared = prepare_data(DataConfig(dataset="ETTh1", features="S", lookback=LOOKBACK, horizon=STEP))
     test = prepared.table.values[slice(*prepared.borders.test), 0]
@@ -124,6 +141,8 @@ def main() -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {
             "cpus": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)),
+            "load_average_at_start": os.getloadavg(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -134,32 +153,64 @@ def main() -> int:
             "lookback": LOOKBACK,
             "step": STEP,
             "load_seconds": seconds,
+            "load_generator": args.load,
             "request": "one series per request",
             "server": f"max-batch 256, max-wait {MAX_WAIT_MS} ms, 256 workers",
-            "scenarios": SCENARIOS,
+            "modes": {
+                "on": "arcast, one process, batching on",
+                "off": "arcast, one process, --no-batching",
+                "workers2": "arcast --workers 2 (SO_REUSEPORT), batching on, onnxruntime 1 thread each",
+                "floor": "bench/bare_server.py: thread-pool server, canned reply of the same size",
+                "floor_workers2": "bench/bare_server.py --workers 2",
+                "floor_aio": "bench/bare_server.py --aio (grpc.aio, async handler)",
+            },
+            "floor_fraction": "rps / rps of the bare server with as many processes (on, off: floor; workers2: "
+            "floor_workers2), same load, same run",
+            "scenarios": scenarios,
         },
         "scenarios": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
-        trained = build_store(store)
-        servers = {mode: start_server(store, mode == "on", MAX_WAIT_MS) for mode in ("on", "off")}
+        trained = build_store(store, scenarios)
+        arcast = {
+            "on": start_arcast(store, True, 1, MAX_WAIT_MS, args.providers),
+            "off": start_arcast(store, False, 1, MAX_WAIT_MS, args.providers),
+            "workers2": start_arcast(store, True, 2, MAX_WAIT_MS, args.providers),
+        }
+        bare: dict = {}
         try:
+            requests = {
+                name: [
+                    ArcastClient.forecast_request(f"etth1-{name}", [h], s["horizon"]).SerializeToString()
+                    for h in histories
+                ]
+                for name, s in scenarios.items()
+            }
+            replies = {f"etth1-{n}": raw_call(arcast["on"][1], FORECAST_METHOD, r[0]) for n, r in requests.items()}
+            bare = {
+                "floor": start_bare(FORECAST_METHOD, replies, Path(tmp)),
+                "floor_workers2": start_bare(FORECAST_METHOD, replies, Path(tmp), workers=2),
+                "floor_aio": start_bare(FORECAST_METHOD, replies, Path(tmp), aio=True),
+            }
+            targets = {mode: server[1] for mode, server in arcast.items()} | {m: s[1] for m, s in bare.items()}
+            metrics = {mode: server[2] for mode, server in arcast.items()}
             results["server_peak_rss_mib_after_load"] = {}
-            for name, scenario in SCENARIOS.items():
+            for name, scenario in scenarios.items():
                 model, horizon = f"etth1-{name}", scenario["horizon"]
+                for target in targets.values():  # every server answers OK before the load
+                    raw_call(target, FORECAST_METHOD, requests[name][0])
+                loader = make_loader(args.load, FORECAST_METHOD, requests[name])
                 rows = {}
-                for clients in concurrency:
-                    targets = {mode: target for mode, (_, target) in servers.items()}
-                    row = on_off(
-                        lambda t, secs, phase: load(t, model, histories, horizon, clients, secs, phase),  # noqa: B023
-                        targets,
-                        seconds,
-                    )
-                    rows[str(clients)] = row
-                    print(f"{name} clients={clients}: on {row['on']['rps']:.0f} rps, off {row['off']['rps']:.0f} rps")
+                try:
+                    for clients in concurrency:
+                        row = compare_cell(loader, targets, metrics, clients, seconds, "forecast", "Forecast")
+                        rows[str(clients)] = row
+                        print(f"{name} clients={clients}: " + ", ".join(f"{m} {row[m]['rps']:.0f}" for m in targets))
+                finally:
+                    loader.close()
                 speed = ort_vs_torch(
-                    trained[name]["run"], resolve(store, model), histories, horizon, 200 if args.quick else 2000
+                    trained[name]["run"], resolve(store, model), histories, horizon, 200 if args.quick else args.repeats
                 )
                 results["scenarios"][name] = {
                     "horizon": horizon,
@@ -167,12 +218,21 @@ def main() -> int:
                     "load": rows,
                     "batch1_ort_vs_torch": speed,
                 }
-            for mode, (proc, _) in servers.items():
-                results["server_peak_rss_mib_after_load"][f"batching_{mode}"] = peak_rss_mib(proc.pid)
+            for mode in ("on", "off"):
+                results["server_peak_rss_mib_after_load"][f"batching_{mode}"] = peak_rss_mib(arcast[mode][0].pid)
         finally:
-            for proc, _ in servers.values():
+            for proc, *_ in (*arcast.values(), *bare.values()):
                 proc.terminate()
                 proc.wait(timeout=60)
+    if "linear_h24" in results["scenarios"]:
+        linear = results["scenarios"]["linear_h24"]["load"]
+        results["workers_speedup"] = linear["64"]["workers_speedup"]
+        results["floor_fraction_1_client"] = linear["1"]["on"]["floor_fraction"]
+        results["goals"] = {
+            "workers_speedup_at_64_clients >= 1.7": results["workers_speedup"] >= 1.7,
+            "floor_fraction_at_1_client >= 0.8": results["floor_fraction_1_client"] >= 0.8,
+        }
+    results["load_average_at_end"] = os.getloadavg()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Path(args.out)
     atomic_write_text(out, json.dumps(results, indent=2))
@@ -187,12 +247,25 @@ def print_table(results: dict) -> None:
     for name, s in results["scenarios"].items():
         for clients, row in s["load"].items():
             print(load_row([name, clients], row))
+    print(f"\n| scenario | clients {FLOOR_HEADER}")
+    print("|---" * 11 + "|")
+    for name, s in results["scenarios"].items():
+        for clients, row in s["load"].items():
+            print(floor_row([name, clients], row))
+    print(f"\n| scenario | clients | server {STAGE_HEADER}")
+    print("|---" * 11 + "|")
+    for name, s in results["scenarios"].items():
+        for clients, row in s["load"].items():
+            for mode in ARCAST_MODES:
+                print(stage_row([name, clients, mode], row["stages_ms"][mode], row[mode]["mean_ms"]))
     print("\n| scenario | onnxruntime ms | torch eager ms | speed-up |")
     print("|---|---|---|---|")
     for name, s in results["scenarios"].items():
         sp = s["batch1_ort_vs_torch"]
         print(f"| {name} | {sp['onnxruntime_ms']:.3f} | {sp['torch_eager_ms']:.3f} | {sp['speedup']:.1f}x |")
     print(f"\nserver peak RSS (MiB): {results['server_peak_rss_mib_after_load']}")
+    if "workers_speedup" in results:
+        print(f"workers_speedup (linear, 64 clients): {results['workers_speedup']:.2f}x; goals: {results['goals']}")
 
 
 if __name__ == "__main__":

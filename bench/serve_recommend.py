@@ -11,7 +11,11 @@ servers in their own processes, batching on and off. Everything is measured side
 as ratios too, since the machine is shared and absolute numbers drift:
 
 - load: 1, 8 and 64 closed-loop clients sending one-user Recommend requests (real test histories, k 10, the
-  artifact's default beam width) for ``--seconds`` each: recommendations per second, p50/p99 latency;
+  artifact's default beam width) for ``--seconds`` each: recommendations per second, p50/p99 latency, from arcast
+  with batching on, off, and on with ``--workers 2``, beside bench/bare_server.py (the same method and messages, a
+  canned reply of the same size, no work: the stack's floor) with 1 and 2 processes and on grpc.aio; each arcast
+  figure as a fraction of the floor, and the cost of one request by stage from the servers' own histograms. The
+  load comes from h2load (one history; the default when installed) or Python client processes (``--load python``);
 - decoding: the served search (decoder step with a self-attention KV cache) against the same search recomputing
   the decoder over the whole prefix at every level (a prefix graph exported here from the same weights), in
   process, interleaved; the two must return the same items;
@@ -27,6 +31,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -43,7 +48,21 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import torch
-from serving_load import Phase, closed_loop, load_row, on_off, peak_rss_mib, start_server
+from serving_load import (  # bench/serving_load.py
+    ARCAST_MODES,
+    FLOOR_HEADER,
+    RECOMMEND_METHOD,
+    STAGE_HEADER,
+    compare_cell,
+    floor_row,
+    load_row,
+    make_loader,
+    peak_rss_mib,
+    raw_call,
+    stage_row,
+    start_arcast,
+    start_bare,
+)
 from torch import nn
 from tqdm import tqdm
 
@@ -163,13 +182,6 @@ def kv_cache_vs_recompute(
     return out
 
 
-async def load(target: str, histories: list[list[int]], clients: int, seconds: float, phase: Phase) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = recommend_pb2_grpc.RecommendServiceStub(channel)
-        requests = [recommend_pb2.RecommendRequest(model=MODEL, history=h, k=10) for h in histories]
-        await closed_loop(lambda i: stub.Recommend(requests[i % len(requests)], timeout=60), clients, seconds, phase)
-
-
 def grpc_accuracy(target: str, served: ConstrainedBeamModel, examples: Any, beam_width: int) -> dict[str, Any]:
     """Every test user through RecommendBatch (in the offline evaluation's chunks), ranked lists -> metrics."""
     histories, k = examples.histories, max(EVAL_KS)
@@ -200,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load phase (default 6)")
     parser.add_argument("--repeats", type=int, default=40, help="searches per KV-cache/recompute comparison")
     parser.add_argument("--skip-accuracy", action="store_true", help="no full test-set pass (smoke runs)")
+    parser.add_argument(
+        "--load",
+        choices=["h2load", "python"],
+        default="h2load" if shutil.which("h2load") else "python",
+        help="load generator: h2load (C; default when installed) or Python grpc.aio client processes",
+    )
+    parser.add_argument("--providers", help="the servers' onnxruntime providers (serve --providers; default: theirs)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve_recommend.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -229,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             "timings": run.info.get("timings"),
         },
         "setup": {
-            "server": f"max-batch 256, max-wait {MAX_WAIT_MS} ms, 256 workers, one process per mode",
+            "server": f"max-batch 256, max-wait {MAX_WAIT_MS} ms, 256 workers; modes on, off, workers2 (--workers 2)",
+            "floors": "bench/bare_server.py: floor (thread pool), floor_workers2 (2 processes), floor_aio (grpc.aio)",
             "request": "Recommend, one test user's history, k 10, default beam width",
             "load_seconds": args.seconds,
+            "load_generator": args.load,
         },
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -248,15 +269,39 @@ def main(argv: list[str] | None = None) -> int:
         results["decoding"] = kv_cache_vs_recompute(served, prefix, split.test.histories, args.repeats)
 
         raw = [served.item_ids[h[h != 0]].tolist() for h in split.test.histories[:2000]]
-        servers = {mode: start_server(store, mode == "on", MAX_WAIT_MS) for mode in ("on", "off")}
+        requests = [recommend_pb2.RecommendRequest(model=MODEL, history=h, k=10).SerializeToString() for h in raw]
+        arcast = {
+            "on": start_arcast(store, True, 1, MAX_WAIT_MS, args.providers),
+            "off": start_arcast(store, False, 1, MAX_WAIT_MS, args.providers),
+            "workers2": start_arcast(store, True, 2, MAX_WAIT_MS, args.providers),
+        }
+        servers = {mode: (proc, target) for mode, (proc, target, _) in arcast.items()}
+        bare: dict[str, Any] = {}
         try:
+            replies = {MODEL: raw_call(servers["on"][1], RECOMMEND_METHOD, requests[0])}
+            bare = {
+                "floor": start_bare(RECOMMEND_METHOD, replies, Path(tmp)),
+                "floor_workers2": start_bare(RECOMMEND_METHOD, replies, Path(tmp), workers=2),
+                "floor_aio": start_bare(RECOMMEND_METHOD, replies, Path(tmp), aio=True),
+            }
+            targets = {mode: target for mode, (_, target) in servers.items()} | {m: b[1] for m, b in bare.items()}
+            for target in targets.values():  # every server answers OK before the load
+                raw_call(target, RECOMMEND_METHOD, requests[0])
+            metrics = {mode: endpoints for mode, (_, _, endpoints) in arcast.items()}
             results["load"] = {}
-            targets = {mode: target for mode, (_, target) in servers.items()}
-            for clients in (1, 8, 64):
-                row = on_off(lambda t, secs, phase: load(t, raw, clients, secs, phase), targets, args.seconds)  # noqa: B023
-                results["load"][str(clients)] = row
-                print(f"clients={clients}: on {row['on']['rps']:.0f} rps, off {row['off']['rps']:.0f} rps")
-            results["server_peak_rss_mib"] = {f"batching_{m}": peak_rss_mib(p.pid) for m, (p, _) in servers.items()}
+            loader = make_loader(args.load, RECOMMEND_METHOD, requests)
+            try:
+                for clients in (1, 8, 64):
+                    row = compare_cell(loader, targets, metrics, clients, args.seconds, "recommend", "Recommend")
+                    results["load"][str(clients)] = row
+                    print(f"clients={clients}: " + ", ".join(f"{m} {row[m]['rps']:.0f}" for m in targets))
+            finally:
+                loader.close()
+            results["workers_speedup"] = results["load"]["64"]["workers_speedup"]
+            results["floor_fraction_1_client"] = results["load"]["1"]["on"]["floor_fraction"]
+            results["server_peak_rss_mib"] = {
+                f"batching_{m}": peak_rss_mib(p.pid) for m, (p, _) in servers.items() if m in ("on", "off")
+            }
             if not args.skip_accuracy:
                 width = max(EVAL_KS)
                 offline = evaluate_artifact(store, MODEL, data_dir=args.data_dir, beam_width=width)
@@ -272,9 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                     "torch_run": run.info.get("metrics", {}).get("test"),
                 }
         finally:
-            for proc, _ in servers.values():
+            for proc, *_ in (*arcast.values(), *bare.values()):
                 proc.terminate()
                 proc.wait(timeout=60)
+    results["load_average_at_end"] = os.getloadavg()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_text(args.out, json.dumps(results, indent=2, default=float))
     print_tables(results)
@@ -287,6 +333,15 @@ def print_tables(results: dict[str, Any]) -> None:
     print("|---|---|---|---|---|---|")
     for clients, row in results["load"].items():
         print(load_row([clients], row))
+    print(f"\n| clients {FLOOR_HEADER}")
+    print("|---" * 10 + "|")
+    for clients, row in results["load"].items():
+        print(floor_row([clients], row))
+    print(f"\n| clients | server {STAGE_HEADER}")
+    print("|---" * 10 + "|")
+    for clients, row in results["load"].items():
+        for mode in ARCAST_MODES:
+            print(stage_row([clients, mode], row["stages_ms"][mode], row[mode]["mean_ms"]))
     print("\n| users per search | KV cache ms | recompute ms | speed-up | identical items |")
     print("|---|---|---|---|---|")
     for users, row in results["decoding"].items():

@@ -72,13 +72,16 @@ class DynamicBatcher(Generic[J, R]):
         config: BatchingConfig,
         name: str = "",
         on_batch: Callable[[int], None] | None = None,
+        on_run: Callable[[list[float], float], None] | None = None,
     ) -> None:
         self._kind, self._config, self._name = kind, config, name
         self._on_batch = on_batch or (lambda rows: None)
+        # After each run: how long each of its requests waited (submit to run start), and the run's seconds.
+        self._on_run = on_run or (lambda waits, seconds: None)
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # a job was queued: a forming batch may take it
         self._handoff = threading.Condition(self._lock)  # nobody is running batches any more, or closing
-        self._waiting: deque[tuple[J, Future[R]]] = deque()
+        self._waiting: deque[tuple[J, Future[R], float]] = deque()  # job, its future, when it was submitted
         self._queued_rows = 0
         self._running = False  # some thread is running batches
         self._closed = False
@@ -86,7 +89,7 @@ class DynamicBatcher(Generic[J, R]):
         self._worker.start()
 
     def submit(self, job: J) -> Future[R]:
-        entry: tuple[J, Future[R]] = (job, Future())
+        entry: tuple[J, Future[R], float] = (job, Future(), time.perf_counter())
         rows = self._kind.rows(job)
         with self._lock:
             if self._closed:  # a request that raced a model's retirement: run it alone
@@ -144,7 +147,7 @@ class DynamicBatcher(Generic[J, R]):
                 if self._waiting or self._closed:  # wake the worker only when it has something to do
                     self._handoff.notify()
 
-    def _collect(self) -> list[tuple[J, Future[R]]]:
+    def _collect(self) -> list[tuple[J, Future[R], float]]:
         """The next batch: the oldest waiting job and the waiting (or soon arriving) jobs that fit with it."""
         with self._lock:
             if not self._waiting:
@@ -172,14 +175,16 @@ class DynamicBatcher(Generic[J, R]):
     def _fits(self, job: J, key: Hashable, rows: int) -> bool:
         return self._kind.key(job) == key and rows + self._kind.rows(job) <= self._config.max_rows
 
-    def _run(self, batch: list[tuple[J, Future[R]]]) -> None:
-        live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]  # drop timed-out
+    def _run(self, batch: list[tuple[J, Future[R], float]]) -> None:
+        started = time.perf_counter()
+        live = [(job, future) for job, future, _ in batch if future.set_running_or_notify_cancel()]  # drop timed-out
         if not live:
             return
         jobs = [job for job, _ in live]
         try:
             results = self._kind.run_batch(jobs)
             self._on_batch(sum(self._kind.rows(job) for job in jobs))
+            self._on_run([started - submitted for _, future, submitted in batch if future.running()], _since(started))
         except Exception as err:  # isolate the failure: rerun each job alone below
             if len(live) == 1:
                 live[0][1].set_exception(err)
@@ -197,6 +202,10 @@ class DynamicBatcher(Generic[J, R]):
             return
         for (_, future), result in zip(live, results, strict=True):
             settle(future, result)
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
 
 
 def settle(future: Future[R], result: R | BaseException) -> None:

@@ -43,6 +43,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.server import ServerConfig, serve_until_signal
 
     configure_logging(args.log_level, json_lines=args.log_format == "json")
+    if args.workers < 1:
+        raise ValueError("--workers: at least 1")
+    if args.workers > 1:
+        from serving.workers import supervise
+
+        return supervise(args, args.parser)
+    if args.worker_index is not None:
+        from serving.workers import die_with_parent
+
+        die_with_parent()
     config = ServerConfig(
         store=Path(args.store),
         host=args.host,
@@ -74,6 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tokens=load_tokens(args.token_file),
         open_health=args.open_health,
         metrics_host=args.metrics_host,
+        reuse_port=args.reuse_port,
+        worker=None if args.worker_index is None else str(args.worker_index),
     )
     return serve_until_signal(config)
 
@@ -320,9 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="health checks without a token (default: open, for probes and load balancers)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), each loading the store and reloading it on its own: "
+        "one Python process uses about one core. Each worker's /metrics is --metrics-port + its index, labelled "
+        "worker; onnxruntime threads default to the cores / N; SIGTERM drains them all; a worker that dies is "
+        "restarted (default 1: this process serves)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set on the workers
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on the workers
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="json", choices=["json", "text"])
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=cmd_serve, parser=serve)
 
     forecast = sub.add_parser(
         "forecast",

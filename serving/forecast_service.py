@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -138,7 +139,9 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
     ) -> forecast_pb2.ForecastResponse:
         with observed(self.calls, "Forecast", self.registry.label(request.model), context):
             until = deadline(context, self.limits)
+            started = time.perf_counter()  # stage timing: validate, then build (serving.observability.STAGES)
             checked = validate(request, self.registry, self.limits)
+            self.calls.metrics.stage("forecast", "validate", started)
             future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps, until)
             out = await_result(future, until, "forecast")
             if not np.isfinite(out).all():  # a NaN is never an answer
@@ -147,11 +150,13 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                     grpc.StatusCode.OUT_OF_RANGE,
                     f"series[{bad}]: {NON_FINITE_FORECAST}",
                 )
+            started = time.perf_counter()
             response = forecast_pb2.ForecastResponse(model=checked.model.name, version=checked.model.version)
             for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):
                 item = response.forecasts.add(id=series.id, values=values.reshape(-1).astype(np.float64).tolist())
                 if future_stamps is not None:
                     item.timestamps.extend(_to_timestamp(t) for t in future_stamps)
+            self.calls.metrics.stage("forecast", "build", started)
             return response
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -36,10 +40,21 @@ def configure_logging(level: str = "info", json_lines: bool = True) -> None:
     root.setLevel(level.upper())
 
 
-class ServerMetrics:
-    """The server's Prometheus metrics, in a registry of its own (several servers can share a process)."""
+# Where a request's time goes on the server, in order: protobuf parsing, request checks, waiting for a batch run,
+# the run (onnxruntime and the rollout's numpy), the answer message built from the arrays, protobuf serialization.
+STAGES = ("decode", "validate", "batch_wait", "run", "build", "encode")
+TASK_OF_METHOD = {"Forecast": "forecast", "Recommend": "recommend", "RecommendBatch": "recommend"}
 
-    def __init__(self) -> None:
+
+class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own (several servers can share a process).
+
+    ``worker``: in ``serve --workers N`` each worker process serves its own /metrics, every sample labelled
+    ``worker="<index>"`` (added when the endpoint is scraped, so the metrics themselves keep their labels).
+    """
+
+    def __init__(self, worker: str | None = None) -> None:
+        self.worker = worker
         self.registry = CollectorRegistry()
         self.requests = Counter("arcast_requests", "RPCs handled", ["method", "model"], registry=self.registry)
         self.errors = Counter(
@@ -62,8 +77,86 @@ class ServerMetrics:
         self.models_loaded = Counter(
             "arcast_model_loads", "Artifacts loaded, by outcome", ["outcome"], registry=self.registry
         )
+        self.stages = Histogram(
+            "arcast_stage_seconds",
+            "Server time of one request by stage: decode (protobuf parse), validate, batch_wait (queued until its "
+            "run starts), run (onnxruntime and the rollout, the whole merged run), build (answer message), encode "
+            "(protobuf serialize)",
+            ["task", "stage"],
+            registry=self.registry,
+            buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        )
+
+        # labels() takes a lock and builds a key on every call: the per-request children are looked up here instead
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: what every request uses (label values must be bounded)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def stage(self, task: str, stage: str, started: float) -> float:
+        """Observe ``stage`` of one ``task`` request as the time since ``started`` (``time.perf_counter``); returns
+        now, the next stage's start."""
+        now = time.perf_counter()
+        self.child(self.stages, task, stage).observe(now - started)
+        return now
+
+    def on_run(self, task: str, waits: list[float], seconds: float) -> None:
+        """One onnxruntime run served ``len(waits)`` requests: each waited its own time and took the whole run."""
+        wait, run = self.child(self.stages, task, "batch_wait"), self.child(self.stages, task, "run")
+        for w in waits:
+            wait.observe(w)
+            run.observe(seconds)
+
+    def timed_codec(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` with its protobuf parse and serialize observed as the decode and encode stages."""
+        task = TASK_OF_METHOD.get(method)
+        if task is None:
+            return handler
+        return handler._replace(  # type: ignore[attr-defined]  # grpc's handlers are namedtuples
+            request_deserializer=self._timed(handler.request_deserializer, task, "decode"),
+            response_serializer=self._timed(handler.response_serializer, task, "encode"),
+        )
+
+    def _timed(self, codec: Callable[[Any], Any] | None, task: str, stage: str) -> Callable[[Any], Any] | None:
+        if codec is None:
+            return None
+        child = self.child(self.stages, task, stage)
+
+        def timed(message: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return codec(message)
+            finally:
+                child.observe(time.perf_counter() - started)
+
+        return timed
 
     def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics on ``port`` (0 picks a free one); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        registry = self.registry
+        if self.worker is not None:
+            registry = CollectorRegistry()
+            registry.register(_Labelled(self.registry, {"worker": self.worker}))
+        server, _thread = start_http_server(port, addr=host, registry=registry)
         return int(server.server_port)
+
+
+class _Labelled(Collector):
+    """Every sample of ``source`` with ``labels`` added (one worker's metrics, told apart from its siblings')."""
+
+    def __init__(self, source: CollectorRegistry, labels: dict[str, str]) -> None:
+        self._source, self._labels = source, labels
+
+    def collect(self) -> Iterable[Metric]:
+        return self._relabelled(self._source.collect())
+
+    def _relabelled(self, metrics: Iterable[Metric]) -> Iterator[Metric]:
+        for metric in metrics:
+            copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            copy.samples = [s._replace(labels={**s.labels, **self._labels}) for s in metric.samples]
+            yield copy

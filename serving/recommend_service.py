@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
 import grpc
@@ -81,6 +82,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     ) -> recommend_pb2.RecommendResponse:
         with observed(self.calls, "Recommend", self.registry.label(request.model), context):
             until = deadline(context, self.limits)
+            started = time.perf_counter()
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
             query = _query(
@@ -91,9 +93,13 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 request.ignore_unknown_items,
                 request.include_seen,
             )
+            self.calls.metrics.stage("recommend", "validate", started)
             result = await_result(model.recommend([query], k, width, until), until, "recommendation")
+            started = time.perf_counter()
             (items,) = _recommendations(runner, result)
-            return recommend_pb2.RecommendResponse(model=model.name, version=model.version, items=items)
+            response = recommend_pb2.RecommendResponse(model=model.name, version=model.version, items=items)
+            self.calls.metrics.stage("recommend", "build", started)
+            return response
 
     def RecommendBatch(
         self, request: recommend_pb2.RecommendBatchRequest, context: grpc.ServicerContext

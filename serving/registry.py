@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import stat
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class LoadedModel:
     kind: BatchKind[Any, Any]  # how its jobs (ForecastJob or RecommendJob, after the runner) run, alone or merged
     batcher: DynamicBatcher[Any, Any] | None
     on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
+    on_run: Callable[[list[float], float], None] = lambda waits, seconds: None  # stage metrics for unbatched runs
 
     @property
     def manifest(self) -> Manifest:
@@ -85,7 +87,9 @@ class LoadedModel:
             return self.batcher.submit(job)
         future: Future[Any] = Future()
         try:
+            started = time.perf_counter()
             (result,) = self.kind.run_batch([job])
+            self.on_run([0.0], time.perf_counter() - started)
             settle(future, result)
             self.on_rows(self.kind.rows(job))
         except Exception as err:  # surfaced to the caller through the future
@@ -109,6 +113,7 @@ class ModelRegistry:
     max_concurrent_runs: int = 0
     on_batch: Callable[[str, int], None] | None = None
     on_load: Callable[[str], None] | None = None
+    on_run: Callable[[str, list[float], float], None] | None = None  # task, each request's batch wait, run seconds
     _models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict, init=False)
     _refused: dict[Path, Signature] = field(default_factory=dict, init=False)  # path -> its signature when refused
     _skipped: set[Path] = field(default_factory=set, init=False)  # folders not named as versions, warned about once
@@ -218,17 +223,25 @@ class ModelRegistry:
             if report:
                 report(name, rows)
 
+        task, timings = runner.task, self.on_run
+
+        def on_run(waits: list[float], seconds: float) -> None:
+            if timings:
+                timings(task, waits, seconds)
+
         kind = runner.batches(self._slots)
         batcher = None
         if self.batching.enabled:
-            batcher = DynamicBatcher(kind, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows)
+            batcher = DynamicBatcher(
+                kind, self.batching, name=f"{name}/{artifact.version}", on_batch=on_rows, on_run=on_run
+            )
         log.info(
             "loaded model",
             extra={"model": name, "version": artifact.version, "providers": list(runner.describe().providers)},
         )
         if self.on_load:
             self.on_load("loaded")
-        return LoadedModel(runner, kind, batcher, on_rows)
+        return LoadedModel(runner, kind, batcher, on_rows, on_run)
 
     def close(self) -> None:
         with self._lock:

@@ -124,7 +124,7 @@ def observed(calls: Calls, method: str, model: str, context: grpc.ServicerContex
         metrics.errors.labels(method, "UNAVAILABLE").inc()
         context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry (on another replica)")
     started = time.perf_counter()
-    metrics.requests.labels(method, model).inc()
+    metrics.child(metrics.requests, method, model).inc()
     code = grpc.StatusCode.OK
     try:
         yield
@@ -137,7 +137,7 @@ def observed(calls: Calls, method: str, model: str, context: grpc.ServicerContex
         context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
     finally:
         elapsed = time.perf_counter() - started
-        metrics.latency.labels(method).observe(elapsed)
+        metrics.child(metrics.latency, method).observe(elapsed)
         calls.drain.leave()
         if code != grpc.StatusCode.OK:
             metrics.errors.labels(method, code.name).inc()

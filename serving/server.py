@@ -62,13 +62,15 @@ class ServerConfig:
     tokens: frozenset[str] = frozenset()  # accepted bearer tokens; empty: no authentication
     open_health: bool = True  # health checks need no token (probes, load balancers)
     metrics_host: str = "127.0.0.1"  # /metrics binds here, not on `host`
+    reuse_port: bool = False  # SO_REUSEPORT: several processes on one port (serve --workers); off: a port in use fails
+    worker: str | None = None  # serve --workers: this process's index, the `worker` label of its metrics
 
 
 class ForecastServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(config.worker)
         self.registry = ModelRegistry(
             Path(config.store),
             config.batching,
@@ -78,11 +80,12 @@ class ForecastServer:
             config.max_concurrent_runs,
             on_batch=lambda model, rows: self.metrics.batch_size.labels(model).observe(rows),
             on_load=lambda outcome: self.metrics.models_loaded.labels(outcome).inc(),
+            on_run=self.metrics.on_run,
         )
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", -1),  # answers are bounded by Limits.max_forecast_values
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ]
         self._drain = Drain()
         self._server = grpc.server(
@@ -93,11 +96,12 @@ class ForecastServer:
         )
         logging.getLogger("grpc._common").addFilter(_one_line_for_undecodable_requests)
         calls = Calls(self.metrics, self._drain)
+        timed = _TimedCodecs(self._server, self.metrics)  # protobuf parse and serialize: the decode/encode stages
         forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
-            ForecastServicer(self.registry, calls, config.limits), self._server
+            ForecastServicer(self.registry, calls, config.limits), timed
         )
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
-            RecommendServicer(self.registry, calls, config.limits), self._server
+            RecommendServicer(self.registry, calls, config.limits), timed
         )
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry, calls), self._server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -183,6 +187,22 @@ class ForecastServer:
         self._server.wait_for_termination()
 
 
+class _TimedCodecs:
+    """Stands in for the server while a generated ``add_*Servicer_to_server`` registers a service: the handlers it
+    hands over are registered with their protobuf parse and serialize timed (``ServerMetrics.timed_codec``)."""
+
+    def __init__(self, server: grpc.Server, metrics: ServerMetrics) -> None:
+        self._server, self._metrics = server, metrics
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """The generated code's untimed generic handler: replaced by the timed one below."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        timed = {name: self._metrics.timed_codec(name, handler) for name, handler in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, timed),))
+        self._server.add_registered_method_handlers(service, timed)
+
+
 def _one_line_for_undecodable_requests(record: logging.LogRecord) -> bool:
     """grpc logs every request it cannot decode with a traceback at error level: one client sending garbage would
     flood the log. Keep one warning line (the client gets grpc's INTERNAL "Exception deserializing request!")."""
@@ -200,7 +220,12 @@ def serve_until_signal(config: ServerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     port = server.start()
+    metrics = f"metrics on {config.metrics_host}:{server.metrics_port}" if server.metrics_port is not None else ""
+    if metrics and config.worker is not None:  # a worker of serve --workers: its supervisor reads this first
+        print(metrics, flush=True)
     print(f"listening on {config.host}:{port}", flush=True)  # the one plain line: scripts wait for it
+    if metrics and config.worker is None:
+        print(metrics, flush=True)
     stop.wait()
     log.info("signal received: draining")
     server.stop()
