@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -102,7 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = parser.add_argument_group("semantic IDs and generator")
     g.add_argument("--quantizer", choices=("rqvae", "rkmeans"), default="rqvae")
     g.add_argument("--levels", type=int, nargs="+", default=[256, 256, 256])
+    g.add_argument("--rqvae-steps", type=int, default=20_000, help="0: --rqvae-epochs passes (the earlier recipe)")
     g.add_argument("--rqvae-epochs", type=int, default=30)
+    g.add_argument("--vq-reduction", choices=("sum", "mean"), default="sum", help="mean: the earlier recipe")
     g.add_argument("--generator-minutes", type=float, default=2.5)
     g.add_argument("--epochs", type=int, default=30, help="generator epochs (the minutes usually stop it first)")
     g.add_argument("--d-model", type=int, default=64)
@@ -113,11 +116,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--encoder-unit", choices=("token", "item"), default="item")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--eval-users", type=int, default=1000, help="validation users for per-epoch selection")
+    g.add_argument("--eval-users", type=int, default=1000, help="validation users for selection (0: all)")
+    g.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
+    g.add_argument("--lr-schedule", choices=("constant", "inverse_sqrt", "cosine"), default="constant")
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--eval-steps", type=int, default=0, help="validate every N steps (0: every epoch)")
+    g.add_argument("--max-steps", type=int, default=0, help="with --eval-steps: the most optimiser steps")
+    g.add_argument("--patience-steps", type=int, default=0, help="with --eval-steps: steps without improvement")
+    g.add_argument("--label", help="row name (default: the variant); lets two recipes of one variant sit side by side")
     g.add_argument("--beam-width", type=int, default=20)
     g.add_argument("--distill-weight", type=float, default=0.1, help="stage 2 (prorec only)")
     args = parser.parse_args(argv)
     suffix = "" if args.dataset == "beauty" else f"_{args.dataset}"
+    # The gathered rows of every dataset live in recsys.json; a run writing elsewhere (--out) leaves it alone.
+    args.index = REPO_ROOT / "bench" / "results" / "recsys.json" if args.out is None else None
     args.out = args.out or REPO_ROOT / "bench" / "results" / f"recsys{suffix}.json"
     args.work_dir = args.work_dir or REPO_ROOT / "runs" / f"bench-recsys{suffix.replace('_', '-')}"
     if args.dataset != "beauty" and (needing := [m for m in args.only if m in NEED_TITLES]):
@@ -162,6 +174,8 @@ def run_sasrec(args: argparse.Namespace, split: Any, loss: str, semantic: np.nda
         "stopped_by": result.stopped_by,
         "train_loss_per_epoch": [round(log.train_loss, 4) for log in result.history],
         "reduced": f"{args.sasrec_minutes} min CPU budget" if result.stopped_by == "time_budget" else None,
+        "steps": len(result.history) * math.ceil(len(split.train_sequences) / train_config.batch_size),
+        "budget": f"{args.sasrec_minutes} min wall-clock, {args.sasrec_epochs} epochs, patience {args.sasrec_patience}",
     }
     return {"row": row, "embeddings": embeddings}
 
@@ -171,7 +185,9 @@ def pipeline_config(args: argparse.Namespace, variant: str) -> PipelineConfig:
         variant=variant,
         stage1=Stage1Config(hidden=args.sasrec_hidden),
         quantizer=QuantizerConfig(
-            method=args.quantizer, level_sizes=tuple(args.levels), rqvae=RQVAEConfig(epochs=args.rqvae_epochs)
+            method=args.quantizer,
+            level_sizes=tuple(args.levels),
+            rqvae=RQVAEConfig(steps=args.rqvae_steps or None, epochs=args.rqvae_epochs, vq_reduction=args.vq_reduction),
         ),
         generator=GeneratorShape(
             d_model=args.d_model,
@@ -185,6 +201,12 @@ def pipeline_config(args: argparse.Namespace, variant: str) -> PipelineConfig:
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
+            patience=args.patience,
+            eval_steps=args.eval_steps,
+            max_steps=args.max_steps,
+            patience_steps=args.patience_steps,
             eval_users=args.eval_users,
             beam_width=args.beam_width,
             distill_weight=args.distill_weight if variant == "prorec" else 0.0,
@@ -232,6 +254,8 @@ def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles:
         "reduced": f"{args.generator_minutes} min CPU budget, small generator"
         if info["fit"]["stopped_by"] == "time_budget"
         else "small generator",
+        "steps": info["fit"]["steps"],
+        "budget": f"{args.generator_minutes} min wall-clock (generator), stopped by {info['fit']['stopped_by']}",
     }
 
 
@@ -246,11 +270,53 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def merge(out: Path, rows: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+ROW_KEYS = (
+    "model",
+    "dataset",
+    "recall@5",
+    "ndcg@5",
+    "recall@10",
+    "ndcg@10",
+    "recall@20",
+    "ndcg@20",
+    "train_seconds",
+    "steps",
+    "parameters",
+    "budget",
+    "reduced",
+    "command",
+)
+
+
+def flat_rows(results: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    """One row per model with the keys every results file shares (ROW_KEYS): test metrics on every test user."""
+    rows = []
+    for name, row in results.items():
+        if "test" not in row:
+            continue
+        flat = {"model": name, "dataset": dataset, **{k: row["test"].get(k) for k in ROW_KEYS[2:8]}}
+        flat.update({k: row.get(k) for k in ROW_KEYS[8:]})
+        rows.append(flat)
+    return rows
+
+
+def merge(out: Path, rows: dict[str, Any], extra: dict[str, Any], index: Path | None = None) -> dict[str, Any]:
+    """Merge ``rows`` into ``out``; ``index``: a results file whose top-level ``rows`` gathers every dataset's rows
+    (bench/results/recsys.json), updated with this dataset's."""
     report = json.loads(out.read_text()) if out.is_file() else {"results": {}}
     report["results"].update(rows)
     report.update(extra)
+    dataset = report.get("dataset", "beauty")
+    report["rows"] = flat_rows(report["results"], dataset)
     report["table"] = table(report["results"])
+    if index is not None and index.resolve() != out.resolve():
+        gathered = json.loads(index.read_text()) if index.is_file() else {"results": {}}
+        kept = [r for r in gathered.get("rows", []) if r["dataset"] != dataset]
+        gathered["rows"] = kept + report["rows"]
+        atomic_write_text(index, json.dumps(gathered, indent=2, default=float))
+    elif index is not None:  # the index itself: keep the other datasets' rows
+        previous = json.loads(out.read_text()).get("rows", []) if out.is_file() else []
+        report["rows"] = [r for r in previous if r["dataset"] != dataset] + report["rows"]
     atomic_write_text(out, json.dumps(report, indent=2, default=float))
     return report
 
@@ -307,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["row"]["plain_sasrec_agreement_with_titles"] = alignment_report(np.load(plain), semantic)
             rows["sasrec-ce-aligned (PRORec stage 1)"] = result["row"]
         else:
-            rows[name] = run_variant(args, name, sequences, titles, split)
-        rows_done = rows.get(name) or rows.get("sasrec-ce-aligned (PRORec stage 1)")
+            rows[args.label or name] = run_variant(args, name, sequences, titles, split)
+        rows_done = rows.get(args.label or name) or rows.get(name) or rows.get("sasrec-ce-aligned (PRORec stage 1)")
         rows_done["command"] = shlex.join([sys.executable, *sys.argv])  # type: ignore[index]
         rows_done["wall_seconds"] = round(time.monotonic() - t0, 1)  # type: ignore[index]
         report = merge(
@@ -323,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                 "colleague_sasrec": COLLEAGUE_SASREC,
                 f"machine_{name}": {**machine_facts(), "started": started},
             },
+            index=args.index,
         )
         print(f"done: {name} ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     print(report["table"])

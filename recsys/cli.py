@@ -67,7 +67,19 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--levels", type=int, nargs="+", default=[256, 256, 256], help="codes per level (a dedup code is added)"
     )
-    q.add_argument("--rqvae-epochs", type=int, default=30)
+    q.add_argument(
+        "--rqvae-steps",
+        type=int,
+        default=20_000,
+        help="RQ-VAE optimiser steps (default 20000; 0: --rqvae-epochs passes instead, the earlier recipe)",
+    )
+    q.add_argument("--rqvae-epochs", type=int, default=30, help="RQ-VAE passes when --rqvae-steps is 0")
+    q.add_argument(
+        "--vq-reduction",
+        choices=("sum", "mean"),
+        default="sum",
+        help="codebook/commitment terms summed over latent dimensions (reference) or averaged (earlier runs)",
+    )
     g = parser.add_argument_group("generator")
     g.add_argument("--d-model", type=int, default=128)
     g.add_argument("--heads", type=int, default=4)
@@ -87,7 +99,21 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
-    t.add_argument("--eval-users", type=int, default=2000, help="validation users for per-epoch selection")
+    t.add_argument(
+        "--lr-schedule",
+        choices=("constant", "inverse_sqrt", "cosine"),
+        default="constant",
+        help="after --warmup-steps; inverse_sqrt is TIGER's",
+    )
+    t.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    t.add_argument(
+        "--eval-steps", type=int, default=0, help="validate every N steps (0: every epoch); steps then count"
+    )
+    t.add_argument("--max-steps", type=int, default=0, help="with --eval-steps: the most optimiser steps")
+    t.add_argument(
+        "--patience-steps", type=int, default=0, help="with --eval-steps: steps without improvement before stopping"
+    )
+    t.add_argument("--eval-users", type=int, default=2000, help="validation users for selection (0: all)")
     t.add_argument("--beam-width", type=int, default=20)
     t.add_argument("--distill-weight", type=float, help="stage-2 weight (default 0.1 for prorec, 0 otherwise)")
     t.add_argument("--distill-temperature", type=float, default=0.1)
@@ -114,7 +140,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
         quantizer=QuantizerConfig(
             method=args.quantizer,
             level_sizes=tuple(args.levels),
-            rqvae=RQVAEConfig(epochs=args.rqvae_epochs),
+            rqvae=RQVAEConfig(steps=args.rqvae_steps or None, epochs=args.rqvae_epochs, vq_reduction=args.vq_reduction),
             seed=args.seed,
         ),
         generator=GeneratorShape(
@@ -132,6 +158,11 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
             lr=args.lr,
             weight_decay=args.weight_decay,
             patience=args.patience,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
+            eval_steps=args.eval_steps,
+            max_steps=args.max_steps,
+            patience_steps=args.patience_steps,
             eval_users=args.eval_users,
             beam_width=args.beam_width,
             distill_weight=distill,

@@ -54,7 +54,8 @@ def run(dense_slice: dict[int, list[int]], semantic: np.ndarray, amazon_data_dir
         variant="prorec",
         stage1=STAGE1,
         quantizer=QuantizerConfig(
-            level_sizes=(16, 16, 16), rqvae=RQVAEConfig(hidden=(64,), latent_dim=16, epochs=20, batch_size=256)
+            level_sizes=(16, 16, 16),
+            rqvae=RQVAEConfig(hidden=(64,), latent_dim=16, steps=None, epochs=20, batch_size=256),
         ),
         generator=GeneratorShape(d_model=64, heads=2, d_ff=128, decoder_layers=1, encoder_unit="item"),
         train=GeneratorTrainConfig(
