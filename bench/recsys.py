@@ -44,7 +44,7 @@ from arcast_core.data_dir import find_data_dir  # noqa: E402
 from arcast_core.files import atomic_write_text  # noqa: E402
 from arcast_core.training import TrainConfig  # noqa: E402
 from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec  # noqa: E402
-from recsys.data import load_beauty_titles, load_dataset  # noqa: E402
+from recsys.data import load_beauty_titles, load_dataset, load_item_attributes  # noqa: E402
 from recsys.models.sasrec import SASRecConfig  # noqa: E402
 from recsys.popularity import evaluate_popularity  # noqa: E402
 from recsys.prorec_training import (  # noqa: E402
@@ -57,7 +57,7 @@ from recsys.prorec_training import (  # noqa: E402
 from recsys.quantizer import QuantizerConfig, RQVAEConfig  # noqa: E402
 from recsys.semantic_ids import ItemEmbeddings  # noqa: E402
 from recsys.split import leave_one_out  # noqa: E402
-from recsys.text_embeddings import embed_item_titles  # noqa: E402
+from recsys.text_embeddings import attribute_embeddings, combine_item_sides, embed_item_titles  # noqa: E402
 from recsys.training import evaluate_sasrec, train_sasrec  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     s1.add_argument("--align-weight", type=float, default=0.5)
     s1.add_argument("--align-temperature", type=float, default=0.1)
+    parser.add_argument(
+        "--text-fields",
+        nargs="+",
+        choices=("title", "attributes"),
+        default=["title"],
+        help="the items' semantic side: MiniLM of the title (Beauty only) and/or the attribute ids of "
+        "item2attributes.json (Beauty, Sports; anonymous ids, embedded by SVD; see recsys.text_embeddings)",
+    )
     g = parser.add_argument_group("semantic IDs and generator")
     g.add_argument("--quantizer", choices=("rqvae", "rkmeans"), default="rqvae")
     g.add_argument("--levels", type=int, nargs="+", default=[256, 256, 256])
@@ -132,10 +140,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.index = REPO_ROOT / "bench" / "results" / "recsys.json" if args.out is None else None
     args.out = args.out or REPO_ROOT / "bench" / "results" / f"recsys{suffix}.json"
     args.work_dir = args.work_dir or REPO_ROOT / "runs" / f"bench-recsys{suffix.replace('_', '-')}"
-    if args.dataset != "beauty" and (needing := [m for m in args.only if m in NEED_TITLES]):
+    if (
+        args.dataset != "beauty"
+        and "title" in args.text_fields
+        and (needing := [m for m in args.only if m in NEED_TITLES])
+    ):
         verb = "needs" if len(needing) == 1 else "need"
-        parser.error(f"--only: {', '.join(needing)} {verb} item titles, which {args.dataset} does not have")
+        parser.error(
+            f"--only: {', '.join(needing)} {verb} item titles, which {args.dataset} does not have "
+            "(--text-fields attributes uses its attribute ids instead, where it has them)"
+        )
     return args
+
+
+def semantic_side(args: argparse.Namespace, titles: dict | None, split: Any) -> np.ndarray | None:
+    """The items' semantic embedding from ``--text-fields`` (dense-id order), or None where there is none."""
+    raw_ids = split.item_map.raw_ids[1:]
+    parts = []
+    if "title" in args.text_fields and titles:
+        parts.append(embed_item_titles(titles, raw_ids).vectors)
+    if "attributes" in args.text_fields:
+        attributes = load_item_attributes(args.dataset, find_data_dir(args.data_dir))
+        if attributes is None:
+            raise SystemExit(f"{args.dataset} has no item2attributes.json: --text-fields attributes is not possible")
+        parts.append(attribute_embeddings(attributes, raw_ids, seed=args.seed))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else combine_item_sides(parts)
 
 
 def sasrec_config(args: argparse.Namespace, n_items: int) -> tuple[SASRecConfig, TrainConfig]:
@@ -229,7 +260,7 @@ def load_stage1(work: Path, variant: str) -> dict[str, np.ndarray]:
 
 
 def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles: dict | None, split: Any) -> dict:
-    semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors if titles else None
+    semantic = semantic_side(args, titles, split)
     stage1 = load_stage1(args.work_dir, variant)
     embeddings = ItemEmbeddings(semantic=semantic, **stage1)
     run = train_pipeline(args.dataset, sequences, pipeline_config(args, variant), titles=titles, embeddings=embeddings)
@@ -363,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "sasrec-ce":
                 np.save(args.work_dir / "collaborative.npy", result["embeddings"])
         elif name == "stage1":
-            assert titles is not None  # refused for datasets without titles in parse_args
-            semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors
+            semantic = semantic_side(args, titles, split)
+            assert semantic is not None  # refused for datasets without titles in parse_args
             result = run_sasrec(args, split, "ce", semantic)
             np.save(args.work_dir / "aligned.npy", result["embeddings"])
             result["row"]["agreement_with_titles"] = alignment_report(result["embeddings"], semantic)

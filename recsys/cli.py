@@ -242,6 +242,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         heartbeat=Heartbeat(args.heartbeat, args.grace),
+        space=args.space,
     )
     print(json.dumps({k: result[k] for k in ("study", "n_trials", "best_value", "params")}, indent=2))
     print(f"best parameters written to {Path(args.out) / BEST_PARAMS_FILE}")
@@ -338,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--data-dir", help="benchmark data folder")
     _add_model_args(tune)
     tune.add_argument("--trials", type=int, default=20, help="trials to run now (default 20)")
+    tune.add_argument(
+        "--space",
+        choices=("size", "small"),
+        default="size",
+        help="size: the generator's size up to TIGER's depth, item or token encoder, warm-up, each trial under the "
+        "same --minutes budget (default); small: d_model 64/128, 1-3 layers (the earlier studies)",
+    )
     tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db; PostgreSQL to share)")
     tune.add_argument("--study", help="study name (default prorec-DATASET-VARIANT)")
