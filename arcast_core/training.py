@@ -361,7 +361,7 @@ def fit(
     history: list[EpochRecord] = []
     show = cfg.progress and loop.replica.reports
     clock = time.process_time if cfg.budget_clock == "cpu" else time.monotonic
-    started = clock()
+    started, wall_started = clock(), time.monotonic()
     epoch = 0
     for epoch in range(cfg.epochs):
         epoch_start = time.monotonic()
@@ -400,4 +400,4 @@ def fit(
     else:  # no validation, or no epoch was a candidate: keep the final weights
         best_epoch, best_validation = epoch, history[-1].validation or {}
     model.eval()
-    return task, FitReport(best_epoch, best_validation, epoch + 1, time.monotonic() - started, stopped_by, history)
+    return task, FitReport(best_epoch, best_validation, epoch + 1, time.monotonic() - wall_started, stopped_by, history)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcast_core.diverse_beam import diverse_order, rank_final
 from arcast_core.trie import PrefixTrie
 from recsys.alignment import info_nce
 
@@ -389,13 +390,15 @@ def beam_search(
     beam_width: int,
     k: int,
     excluded: Sequence[np.ndarray] | None = None,
+    diversity: float = 0.0,
 ) -> BeamResult:
     """Top-``k`` real items for each history (B, S) by beam search over codes, pruned by ``trie``.
 
     Every step keeps the ``beam_width`` best (beam, code) continuations by summed log-probability, ordered by score
     then by (beam, code) index, a rule the onnxruntime search in ``serving/runners/constrained_beam.py`` reproduces
     exactly.
-    ``excluded[b]``: dense ids user ``b`` must not get.
+    ``excluded[b]``: dense ids user ``b`` must not get. ``diversity`` > 0: diverse beam search
+    (``arcast_core.diverse_beam``, as the served search), the final beams ranked by summed log-probability.
     """
     if not 1 <= k <= beam_width:
         raise ValueError(f"need 1 <= k <= beam_width, got k={k}, beam_width={beam_width}")
@@ -419,10 +422,14 @@ def beam_search(
         ok &= np.isfinite(scores.cpu().numpy())[..., None]  # a dead beam has no continuation
         candidates = (scores[..., None] + log_probs).masked_fill(~torch.from_numpy(ok).to(device), NEG_INF)
         flat = candidates.reshape(batch, -1)
-        width = min(beam_width, flat.shape[1])
-        order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :width]
-        scores = flat.gather(1, order)
-        order_np = order.cpu().numpy()
+        if diversity > 0:
+            order_np, chosen = diverse_order(flat.cpu().numpy(), size, beam_width, diversity)
+            scores = torch.from_numpy(chosen).to(device)
+        else:
+            width = min(beam_width, flat.shape[1])
+            order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :width]
+            scores = flat.gather(1, order)
+            order_np = order.cpu().numpy()
         parent, code = order_np // size, order_np % size
         nodes = child[rows, parent, code]
         nodes[~np.isfinite(scores.cpu().numpy())] = 0  # any valid index: its beam is masked from now on
@@ -430,6 +437,10 @@ def beam_search(
         parent_t = torch.from_numpy(parent).to(device)
         past = [(key[rows, parent_t], value[rows, parent_t]) for key, value in present]
         step_tokens = torch.from_numpy(code + start).to(device)
+    if diversity > 0:  # the groups' beams, best first
+        rank = rank_final(scores.cpu().numpy())
+        scores = torch.from_numpy(np.take_along_axis(scores.cpu().numpy(), rank, axis=1)).to(device)
+        nodes, codes = nodes[rows, rank], codes[rows, rank]
     final = scores[:, :k].cpu().numpy().astype(np.float32)
     items = np.where(np.isfinite(final), nodes[:, :k], 0)
     return BeamResult(items=items, scores=final, codes=codes[:, :k])
@@ -444,6 +455,7 @@ def recommend(
     beam_width: int,
     exclude_history: bool = False,
     batch_size: int = 256,
+    diversity: float = 0.0,
 ) -> BeamResult:
     """Beam search over left-padded dense-id ``histories`` (n, H) in batches of similar length, in input order."""
     device = next(model.parameters()).device
@@ -454,7 +466,7 @@ def recommend(
         chunk = histories[order[start : start + batch_size]]
         tokens = torch.from_numpy(history_tokens(chunk, token_lookup)).to(device)
         excluded = [row[row != 0] for row in chunk] if exclude_history else None
-        parts.append(beam_search(model, tokens, trie, beam_width, k, excluded))
+        parts.append(beam_search(model, tokens, trie, beam_width, k, excluded, diversity))
     inverse = np.argsort(order)
     return BeamResult(
         items=np.concatenate([p.items for p in parts])[inverse],
