@@ -52,6 +52,7 @@ from recsys.prorec_training import (  # noqa: E402
     GeneratorTrainConfig,
     PipelineConfig,
     Stage1Config,
+    evaluate_generator,
     train_pipeline,
 )
 from recsys.quantizer import QuantizerConfig, RQVAEConfig  # noqa: E402
@@ -139,6 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument(
         "--test-only", action="store_true", help="full evaluation on every test user only (skip the validation pass)"
+    )
+    g.add_argument(
+        "--test-users",
+        type=int,
+        default=0,
+        help="evaluate on this many test users (a fixed random sample; 0: every one). A sample is a reduced row",
     )
     g.add_argument("--label", help="row name (default: the variant); lets two recipes of one variant sit side by side")
     g.add_argument("--beam-width", type=int, default=20)
@@ -279,11 +286,19 @@ def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles:
         pipeline_config(args, variant),
         titles=titles,
         embeddings=embeddings,
-        evaluate_full="test" if args.test_only else True,
+        evaluate_full=False if args.test_users else ("test" if args.test_only else True),
     )
     info = run.info
+    if args.test_users:
+        users = np.sort(np.random.default_rng(args.seed).choice(len(split.test), args.test_users, replace=False))
+        index = run.code_index()
+        info["metrics"]["test"] = evaluate_generator(run.model, index, split.test, args.beam_width, users=users)
+        info["metrics"]["test_users"] = len(users)
     timings = info["timings"]
     stage1_seconds = {"collab": "sasrec-ce", "concat": "sasrec-ce", "prorec": "stage1"}.get(variant)
+    reduced = f"{args.generator_minutes} min budget, small generator"
+    if args.test_users:
+        reduced += f"; {args.test_users} of {len(split.test)} test users (random sample, seed {args.seed})"
     return {
         "test": info["metrics"]["test"],
         "validation": info["metrics"].get("validation"),
@@ -299,9 +314,7 @@ def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles:
             for h in info["fit"]["history"]
         ],
         "config": info["config"],
-        "reduced": f"{args.generator_minutes} min CPU budget, small generator"
-        if info["fit"]["stopped_by"] == "time_budget"
-        else "small generator",
+        "reduced": reduced if info["fit"]["stopped_by"] == "time_budget" or args.test_users else "small generator",
         "steps": info["fit"]["steps"],
         "budget": f"{args.generator_minutes} min {'CPU time' if args.budget_clock == 'cpu' else 'wall-clock'} "
         f"(generator), stopped by {info['fit']['stopped_by']}",
