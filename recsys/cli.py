@@ -117,7 +117,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--beam-width", type=int, default=20)
     t.add_argument("--distill-weight", type=float, help="stage-2 weight (default 0.1 for prorec, 0 otherwise)")
     t.add_argument("--distill-temperature", type=float, default=0.1)
-    t.add_argument("--minutes", type=float, help="wall-clock budget for the generator")
+    t.add_argument("--minutes", type=float, help="budget for the generator (wall-clock unless --budget-clock cpu)")
+    t.add_argument(
+        "--budget-clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what --minutes counts: cpu = this process's CPU time (the same training on a loaded machine)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="default: cuda when available, else cpu")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -170,6 +176,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
             seed=args.seed,
             device=args.device,
             max_seconds=args.minutes * 60 if args.minutes else None,
+            budget_clock=args.budget_clock,
             progress=True,
         ),
     )
