@@ -123,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--encoder-layers", type=int, default=2)
     g.add_argument("--decoder-layers", type=int, default=2)
     g.add_argument("--encoder-unit", choices=("token", "item"), default="item")
+    g.add_argument("--user-buckets", type=int, default=0, help="TIGER's hashed user token (0: none)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--eval-users", type=int, default=1000, help="validation users for selection (0: all)")
@@ -243,6 +244,7 @@ def pipeline_config(args: argparse.Namespace, variant: str) -> PipelineConfig:
             decoder_layers=args.decoder_layers,
             d_ff=args.d_ff,
             encoder_unit=args.encoder_unit,
+            user_buckets=args.user_buckets,
         ),
         train=GeneratorTrainConfig(
             epochs=args.epochs,

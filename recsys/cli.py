@@ -93,6 +93,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         default="token",
         help="token: one encoder position per code token (TIGER); item: one per history item (4x cheaper)",
     )
+    g.add_argument(
+        "--user-buckets",
+        type=int,
+        default=0,
+        help="TIGER's hashed user token with this many buckets (0: none; training and torch evaluation only, "
+        "export refuses it)",
+    )
     t = parser.add_argument_group("generator training")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=256)
@@ -157,6 +164,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
             d_ff=args.d_ff,
             dropout=args.dropout,
             encoder_unit=args.encoder_unit,
+            user_buckets=args.user_buckets,
         ),
         train=GeneratorTrainConfig(
             epochs=args.epochs,

@@ -39,6 +39,7 @@ from recsys.generator import (
     GeneratorConfig,
     recommend,
     token_table,
+    user_buckets,
 )
 from recsys.metrics import metrics_from_ranks, target_ranks_from_ranked_lists
 from recsys.models.sasrec import SASRecConfig
@@ -164,6 +165,7 @@ class GeneratorShape:
     d_ff: int = 512
     dropout: float = 0.1
     encoder_unit: str = "token"  # "item": one encoder position per history item (see GeneratorConfig)
+    user_buckets: int = 0  # > 0: TIGER's hashed user token (training and torch evaluation; not exportable yet)
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,11 @@ def training_examples(sequences: Sequence[np.ndarray], max_history: int) -> tupl
     return left_pad(histories, max_history), np.asarray(targets, dtype=np.int64)
 
 
+def training_users(sequences: Sequence[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+    """The user of each transition :func:`training_examples` yields, in the same order."""
+    return np.repeat(np.asarray(user_ids, dtype=np.int64), [max(len(seq) - 1, 0) for seq in sequences])
+
+
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar history length (sorted within pools of 50 batches): far less padding to encode."""
     order = torch.randperm(len(lengths), generator=generator).numpy()
@@ -312,7 +319,15 @@ def evaluate_generator(
     was_training = model.training
     try:
         result = recommend(
-            model, histories, index.tokens, index.trie, max(ks), beam_width, exclude_history, batch_size=batch_size
+            model,
+            histories,
+            index.tokens,
+            index.trie,
+            max(ks),
+            beam_width,
+            exclude_history,
+            batch_size=batch_size,
+            user_ids=examples.user_ids[rows],
         )
     finally:
         model.train(was_training)
@@ -335,6 +350,7 @@ class GeneratorTask:
     validation: EvalExamples
     config: GeneratorTrainConfig
     device: torch.device
+    users: np.ndarray | None = None  # each transition's user bucket (a generator with a user token)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.config.seed)  # the batches' order
@@ -373,7 +389,8 @@ class GeneratorTask:
         first = int((hist != 0).any(dim=0).nonzero()[0])  # bucketed: drop the all-padding columns
         hist = hist[:, first:]
         target = torch.from_numpy(self.targets[batch]).to(self.device)
-        memory, keep = model.encode(self.tokens[hist].flatten(1))
+        users = None if self.users is None else torch.from_numpy(self.users[batch]).to(self.device)
+        memory, keep = model.encode(self.tokens[hist].flatten(1), users)
         hidden = model.decode(model.cross_keys_values(memory), keep, codes[target])
         parts = {"codes": model.code_loss(hidden, codes[target])}
         if self.distill is not None:
@@ -417,10 +434,14 @@ def train_generator(
         d_ff=shape.d_ff,
         dropout=shape.dropout,
         encoder_unit=shape.encoder_unit,  # type: ignore[arg-type]
+        user_buckets=shape.user_buckets,
         semantic_dim=int(distill.semantic.shape[1]) if use_semantic else 0,  # type: ignore[union-attr]
         collaborative_dim=int(distill.collaborative.shape[1]) if use_collab else 0,  # type: ignore[union-attr]
     )
     histories, targets = training_examples(split.train_sequences, split.max_history)
+    users = None
+    if shape.user_buckets:
+        users = user_buckets(training_users(split.train_sequences, split.user_ids), shape.user_buckets)
 
     def build(device: torch.device) -> GeneratorTask:
         model = Generator(model_config).to(device)
@@ -433,7 +454,7 @@ def train_generator(
                 temperature=config.distill_temperature,
             )
         index = CodeIndex.build(ids, model_config)
-        return GeneratorTask(model, index, histories, targets, targets_d, split.validation, config, device)
+        return GeneratorTask(model, index, histories, targets, targets_d, split.validation, config, device, users)
 
     hook = None if on_epoch is None else lambda epoch, validation: on_epoch(epoch + 1, validation)
     selection = Selection(SELECTION_METRIC, maximise=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recsys.alignment import AlignmentConfig, alignment_report
 from recsys.data import InteractionData, load_beauty_titles
@@ -122,10 +123,15 @@ def test_training_by_steps_validates_every_eval_steps_with_warmup_and_decay(
         progress=False,
     )
     assert config.training(steps_per_epoch=70).epochs == 3 and config.training(70).patience == 50
-    shape = GeneratorShape(d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, encoder_unit="item")
-    fit = train_generator(split, ids, shape, config)
+    shape = GeneratorShape(
+        d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, encoder_unit="item", user_buckets=64
+    )
+    fit = train_generator(split, ids, shape, config)  # with TIGER's hashed user token
     assert [h["steps"] for h in fit.history] == [8, 16, 24] and fit.steps == 24
     assert fit.history[0]["lr"] > fit.history[1]["lr"] > fit.history[2]["lr"]  # past the warm-up: decaying
     assert fit.history[2]["lr"] == pytest.approx(2e-3 * (4 / (4 + 20)) ** 0.5, rel=1e-3)
     assert fit.history[-1]["codes"] < fit.history[0]["codes"]
     assert fit.best_step in (8, 16, 24) and fit.stopped_by == "epochs"
+    assert fit.model.user_embedding is not None and fit.model.user_embedding.weight.grad is not None
+    with pytest.raises(ValueError, match="user token"):
+        fit.model.encode(torch.ones(1, 3, dtype=torch.long))

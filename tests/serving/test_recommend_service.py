@@ -139,7 +139,7 @@ def test_long_searches_run_in_chunks_with_the_same_answers(sample) -> None:
     whole = model.search_queries(queries, 5, 10)
     calls = []
     search = model.search_queries
-    model.search_queries = lambda qs, k, w: calls.append(len(qs)) or search(qs, k, w)  # type: ignore[method-assign]
+    model.search_queries = lambda qs, k, w, d: calls.append(len(qs)) or search(qs, k, w, d)  # type: ignore[method-assign]
     try:
         kind = model.batches(beams_per_run=30)  # 3 users of 10 beams per onnxruntime search
         (chunked,) = kind.run_batch([RecommendJob(queries, 5, 10)])
