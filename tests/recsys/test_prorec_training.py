@@ -134,4 +134,4 @@ def test_training_by_steps_validates_every_eval_steps_with_warmup_and_decay(
     assert fit.best_step in (8, 16, 24) and fit.stopped_by == "epochs"
     assert fit.model.user_embedding is not None and fit.model.user_embedding.weight.grad is not None
     with pytest.raises(ValueError, match="user token"):
-        fit.model.encode(torch.ones(1, 3, dtype=torch.long))
+        fit.model.encode(torch.ones(1, 4, dtype=torch.long))
