@@ -42,7 +42,7 @@ from arcast_core.distributed import (
 )
 from arcast_core.runtime import pick_device, seed_everything
 
-LrSchedule = Literal["constant", "cosine", "halving", "onecycle"]
+LrSchedule = Literal["constant", "cosine", "halving", "onecycle", "inverse_sqrt"]
 ValidationHook = Callable[[int, dict[str, float]], None]
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class TrainConfig:
     """Optimiser, schedule and stopping settings of every model.
 
     lr_schedule: "halving" keeps the rate for two epochs, then halves it every epoch (Informer's), "cosine"
-    anneals to zero, "onecycle" warms up then anneals (AR-Net/NeuralProphet's choice), "constant" keeps it.
+    anneals to zero, "onecycle" warms up then anneals (AR-Net/NeuralProphet's choice), "constant" keeps it,
+    "inverse_sqrt" scales it by ``1 / sqrt(step / warmup_steps)`` after the warm-up (T5/TIGER's; with no warm-up,
+    by ``1 / sqrt(1 + step)``): no planned end, so it suits step budgets that stop on time or patience.
     warmup_steps: the rate rises linearly from ``lr / warmup_steps`` to ``lr`` over this many steps, then the
     schedule decays it over the remaining ones (not with "onecycle", which warms up itself).
     weight_decay defaults to 0: decay would pull AR coefficients away from the least-squares solution.
@@ -206,6 +208,10 @@ def _decay(
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
     if cfg.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 1))
+    if cfg.lr_schedule == "inverse_sqrt":
+        # Continues from the end of the warm-up (rate lr at its last step): lr * sqrt(w / (w + step)).
+        base = max(cfg.warmup_steps, 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: math.sqrt(base / (base + step)))
     if cfg.lr_schedule == "halving":
         # As the official Informer code: the first two epochs at the full rate, then halved every epoch.
         return torch.optim.lr_scheduler.LambdaLR(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -43,7 +44,7 @@ from arcast_core.data_dir import find_data_dir  # noqa: E402
 from arcast_core.files import atomic_write_text  # noqa: E402
 from arcast_core.training import TrainConfig  # noqa: E402
 from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec  # noqa: E402
-from recsys.data import load_beauty_titles, load_dataset  # noqa: E402
+from recsys.data import load_beauty_titles, load_dataset, load_item_attributes  # noqa: E402
 from recsys.models.sasrec import SASRecConfig  # noqa: E402
 from recsys.popularity import evaluate_popularity  # noqa: E402
 from recsys.prorec_training import (  # noqa: E402
@@ -51,12 +52,13 @@ from recsys.prorec_training import (  # noqa: E402
     GeneratorTrainConfig,
     PipelineConfig,
     Stage1Config,
+    evaluate_generator,
     train_pipeline,
 )
 from recsys.quantizer import QuantizerConfig, RQVAEConfig  # noqa: E402
 from recsys.semantic_ids import ItemEmbeddings  # noqa: E402
 from recsys.split import leave_one_out  # noqa: E402
-from recsys.text_embeddings import embed_item_titles  # noqa: E402
+from recsys.text_embeddings import attribute_embeddings, combine_item_sides, embed_item_titles  # noqa: E402
 from recsys.training import evaluate_sasrec, train_sasrec  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -99,10 +101,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     s1.add_argument("--align-weight", type=float, default=0.5)
     s1.add_argument("--align-temperature", type=float, default=0.1)
+    parser.add_argument(
+        "--text-fields",
+        nargs="+",
+        choices=("title", "attributes"),
+        default=["title"],
+        help="the items' semantic side: MiniLM of the title (Beauty only) and/or the attribute ids of "
+        "item2attributes.json (Beauty, Sports; anonymous ids, embedded by SVD; see recsys.text_embeddings)",
+    )
     g = parser.add_argument_group("semantic IDs and generator")
     g.add_argument("--quantizer", choices=("rqvae", "rkmeans"), default="rqvae")
     g.add_argument("--levels", type=int, nargs="+", default=[256, 256, 256])
+    g.add_argument("--rqvae-steps", type=int, default=20_000, help="0: --rqvae-epochs passes (the earlier recipe)")
     g.add_argument("--rqvae-epochs", type=int, default=30)
+    g.add_argument("--vq-reduction", choices=("sum", "mean"), default="sum", help="mean: the earlier recipe")
     g.add_argument("--generator-minutes", type=float, default=2.5)
     g.add_argument("--epochs", type=int, default=30, help="generator epochs (the minutes usually stop it first)")
     g.add_argument("--d-model", type=int, default=64)
@@ -111,19 +123,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--encoder-layers", type=int, default=2)
     g.add_argument("--decoder-layers", type=int, default=2)
     g.add_argument("--encoder-unit", choices=("token", "item"), default="item")
+    g.add_argument("--user-buckets", type=int, default=0, help="TIGER's hashed user token (0: none)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--eval-users", type=int, default=1000, help="validation users for per-epoch selection")
+    g.add_argument("--eval-users", type=int, default=1000, help="validation users for selection (0: all)")
+    g.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
+    g.add_argument("--lr-schedule", choices=("constant", "inverse_sqrt", "cosine"), default="constant")
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--eval-steps", type=int, default=0, help="validate every N steps (0: every epoch)")
+    g.add_argument("--max-steps", type=int, default=0, help="with --eval-steps: the most optimiser steps")
+    g.add_argument("--patience-steps", type=int, default=0, help="with --eval-steps: steps without improvement")
+    g.add_argument(
+        "--budget-clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what --generator-minutes counts: cpu = this process's CPU time (comparable on a loaded machine)",
+    )
+    g.add_argument(
+        "--test-only", action="store_true", help="full evaluation on every test user only (skip the validation pass)"
+    )
+    g.add_argument(
+        "--test-users",
+        type=int,
+        default=0,
+        help="evaluate on this many test users (a fixed random sample; 0: every one). A sample is a reduced row",
+    )
+    g.add_argument("--label", help="row name (default: the variant); lets two recipes of one variant sit side by side")
     g.add_argument("--beam-width", type=int, default=20)
     g.add_argument("--distill-weight", type=float, default=0.1, help="stage 2 (prorec only)")
     args = parser.parse_args(argv)
     suffix = "" if args.dataset == "beauty" else f"_{args.dataset}"
+    # The gathered rows of every dataset live in recsys.json; a run writing elsewhere (--out) leaves it alone.
+    args.index = REPO_ROOT / "bench" / "results" / "recsys.json" if args.out is None else None
     args.out = args.out or REPO_ROOT / "bench" / "results" / f"recsys{suffix}.json"
     args.work_dir = args.work_dir or REPO_ROOT / "runs" / f"bench-recsys{suffix.replace('_', '-')}"
-    if args.dataset != "beauty" and (needing := [m for m in args.only if m in NEED_TITLES]):
+    if (
+        args.dataset != "beauty"
+        and "title" in args.text_fields
+        and (needing := [m for m in args.only if m in NEED_TITLES])
+    ):
         verb = "needs" if len(needing) == 1 else "need"
-        parser.error(f"--only: {', '.join(needing)} {verb} item titles, which {args.dataset} does not have")
+        parser.error(
+            f"--only: {', '.join(needing)} {verb} item titles, which {args.dataset} does not have "
+            "(--text-fields attributes uses its attribute ids instead, where it has them)"
+        )
     return args
+
+
+def semantic_side(args: argparse.Namespace, titles: dict | None, split: Any) -> np.ndarray | None:
+    """The items' semantic embedding from ``--text-fields`` (dense-id order), or None where there is none."""
+    raw_ids = split.item_map.raw_ids[1:]
+    parts = []
+    if "title" in args.text_fields and titles:
+        parts.append(embed_item_titles(titles, raw_ids).vectors)
+    if "attributes" in args.text_fields:
+        attributes = load_item_attributes(args.dataset, find_data_dir(args.data_dir))
+        if attributes is None:
+            raise SystemExit(f"{args.dataset} has no item2attributes.json: --text-fields attributes is not possible")
+        parts.append(attribute_embeddings(attributes, raw_ids, seed=args.seed))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else combine_item_sides(parts)
 
 
 def sasrec_config(args: argparse.Namespace, n_items: int) -> tuple[SASRecConfig, TrainConfig]:
@@ -162,6 +222,8 @@ def run_sasrec(args: argparse.Namespace, split: Any, loss: str, semantic: np.nda
         "stopped_by": result.stopped_by,
         "train_loss_per_epoch": [round(log.train_loss, 4) for log in result.history],
         "reduced": f"{args.sasrec_minutes} min CPU budget" if result.stopped_by == "time_budget" else None,
+        "steps": len(result.history) * math.ceil(len(split.train_sequences) / train_config.batch_size),
+        "budget": f"{args.sasrec_minutes} min wall-clock, {args.sasrec_epochs} epochs, patience {args.sasrec_patience}",
     }
     return {"row": row, "embeddings": embeddings}
 
@@ -171,7 +233,9 @@ def pipeline_config(args: argparse.Namespace, variant: str) -> PipelineConfig:
         variant=variant,
         stage1=Stage1Config(hidden=args.sasrec_hidden),
         quantizer=QuantizerConfig(
-            method=args.quantizer, level_sizes=tuple(args.levels), rqvae=RQVAEConfig(epochs=args.rqvae_epochs)
+            method=args.quantizer,
+            level_sizes=tuple(args.levels),
+            rqvae=RQVAEConfig(steps=args.rqvae_steps or None, epochs=args.rqvae_epochs, vq_reduction=args.vq_reduction),
         ),
         generator=GeneratorShape(
             d_model=args.d_model,
@@ -180,16 +244,24 @@ def pipeline_config(args: argparse.Namespace, variant: str) -> PipelineConfig:
             decoder_layers=args.decoder_layers,
             d_ff=args.d_ff,
             encoder_unit=args.encoder_unit,
+            user_buckets=args.user_buckets,
         ),
         train=GeneratorTrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
+            patience=args.patience,
+            eval_steps=args.eval_steps,
+            max_steps=args.max_steps,
+            patience_steps=args.patience_steps,
             eval_users=args.eval_users,
             beam_width=args.beam_width,
             distill_weight=args.distill_weight if variant == "prorec" else 0.0,
             seed=args.seed,
             max_seconds=args.generator_minutes * 60,
+            budget_clock=args.budget_clock,
             progress=False,
         ),
     )
@@ -207,16 +279,31 @@ def load_stage1(work: Path, variant: str) -> dict[str, np.ndarray]:
 
 
 def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles: dict | None, split: Any) -> dict:
-    semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors if titles else None
+    semantic = semantic_side(args, titles, split)
     stage1 = load_stage1(args.work_dir, variant)
     embeddings = ItemEmbeddings(semantic=semantic, **stage1)
-    run = train_pipeline(args.dataset, sequences, pipeline_config(args, variant), titles=titles, embeddings=embeddings)
+    run = train_pipeline(
+        args.dataset,
+        sequences,
+        pipeline_config(args, variant),
+        titles=titles,
+        embeddings=embeddings,
+        evaluate_full=False if args.test_users else ("test" if args.test_only else True),
+    )
     info = run.info
+    if args.test_users:
+        users = np.sort(np.random.default_rng(args.seed).choice(len(split.test), args.test_users, replace=False))
+        index = run.code_index()
+        info["metrics"]["test"] = evaluate_generator(run.model, index, split.test, args.beam_width, users=users)
+        info["metrics"]["test_users"] = len(users)
     timings = info["timings"]
     stage1_seconds = {"collab": "sasrec-ce", "concat": "sasrec-ce", "prorec": "stage1"}.get(variant)
+    reduced = f"{args.generator_minutes} min budget, small generator"
+    if args.test_users:
+        reduced += f"; {args.test_users} of {len(split.test)} test users (random sample, seed {args.seed})"
     return {
         "test": info["metrics"]["test"],
-        "validation": info["metrics"]["validation"],
+        "validation": info["metrics"].get("validation"),
         "train_seconds": round(timings.get("quantizer_seconds", 0) + timings["generator_seconds"], 1),
         "timings": timings,
         "stage1_from": stage1_seconds,
@@ -229,9 +316,10 @@ def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles:
             for h in info["fit"]["history"]
         ],
         "config": info["config"],
-        "reduced": f"{args.generator_minutes} min CPU budget, small generator"
-        if info["fit"]["stopped_by"] == "time_budget"
-        else "small generator",
+        "reduced": reduced if info["fit"]["stopped_by"] == "time_budget" or args.test_users else "small generator",
+        "steps": info["fit"]["steps"],
+        "budget": f"{args.generator_minutes} min {'CPU time' if args.budget_clock == 'cpu' else 'wall-clock'} "
+        f"(generator), stopped by {info['fit']['stopped_by']}",
     }
 
 
@@ -246,11 +334,53 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def merge(out: Path, rows: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+ROW_KEYS = (
+    "model",
+    "dataset",
+    "recall@5",
+    "ndcg@5",
+    "recall@10",
+    "ndcg@10",
+    "recall@20",
+    "ndcg@20",
+    "train_seconds",
+    "steps",
+    "parameters",
+    "budget",
+    "reduced",
+    "command",
+)
+
+
+def flat_rows(results: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    """One row per model with the keys every results file shares (ROW_KEYS): test metrics on every test user."""
+    rows = []
+    for name, row in results.items():
+        if "test" not in row:
+            continue
+        flat = {"model": name, "dataset": dataset, **{k: row["test"].get(k) for k in ROW_KEYS[2:8]}}
+        flat.update({k: row.get(k) for k in ROW_KEYS[8:]})
+        rows.append(flat)
+    return rows
+
+
+def merge(out: Path, rows: dict[str, Any], extra: dict[str, Any], index: Path | None = None) -> dict[str, Any]:
+    """Merge ``rows`` into ``out``; ``index``: a results file whose top-level ``rows`` gathers every dataset's rows
+    (bench/results/recsys.json), updated with this dataset's."""
     report = json.loads(out.read_text()) if out.is_file() else {"results": {}}
     report["results"].update(rows)
     report.update(extra)
+    dataset = report.get("dataset", "beauty")
+    report["rows"] = flat_rows(report["results"], dataset)
     report["table"] = table(report["results"])
+    if index is not None and index.resolve() != out.resolve():
+        gathered = json.loads(index.read_text()) if index.is_file() else {"results": {}}
+        kept = [r for r in gathered.get("rows", []) if r["dataset"] != dataset]
+        gathered["rows"] = kept + report["rows"]
+        atomic_write_text(index, json.dumps(gathered, indent=2, default=float))
+    elif index is not None:  # the index itself: keep the other datasets' rows
+        previous = json.loads(out.read_text()).get("rows", []) if out.is_file() else []
+        report["rows"] = [r for r in previous if r["dataset"] != dataset] + report["rows"]
     atomic_write_text(out, json.dumps(report, indent=2, default=float))
     return report
 
@@ -297,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "sasrec-ce":
                 np.save(args.work_dir / "collaborative.npy", result["embeddings"])
         elif name == "stage1":
-            assert titles is not None  # refused for datasets without titles in parse_args
-            semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors
+            semantic = semantic_side(args, titles, split)
+            assert semantic is not None  # refused for datasets without titles in parse_args
             result = run_sasrec(args, split, "ce", semantic)
             np.save(args.work_dir / "aligned.npy", result["embeddings"])
             result["row"]["agreement_with_titles"] = alignment_report(result["embeddings"], semantic)
@@ -307,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["row"]["plain_sasrec_agreement_with_titles"] = alignment_report(np.load(plain), semantic)
             rows["sasrec-ce-aligned (PRORec stage 1)"] = result["row"]
         else:
-            rows[name] = run_variant(args, name, sequences, titles, split)
-        rows_done = rows.get(name) or rows.get("sasrec-ce-aligned (PRORec stage 1)")
+            rows[args.label or name] = run_variant(args, name, sequences, titles, split)
+        rows_done = rows.get(args.label or name) or rows.get(name) or rows.get("sasrec-ce-aligned (PRORec stage 1)")
         rows_done["command"] = shlex.join([sys.executable, *sys.argv])  # type: ignore[index]
         rows_done["wall_seconds"] = round(time.monotonic() - t0, 1)  # type: ignore[index]
         report = merge(
@@ -323,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 "colleague_sasrec": COLLEAGUE_SASREC,
                 f"machine_{name}": {**machine_facts(), "started": started},
             },
+            index=args.index,
         )
         print(f"done: {name} ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     print(report["table"])

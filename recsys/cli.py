@@ -67,7 +67,19 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--levels", type=int, nargs="+", default=[256, 256, 256], help="codes per level (a dedup code is added)"
     )
-    q.add_argument("--rqvae-epochs", type=int, default=30)
+    q.add_argument(
+        "--rqvae-steps",
+        type=int,
+        default=20_000,
+        help="RQ-VAE optimiser steps (default 20000; 0: --rqvae-epochs passes instead, the earlier recipe)",
+    )
+    q.add_argument("--rqvae-epochs", type=int, default=30, help="RQ-VAE passes when --rqvae-steps is 0")
+    q.add_argument(
+        "--vq-reduction",
+        choices=("sum", "mean"),
+        default="sum",
+        help="codebook/commitment terms summed over latent dimensions (reference) or averaged (earlier runs)",
+    )
     g = parser.add_argument_group("generator")
     g.add_argument("--d-model", type=int, default=128)
     g.add_argument("--heads", type=int, default=4)
@@ -81,17 +93,44 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         default="token",
         help="token: one encoder position per code token (TIGER); item: one per history item (4x cheaper)",
     )
+    g.add_argument(
+        "--user-buckets",
+        type=int,
+        default=0,
+        help="TIGER's hashed user token with this many buckets (0: none; training and torch evaluation only, "
+        "export refuses it)",
+    )
     t = parser.add_argument_group("generator training")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
-    t.add_argument("--eval-users", type=int, default=2000, help="validation users for per-epoch selection")
+    t.add_argument(
+        "--lr-schedule",
+        choices=("constant", "inverse_sqrt", "cosine"),
+        default="constant",
+        help="after --warmup-steps; inverse_sqrt is TIGER's",
+    )
+    t.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    t.add_argument(
+        "--eval-steps", type=int, default=0, help="validate every N steps (0: every epoch); steps then count"
+    )
+    t.add_argument("--max-steps", type=int, default=0, help="with --eval-steps: the most optimiser steps")
+    t.add_argument(
+        "--patience-steps", type=int, default=0, help="with --eval-steps: steps without improvement before stopping"
+    )
+    t.add_argument("--eval-users", type=int, default=2000, help="validation users for selection (0: all)")
     t.add_argument("--beam-width", type=int, default=20)
     t.add_argument("--distill-weight", type=float, help="stage-2 weight (default 0.1 for prorec, 0 otherwise)")
     t.add_argument("--distill-temperature", type=float, default=0.1)
-    t.add_argument("--minutes", type=float, help="wall-clock budget for the generator")
+    t.add_argument("--minutes", type=float, help="budget for the generator (wall-clock unless --budget-clock cpu)")
+    t.add_argument(
+        "--budget-clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what --minutes counts: cpu = this process's CPU time (the same training on a loaded machine)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="default: cuda when available, else cpu")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -114,7 +153,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
         quantizer=QuantizerConfig(
             method=args.quantizer,
             level_sizes=tuple(args.levels),
-            rqvae=RQVAEConfig(epochs=args.rqvae_epochs),
+            rqvae=RQVAEConfig(steps=args.rqvae_steps or None, epochs=args.rqvae_epochs, vq_reduction=args.vq_reduction),
             seed=args.seed,
         ),
         generator=GeneratorShape(
@@ -125,6 +164,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
             d_ff=args.d_ff,
             dropout=args.dropout,
             encoder_unit=args.encoder_unit,
+            user_buckets=args.user_buckets,
         ),
         train=GeneratorTrainConfig(
             epochs=args.epochs,
@@ -132,6 +172,11 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
             lr=args.lr,
             weight_decay=args.weight_decay,
             patience=args.patience,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
+            eval_steps=args.eval_steps,
+            max_steps=args.max_steps,
+            patience_steps=args.patience_steps,
             eval_users=args.eval_users,
             beam_width=args.beam_width,
             distill_weight=distill,
@@ -139,6 +184,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
             seed=args.seed,
             device=args.device,
             max_seconds=args.minutes * 60 if args.minutes else None,
+            budget_clock=args.budget_clock,
             progress=True,
         ),
     )
@@ -211,6 +257,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         heartbeat=Heartbeat(args.heartbeat, args.grace),
+        space=args.space,
     )
     print(json.dumps({k: result[k] for k in ("study", "n_trials", "best_value", "params")}, indent=2))
     print(f"best parameters written to {Path(args.out) / BEST_PARAMS_FILE}")
@@ -307,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--data-dir", help="benchmark data folder")
     _add_model_args(tune)
     tune.add_argument("--trials", type=int, default=20, help="trials to run now (default 20)")
+    tune.add_argument(
+        "--space",
+        choices=("size", "small"),
+        default="size",
+        help="size: the generator's size up to TIGER's depth, item or token encoder, warm-up, each trial under the "
+        "same --minutes budget (default); small: d_model 64/128, 1-3 layers (the earlier studies)",
+    )
     tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db; PostgreSQL to share)")
     tune.add_argument("--study", help="study name (default prorec-DATASET-VARIANT)")

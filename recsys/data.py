@@ -30,6 +30,7 @@ DATASET_FOLDERS: dict[str, str] = {
 SEQUENCES_FILE = "sequential_data.txt"
 DATAMAPS_FILE = "datamaps.json"
 TITLES_FILE = "DERIVED_asin_title.csv"
+ATTRIBUTES_FILE = "item2attributes.json"
 
 # Text used for an item whose title is empty in the source data. The ASIN keeps the text unique per item; the
 # fixed prefix carries the only semantics we know (the category), so these items embed near each other.
@@ -188,3 +189,27 @@ def load_beauty_titles(data_dir: Path | None = None) -> ItemTitles:
     """Titles of every Beauty item (the only dataset here that ships titles)."""
     folder = dataset_dir("beauty", data_dir if data_dir is not None else find_data_dir())
     return load_item_titles(load_item_asins(folder / DATAMAPS_FILE), folder / TITLES_FILE)
+
+
+def load_item_attributes(name: str, data_dir: Path | None = None) -> dict[int, list[int]] | None:
+    """Attribute ids per raw item id from ``item2attributes.json`` (Beauty and Sports; Toys has none: None).
+
+    The ids are anonymous (no brand, category or price names ship with the data), so they cannot be written into
+    an item's text: :func:`recsys.text_embeddings.attribute_embeddings` turns them into vectors instead.
+    """
+    path = dataset_dir(name, data_dir if data_dir is not None else find_data_dir()) / ATTRIBUTES_FILE
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataFormatError(path, err.lineno, f"invalid JSON: {err.msg}") from None
+    if not isinstance(payload, dict):
+        raise DataFormatError(path, None, "expected an object of item id -> list of attribute ids")
+    out: dict[int, list[int]] = {}
+    for key, values in payload.items():
+        item = _parse_id(key, path, None, "item id")
+        if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
+            raise DataFormatError(path, None, f"item {key}: attributes must be a list of integers")
+        out[item] = values
+    return out

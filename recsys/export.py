@@ -218,6 +218,11 @@ def export_run(
     """
     model = run.model.cpu().eval()
     cfg = model.config
+    if cfg.user_buckets:
+        raise NotImplementedError(
+            "this generator has a user token (--user-buckets): the served graphs take no user input yet; "
+            "train without it to export"
+        )
     beam_width = beam_width or int(run.info.get("config", {}).get("train", {}).get("beam_width", 20))
     beam_width = max(beam_width, top_k)
     if histories is None:

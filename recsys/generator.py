@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcast_core.diverse_beam import diverse_order, rank_final
 from arcast_core.trie import PrefixTrie
 from recsys.alignment import info_nce
 
@@ -54,6 +55,9 @@ class GeneratorConfig:
     # "token": every code token is an encoder position (TIGER). "item": an item's code-token embeddings are summed
     # into one position, so the encoder attends over items: 4x fewer positions, for CPU budgets.
     encoder_unit: EncoderUnit = "token"
+    # > 0: a user token (TIGER's hashed user id, ``user_buckets`` of them) before the history in the encoder.
+    # Training and the torch search only: the exported graphs take no user input yet.
+    user_buckets: int = 0
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -94,6 +98,12 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, payload: dict) -> GeneratorConfig:
         return cls(**{**payload, "level_sizes": tuple(payload["level_sizes"])})
+
+
+def user_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
+    """TIGER's hashed user token: each user id to one of ``buckets`` (a fixed multiplicative hash)."""
+    mixed = (np.asarray(user_ids, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+    return (mixed % np.uint64(buckets)).astype(np.int64)
 
 
 def token_table(codes: np.ndarray, config: GeneratorConfig) -> np.ndarray:
@@ -224,6 +234,7 @@ class Generator(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, d, padding_idx=PAD_TOKEN)
         self.encoder_position = nn.Embedding(config.encoder_positions, d)
         self.decoder_position = nn.Embedding(config.levels, d)
+        self.user_embedding = nn.Embedding(config.user_buckets, d) if config.user_buckets else None
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
@@ -246,10 +257,11 @@ class Generator(nn.Module):
 
     # --- encoder -----------------------------------------------------------------------------------------------
 
-    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, tokens: torch.Tensor, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) left-padded history tokens (S = items * L <= max_tokens) -> memory (B, M, d) and its mask (B, M).
 
-        M = S for token-level encoders, S / L (one position per item) for item-level ones.
+        M = S for token-level encoders, S / L (one position per item) for item-level ones; one more in front with
+        a user token (``users``: (B,) bucket ids, required when ``user_buckets`` is set).
         """
         if self.config.encoder_unit == "item":
             items = tokens.unflatten(1, (-1, self.config.levels))
@@ -260,7 +272,13 @@ class Generator(nn.Module):
             x = self.token_embedding(tokens)
         length, limit = x.shape[1], self.config.encoder_positions
         positions = torch.arange(limit - length, limit, device=tokens.device)
-        x = self.embedding_dropout(x + self.encoder_position(positions))
+        x = x + self.encoder_position(positions)
+        if self.user_embedding is not None:
+            if users is None:
+                raise ValueError("this generator has a user token: encode needs the users' bucket ids")
+            x = torch.cat([self.user_embedding(users)[:, None], x], dim=1)
+            keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+        x = self.embedding_dropout(x)
         allowed = keep[:, None, None, :]
         for layer in self.encoder_layers:
             x = layer(x, allowed)
@@ -336,6 +354,8 @@ class Generator(nn.Module):
         ``memory`` from :meth:`encode` of the left-padded ``history_items`` (B, items).
         """
         parts: dict[str, torch.Tensor] = {}
+        if self.config.user_buckets:
+            memory = memory[:, 1:]  # the user token's state
         item_states = memory  # an item-level encoder has one state per item; a token-level one, L of them
         if self.config.encoder_unit == "token":
             item_states = memory.unflatten(1, (-1, self.config.levels)).mean(dim=2)
@@ -389,13 +409,16 @@ def beam_search(
     beam_width: int,
     k: int,
     excluded: Sequence[np.ndarray] | None = None,
+    diversity: float = 0.0,
+    users: torch.Tensor | None = None,
 ) -> BeamResult:
     """Top-``k`` real items for each history (B, S) by beam search over codes, pruned by ``trie``.
 
     Every step keeps the ``beam_width`` best (beam, code) continuations by summed log-probability, ordered by score
     then by (beam, code) index, a rule the onnxruntime search in ``serving/runners/constrained_beam.py`` reproduces
     exactly.
-    ``excluded[b]``: dense ids user ``b`` must not get.
+    ``excluded[b]``: dense ids user ``b`` must not get. ``diversity`` > 0: diverse beam search
+    (``arcast_core.diverse_beam``, as the served search), the final beams ranked by summed log-probability.
     """
     if not 1 <= k <= beam_width:
         raise ValueError(f"need 1 <= k <= beam_width, got k={k}, beam_width={beam_width}")
@@ -403,7 +426,7 @@ def beam_search(
     config = model.config
     device = tokens.device
     batch = tokens.shape[0]
-    memory, keep = model.encode(tokens)
+    memory, keep = model.encode(tokens, users)
     cross = model.cross_keys_values(memory)
     past = model.empty_cache(batch, 1, device)
     step_tokens = torch.full((batch, 1), BOS_TOKEN, dtype=torch.long, device=device)
@@ -419,10 +442,14 @@ def beam_search(
         ok &= np.isfinite(scores.cpu().numpy())[..., None]  # a dead beam has no continuation
         candidates = (scores[..., None] + log_probs).masked_fill(~torch.from_numpy(ok).to(device), NEG_INF)
         flat = candidates.reshape(batch, -1)
-        width = min(beam_width, flat.shape[1])
-        order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :width]
-        scores = flat.gather(1, order)
-        order_np = order.cpu().numpy()
+        if diversity > 0:
+            order_np, chosen = diverse_order(flat.cpu().numpy(), size, beam_width, diversity)
+            scores = torch.from_numpy(chosen).to(device)
+        else:
+            width = min(beam_width, flat.shape[1])
+            order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :width]
+            scores = flat.gather(1, order)
+            order_np = order.cpu().numpy()
         parent, code = order_np // size, order_np % size
         nodes = child[rows, parent, code]
         nodes[~np.isfinite(scores.cpu().numpy())] = 0  # any valid index: its beam is masked from now on
@@ -430,6 +457,10 @@ def beam_search(
         parent_t = torch.from_numpy(parent).to(device)
         past = [(key[rows, parent_t], value[rows, parent_t]) for key, value in present]
         step_tokens = torch.from_numpy(code + start).to(device)
+    if diversity > 0:  # the groups' beams, best first
+        rank = rank_final(scores.cpu().numpy())
+        scores = torch.from_numpy(np.take_along_axis(scores.cpu().numpy(), rank, axis=1)).to(device)
+        nodes, codes = nodes[rows, rank], codes[rows, rank]
     final = scores[:, :k].cpu().numpy().astype(np.float32)
     items = np.where(np.isfinite(final), nodes[:, :k], 0)
     return BeamResult(items=items, scores=final, codes=codes[:, :k])
@@ -444,8 +475,12 @@ def recommend(
     beam_width: int,
     exclude_history: bool = False,
     batch_size: int = 256,
+    diversity: float = 0.0,
+    user_ids: np.ndarray | None = None,
 ) -> BeamResult:
-    """Beam search over left-padded dense-id ``histories`` (n, H) in batches of similar length, in input order."""
+    """Beam search over left-padded dense-id ``histories`` (n, H) in batches of similar length, in input order.
+
+    ``user_ids`` (n,): the users' raw ids, for a generator with a user token."""
     device = next(model.parameters()).device
     histories = np.asarray(histories)
     order = np.argsort((histories != 0).sum(axis=1), kind="stable")  # short histories together: less padding
@@ -454,7 +489,13 @@ def recommend(
         chunk = histories[order[start : start + batch_size]]
         tokens = torch.from_numpy(history_tokens(chunk, token_lookup)).to(device)
         excluded = [row[row != 0] for row in chunk] if exclude_history else None
-        parts.append(beam_search(model, tokens, trie, beam_width, k, excluded))
+        users = None
+        if model.config.user_buckets:
+            if user_ids is None:
+                raise ValueError("this generator has a user token: recommend needs user_ids")
+            bucket = user_buckets(np.asarray(user_ids)[order[start : start + batch_size]], model.config.user_buckets)
+            users = torch.from_numpy(bucket).to(device)
+        parts.append(beam_search(model, tokens, trie, beam_width, k, excluded, diversity, users))
     inverse = np.argsort(order)
     return BeamResult(
         items=np.concatenate([p.items for p in parts])[inverse],

@@ -15,10 +15,12 @@ be retrained or tuned without redoing it) and ``titles.json`` when titles are kn
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from recsys.generator import (
     GeneratorConfig,
     recommend,
     token_table,
+    user_buckets,
 )
 from recsys.metrics import metrics_from_ranks, target_ranks_from_ranked_lists
 from recsys.models.sasrec import SASRecConfig
@@ -75,40 +78,78 @@ class Stage1Config:
 
 @dataclass(frozen=True)
 class GeneratorTrainConfig:
+    """How the generator trains and is selected.
+
+    Two ways to count: by epochs (``eval_steps`` 0: validate after every ``eval_every`` passes over the training
+    transitions, ``patience`` validations without improvement stop it, ``epochs`` passes at most), or by steps
+    (``eval_steps`` > 0: validate every ``eval_steps`` optimiser steps, stop after ``patience_steps`` steps without
+    improvement or ``max_steps`` steps). The schedule (``lr_schedule`` after ``warmup_steps`` of linear warm-up)
+    is stepped per optimiser step either way; "inverse_sqrt" is TIGER's. ``max_seconds`` is a wall-clock budget,
+    checked after each validation round. ``eval_users``: the fixed sample of validation users selection runs on
+    (0: all of them); on Beauty NDCG@10 on 1,000 users moves by about 30% between rounds on noise alone.
+    """
+
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.01
+    lr_schedule: str = "constant"  # "constant", "inverse_sqrt", "cosine" (over max_steps or the epochs)
+    warmup_steps: int = 0
     patience: int = 3
     eval_every: int = 1
-    eval_users: int = 2000  # validation users the per-epoch selection beam search runs on (fixed sample)
+    eval_steps: int = 0  # > 0: count in steps (see the class docstring)
+    max_steps: int = 0  # with eval_steps: the most optimiser steps (0: epochs x one pass, rounded to eval_steps)
+    patience_steps: int = 0  # with eval_steps: steps without improvement before stopping (0: patience rounds)
+    eval_users: int = 2000  # validation users the selection beam search runs on (fixed sample); 0: all
     beam_width: int = 20
     distill_weight: float = 0.0  # stage 2 (prorec): weight of the distillation terms against the code loss
     distill_temperature: float = 0.1
     seed: int = 0
     device: str | None = None
-    max_seconds: float | None = None  # wall-clock budget for the generator; checked after each epoch
+    max_seconds: float | None = None  # budget for the generator; checked after each validation
+    budget_clock: str = "wall"  # what max_seconds counts: "wall" or "cpu" (this process's CPU time: the same
+    # training whatever else runs on a shared machine)
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "eval_every", "eval_users", "beam_width"):
+        for name in ("epochs", "batch_size", "patience", "eval_every", "beam_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GeneratorTrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_users", "eval_steps", "max_steps", "patience_steps", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GeneratorTrainConfig.{name} must not be negative, got {getattr(self, name)}")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
+        if self.lr_schedule not in ("constant", "inverse_sqrt", "cosine"):
+            raise ValueError(f"lr_schedule must be constant, inverse_sqrt or cosine, got {self.lr_schedule!r}")
 
-    def training(self) -> TrainConfig:
-        """The shared loop's settings: AdamW at a constant rate, gradients clipped to norm 1."""
+    def rounds(self, steps_per_epoch: int) -> int:
+        """Validation rounds of ``eval_steps`` steps at most (by steps), or the epochs (by epochs)."""
+        if not self.eval_steps:
+            return self.epochs
+        steps = self.max_steps or self.epochs * steps_per_epoch
+        return max(1, math.ceil(steps / self.eval_steps))
+
+    def training(self, steps_per_epoch: int = 1) -> TrainConfig:
+        """The shared loop's settings: AdamW, gradients clipped to norm 1. Counting by steps, the loop's "epoch"
+        is one validation round of ``eval_steps`` steps."""
+        patience = self.patience
+        if self.eval_steps and self.patience_steps:
+            patience = max(1, math.ceil(self.patience_steps / self.eval_steps))
         return TrainConfig(
-            epochs=self.epochs,
+            epochs=self.rounds(steps_per_epoch),
             batch_size=self.batch_size,
             lr=self.lr,
             weight_decay=self.weight_decay,
-            lr_schedule="constant",
-            patience=self.patience,
-            eval_every=self.eval_every,
+            lr_schedule=self.lr_schedule,  # type: ignore[arg-type]
+            warmup_steps=self.warmup_steps,
+            patience=patience,
+            eval_every=1 if self.eval_steps else self.eval_every,
             grad_clip=1.0,
             seed=self.seed,
             device=self.device,
             max_seconds=self.max_seconds,
+            budget_clock=self.budget_clock,  # type: ignore[arg-type]
             progress=self.progress,
         )
 
@@ -124,6 +165,7 @@ class GeneratorShape:
     d_ff: int = 512
     dropout: float = 0.1
     encoder_unit: str = "token"  # "item": one encoder position per history item (see GeneratorConfig)
+    user_buckets: int = 0  # > 0: TIGER's hashed user token (training and torch evaluation; not exportable yet)
 
 
 @dataclass(frozen=True)
@@ -210,6 +252,11 @@ def training_examples(sequences: Sequence[np.ndarray], max_history: int) -> tupl
     return left_pad(histories, max_history), np.asarray(targets, dtype=np.int64)
 
 
+def training_users(sequences: Sequence[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+    """The user of each transition :func:`training_examples` yields, in the same order."""
+    return np.repeat(np.asarray(user_ids, dtype=np.int64), [max(len(seq) - 1, 0) for seq in sequences])
+
+
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar history length (sorted within pools of 50 batches): far less padding to encode."""
     order = torch.randperm(len(lengths), generator=generator).numpy()
@@ -234,6 +281,8 @@ class GeneratorFit:
     history: list[dict[str, Any]]
     stopped_by: str
     seconds: float
+    steps: int = 0  # optimiser steps taken
+    best_step: int = 0  # the step of the selected weights
 
 
 @dataclass(frozen=True)
@@ -270,7 +319,15 @@ def evaluate_generator(
     was_training = model.training
     try:
         result = recommend(
-            model, histories, index.tokens, index.trie, max(ks), beam_width, exclude_history, batch_size=batch_size
+            model,
+            histories,
+            index.tokens,
+            index.trie,
+            max(ks),
+            beam_width,
+            exclude_history,
+            batch_size=batch_size,
+            user_ids=examples.user_ids[rows],
         )
     finally:
         model.train(was_training)
@@ -293,22 +350,38 @@ class GeneratorTask:
     validation: EvalExamples
     config: GeneratorTrainConfig
     device: torch.device
+    users: np.ndarray | None = None  # each transition's user bucket (a generator with a user token)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.config.seed)  # the batches' order
-        self.size = len(self.targets)
         self.lengths = (self.histories != 0).sum(axis=1)
+        # Counting by steps, the shared loop's "epoch" is one validation round of eval_steps batches, drawn from an
+        # endless stream of shuffled passes over the transitions.
+        steps = self.config.eval_steps
+        self.size = steps * self.config.batch_size if steps else len(self.targets)
+        self._stream: Iterator[np.ndarray] | None = None
         self.tokens = torch.from_numpy(self.index.tokens).to(self.device)
         ids = self.index.ids
         padded = np.vstack([np.zeros((1, ids.codes.shape[1]), np.int64), ids.codes])
         self.codes = torch.from_numpy(padded).to(self.device)
         sample = np.random.default_rng(self.config.seed)
-        users = sample.choice(len(self.validation), min(self.config.eval_users, len(self.validation)), False)
+        wanted = self.config.eval_users or len(self.validation)
+        users = sample.choice(len(self.validation), min(wanted, len(self.validation)), False)
         self.eval_users = np.sort(users)
+
+    def _passes(self, batch_size: int) -> Iterator[np.ndarray]:
+        while True:
+            yield from length_bucketed_batches(self.lengths, batch_size, self.generator)
 
     def batches(self, batch_size: int, shard: tuple[int, int]) -> list[np.ndarray]:
         rank, world = shard
-        return [batch[rank::world] for batch in length_bucketed_batches(self.lengths, batch_size, self.generator)]
+        if self.config.eval_steps:
+            if self._stream is None:
+                self._stream = self._passes(batch_size)
+            chosen = list(itertools.islice(self._stream, self.config.eval_steps))
+        else:
+            chosen = length_bucketed_batches(self.lengths, batch_size, self.generator)
+        return [batch[rank::world] for batch in chosen]
 
     def loss(self, batch: np.ndarray, progress: float) -> StepLoss:
         model, codes = self.model, self.codes
@@ -316,7 +389,8 @@ class GeneratorTask:
         first = int((hist != 0).any(dim=0).nonzero()[0])  # bucketed: drop the all-padding columns
         hist = hist[:, first:]
         target = torch.from_numpy(self.targets[batch]).to(self.device)
-        memory, keep = model.encode(self.tokens[hist].flatten(1))
+        users = None if self.users is None else torch.from_numpy(self.users[batch]).to(self.device)
+        memory, keep = model.encode(self.tokens[hist].flatten(1), users)
         hidden = model.decode(model.cross_keys_values(memory), keep, codes[target])
         parts = {"codes": model.code_loss(hidden, codes[target])}
         if self.distill is not None:
@@ -360,10 +434,14 @@ def train_generator(
         d_ff=shape.d_ff,
         dropout=shape.dropout,
         encoder_unit=shape.encoder_unit,  # type: ignore[arg-type]
+        user_buckets=shape.user_buckets,
         semantic_dim=int(distill.semantic.shape[1]) if use_semantic else 0,  # type: ignore[union-attr]
         collaborative_dim=int(distill.collaborative.shape[1]) if use_collab else 0,  # type: ignore[union-attr]
     )
     histories, targets = training_examples(split.train_sequences, split.max_history)
+    users = None
+    if shape.user_buckets:
+        users = user_buckets(training_users(split.train_sequences, split.user_ids), shape.user_buckets)
 
     def build(device: torch.device) -> GeneratorTask:
         model = Generator(model_config).to(device)
@@ -376,19 +454,35 @@ def train_generator(
                 temperature=config.distill_temperature,
             )
         index = CodeIndex.build(ids, model_config)
-        return GeneratorTask(model, index, histories, targets, targets_d, split.validation, config, device)
+        return GeneratorTask(model, index, histories, targets, targets_d, split.validation, config, device, users)
 
     hook = None if on_epoch is None else lambda epoch, validation: on_epoch(epoch + 1, validation)
     selection = Selection(SELECTION_METRIC, maximise=True)
-    task, report = fit(build, config.training(), selection, hook, name="generator")
+    steps_per_epoch = math.ceil(len(targets) / config.batch_size)
+    task, report = fit(build, config.training(steps_per_epoch), selection, hook, name="generator")
+    round_steps = config.eval_steps or steps_per_epoch
     history: list[dict[str, Any]] = []
     for r in report.history:
-        log: dict[str, Any] = {"loss": r.train_loss, **r.terms, "epoch": r.epoch + 1, "seconds": round(r.seconds, 2)}
+        log: dict[str, Any] = {
+            "loss": r.train_loss,
+            **r.terms,
+            "epoch": r.epoch + 1,
+            "steps": (r.epoch + 1) * round_steps,
+            "lr": r.lr,
+            "seconds": round(r.seconds, 2),
+        }
         if r.validation is not None:
             log["validation"] = r.validation
         history.append(log)
     return GeneratorFit(
-        task.model, report.best_epoch + 1, report.best_validation, history, report.stopped_by, report.seconds
+        task.model,
+        report.best_epoch + 1,
+        report.best_validation,
+        history,
+        report.stopped_by,
+        report.seconds,
+        steps=report.epochs_run * round_steps,
+        best_step=(report.best_epoch + 1) * round_steps,
     )
 
 
@@ -507,13 +601,14 @@ def train_pipeline(
     semantic: np.ndarray | None = None,
     embeddings: ItemEmbeddings | None = None,
     ids: SemanticIds | None = None,
-    evaluate_full: bool = True,
+    evaluate_full: bool | str = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> PRORecRun:
     """Stage 1 (unless ``embeddings`` are given), semantic IDs (unless ``ids``), then the generator.
 
     ``semantic``: title embeddings in dense-id order (computed from ``titles`` when absent and needed).
-    ``evaluate_full``: also report metrics on every validation and test user (the published protocol).
+    ``evaluate_full``: also report metrics on every validation and test user (the published protocol); "test":
+    on every test user only.
     """
     split = leave_one_out(sequences, max_history=config.max_history)
     timings: dict[str, float] = {}
@@ -543,7 +638,8 @@ def train_pipeline(
         t0 = time.monotonic()
         index = CodeIndex.build(ids, fit.model.config)
         beam = config.train.beam_width
-        metrics["validation"] = evaluate_generator(fit.model, index, split.validation, beam)
+        if evaluate_full != "test":
+            metrics["validation"] = evaluate_generator(fit.model, index, split.validation, beam)
         metrics["test"] = evaluate_generator(fit.model, index, split.test, beam)
         timings["evaluation_seconds"] = round(time.monotonic() - t0, 1)
     info = {
@@ -559,6 +655,9 @@ def train_pipeline(
         "fit": {
             "best_epoch": fit.best_epoch,
             "epochs_run": len(fit.history),
+            "steps": fit.steps,
+            "best_step": fit.best_step,
+            "eval_users": min(config.train.eval_users or len(split.validation), len(split.validation)),
             "stopped_by": fit.stopped_by,
             "history": fit.history,
         },

@@ -22,7 +22,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
 
@@ -142,12 +141,28 @@ class RQVAEConfig:
 
     latent_dim: int = 32
     beta: float = 0.25  # commitment weight (VQ-VAE)
+    # "sum": codebook and commitment terms summed over the latent dimensions, like the reconstruction over the input
+    # dimensions (the reference's weighting). "mean": averaged over them (the earlier runs: ~latent_dim x weaker).
+    vq_reduction: Literal["sum", "mean"] = "sum"
+    steps: int | None = 20_000  # optimiser steps (the epochs follow); None: train ``epochs`` passes instead
     epochs: int = 30
     batch_size: int = 1024
     lr: float = 1e-3
     reset_dead_codes: bool = True
     reset_until: float = 0.75  # re-seed unused codes only in this first share of the epochs, then let them settle
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.vq_reduction not in ("sum", "mean"):
+            raise ValueError(f"vq_reduction must be 'sum' or 'mean', got {self.vq_reduction!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"RQVAEConfig.steps must be at least 1 (or None), got {self.steps}")
+
+    def epochs_for(self, n_items: int) -> int:
+        """Passes over ``n_items`` embeddings: ``epochs``, or as many as ``steps`` optimiser steps take."""
+        if self.steps is None:
+            return self.epochs
+        return max(1, math.ceil(self.steps / math.ceil(n_items / self.batch_size)))
 
 
 class RQVAE(nn.Module):
@@ -175,13 +190,18 @@ class RQVAE(nn.Module):
             # Codebook term moves codewords to the residuals; commitment term keeps the encoder near its codewords.
             vq_loss = (
                 vq_loss
-                + F.mse_loss(chosen, residual.detach())
-                + self.config.beta * F.mse_loss(residual, chosen.detach())
+                + self._distance(chosen, residual.detach())
+                + self.config.beta * self._distance(residual, chosen.detach())
             )
             quantised = quantised + chosen
             residual = residual - chosen.detach()
             codes.append(index)
         return quantised, torch.stack(codes, dim=1), residuals, vq_loss
+
+    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Squared distance per row, summed (or averaged) over the latent dimensions, averaged over the rows."""
+        squared = (a - b).pow(2)
+        return squared.sum(dim=1).mean() if self.config.vq_reduction == "sum" else squared.mean()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction, codes, loss)."""
@@ -195,6 +215,29 @@ class RQVAE(nn.Module):
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> np.ndarray:
         return self.quantise(self.encoder(x))[1].cpu().numpy()
+
+    @torch.no_grad()
+    def report(self, x: torch.Tensor) -> dict[str, float]:
+        """How well the codes describe ``x``: squared reconstruction error per item (summed over dimensions), the
+        same relative to the items' squared distance from their mean (0: perfect, 1: no better than the mean),
+        and the latent quantisation error (what the codes leave of the latent) relative to the latents' spread."""
+        was_training = self.training
+        self.eval()
+        try:
+            z = self.encoder(x)
+            quantised, _, _, _ = self.quantise(z)
+            x_hat = self.decoder(quantised)
+        finally:
+            self.train(was_training)
+        error = (x_hat - x).pow(2).sum(dim=1).mean()
+        spread = (x - x.mean(dim=0)).pow(2).sum(dim=1).mean()
+        latent_error = (quantised - z).pow(2).sum(dim=1).mean()
+        latent_spread = (z - z.mean(dim=0)).pow(2).sum(dim=1).mean()
+        return {
+            "reconstruction_error": float(error),
+            "relative_reconstruction_error": float(error / spread.clamp_min(1e-12)),
+            "relative_latent_error": float(latent_error / latent_spread.clamp_min(1e-12)),
+        }
 
     @torch.no_grad()
     def init_codebooks(self, x: torch.Tensor, seed: int) -> None:
@@ -234,12 +277,14 @@ class RQVAEFit:
     model: RQVAE
     losses: list[float] = field(default_factory=list)
     codes_reset: int = 0
+    steps: int = 0
+    seconds: float = 0.0
 
 
 @dataclass
 class RQVAETask:
     """The RQ-VAE's part in the shared loop: shuffled mini-batches of item embeddings, no validation (the final
-    weights are kept), and dead codes re-seeded after each of the first ``reset_until`` share of the epochs."""
+    weights are kept), and dead codes re-seeded during the first ``reset_until`` share of the epochs."""
 
     model: RQVAE
     data: torch.Tensor
@@ -258,7 +303,9 @@ class RQVAETask:
         return StepLoss(loss, len(idx), {})
 
     def end_epoch(self, epoch: int, train_loss: float) -> None:
-        if self.config.reset_dead_codes and epoch < int(self.config.epochs * self.config.reset_until):
+        epochs = self.config.epochs_for(self.size)
+        every = max(1, epochs // 50)  # a full pass over the items: at most ~50 times however long the training
+        if self.config.reset_dead_codes and epoch < int(epochs * self.config.reset_until) and epoch % every == 0:
             self.codes_reset += self.model.reset_dead_codes(self.data, self.generator)
 
     def validate(self, replica: Replica) -> None:
@@ -275,7 +322,7 @@ def train_rqvae(x: np.ndarray, config: RQVAEConfig) -> RQVAEFit:
         return RQVAETask(model, data, config)
 
     train = TrainConfig(
-        epochs=config.epochs,
+        epochs=config.epochs_for(len(data)),
         batch_size=config.batch_size,
         lr=config.lr,
         lr_schedule="constant",
@@ -284,7 +331,8 @@ def train_rqvae(x: np.ndarray, config: RQVAEConfig) -> RQVAEFit:
         progress=False,
     )
     task, report = fit(build, train)
-    return RQVAEFit(task.model, [r.train_loss for r in report.history], task.codes_reset)
+    steps = train.epochs * math.ceil(len(data) / config.batch_size)
+    return RQVAEFit(task.model, [r.train_loss for r in report.history], task.codes_reset, steps, report.seconds)
 
 
 @dataclass(frozen=True)
@@ -312,18 +360,31 @@ class QuantizerConfig:
 def quantise(embeddings: np.ndarray, config: QuantizerConfig) -> tuple[SemanticIds, dict[str, object]]:
     """Unique semantic IDs of every row of ``embeddings``, and a report (method, losses) for the run record."""
     if config.method == "rkmeans":
-        prefix, _ = residual_kmeans(embeddings, config.level_sizes, config.seed)
-        report: dict[str, object] = {"method": "rkmeans"}
+        prefix, books = residual_kmeans(embeddings, config.level_sizes, config.seed)
+        x = np.asarray(embeddings, dtype=np.float32)
+        x_hat = sum(book[prefix[:, level]] for level, book in enumerate(books))
+        error = float(((x_hat - x) ** 2).sum(axis=1).mean())
+        spread = float(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())
+        report: dict[str, object] = {
+            "method": "rkmeans",
+            "reconstruction_error": error,
+            "relative_reconstruction_error": error / max(spread, 1e-12),
+        }
     elif config.method == "rqvae":
         rq_config = RQVAEConfig(**{**asdict(config.rqvae), "level_sizes": config.level_sizes, "seed": config.seed})
         fit = train_rqvae(embeddings, rq_config)
-        prefix = fit.model.codes(torch.as_tensor(np.asarray(embeddings, dtype=np.float32)))
+        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        prefix = fit.model.codes(x)
         report = {
             "method": "rqvae",
             "first_loss": fit.losses[0],
             "final_loss": fit.losses[-1],
             "codes_reset": fit.codes_reset,
-            "epochs": rq_config.epochs,
+            "epochs": len(fit.losses),
+            "steps": fit.steps,
+            "seconds": round(fit.seconds, 1),
+            "vq_reduction": rq_config.vq_reduction,
+            **fit.model.report(x),
         }
     else:
         raise ValueError(f"unknown quantiser {config.method!r}; expected 'rqvae' or 'rkmeans'")

@@ -122,3 +122,41 @@ def embed_item_titles(
     if missing:
         raise KeyError(f"{len(missing)} item(s) have no title, e.g. raw id {missing[0]}")
     return embed_texts([titles[int(i)] for i in item_ids], cache_dir=cache_dir, device=device)
+
+
+def attribute_embeddings(
+    attributes: dict[int, list[int]], item_ids: Sequence[int], dim: int = 64, seed: int = 0
+) -> np.ndarray:
+    """Unit-length vectors (len(item_ids), <= dim) of each item's attribute ids: idf-weighted one-hot rows reduced
+    by truncated SVD, so that items sharing rare attributes (a brand) lie closer than items sharing common ones (a
+    broad category). Items without attributes get zero rows."""
+    from scipy.sparse import csr_matrix
+    from sklearn.decomposition import TruncatedSVD
+
+    vocabulary = {a: j for j, a in enumerate(sorted({a for i in item_ids for a in attributes.get(int(i), [])}))}
+    if len(vocabulary) < 2:
+        raise ValueError("fewer than two distinct attributes among these items: nothing to embed")
+    rows, cols = [], []
+    for row, item in enumerate(item_ids):
+        for a in set(attributes.get(int(item), [])):
+            rows.append(row)
+            cols.append(vocabulary[a])
+    counts = np.bincount(cols, minlength=len(vocabulary))
+    idf = np.log(len(item_ids) / counts) + 1.0
+    matrix = csr_matrix((idf[cols], (rows, cols)), shape=(len(item_ids), len(vocabulary)), dtype=np.float32)
+    k = min(dim, len(vocabulary) - 1)
+    reduced = TruncatedSVD(n_components=k, random_state=seed).fit_transform(matrix).astype(np.float32)
+    norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+    return np.where(norms > 0, reduced / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+
+
+def combine_item_sides(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Unit-length rows of the side-by-side unit-length parts (title text, attributes): each part weighs alike
+    in the quantiser's distances whatever its width; an all-zero part (no attributes) simply adds nothing."""
+    units = []
+    for part in parts:
+        part = np.asarray(part, dtype=np.float32)
+        norms = np.linalg.norm(part, axis=1, keepdims=True)
+        units.append(np.where(norms > 0, part / np.maximum(norms, 1e-12), 0.0))
+    joined = np.hstack(units)
+    return (joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12)).astype(np.float32)

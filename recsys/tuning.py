@@ -33,9 +33,21 @@ from recsys.prorec_training import (
 )
 from recsys.split import leave_one_out
 
+SPACES = ("size", "small")
 
-def search_space(trial: optuna.Trial, variant: str) -> dict[str, dict[str, Any]]:
-    """The generator's size and training settings; the distillation terms only for prorec."""
+
+def search_space(trial: optuna.Trial, variant: str, space: str = "small") -> dict[str, dict[str, Any]]:
+    """The generator's size and training settings; the distillation terms only for prorec.
+
+    "small": d_model 64 or 128, 1-3 layers each side (the earlier studies). "size": the generator's size up to
+    TIGER's depth (d_model 64-256 in heads of 32, 1-4 layers each side, MLP up to 1024, item- or token-level
+    encoder) and the warm-up; every trial trains under the same budget (``--minutes``), so the study picks the
+    size that does best within it.
+    """
+    if space == "size":
+        return _size_space(trial, variant)
+    if space != "small":
+        raise ValueError(f"unknown search space {space!r}; expected one of {SPACES}")
     d_model = trial.suggest_categorical("d_model", [64, 128])
     generator = {
         "d_model": d_model,
@@ -48,6 +60,28 @@ def search_space(trial: optuna.Trial, variant: str) -> dict[str, dict[str, Any]]
     train: dict[str, Any] = {
         "lr": trial.suggest_float("lr", 3e-4, 5e-3, log=True),
         "batch_size": trial.suggest_categorical("batch_size", [128, 256]),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-4, 0.1, log=True),
+    }
+    if variant == "prorec":
+        train["distill_weight"] = trial.suggest_float("distill_weight", 0.01, 1.0, log=True)
+        train["distill_temperature"] = trial.suggest_float("distill_temperature", 0.05, 0.5, log=True)
+    return {"generator": generator, "train": train}
+
+
+def _size_space(trial: optuna.Trial, variant: str) -> dict[str, dict[str, Any]]:
+    d_model = trial.suggest_categorical("d_model", [64, 128, 192, 256])
+    generator = {
+        "d_model": d_model,
+        "heads": d_model // 32,
+        "encoder_layers": trial.suggest_int("encoder_layers", 1, 4),
+        "decoder_layers": trial.suggest_int("decoder_layers", 1, 4),
+        "d_ff": min(1024, trial.suggest_categorical("d_ff_factor", [2, 4, 8]) * d_model),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+        "encoder_unit": trial.suggest_categorical("encoder_unit", ["item", "token"]),
+    }
+    train: dict[str, Any] = {
+        "lr": trial.suggest_float("lr", 3e-4, 3e-3, log=True),
+        "warmup_steps": trial.suggest_categorical("warmup_steps", [0, 500, 2000]),
         "weight_decay": trial.suggest_float("weight_decay", 1e-4, 0.1, log=True),
     }
     if variant == "prorec":
@@ -70,6 +104,7 @@ class GeneratorObjective:
     run_dir: str
     base: PipelineConfig
     data_dir: str | None = None
+    space: str = "small"
 
     def __call__(self) -> Callable[[optuna.Trial], float]:
         run = load_run(self.run_dir)
@@ -77,7 +112,7 @@ class GeneratorObjective:
         split = leave_one_out(load_sequences(spec, self.data_dir), max_history=self.base.max_history)
 
         def objective(trial: optuna.Trial) -> float:
-            config = apply_settings(self.base, search_space(trial, run.variant))
+            config = apply_settings(self.base, search_space(trial, run.variant, self.space))
             train = replace(config.train, progress=False)
             distill = distillation_targets(run.variant, run.embeddings, train.distill_temperature)
 
@@ -104,6 +139,7 @@ def tune_generator(
     seed: int = 0,
     workers: int = 1,
     heartbeat: Heartbeat | None = None,
+    space: str = "small",
 ) -> dict[str, Any]:
     """Add ``n_trials`` finished trials to the study of the run in ``run_dir`` (``workers`` processes share them);
     write ``best_params.json`` to ``out_dir`` and return its content."""
@@ -112,7 +148,7 @@ def tune_generator(
     storage = storage or default_storage(out_dir)
     run = load_run(run_dir)
     study_name = study_name or f"prorec-{run.info['dataset']}-{run.variant}"
-    objective = GeneratorObjective(str(run_dir), base, data_dir)
+    objective = GeneratorObjective(str(run_dir), base, data_dir, space)
     study = optimize(objective, n_trials, storage, study_name, timeout, seed, workers, heartbeat, warmup_steps=1)
     return write_best_params(
         study,

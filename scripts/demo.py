@@ -96,6 +96,8 @@ def main() -> int:
             "3",
             "--epochs",
             "3",
+            "--rqvae-steps",  # 500 items: a few thousand steps settle the codes (the default 20000 is for 12k)
+            "2000",
             "--out",
             str(recommender_run),
         ],

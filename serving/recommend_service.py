@@ -11,7 +11,13 @@ import numpy as np
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 from serving.registry import LoadedModel, ModelRegistry
 from serving.rpc import Calls, Limits, await_result, deadline, exhausted, invalid, observed, served_model
-from serving.runners.constrained_beam import MAX_BEAM_WIDTH, ConstrainedBeamModel, SearchResult, UserQuery
+from serving.runners.constrained_beam import (
+    MAX_BEAM_WIDTH,
+    MAX_DIVERSITY,
+    ConstrainedBeamModel,
+    SearchResult,
+    UserQuery,
+)
 
 
 def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
@@ -30,6 +36,12 @@ def _check_settings(runner: ConstrainedBeamModel, k: int, beam_width: int) -> tu
     if width < k:
         raise invalid(f"beam_width: {width} is below k ({k})")
     return k, width
+
+
+def _check_diversity(diversity: float) -> float:
+    if not 0 <= diversity <= MAX_DIVERSITY:  # NaN fails both comparisons
+        raise invalid(f"diversity: {diversity} is outside 0..{MAX_DIVERSITY:g}")
+    return float(diversity)
 
 
 def _query(
@@ -85,6 +97,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             started = time.perf_counter()
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
+            diversity = _check_diversity(request.diversity)
             query = _query(
                 runner,
                 "history",
@@ -94,7 +107,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 request.include_seen,
             )
             self.calls.metrics.stage("recommend", "validate", started)
-            result = await_result(model.recommend([query], k, width, until), until, "recommendation")
+            result = await_result(model.recommend([query], k, width, until, diversity), until, "recommendation")
             started = time.perf_counter()
             (items,) = _recommendations(runner, result)
             response = recommend_pb2.RecommendResponse(model=model.name, version=model.version, items=items)
@@ -108,6 +121,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             until = deadline(context, self.limits)
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
+            diversity = _check_diversity(request.diversity)
             if not request.users:
                 raise invalid("users: at least one user is required")
             if len(request.users) > self.limits.max_series:
@@ -131,7 +145,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 )
                 for i, u in enumerate(request.users)
             ]
-            result = await_result(model.recommend(queries, k, width, until), until, "recommendation")
+            result = await_result(model.recommend(queries, k, width, until, diversity), until, "recommendation")
             rows = _recommendations(runner, result)
             response = recommend_pb2.RecommendBatchResponse(model=model.name, version=model.version)
             for user, items in zip(request.users, rows, strict=True):

@@ -78,9 +78,14 @@ class LoadedModel:
         return self._submit(ForecastJob(context, horizon, timestamps, deadline))
 
     def recommend(
-        self, queries: list[UserQuery], k: int, beam_width: int, deadline: float | None = None
+        self,
+        queries: list[UserQuery],
+        k: int,
+        beam_width: int,
+        deadline: float | None = None,
+        diversity: float = 0.0,
     ) -> Future[SearchResult]:
-        return self._submit(RecommendJob(queries, k, beam_width, deadline))
+        return self._submit(RecommendJob(queries, k, beam_width, deadline, diversity))
 
     def _submit(self, job: Any) -> Future[Any]:
         if self.batcher is not None:

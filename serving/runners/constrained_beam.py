@@ -31,6 +31,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from arcast_core.diverse_beam import diverse_order, rank_final
 from arcast_core.trie import PrefixTrie
 from serving.artifact import Artifact
 from serving.batching import BatchKind, Piece, run_in_chunks
@@ -39,6 +40,7 @@ from serving.runners.base import NonFiniteOutput, RunnerInfo, Task
 from serving.sessions import create_session
 
 MAX_BEAM_WIDTH = 512  # a request's beam width bound: cost grows linearly with it
+MAX_DIVERSITY = 100.0  # diverse beam search's penalty bound (log-probability units; beyond it nothing changes)
 # Users x beam width per onnxruntime search: a search's memory grows with its beams (about 50 KB each for the
 # demo's model: logits, caches and candidate scores), so long requests run in chunks of this many.
 BEAMS_PER_RUN = 4096
@@ -103,6 +105,7 @@ class RecommendJob:
     k: int
     beam_width: int
     deadline: float | None = None  # time.monotonic() after which the rest of its work is dropped
+    diversity: float = 0.0  # diverse beam search's penalty (0: plain beam search)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -217,7 +220,8 @@ class ConstrainedBeamModel:
         def run_chunk(pieces: list[Piece[RecommendJob]]) -> list[SearchResult]:
             queries = [q for p in pieces for q in p.job.queries[p.rows]]
             with slots:
-                merged = self.search_queries(queries, max(p.job.k for p in pieces), pieces[0].job.beam_width)
+                job = pieces[0].job
+                merged = self.search_queries(queries, max(p.job.k for p in pieces), job.beam_width, job.diversity)
             out, start = [], 0
             for p in pieces:
                 rows, top = slice(start, start + p.rows.stop - p.rows.start), slice(0, p.job.k)
@@ -236,7 +240,7 @@ class ConstrainedBeamModel:
                 jobs, lambda job: len(job.queries), users_per_run, lambda job: job.deadline, run_chunk, join
             )
 
-        return BatchKind(run, rows=lambda job: len(job.queries), key=lambda job: job.beam_width)
+        return BatchKind(run, rows=lambda job: len(job.queries), key=lambda job: (job.beam_width, job.diversity))
 
     # --- requests ----------------------------------------------------------------------------------------------
 
@@ -271,13 +275,14 @@ class ConstrainedBeamModel:
         beam_width: int | None = None,
         exclude: list[set[int]] | None = None,
         exclude_seen: bool = True,
+        diversity: float = 0.0,
     ) -> list[list[tuple[int, float]]]:
         """Top-``k`` (raw item id, score) for each raw-id history, best first; scores are summed log-probabilities.
 
         ``exclude[i]``: raw ids user ``i`` must not get; ``exclude_seen``: nor the items of their history. A list is
         shorter than ``k`` only when fewer allowed items exist.
         """
-        result = self.search(histories, k, beam_width, exclude, exclude_seen)
+        result = self.search(histories, k, beam_width, exclude, exclude_seen, diversity)
         out = []
         for items, scores in zip(result.items, result.scores, strict=True):
             out.append([(int(self.item_ids[d]), float(s)) for d, s in zip(items, scores, strict=True) if d != 0])
@@ -290,6 +295,7 @@ class ConstrainedBeamModel:
         beam_width: int | None = None,
         exclude: list[set[int]] | None = None,
         exclude_seen: bool = True,
+        diversity: float = 0.0,
     ) -> SearchResult:
         """As :meth:`recommend`, as arrays of dense ids (``item_ids`` maps them to raw ids) with their codes."""
         if not len(histories):
@@ -300,10 +306,14 @@ class ConstrainedBeamModel:
             self.query(history, exclude[i] if exclude is not None else (), exclude_seen, f"histories[{i}]")
             for i, history in enumerate(histories)
         ]
-        return self.search_queries(queries, k, beam_width)
+        return self.search_queries(queries, k, beam_width, diversity)
 
     def search_queries(
-        self, queries: Sequence[UserQuery], k: int | None = None, beam_width: int | None = None
+        self,
+        queries: Sequence[UserQuery],
+        k: int | None = None,
+        beam_width: int | None = None,
+        diversity: float = 0.0,
     ) -> SearchResult:
         """Beam search for prepared queries: the last ``max_history`` items of each history, left-padded."""
         k = self.default_k if k is None else k
@@ -314,12 +324,14 @@ class ConstrainedBeamModel:
             raise ValueError(f"k: {k} is outside 1..beam_width ({beam_width})")
         if not len(queries):
             raise ValueError("queries: no users given")
+        if not 0 <= diversity <= MAX_DIVERSITY:  # also refuses NaN
+            raise ValueError(f"diversity: {diversity} is outside 0..{MAX_DIVERSITY}")
         width = min(max(len(q.history) for q in queries), self.max_history)
         padded = np.zeros((len(queries), width), dtype=np.int64)
         for i, q in enumerate(queries):
             tail = q.history[-width:]
             padded[i, width - len(tail) :] = tail
-        return self.search_dense(padded, k, beam_width, [q.excluded for q in queries])
+        return self.search_dense(padded, k, beam_width, [q.excluded for q in queries], diversity=diversity)
 
     # --- the search itself -------------------------------------------------------------------------------------
 
@@ -330,10 +342,12 @@ class ConstrainedBeamModel:
         beam_width: int,
         excluded: Sequence[np.ndarray] | None = None,
         steps: StepsFactory | None = None,
+        diversity: float = 0.0,
     ) -> SearchResult:
         """Beam search for (B, H) left-padded dense-id histories (every row with at least one item).
 
-        ``steps`` makes the decoder's per-level runs (default :class:`CachedSteps`, the served way).
+        ``steps`` makes the decoder's per-level runs (default :class:`CachedSteps`, the served way). ``diversity``
+        > 0: diverse beam search (``arcast_core.diverse_beam``), the final beams ranked by their summed log-prob.
         """
         rollout = self.spec
         histories = np.asarray(histories, dtype=np.int64)
@@ -357,15 +371,21 @@ class ConstrainedBeamModel:
             child, ok = self.trie.allowed(level, nodes, excluded)
             ok &= np.isfinite(scores)[..., None]  # a dead beam has no continuation
             flat = np.where(ok, scores[..., None] + log_probs, -np.inf).astype(np.float32).reshape(batch, -1)
-            width = min(beam_width, flat.shape[1])
-            order = np.argsort(-flat, axis=1, kind="stable")[:, :width]  # best first, ties in (beam, code) order
-            scores = np.take_along_axis(flat, order, axis=1)
+            if diversity > 0:
+                order, scores = diverse_order(flat, size, beam_width, diversity)
+            else:
+                width = min(beam_width, flat.shape[1])
+                order = np.argsort(-flat, axis=1, kind="stable")[:, :width]  # best first, ties in (beam, code) order
+                scores = np.take_along_axis(flat, order, axis=1)
             parent, code = order // size, order % size
             nodes = child[rows, parent, code]
             nodes[~np.isfinite(scores)] = 0
             codes = np.concatenate([codes[rows, parent], code[..., None]], axis=2)
             decoder.survive(rows, parent)
             step_tokens = (code + start).astype(np.int64)
+        if diversity > 0:  # the groups' beams, best first
+            rank = rank_final(scores)
+            scores, nodes, codes = scores[rows, rank], nodes[rows, rank], codes[rows, rank]
         final = scores[:, :k]
         items = np.where(np.isfinite(final), nodes[:, :k], 0)
         return SearchResult(items=items, scores=final, codes=codes[:, :k])

@@ -58,6 +58,22 @@ def test_warmup_rises_linearly_then_decays() -> None:
         TrainConfig(lr_schedule="onecycle", warmup_steps=2)
 
 
+def test_inverse_square_root_decay_after_the_warmup() -> None:
+    optimizer = torch.optim.AdamW(nn.Linear(1, 1).parameters(), lr=1.0)
+    config = TrainConfig(epochs=1, lr=1.0, lr_schedule="inverse_sqrt", warmup_steps=4)
+    scheduler = make_scheduler(optimizer, config, 100)
+    assert scheduler is not None
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:5] == pytest.approx([0.25, 0.4375, 0.625, 0.8125, 1.0])
+    # T5/TIGER: lr * sqrt(warmup / step), continuing from lr at the end of the warm-up, with no planned end.
+    assert rates[4 + 12] == pytest.approx((4 / 16) ** 0.5)
+    assert rates[4:] == sorted(rates[4:], reverse=True)
+
+
 def test_time_budget_stops_after_a_validated_epoch() -> None:
     cfg = TrainConfig(epochs=50, batch_size=8, lr=0.05, max_seconds=0.0, progress=False, device="cpu")
     _, report = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import recsys.data as data_module
@@ -116,3 +117,25 @@ def test_titles_join_errors_and_placeholder(tmp_path: Path) -> None:
 def test_unknown_dataset_name(amazon_data_dir: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset 'movies'"):
         load_dataset("movies", amazon_data_dir)
+
+
+def test_item_attributes_and_their_embedding(amazon_data_dir: Path, beauty: data_module.InteractionData) -> None:
+    from recsys.data import load_item_attributes
+    from recsys.text_embeddings import attribute_embeddings, combine_item_sides
+
+    attributes = load_item_attributes("beauty", amazon_data_dir)
+    assert attributes is not None and attributes[4] == [1, 2, 3]  # the file's first entry
+    assert load_item_attributes("toys", amazon_data_dir) is None  # Toys ships none
+    items = sorted(beauty.item_asins)[:3000]
+    vectors = attribute_embeddings(attributes, items, dim=32)
+    assert vectors.shape == (3000, 32)
+    with_attributes = np.array([bool(attributes.get(i)) for i in items])
+    np.testing.assert_allclose(np.linalg.norm(vectors[with_attributes], axis=1), 1.0, atol=1e-5)
+    # Items with the same attribute set are nearer each other than items sharing none.
+    sets = [frozenset(attributes.get(i, [])) for i in items]
+    same = [(a, b) for a in range(300) for b in range(a + 1, 3000) if sets[a] and sets[a] == sets[b]][:200]
+    apart = [(a, a + 1) for a in range(2000) if sets[a] and sets[a + 1] and not sets[a] & sets[a + 1]][:200]
+    cosine = lambda pairs: np.mean([vectors[a] @ vectors[b] for a, b in pairs])  # noqa: E731
+    assert len(same) > 20 and cosine(same) > 0.99 > cosine(apart) + 0.5
+    joined = combine_item_sides([np.random.default_rng(0).normal(size=(3000, 8)), vectors])
+    assert joined.shape == (3000, 40) and np.allclose(np.linalg.norm(joined, axis=1), 1.0, atol=1e-5)

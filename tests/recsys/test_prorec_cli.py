@@ -51,7 +51,8 @@ def test_train_writes_a_complete_run(run_dir: Path) -> None:
 
 def test_tune_then_retrain_with_the_best_settings(run_dir: Path, tmp_path: Path) -> None:
     tuned = tmp_path / "tuning"
-    argv = ["tune", "--run", str(run_dir), *TINY[TINY.index("--d-model") :], "--trials", "2", "--out", str(tuned)]
+    tiny = [*TINY[TINY.index("--d-model") :], "--space", "small"]  # the small space keeps the trials quick
+    argv = ["tune", "--run", str(run_dir), *tiny, "--trials", "2", "--out", str(tuned)]
     assert main(argv) == 0
     best = json.loads((tuned / "best_params.json").read_text())
     assert best["n_trials"] == 2 and best["model"] == "prorec" and best["variant"] == "collab"
@@ -78,3 +79,17 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.Capture
     assert "not a run folder" in capsys.readouterr().err
     assert main(["evaluate", "--store", str(tmp_path)]) == 2
     assert "either --run" in capsys.readouterr().err
+
+
+def test_the_size_space_builds_valid_generators() -> None:
+    import optuna
+
+    from recsys.prorec_training import GeneratorShape, GeneratorTrainConfig
+    from recsys.tuning import search_space
+
+    params = {"d_model": 192, "encoder_layers": 4, "decoder_layers": 4, "d_ff_factor": 8, "dropout": 0.1}
+    params |= {"encoder_unit": "token", "lr": 1e-3, "warmup_steps": 500, "weight_decay": 0.01}
+    settings = search_space(optuna.trial.FixedTrial(params), "tiger", "size")
+    shape = GeneratorShape(**settings["generator"])
+    assert (shape.heads, shape.d_ff, shape.encoder_unit) == (6, 1024, "token")  # heads of 32, MLP capped at 1024
+    assert GeneratorTrainConfig(**settings["train"]).warmup_steps == 500

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recsys.alignment import AlignmentConfig, alignment_report
 from recsys.data import InteractionData, load_beauty_titles
@@ -54,7 +55,8 @@ def run(dense_slice: dict[int, list[int]], semantic: np.ndarray, amazon_data_dir
         variant="prorec",
         stage1=STAGE1,
         quantizer=QuantizerConfig(
-            level_sizes=(16, 16, 16), rqvae=RQVAEConfig(hidden=(64,), latent_dim=16, epochs=20, batch_size=256)
+            level_sizes=(16, 16, 16),
+            rqvae=RQVAEConfig(hidden=(64,), latent_dim=16, steps=None, epochs=20, batch_size=256),
         ),
         generator=GeneratorShape(d_model=64, heads=2, d_ff=128, decoder_layers=1, encoder_unit="item"),
         train=GeneratorTrainConfig(
@@ -98,3 +100,38 @@ def test_run_folder_round_trip(run: PRORecRun, split: LeaveOneOutSplit, tmp_path
     users = np.arange(300)
     expected = evaluate_generator(run.model, run.code_index(), split.test, users=users)
     assert evaluate_generator(again.model, again.code_index(), split.test, users=users) == expected
+
+
+def test_training_by_steps_validates_every_eval_steps_with_warmup_and_decay(
+    split: LeaveOneOutSplit, semantic: np.ndarray
+) -> None:
+    """Counting in steps: a validation round every eval_steps steps (the batches run on across passes), the rate
+    warms up then decays as 1/sqrt(step), patience in steps, and the run records its steps."""
+    from recsys.prorec_training import train_generator
+    from recsys.semantic_ids import ItemEmbeddings, build_semantic_ids
+
+    ids, _ = build_semantic_ids("tiger", ItemEmbeddings(semantic=semantic), QuantizerConfig("rkmeans", (8, 8, 8)))
+    config = GeneratorTrainConfig(
+        batch_size=1024,
+        lr=2e-3,
+        lr_schedule="inverse_sqrt",
+        warmup_steps=4,
+        eval_steps=8,  # rounds need not line up with passes over the transitions
+        max_steps=24,
+        patience_steps=400,
+        eval_users=100,
+        progress=False,
+    )
+    assert config.training(steps_per_epoch=70).epochs == 3 and config.training(70).patience == 50
+    shape = GeneratorShape(
+        d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, encoder_unit="item", user_buckets=64
+    )
+    fit = train_generator(split, ids, shape, config)  # with TIGER's hashed user token
+    assert [h["steps"] for h in fit.history] == [8, 16, 24] and fit.steps == 24
+    assert fit.history[0]["lr"] > fit.history[1]["lr"] > fit.history[2]["lr"]  # past the warm-up: decaying
+    assert fit.history[2]["lr"] == pytest.approx(2e-3 * (4 / (4 + 20)) ** 0.5, rel=1e-3)
+    assert fit.history[-1]["codes"] < fit.history[0]["codes"]
+    assert fit.best_step in (8, 16, 24) and fit.stopped_by == "epochs"
+    assert fit.model.user_embedding is not None and fit.model.user_embedding.weight.grad is not None
+    with pytest.raises(ValueError, match="user token"):
+        fit.model.encode(torch.ones(1, 4, dtype=torch.long))

@@ -54,7 +54,7 @@ def test_every_item_gets_a_unique_code(title_like_embeddings: np.ndarray, method
     config = QuantizerConfig(
         method=method,
         level_sizes=(16, 16, 16),
-        rqvae=RQVAEConfig(hidden=(64,), latent_dim=16, epochs=40, batch_size=128),
+        rqvae=RQVAEConfig(hidden=(64,), latent_dim=16, steps=None, epochs=40, batch_size=128),
     )
     ids, report = quantise(title_like_embeddings, config)
     assert ids.codes.shape == (800, 4)
@@ -92,3 +92,32 @@ def test_residual_kmeans_levels_explain_more_and_more(title_like_embeddings: np.
         residual = residual - book[codes[:, level]]
         errors.append(float((residual**2).sum(1).mean()))
     assert errors[0] > errors[1] > errors[2]
+
+
+def test_rqvae_vq_terms_sum_over_latent_dimensions(title_like_embeddings: np.ndarray) -> None:
+    """The reference weighting: codebook + beta * commitment summed over the latent dimensions, as the
+    reconstruction is over the input ones; the earlier recipe averaged them (latent_dim times weaker)."""
+    x = torch.from_numpy(title_like_embeddings)
+    losses = {}
+    for reduction in ("sum", "mean"):
+        torch.manual_seed(0)
+        model = RQVAE(32, RQVAEConfig(level_sizes=(16, 8), hidden=(64,), latent_dim=16, vq_reduction=reduction))
+        z = model.encoder(x)
+        losses[reduction] = model.quantise(z)[3].detach()
+    assert float(losses["sum"]) == pytest.approx(16 * float(losses["mean"]), rel=1e-5)
+    with pytest.raises(ValueError, match="vq_reduction"):
+        RQVAEConfig(vq_reduction="max")  # type: ignore[arg-type]
+
+
+def test_rqvae_trains_for_its_steps_and_reports_how_well_codes_describe_items(
+    title_like_embeddings: np.ndarray,
+) -> None:
+    rq = RQVAEConfig(hidden=(64,), latent_dim=16, steps=300, batch_size=128)
+    assert rq.epochs_for(800) == 43  # 7 batches a pass: 43 passes cover 300 steps
+    ids, report = quantise(title_like_embeddings, QuantizerConfig("rqvae", (16, 16, 16), rq))
+    assert report["steps"] == 43 * 7 and report["vq_reduction"] == "sum"
+    assert 0 < report["relative_reconstruction_error"] < 1  # better than every item at the mean
+    assert 0 < report["relative_latent_error"] < 1
+    assert len(report["codebook_usage"]) == 3 and report["collision_rate"] == ids.stats.collision_rate
+    _, kmeans_report = quantise(title_like_embeddings, QuantizerConfig("rkmeans", (16, 16, 16)))
+    assert 0 < kmeans_report["relative_reconstruction_error"] < 1

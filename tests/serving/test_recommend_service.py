@@ -139,7 +139,7 @@ def test_long_searches_run_in_chunks_with_the_same_answers(sample) -> None:
     whole = model.search_queries(queries, 5, 10)
     calls = []
     search = model.search_queries
-    model.search_queries = lambda qs, k, w: calls.append(len(qs)) or search(qs, k, w)  # type: ignore[method-assign]
+    model.search_queries = lambda qs, k, w, d: calls.append(len(qs)) or search(qs, k, w, d)  # type: ignore[method-assign]
     try:
         kind = model.batches(beams_per_run=30)  # 3 users of 10 beams per onnxruntime search
         (chunked,) = kind.run_batch([RecommendJob(queries, 5, 10)])
@@ -148,3 +148,47 @@ def test_long_searches_run_in_chunks_with_the_same_answers(sample) -> None:
     assert calls == [3, 3, 3, 1]
     np.testing.assert_array_equal(chunked.items, whole.items)
     np.testing.assert_allclose(chunked.scores, whole.scores, rtol=1e-6)
+
+
+def test_diverse_beam_search_over_grpc(rec_server: ForecastServer, sample, split_and_run) -> None:  # noqa: F811
+    """The `diversity` field: the served lists equal the in-process and torch searches, spread over more first-level
+    codes as the penalty grows, and a bad penalty is INVALID_ARGUMENT."""
+    from recsys.generator import recommend
+    from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
+
+    model, histories = sample
+    split, run = split_and_run
+    first_codes: dict[float, float] = {}
+    with grpc.insecure_channel(f"127.0.0.1:{rec_server.port}") as channel:
+        stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+        for diversity in (0.0, 2.0, 50.0):
+            expected = model.recommend(histories, k=10, beam_width=20, diversity=diversity)
+            users = [recommend_pb2.UserHistory(user_id=str(i), history=h) for i, h in enumerate(histories)]
+            request = recommend_pb2.RecommendBatchRequest(
+                model=MODEL, users=users, k=10, beam_width=20, diversity=diversity
+            )
+            served = stub.RecommendBatch(request, timeout=60)
+            for want, user in zip(expected, served.users, strict=True):
+                assert [i.item_id for i in user.items] == [w[0] for w in want]
+            one = stub.Recommend(
+                recommend_pb2.RecommendRequest(model=MODEL, history=histories[0], k=10, diversity=diversity)
+            )
+            assert [i.item_id for i in one.items] == [i.item_id for i in served.users[0].items]
+            first_codes[diversity] = float(np.mean([len({i.codes[0] for i in u.items}) for u in served.users]))
+            torch_lists = recommend(
+                run.model,
+                split.test.histories[:40],
+                run.code_index().tokens,
+                run.code_index().trie,
+                10,
+                20,
+                exclude_history=True,
+                diversity=diversity,
+            )
+            dense = [[model.item_ids[d] for d in row if d] for row in torch_lists.items]
+            assert dense == [[w[0] for w in want] for want in expected]  # torch and onnxruntime agree
+        assert first_codes[50.0] > first_codes[0.0], first_codes
+        for bad in (-1.0, float("nan"), 1e6):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(recommend_pb2.RecommendRequest(model=MODEL, history=histories[0], k=10, diversity=bad))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "diversity" in info.value.details()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rcast/v1/recommend.proto\x12\tarcast.v1\"\xa7\x01\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07history\x18\x03 \x03(\x03\x12\t\n\x01k\x18\x04 \x01(\r\x12\x0f\n\x07\x65xclude\x18\x05 \x03(\x03\x12\x12\n\nbeam_width\x18\x06 \x01(\r\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\x12\x1c\n\x14ignore_unknown_items\x18\x08 \x01(\x08\"N\n\x0eRecommendation\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x01\x12\r\n\x05\x63odes\x18\x03 \x03(\x03\x12\r\n\x05title\x18\x04 \x01(\t\"]\n\x11RecommendResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.arcast.v1.Recommendation\"@\n\x0bUserHistory\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\x03\"\xb1\x01\n\x15RecommendBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12%\n\x05users\x18\x03 \x03(\x0b\x32\x16.arcast.v1.UserHistory\x12\t\n\x01k\x18\x04 \x01(\r\x12\x12\n\nbeam_width\x18\x05 \x01(\r\x12\x14\n\x0cinclude_seen\x18\x06 \x01(\x08\x12\x1c\n\x14ignore_unknown_items\x18\x07 \x01(\x08\"P\n\x13UserRecommendations\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.arcast.v1.Recommendation\"g\n\x16RecommendBatchResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12-\n\x05users\x18\x03 \x03(\x0b\x32\x1e.arcast.v1.UserRecommendations2\xb1\x01\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.arcast.v1.RecommendRequest\x1a\x1c.arcast.v1.RecommendResponse\x12U\n\x0eRecommendBatch\x12 .arcast.v1.RecommendBatchRequest\x1a!.arcast.v1.RecommendBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rcast/v1/recommend.proto\x12\tarcast.v1\"\xba\x01\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07history\x18\x03 \x03(\x03\x12\t\n\x01k\x18\x04 \x01(\r\x12\x0f\n\x07\x65xclude\x18\x05 \x03(\x03\x12\x12\n\nbeam_width\x18\x06 \x01(\r\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\x12\x1c\n\x14ignore_unknown_items\x18\x08 \x01(\x08\x12\x11\n\tdiversity\x18\t \x01(\x02\"N\n\x0eRecommendation\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x01\x12\r\n\x05\x63odes\x18\x03 \x03(\x03\x12\r\n\x05title\x18\x04 \x01(\t\"]\n\x11RecommendResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.arcast.v1.Recommendation\"@\n\x0bUserHistory\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\x03\"\xc4\x01\n\x15RecommendBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12%\n\x05users\x18\x03 \x03(\x0b\x32\x16.arcast.v1.UserHistory\x12\t\n\x01k\x18\x04 \x01(\r\x12\x12\n\nbeam_width\x18\x05 \x01(\r\x12\x14\n\x0cinclude_seen\x18\x06 \x01(\x08\x12\x1c\n\x14ignore_unknown_items\x18\x07 \x01(\x08\x12\x11\n\tdiversity\x18\x08 \x01(\x02\"P\n\x13UserRecommendations\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.arcast.v1.Recommendation\"g\n\x16RecommendBatchResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12-\n\x05users\x18\x03 \x03(\x0b\x32\x1e.arcast.v1.UserRecommendations2\xb1\x01\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.arcast.v1.RecommendRequest\x1a\x1c.arcast.v1.RecommendResponse\x12U\n\x0eRecommendBatch\x12 .arcast.v1.RecommendBatchRequest\x1a!.arcast.v1.RecommendBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'arcast.v1.recommend_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST']._serialized_start=41
-  _globals['_RECOMMENDREQUEST']._serialized_end=208
-  _globals['_RECOMMENDATION']._serialized_start=210
-  _globals['_RECOMMENDATION']._serialized_end=288
-  _globals['_RECOMMENDRESPONSE']._serialized_start=290
-  _globals['_RECOMMENDRESPONSE']._serialized_end=383
-  _globals['_USERHISTORY']._serialized_start=385
-  _globals['_USERHISTORY']._serialized_end=449
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=452
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=629
-  _globals['_USERRECOMMENDATIONS']._serialized_start=631
-  _globals['_USERRECOMMENDATIONS']._serialized_end=711
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=713
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=816
-  _globals['_RECOMMENDSERVICE']._serialized_start=819
-  _globals['_RECOMMENDSERVICE']._serialized_end=996
+  _globals['_RECOMMENDREQUEST']._serialized_end=227
+  _globals['_RECOMMENDATION']._serialized_start=229
+  _globals['_RECOMMENDATION']._serialized_end=307
+  _globals['_RECOMMENDRESPONSE']._serialized_start=309
+  _globals['_RECOMMENDRESPONSE']._serialized_end=402
+  _globals['_USERHISTORY']._serialized_start=404
+  _globals['_USERHISTORY']._serialized_end=468
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=471
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=667
+  _globals['_USERRECOMMENDATIONS']._serialized_start=669
+  _globals['_USERRECOMMENDATIONS']._serialized_end=749
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=751
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=854
+  _globals['_RECOMMENDSERVICE']._serialized_start=857
+  _globals['_RECOMMENDSERVICE']._serialized_end=1034
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "version", "history", "k", "exclude", "beam_width", "include_seen", "ignore_unknown_items")
+    __slots__ = ("model", "version", "history", "k", "exclude", "beam_width", "include_seen", "ignore_unknown_items", "diversity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class RecommendRequest(_message.Message):
     BEAM_WIDTH_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     IGNORE_UNKNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     history: _containers.RepeatedScalarFieldContainer[int]
@@ -24,7 +25,8 @@ class RecommendRequest(_message.Message):
     beam_width: int
     include_seen: bool
     ignore_unknown_items: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., history: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., exclude: _Optional[_Iterable[int]] = ..., beam_width: _Optional[int] = ..., include_seen: _Optional[bool] = ..., ignore_unknown_items: _Optional[bool] = ...) -> None: ...
+    diversity: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., history: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., exclude: _Optional[_Iterable[int]] = ..., beam_width: _Optional[int] = ..., include_seen: _Optional[bool] = ..., ignore_unknown_items: _Optional[bool] = ..., diversity: _Optional[float] = ...) -> None: ...
 
 class Recommendation(_message.Message):
     __slots__ = ("item_id", "score", "codes", "title")
@@ -59,7 +61,7 @@ class UserHistory(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[int]] = ..., exclude: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
-    __slots__ = ("model", "version", "users", "k", "beam_width", "include_seen", "ignore_unknown_items")
+    __slots__ = ("model", "version", "users", "k", "beam_width", "include_seen", "ignore_unknown_items", "diversity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +69,7 @@ class RecommendBatchRequest(_message.Message):
     BEAM_WIDTH_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     IGNORE_UNKNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     users: _containers.RepeatedCompositeFieldContainer[UserHistory]
@@ -74,7 +77,8 @@ class RecommendBatchRequest(_message.Message):
     beam_width: int
     include_seen: bool
     ignore_unknown_items: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., users: _Optional[_Iterable[_Union[UserHistory, _Mapping]]] = ..., k: _Optional[int] = ..., beam_width: _Optional[int] = ..., include_seen: _Optional[bool] = ..., ignore_unknown_items: _Optional[bool] = ...) -> None: ...
+    diversity: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., users: _Optional[_Iterable[_Union[UserHistory, _Mapping]]] = ..., k: _Optional[int] = ..., beam_width: _Optional[int] = ..., include_seen: _Optional[bool] = ..., ignore_unknown_items: _Optional[bool] = ..., diversity: _Optional[float] = ...) -> None: ...
 
 class UserRecommendations(_message.Message):
     __slots__ = ("user_id", "items")
