@@ -107,6 +107,41 @@ class Calibration:
         cell = np.broadcast_to(cell, p.shape)
         return flat[cell, lo] * (1 - w) + flat[cell, hi] * w
 
+    def needed_levels(self, residuals: np.ndarray) -> np.ndarray:
+        """The smallest central level whose interval covers each residual (..., h, C): ``inf`` beyond the widest,
+        NaN stays NaN. An interval at level l (clipped to 0..MAX_LEVEL) misses exactly when l < this level."""
+        residuals = np.asarray(residuals, np.float64)
+        horizon, channels = residuals.shape[-2:]
+        probs, n = self.probs, len(self.probs)
+        table = np.ascontiguousarray(np.moveaxis(self.quantiles[:, :horizon], 0, -1), np.float64)  # (h, C, P)
+        flat_table = table.reshape(horizon * channels, n)
+        cells = np.arange(horizon * channels).reshape(horizon, channels)
+        flat = residuals.reshape(-1, horizon, channels)
+        need = np.empty(flat.shape)
+        below, upto = np.empty(flat.shape, np.int64), np.empty(flat.shape, np.int64)
+        for j in range(horizon):
+            for c in range(channels):
+                below[:, j, c] = np.searchsorted(table[j, c], flat[:, j, c], side="left")  # first index: Q >= r
+                upto[:, j, c] = np.searchsorted(table[j, c], flat[:, j, c], side="right")  # first index: Q > r
+        rows = max(1, 4_000_000 // (horizon * channels))
+        for lo in range(0, len(flat), rows):
+            r = flat[lo : lo + rows]
+
+            def interpolate(i: np.ndarray, r: np.ndarray = r) -> np.ndarray:
+                k = np.clip(i, 1, n - 1)
+                cell = np.broadcast_to(cells, k.shape)
+                q0, q1 = flat_table[cell, k - 1], flat_table[cell, k]
+                span = np.where(q1 > q0, q1 - q0, 1.0)
+                return probs[k - 1] + (r - q0) / span * (probs[k] - probs[k - 1])
+
+            # upper side: the smallest p with Q(p) >= r; lower side: the largest p with Q(p) <= r
+            first, last = below[lo : lo + rows], upto[lo : lo + rows]
+            up = np.where(first == 0, probs[0], np.where(first >= n, np.inf, interpolate(first)))
+            down = np.where(last >= n, probs[-1], np.where(last == 0, -np.inf, interpolate(last)))
+            need[lo : lo + rows] = np.maximum(2 * up - 1, 1 - 2 * down)
+        need[np.isnan(flat)] = np.nan
+        return need.reshape(residuals.shape)
+
     def offsets(self, levels: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper offsets from the forecast at central ``levels`` (..., horizon, C) (broadcast)."""
         levels = np.clip(np.asarray(levels, np.float64), 0.0, MAX_LEVEL)
@@ -173,18 +208,19 @@ def adapt(
 ) -> np.ndarray:
     """Adapted levels (K, B, h, C) after the Gibbs-Candes update over ``residuals`` (B, O, h, C), origins in time
     order, NaN where not observed; ``levels`` (K,) the nominal ones, each adapted on its own."""
+    return adapt_needed(levels, calibration.needed_levels(residuals), gamma)
+
+
+def adapt_needed(levels: np.ndarray, need: np.ndarray, gamma: float = DEFAULT_GAMMA) -> np.ndarray:
+    """``adapt`` from each residual's needed level (``Calibration.needed_levels``) (B, O, h, C), NaN: not seen."""
     levels = np.asarray(levels, np.float64)
-    b, n_origins, horizon, channels = residuals.shape
+    b, n_origins, horizon, channels = need.shape
     target = (1 - levels)[:, None, None, None]  # (K, 1, 1, 1)
     alpha = np.broadcast_to(target, (len(levels), b, horizon, channels)).copy()
+    seen = ~np.isnan(need)
     for o in range(n_origins):
-        r = residuals[:, o]  # (B, h, C)
-        seen = ~np.isnan(r)
-        if not seen.any():
-            continue
-        lo, hi = calibration.offsets(1 - alpha, horizon)
-        miss = ((r < lo) | (r > hi)).astype(np.float64)
-        alpha = np.where(seen, alpha + gamma * (target - miss), alpha)
+        miss = np.maximum(np.minimum(1 - alpha, MAX_LEVEL), 0.0) < need[:, o]  # a miss at level l: l < need
+        alpha += np.where(seen[:, o], gamma * (target - miss), 0.0)
     return np.clip(1 - alpha, 0.0, MAX_LEVEL)
 
 
