@@ -67,14 +67,14 @@ class IntervalPlan:
         n = len(self.checked.context)
         point = out[:n].astype(np.float64)
         horizon = point.shape[1]
-        if self.origins is None:
-            levels, adapted = self.levels[:, None, None, None], None
-        else:
-            sizes = np.cumsum([n, *(len(o) for o in self.origins)])
-            forecasts = [out[a:b].astype(np.float64) for a, b in itertools.pairwise(sizes)]
-            levels = adapted = adapted_levels(
-                self.calibration, self.levels, self.checked.histories, self.origins, forecasts, self.gamma
-            )
+        if self.origins is None:  # split conformal: the same offsets for every series
+            lo, hi = self.calibration.split_offsets(self.levels, horizon)
+            return point, point[None] + lo[:, None], point[None] + hi[:, None], None
+        sizes = np.cumsum([n, *(len(o) for o in self.origins)])
+        forecasts = [out[a:b].astype(np.float64) for a, b in itertools.pairwise(sizes)]
+        levels = adapted = adapted_levels(
+            self.calibration, self.levels, self.checked.histories, self.origins, forecasts, self.gamma
+        )
         lo, hi = self.calibration.offsets(levels, horizon)
         return point, point[None] + lo, point[None] + hi, adapted
 

@@ -19,8 +19,9 @@ nominal miscoverage. The forecast's interval is then served at the adapted level
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ class Calibration:
     quantiles: np.ndarray
     windows: np.ndarray
     facts: dict[str, Any]
+    _split: dict[tuple[tuple[float, ...], int], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def horizon(self) -> int:
@@ -142,6 +146,16 @@ class Calibration:
         need[np.isnan(flat)] = np.nan
         return need.reshape(residuals.shape)
 
+    def split_offsets(self, levels: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """``offsets`` of fixed levels (K,) -> (K, horizon, C) each, cached: a split-conformal request reads them."""
+        key = (tuple(float(v) for v in levels), horizon)
+        cached = self._split.get(key)
+        if cached is None:
+            if len(self._split) > 256:
+                self._split.clear()
+            cached = self._split[key] = self.offsets(np.asarray(levels)[:, None, None], horizon)
+        return cached
+
     def offsets(self, levels: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper offsets from the forecast at central ``levels`` (..., horizon, C) (broadcast)."""
         levels = np.clip(np.asarray(levels, np.float64), 0.0, MAX_LEVEL)
@@ -149,9 +163,10 @@ class Calibration:
 
 
 @functools.lru_cache(maxsize=64)
-def _read(path: str, sha256: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as npz:
-        return np.asarray(npz["probs"]), np.asarray(npz["quantiles"], np.float32), np.asarray(npz["windows"])
+def _read(path: Path, name: str, sha256: str) -> Calibration:
+    with np.load(path / name, allow_pickle=False) as npz:
+        probs, table, windows = np.asarray(npz["probs"]), np.asarray(npz["quantiles"], np.float32), npz["windows"]
+    return Calibration(probs, table, np.asarray(windows), {})
 
 
 def load_calibration(artifact: Any) -> Calibration | None:
@@ -160,8 +175,10 @@ def load_calibration(artifact: Any) -> Calibration | None:
     if not isinstance(facts, dict) or "file" not in facts:
         return None
     entry = artifact.manifest.files.get(facts["file"])
-    probs, table, windows = _read(str(Path(artifact.path) / facts["file"]), entry.sha256 if entry else "")
-    return Calibration(probs, table, windows, facts)
+    calibration = _read(artifact.path, facts["file"], entry.sha256 if entry else "")
+    if not calibration.facts:
+        calibration.facts.update(facts)
+    return calibration
 
 
 def check_levels(levels: Sequence[float], field: str = "levels") -> np.ndarray:
@@ -169,7 +186,7 @@ def check_levels(levels: Sequence[float], field: str = "levels") -> np.ndarray:
     values = [float(v) for v in levels]
     if len(values) > MAX_LEVELS:
         raise ValueError(f"{field}: {len(values)} levels, at most {MAX_LEVELS} per request")
-    bad = [f"{field}[{i}]={v!r}" for i, v in enumerate(values) if not (np.isfinite(v) and 0.0 < v < 1.0)]
+    bad = [f"{field}[{i}]={v!r}" for i, v in enumerate(values) if not (math.isfinite(v) and 0.0 < v < 1.0)]
     if bad:
         raise ValueError(f"{', '.join(bad)}: a level must lie strictly between 0 and 1")
     wide = [f"{field}[{i}]={v!r}" for i, v in enumerate(values) if v > MAX_LEVEL + 1e-12]
