@@ -277,6 +277,20 @@ def readme_table(results: dict[str, Any]) -> str:
                     f"{s90['width']:.3f} / {a90['width']:.3f} | {s90['winkler']:.3f} / {a90['winkler']:.3f} | "
                     f"{s90['crps']:.4f} / {a90['crps']:.4f} |"
                 )
+    if results.get("latency"):
+        lines += [
+            "\n**Latency per Forecast** (one series, 264 steps of history, horizon 24, real gRPC, 1 client; "
+            "median ms)\n",
+            "| model | no levels | split conformal (3 levels) | adaptive (3 levels, 168 origins) |",
+            "|---|---|---|---|",
+        ]
+        for model in dict.fromkeys(r["model"] for r in results["latency"]):
+            got = {r["variant"]: r for r in results["latency"] if r["model"] == model}
+            cells = [f"{got['none']['median_ms']:.2f}"] + [
+                f"{got[v]['median_ms']:.2f} ({got[v]['extra_vs_none_pct']:+.0f}%)"
+                for v in ("split_conformal", "adaptive")
+            ]
+            lines.append(f"| {model} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
