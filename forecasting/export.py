@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from arcast_core.runtime import library_versions
+from forecasting.calibration import CalibrationOptions, calibrate
 from forecasting.models.autotimes import AutoTimes, KVStepGraph, check_rollout
 from forecasting.runs import Run
 from serving.artifact import Artifact
@@ -41,6 +42,7 @@ PARITY_BATCHES = (1, 32, 37)
 # Graph input layouts export knows: values only (AR-Net), or values + calendar features (Informer).
 GRAPH_INPUTS = (("context",), ("context", "context_marks", "target_marks"))
 DEFAULT_MAX_HORIZON_STEPS = 30  # window-shift blocks allowed per request unless --max-horizon says otherwise
+DEFAULT_CALIBRATION = CalibrationOptions()  # conformal calibration on the validation split (None: none)
 
 
 @contextlib.contextmanager
@@ -203,8 +205,12 @@ def export_run(
     max_horizon: int | None = None,
     opset: int = 18,
     rollout: str | None = None,
+    calibration: CalibrationOptions | None = DEFAULT_CALIBRATION,
 ) -> Artifact:
     """Write ``run`` as ``store/name/<version>`` atomically; checks onnxruntime parity before publishing.
+
+    ``calibration``: how the published artifact is calibrated for prediction intervals (forecasting.calibration),
+    None for an artifact without intervals.
 
     ``rollout``: the served rollout where a model has a choice (AutoTimes: ``growing`` or ``sliding``; default:
     the model's own, ``config.rollout``).
@@ -214,10 +220,10 @@ def export_run(
     if exporter is None:
         raise NotImplementedError(f"export of {model.kind} ({model.rollout_kind}) is not supported yet")
     if rollout is None:
-        return exporter(run, store, name, version, max_horizon, opset)
+        return exporter(run, store, name, version, max_horizon, opset, calibration=calibration)
     if model.rollout_kind != KVCacheModel.rollout_kind:
         raise ValueError(f"{model.kind} has one rollout ({model.rollout_kind}): a rollout choice does not apply")
-    return export_kv_cache_run(run, store, name, version, max_horizon, opset, rollout=rollout)
+    return export_kv_cache_run(run, store, name, version, max_horizon, opset, rollout=rollout, calibration=calibration)
 
 
 def export_window_shift_run(
@@ -227,6 +233,7 @@ def export_window_shift_run(
     version: str | None = None,
     max_horizon: int | None = None,
     opset: int = 18,
+    calibration: CalibrationOptions | None = DEFAULT_CALIBRATION,
 ) -> Artifact:
     """A window-shift model (AR-Net, Informer) as one graph: context in, the next ``step`` values out."""
     model = run.model.cpu().eval()
@@ -303,9 +310,8 @@ def export_window_shift_run(
         **({"time_features": {"encoding": "timeF", "names": list(feature_names(run.freq))}} if calendar else {}),
         "normalization": {"kind": "standard", "applied": "in_graph", **run.scaler.as_dict()},
     }
-    artifact = publish(
-        store, name, _run_export(run, rollout, graphs, write, parity, library_versions(), facts), version
-    )
+    export = _run_export(run, rollout, graphs, write, parity, library_versions(), facts, calibration)
+    artifact = publish(store, name, export, version)
     log.info("exported %s version %s (parity %.1e)", name, artifact.version, max(artifact.manifest.parity.values()))
     return artifact
 
@@ -318,6 +324,7 @@ def _run_export(
     parity: Callable[[Artifact], Parity],
     versions: dict[str, str],
     facts: dict[str, Any],
+    calibration: CalibrationOptions | None = None,
 ) -> Export:
     """What a forecasting run publishes: its graphs and gate, plus its data, metrics, channels and training record."""
     info = run.info()
@@ -341,6 +348,7 @@ def _run_export(
             "loading": run.loading,
             **facts,
         },
+        calibrate=None if calibration is None else partial(calibrate, run, calibration),
     )
 
 
@@ -541,6 +549,7 @@ def export_kv_cache_run(
     timestamp_rows: int | None = None,
     tolerance: float = PARITY_TOLERANCE,
     rollout: str | None = None,
+    calibration: CalibrationOptions | None = DEFAULT_CALIBRATION,
 ) -> Artifact:
     """Export a KV-cache model (AutoTimes) as ONE step graph plus, with timestamps, a table of their embeddings.
 
@@ -662,14 +671,15 @@ def export_kv_cache_run(
         "backbone": {"spec": cfg.backbone, "identity": model.backbone.identity, **model.trainable_share()},
     }
     versions = {**library_versions(), "transformers": _transformers_version()}
-    artifact = publish(store, name, _run_export(run, spec, graphs, write, parity, versions, facts), version)
+    export = _run_export(run, spec, graphs, write, parity, versions, facts, calibration)
+    artifact = publish(store, name, export, version)
     worst = max(v for k, v in artifact.manifest.parity.items() if k.startswith("max_abs_diff_step_"))
     log.info("exported %s version %s (kv_cache, parity %.1e)", name, artifact.version, worst)
     return artifact
 
 
 # Rollout kind (a model's ``rollout_kind``) -> how a run of it is exported.
-EXPORTERS: dict[str, Callable[[Run, Path | str, str, str | None, int | None, int], Artifact]] = {
+EXPORTERS: dict[str, Callable[..., Artifact]] = {
     WindowShiftModel.rollout_kind: export_window_shift_run,
     KVCacheModel.rollout_kind: export_kv_cache_run,
 }

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from arcast_core.files import atomic_write, atomic_write_text, sha256_file
 from serving.artifact import read_published, resolve
+from serving.batch_intervals import BatchIntervals, check_intervals
 from serving.runners import load_runner
 from serving.runners.base import Runner
 from serving.runners.constrained_beam import ConstrainedBeamModel
@@ -92,12 +93,16 @@ def load_model(artifact_path: Path, model_name: str, horizon: int, intra_op_thre
 
 
 def score_series(
-    series: list[SeriesInput], model: ForecastRunner, horizon: int, rows_per_run: int
+    series: list[SeriesInput],
+    model: ForecastRunner,
+    horizon: int,
+    rows_per_run: int,
+    intervals: BatchIntervals | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Forecast rows for every scorable series, and (series_id, reason) for the others.
 
     Series are whole (all their history), so each is checked and scored alone; onnxruntime runs up to
-    ``rows_per_run`` of them at a time.
+    ``rows_per_run`` of them at a time. ``intervals``: ``lo_<level>``/``hi_<level>`` columns as well.
     """
     channels, freq = model_channels(model), model.artifact.manifest.freq
     errors = [(s.id, reason) for s in series if (reason := _check(s, model))]
@@ -110,11 +115,17 @@ def score_series(
         stamps = None
         if model.calendar is not None:  # calendar-feature models (Informer) need the context rows' times
             stamps = np.stack([s.timestamps[-model.context_length :] for s in block])
-        out = model.forecast(context, horizon, stamps)
+        columns: list[dict[str, np.ndarray]] = [{} for _ in block]
+        if intervals is None:
+            out = model.forecast(context, horizon, stamps)
+        else:
+            out, columns = intervals.score(model, block, context, stamps, horizon)
         finite = np.isfinite(out).reshape(len(block), -1).all(axis=1)
         errors.extend((s.id, NON_FINITE_FORECAST) for s, ok in zip(block, finite, strict=True) if not ok)
         parts.extend(
-            forecast_frame(s.id, out[i], channels, future_from_history(s.timestamps, horizon, freq))
+            forecast_frame(s.id, out[i], channels, future_from_history(s.timestamps, horizon, freq)).with_columns(
+                **{name: pl.Series(values) for name, values in columns[i].items()}
+            )
             for i, s in enumerate(block)
             if finite[i]
         )
@@ -153,12 +164,17 @@ def score_users(
 
 
 def _score_chunk(
-    frame: pl.DataFrame, model: Runner, horizon: int, rows_per_run: int, date_column: str | None = None
+    frame: pl.DataFrame,
+    model: Runner,
+    horizon: int,
+    rows_per_run: int,
+    date_column: str | None = None,
+    intervals: BatchIntervals | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     if model.task == "recommend":
         return score_users(frame, cast(ConstrainedBeamModel, model), horizon, rows_per_run)
     series = series_from_frame(frame, model_channels(model), date_column)
-    return score_series(series, forecaster(model), horizon, rows_per_run)
+    return score_series(series, forecaster(model), horizon, rows_per_run, intervals)
 
 
 def write_outputs(output: Path, scored: pl.DataFrame, errors: pl.DataFrame) -> None:
@@ -178,9 +194,12 @@ def run_batch(
     rows_per_run: int = 1024,
     progress: bool = True,
     date_column: str | None = None,
+    levels: list[float] | None = None,
+    method: str = "split_conformal",
 ) -> BatchSummary:
     """Score ``input_path`` chunk by chunk, resumably; ``date_column`` names the time column (default: timestamp
-    or date, as training reads them)."""
+    or date, as training reads them); ``levels``: prediction intervals by ``method`` (split_conformal or
+    adaptive) as ``lo_<level>``/``hi_<level>`` columns."""
     started = time.perf_counter()
     output, input_path = Path(output), Path(input_path)
     parts_dir = output.with_name(output.name + ".parts")
@@ -193,7 +212,9 @@ def run_batch(
         "horizon": horizon,
         "chunk_series": chunk_series,
         **({"date_column": date_column} if date_column else {}),  # absent when unset: older jobs still resume
+        **({"levels": levels, "method": method} if levels else {}),
     }
+    intervals = check_intervals(model, model_name, horizon, levels, method) if levels else None
     parts_dir.mkdir(parents=True, exist_ok=True)
     job_file = parts_dir / JOB_FILE
     if job_file.exists():
@@ -230,7 +251,7 @@ def run_batch(
             resumed += 1
             continue
         frame = (scan.filter(pl.col(id_column).cast(pl.String).is_in(chunk)) if has_ids else scan).collect()
-        scored, errors = _score_chunk(frame, model, horizon, rows_per_run, date_column)
+        scored, errors = _score_chunk(frame, model, horizon, rows_per_run, date_column, intervals)
         atomic_write(part_errors, errors.write_parquet)
         atomic_write(part, scored.write_parquet)  # last: its presence marks the chunk done
 

@@ -13,8 +13,9 @@ import polars as pl
 
 from serving.artifact import ArtifactError
 from serving.batching import BatchingConfig
+from serving.interval_cli import add_interval_arguments, forecast_frame_with_intervals
 from serving.security import TOKEN_ENV, TOKENS_ENV
-from serving.tables import TableError, forecast_frame, scan_table, series_from_frame
+from serving.tables import TableError, scan_table, series_from_frame
 
 EXIT_BAD_INPUT = 2
 DESCRIPTION = """\
@@ -141,8 +142,10 @@ def cmd_forecast(args: argparse.Namespace) -> int:
             version=args.version,
             ids=[s.id for s in series],
             timestamps=[s.timestamps for s in series],
+            levels=args.levels or (),
+            method=args.method,
         )
-    frame = pl.concat([forecast_frame(f.id, f.values, channels, f.timestamps) for f in result.forecasts])
+    frame = pl.concat([forecast_frame_with_intervals(f, channels) for f in result.forecasts])
     if args.output:
         out = Path(args.output)
         frame.write_parquet(out) if out.suffix == ".parquet" else frame.write_csv(out)
@@ -198,6 +201,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from serving.batch import run_batch, summary_json
 
     if args.ray:
+        if args.levels:
+            raise ValueError("--levels: prediction intervals are written by the in-process job (without --ray)")
         if args.k:
             raise ValueError("--ray scores forecasting models only: run recommendation jobs without --ray")
         return _ray_batch(args)
@@ -210,6 +215,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         version=args.version,
         chunk_series=args.chunk_series,
         date_column=args.date_column,
+        levels=args.levels,
+        method=args.method,
     )
     print(summary_json(summary))
     return 0
@@ -360,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--input", required=True, help="series file: series_id?, timestamp?, value")
     _add_date_column(forecast)
     forecast.add_argument("--output", help="write forecasts here instead of printing")
+    add_interval_arguments(forecast)
     forecast.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     _add_client_security(forecast)
     forecast.set_defaults(func=cmd_forecast)
@@ -407,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--output", required=True, help="output parquet file")
     _add_date_column(batch)
     batch.add_argument("--chunk-series", type=int, default=512, help="series per resumable chunk (default 512)")
+    add_interval_arguments(batch)
     batch.add_argument(
         "--ray",
         metavar="ADDRESS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -26,10 +26,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Interval:
+    level: float
+    lower: np.ndarray  # (horizon, channels)
+    upper: np.ndarray
+    adapted_levels: np.ndarray | None = None  # adaptive: the level served per value (horizon, channels)
+    origins: int = 0  # adaptive: backtest origins used
+
+
+@dataclass
 class Forecast:
     id: str
     values: np.ndarray  # (horizon, channels)
     timestamps: np.ndarray | None  # (horizon,) datetime64[us]
+    intervals: list[Interval] = field(default_factory=list)  # one per requested level, in request order
 
 
 @dataclass
@@ -99,8 +109,16 @@ class ArcastClient:
         version: str | None = None,
         ids: Sequence[str] | None = None,
         timestamps: Sequence[np.ndarray | None] | None = None,
+        levels: Sequence[float] = (),
+        method: str = "split_conformal",
+        adaptive_origins: int = 0,
+        adaptive_gamma: float = 0.0,
     ) -> forecast_pb2.ForecastRequest:
         request = forecast_pb2.ForecastRequest(model=model, version=version or "", horizon=horizon)
+        if levels:
+            request.levels.extend(float(v) for v in levels)
+            request.interval_method = forecast_pb2.IntervalMethod.Value(method.upper())
+            request.adaptive_origins, request.adaptive_gamma = adaptive_origins, adaptive_gamma
         for i, values in enumerate(series):
             item = request.series.add(
                 id=ids[i] if ids else str(i), values=np.asarray(values, np.float64).ravel().tolist()
@@ -118,9 +136,19 @@ class ArcastClient:
         ids: Sequence[str] | None = None,
         timestamps: Sequence[np.ndarray | None] | None = None,
         timeout_s: float | None = None,
+        levels: Sequence[float] = (),
+        method: str = "split_conformal",
+        adaptive_origins: int = 0,
+        adaptive_gamma: float = 0.0,
     ) -> ForecastResult:
-        """Forecast each series ((steps,) or (steps, channels) array, oldest first) ``horizon`` steps ahead."""
-        request = self.forecast_request(model, series, horizon, version, ids, timestamps)
+        """Forecast each series ((steps,) or (steps, channels) array, oldest first) ``horizon`` steps ahead.
+
+        ``levels`` (e.g. 0.8, 0.9, 0.95): prediction intervals, ``method`` ``split_conformal`` or ``adaptive`` (send
+        ``adaptive_origins`` more steps of history than the model's context to adapt over them all).
+        """
+        request = self.forecast_request(
+            model, series, horizon, version, ids, timestamps, levels, method, adaptive_origins, adaptive_gamma
+        )
         response = self._forecast.Forecast(request, timeout=timeout_s or self.timeout_s)
         out = []
         for item in response.forecasts:
@@ -130,7 +158,17 @@ class ArcastClient:
                 stamps = np.array(
                     [t.seconds * 1_000_000 + t.nanos // 1000 for t in item.timestamps], dtype=np.int64
                 ).astype("datetime64[us]")
-            out.append(Forecast(item.id, values, stamps))
+            bands = [
+                Interval(
+                    band.level,
+                    np.asarray(band.lower, np.float64).reshape(horizon, -1),
+                    np.asarray(band.upper, np.float64).reshape(horizon, -1),
+                    np.asarray(band.adapted_levels, np.float64).reshape(horizon, -1) if band.adapted_levels else None,
+                    band.origins,
+                )
+                for band in item.intervals
+            ]
+            out.append(Forecast(item.id, values, stamps, bands))
         return ForecastResult(response.model, response.version, out)
 
     def recommend(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from serving.interval_service import fill_intervals, interval_support, plan_intervals
 from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
 from serving.registry import LoadedModel, ModelRegistry
 from serving.rpc import Calls, Limits, RequestError, await_result, deadline, exhausted, invalid, observed, served_model
@@ -30,6 +31,8 @@ class ValidatedRequest:
     context: np.ndarray  # (n_series, context_length, C) float32
     context_stamps: np.ndarray | None  # (n_series, context_length) datetime64[us], for calendar-feature models
     future_stamps: list[np.ndarray | None]  # per series: (horizon,) datetime64[us], or None
+    histories: list[np.ndarray] = field(default_factory=list)  # per series: the whole history (steps, C)
+    history_stamps: list[np.ndarray | None] = field(default_factory=list)  # and its timestamps, if given
 
 
 def _timestamps(series: forecast_pb2.Series, index: int, steps: int) -> np.ndarray | None:
@@ -96,6 +99,8 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
         )
     context = np.empty((len(request.series), length, channels), dtype=np.float32)
     stamps: list[np.ndarray | None] = []
+    histories: list[np.ndarray] = []
+    history_stamps: list[np.ndarray | None] = []
     calendar = runner.calendar is not None
     context_stamps = np.empty((len(request.series), length), dtype="datetime64[us]") if calendar else None
     for i, series in enumerate(request.series):
@@ -116,13 +121,15 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
             raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
         context[i] = values.reshape(steps, channels)[-length:]
         past = _timestamps(series, i, steps)
+        histories.append(values.reshape(steps, channels))
+        history_stamps.append(past)
         if context_stamps is not None:
             if past is None:
                 raise invalid(f"series[{i}].timestamps: required, this model uses calendar features (one per step)")
             context_stamps[i] = past[-length:]
         freq = runner.artifact.manifest.freq
         stamps.append(None if past is None else _future(past, request.horizon, f"series[{i}].timestamps", freq))
-    return ValidatedRequest(model, int(request.horizon), context, context_stamps, stamps)
+    return ValidatedRequest(model, int(request.horizon), context, context_stamps, stamps, histories, history_stamps)
 
 
 def _to_timestamp(value: np.datetime64) -> Timestamp:
@@ -141,9 +148,13 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             until = deadline(context, self.limits)
             started = time.perf_counter()  # stage timing: validate, then build (serving.observability.STAGES)
             checked = validate(request, self.registry, self.limits)
+            plan = plan_intervals(request, checked, self.limits)  # None without levels: nothing extra
             self.calls.metrics.stage("forecast", "validate", started)
-            future = checked.model.forecast(checked.context, checked.horizon, checked.context_stamps, until)
+            inputs, input_stamps = plan.inputs() if plan else (checked.context, checked.context_stamps)
+            future = checked.model.forecast(inputs, checked.horizon, input_stamps, until)
             out = await_result(future, until, "forecast")
+            if plan:
+                out, lower, upper, adapted = plan.bounds(out)
             if not np.isfinite(out).all():  # a NaN is never an answer
                 bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
                 raise RequestError(
@@ -156,6 +167,8 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                 item = response.forecasts.add(id=series.id, values=values.reshape(-1).astype(np.float64).tolist())
                 if future_stamps is not None:
                     item.timestamps.extend(_to_timestamp(t) for t in future_stamps)
+            if plan:
+                fill_intervals(response, plan, lower, upper, adapted)
             self.calls.metrics.stage("forecast", "build", started)
             return response
 
@@ -187,6 +200,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
                     metrics=dict(_flatten(model.manifest.metrics)),
                     providers=info.providers,
                     latest=self.registry.is_latest(model),
+                    intervals=interval_support(model),
                 )
             return response
 

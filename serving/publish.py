@@ -50,6 +50,9 @@ class Export:
     metrics: dict[str, Any]
     versions: dict[str, str]  # library versions
     facts: dict[str, Any] = field(default_factory=dict)  # channels, freq, normalization, configs, side tables...
+    # Run on the staged artifact once parity passes: writes side files (conformal calibration) into the folder and
+    # returns the manifest's ``calibration`` entry.
+    calibrate: Callable[[Artifact, Path], dict[str, Any]] | None = None
 
 
 def publish(store: Path | str, name: str, export: Export, version: str | None = None) -> Artifact:
@@ -84,6 +87,8 @@ def publish(store: Path | str, name: str, export: Export, version: str | None = 
         manifest["parity"] = _jsonable(parity.summary)
         if parity.details is not None:
             manifest["parity_details"] = _jsonable(parity.details)
+        if export.calibrate is not None:
+            manifest = with_files(folder, {**manifest, "calibration": _jsonable(export.calibrate(staged, folder))})
         dump_manifest(folder, manifest)
     return read_artifact(Path(store) / name / chosen)
 

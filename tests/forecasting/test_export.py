@@ -54,10 +54,10 @@ def test_manifest_carries_the_contract(model_store: Path) -> None:
     assert m.normalization is not None and m.normalization.applied == "in_graph" and len(m.normalization.std) == 1
     assert m.data.fingerprint is not None and len(m.data.fingerprint) == 64 and "test" in m.metrics
     assert max(m.parity.values()) <= 1e-5
-    assert set(m.files) == {"forecast.onnx"}
+    assert set(m.files) == {"forecast.onnx", "calibration.npz"}  # the graph and its conformal calibration
     umask = os.umask(0)
     os.umask(umask)
-    for path in (artifact.path, artifact.path / "forecast.onnx", artifact.path / "manifest.json"):
+    for path in (artifact.path, *(artifact.path / f for f in ("forecast.onnx", "calibration.npz", "manifest.json"))):
         default = 0o777 if path.is_dir() else 0o666
         assert path.stat().st_mode & 0o777 == default & ~umask, path  # as if created normally: not owner-only
 

@@ -51,6 +51,7 @@ def test_train_export_serve_matches_torch(
     horizon = 2 * run.model.step + 1  # three blocks: the rollout feeds back its own forecasts
     artifact = export_run(run, tmp_path / "store", f"contract-{kind}", max_horizon=horizon)
     assert artifact.manifest.model_kind == kind and artifact.manifest.rollout.kind == run.model.rollout_kind
+    assert artifact.manifest.facts["calibration"]["horizon"] == horizon  # every kind: each rolled-out step its own
 
     prepared = prepare_data(data)
     lookback, start = run.model.context_length, prepared.borders.test[0]
@@ -59,12 +60,15 @@ def test_train_export_serve_matches_torch(
     server = start_server(tmp_path / "store")
     try:
         with ArcastClient(f"127.0.0.1:{server.port}") as client:
-            result = client.forecast(f"contract-{kind}", list(raw), horizon, timestamps=list(stamps))
+            result = client.forecast(f"contract-{kind}", list(raw), horizon, timestamps=list(stamps), levels=[0.9])
     finally:
         server.stop(grace_s=1)
 
     assert (result.model, result.version) == (f"contract-{kind}", "1")
     served = np.stack([f.values for f in result.forecasts])
+    assert all(
+        f.intervals[0].level == 0.9 and (f.intervals[0].lower <= f.intervals[0].upper).all() for f in result.forecasts
+    )
     expected = torch_forecast(run, raw, horizon, stamps)
     assert served.shape == expected.shape == (len(WINDOWS), horizon, len(run.channels))
     scale = run.scaler.transform  # compare on the training scale, where 1e-4 means the same for every channel

@@ -49,7 +49,7 @@ class ForecastServiceServicer:
     def Forecast(self, request, context):
         """Forecasts every series in the request with one model. Errors: INVALID_ARGUMENT (the message names the
         field and the reason), NOT_FOUND (unknown model or version), RESOURCE_EXHAUSTED (request over a limit),
-        DEADLINE_EXCEEDED.
+        DEADLINE_EXCEEDED, FAILED_PRECONDITION (levels asked of a model exported without calibration).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -19,7 +19,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "model_kind", "rollout_kind", "context_length", "step", "max_horizon", "channels", "freq", "created_at", "metrics", "providers", "latest")
+    __slots__ = ("name", "version", "model_kind", "rollout_kind", "context_length", "step", "max_horizon", "channels", "freq", "created_at", "metrics", "providers", "latest", "intervals")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class ModelInfo(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     model_kind: str
@@ -53,4 +54,17 @@ class ModelInfo(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     providers: _containers.RepeatedScalarFieldContainer[str]
     latest: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_kind: _Optional[str] = ..., rollout_kind: _Optional[str] = ..., context_length: _Optional[int] = ..., step: _Optional[int] = ..., max_horizon: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., freq: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., latest: _Optional[bool] = ...) -> None: ...
+    intervals: IntervalSupport
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_kind: _Optional[str] = ..., rollout_kind: _Optional[str] = ..., context_length: _Optional[int] = ..., step: _Optional[int] = ..., max_horizon: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., freq: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., latest: _Optional[bool] = ..., intervals: _Optional[_Union[IntervalSupport, _Mapping]] = ...) -> None: ...
+
+class IntervalSupport(_message.Message):
+    __slots__ = ("methods", "max_level", "max_horizon", "calibration_windows")
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_HORIZON_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    max_level: float
+    max_horizon: int
+    calibration_windows: int
+    def __init__(self, methods: _Optional[_Iterable[str]] = ..., max_level: _Optional[float] = ..., max_horizon: _Optional[int] = ..., calibration_windows: _Optional[int] = ...) -> None: ...

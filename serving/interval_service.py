@@ -1,0 +1,159 @@
+"""Prediction intervals over gRPC: a Forecast request's levels checked, the adaptive backtest batched with the
+forecast itself, and the bounds filled into the response (see ``serving.intervals`` for the methods)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import grpc
+import numpy as np
+
+from serving.intervals import (
+    DEFAULT_GAMMA,
+    DEFAULT_ORIGINS,
+    MAX_LEVEL,
+    MAX_ORIGINS,
+    METHODS,
+    Calibration,
+    adapted_levels,
+    backtest_origins,
+    check_levels,
+    load_calibration,
+)
+from serving.proto.arcast.v1 import forecast_pb2, models_pb2
+from serving.rpc import Limits, RequestError, exhausted, invalid
+from serving.runners.forecast import ForecastRunner
+
+if TYPE_CHECKING:
+    from serving.forecast_service import ValidatedRequest
+    from serving.registry import LoadedModel
+
+
+@dataclass
+class IntervalPlan:
+    """What one request's intervals need: the calibration, the levels and, adaptive, each series' backtest origins."""
+
+    calibration: Calibration
+    levels: np.ndarray  # (K,)
+    checked: ValidatedRequest
+    origins: list[np.ndarray] | None  # adaptive: per series, the history rows t of its backtest origins
+    gamma: float
+
+    @property
+    def extra_rows(self) -> int:
+        return 0 if self.origins is None else sum(len(o) for o in self.origins)
+
+    def inputs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The forecast's contexts (and timestamps) followed by every backtest origin's, for one batched run."""
+        checked = self.checked
+        if not self.extra_rows:
+            return checked.context, checked.context_stamps
+        assert self.origins is not None
+        length = checked.context.shape[1]
+        contexts, stamps = [checked.context], [checked.context_stamps]
+        for history, past, origins in zip(checked.histories, checked.history_stamps, self.origins, strict=True):
+            rows = origins[:, None] + np.arange(-length, 0)[None]
+            contexts.append(history[rows].astype(np.float32))
+            stamps.append(None if checked.context_stamps is None or past is None else past[rows])
+        context = np.concatenate(contexts)
+        if checked.context_stamps is None:
+            return context, None
+        return context, np.concatenate(cast(list[np.ndarray], stamps))
+
+    def bounds(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(point (B, h, C), lower (K, B, h, C), upper, adapted levels (K, B, h, C) or None) from the run's output."""
+        n = len(self.checked.context)
+        point = out[:n].astype(np.float64)
+        horizon = point.shape[1]
+        if self.origins is None:  # split conformal: the same offsets for every series
+            lo, hi = self.calibration.split_offsets(self.levels, horizon)
+            return point, point[None] + lo[:, None], point[None] + hi[:, None], None
+        sizes = np.cumsum([n, *(len(o) for o in self.origins)])
+        forecasts = [out[a:b].astype(np.float64) for a, b in itertools.pairwise(sizes)]
+        levels = adapted = adapted_levels(
+            self.calibration, self.levels, self.checked.histories, self.origins, forecasts, self.gamma
+        )
+        lo, hi = self.calibration.offsets(levels, horizon)
+        return point, point[None] + lo, point[None] + hi, adapted
+
+
+def plan_intervals(
+    request: forecast_pb2.ForecastRequest, checked: ValidatedRequest, limits: Limits
+) -> IntervalPlan | None:
+    """None for a request without levels (nothing extra is done); else the checked plan, or the precise error."""
+    if not request.levels:
+        return None
+    try:
+        levels = check_levels(request.levels)
+    except ValueError as err:
+        raise invalid(str(err)) from None
+    model = checked.model
+    calibration = load_calibration(model.runner.artifact)
+    if calibration is None:
+        raise RequestError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"model {model.name!r} version {model.version} has no interval calibration (exported without it or by "
+            "an older arcast): re-export it to serve levels",
+        )
+    if checked.horizon > calibration.horizon:
+        raise invalid(
+            f"horizon: {checked.horizon} exceeds the {calibration.horizon} steps model {model.name!r} is calibrated "
+            "for: intervals need a horizon within them"
+        )
+    if request.interval_method not in forecast_pb2.IntervalMethod.values():
+        raise invalid(f"interval_method: unknown value {request.interval_method}")
+    if request.interval_method != forecast_pb2.ADAPTIVE:
+        return IntervalPlan(calibration, levels, checked, None, 0.0)
+    wanted = request.adaptive_origins or DEFAULT_ORIGINS
+    if wanted > MAX_ORIGINS:
+        raise invalid(f"adaptive_origins: {wanted} exceeds the limit of {MAX_ORIGINS}")
+    gamma = request.adaptive_gamma or DEFAULT_GAMMA
+    if not (np.isfinite(gamma) and 0 < gamma <= 1):
+        raise invalid(f"adaptive_gamma: {gamma!r} is outside (0, 1]")
+    length = checked.context.shape[1]
+    origins = [backtest_origins(len(h), length, wanted) for h in checked.histories]
+    plan = IntervalPlan(calibration, levels, checked, origins, float(gamma))
+    channels = checked.context.shape[2]
+    answer = (len(checked.context) + plan.extra_rows) * checked.horizon * channels
+    if answer > limits.max_forecast_values:
+        raise exhausted(
+            f"adaptive_origins: the forecast plus {plan.extra_rows} backtest rollouts of {checked.horizon} steps x "
+            f"{channels} channels = {answer} values exceed the limit of {limits.max_forecast_values} per request "
+            "(--max-forecast-values); send fewer origins or series"
+        )
+    return plan
+
+
+def fill_intervals(
+    response: forecast_pb2.ForecastResponse,
+    plan: IntervalPlan,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    adapted: np.ndarray | None,
+) -> None:
+    """Add each requested level's bounds to every series' forecast, in request order."""
+    for i, item in enumerate(response.forecasts):
+        for k, level in enumerate(plan.levels):
+            interval = item.intervals.add(
+                level=float(level), lower=lower[k, i].reshape(-1).tolist(), upper=upper[k, i].reshape(-1).tolist()
+            )
+            if adapted is not None and plan.origins is not None:
+                interval.adapted_levels.extend(adapted[k, i].reshape(-1).tolist())
+                interval.origins = len(plan.origins[i])
+
+
+def interval_support(model: LoadedModel) -> models_pb2.IntervalSupport | None:
+    """What ListModels reports of a forecaster's intervals (None: no calibration)."""
+    if not isinstance(model.runner, ForecastRunner):
+        return None
+    calibration = load_calibration(model.runner.artifact)
+    if calibration is None:
+        return None
+    return models_pb2.IntervalSupport(
+        methods=list(METHODS),
+        max_level=MAX_LEVEL,
+        max_horizon=calibration.horizon,
+        calibration_windows=int(calibration.windows[0]),
+    )
