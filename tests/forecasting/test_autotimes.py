@@ -397,7 +397,7 @@ def test_export_parity_and_manifest(exported) -> None:
     assert m.model_kind == "autotimes" and isinstance(m.rollout, KVCacheRollout)
     r = m.rollout
     assert (r.context_length, r.step, r.max_horizon, r.n_layers, r.kv_heads) == (LOOKBACK, SEGMENT, 720, 2, 2)
-    assert sorted(m.files) == ["step.onnx", "timestamps.npy"]  # one graph: one copy of the weights
+    assert sorted(m.files) == ["calibration.npz", "step.onnx", "timestamps.npy"]  # one graph: one weights copy
     assert m.graphs["step"].input_names[:4] == ("segments", "time_embeds", "past_key_0", "past_value_0")
     assert r.timestamps is not None
     assert r.timestamps.rows == 1200 + 6 * SEGMENT + 1 and r.timestamps.start == "2016-07-01T00:00:00"
