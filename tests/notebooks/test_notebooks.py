@@ -10,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
-SMALL = {"ARCAST_TRIALS": "3", "ARCAST_HORIZON": "36", "HF_HUB_OFFLINE": "1"}
+SMALL = {"ARCAST_TRIALS": "3", "ARCAST_HORIZON": "36", "ARCAST_RQVAE_STEPS": "200", "HF_HUB_OFFLINE": "1"}
 
 
 def test_there_are_notebooks() -> None:
