@@ -11,59 +11,21 @@ import numpy as np
 import pytest
 
 from recsys.cli import main as cli_main
-from recsys.data import InteractionData
-from recsys.export import export_run
 from recsys.generator import recommend
 from recsys.prorec_training import (
-    GeneratorShape,
-    GeneratorTrainConfig,
     PRORecRun,
     evaluate_generator,
-    popular_items_slice,
-    sequences_fingerprint,
-    train_generator,
 )
-from recsys.quantizer import QuantizerConfig
-from recsys.semantic_ids import ItemEmbeddings, build_semantic_ids
-from recsys.split import LeaveOneOutSplit, leave_one_out
+from recsys.split import LeaveOneOutSplit
 from serving.artifact import Artifact, read_artifact
 from serving.runners.constrained_beam import ConstrainedBeamModel, ConstrainedBeamRollout
+from tests.conftest import BEAUTY_SLICE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SLICE = {"top_items": 500, "max_users": 4000}
 
 
-@pytest.fixture(scope="module")
-def split_and_run(beauty: InteractionData) -> tuple[LeaveOneOutSplit, PRORecRun]:
-    """A generator trained for one epoch on the dense Beauty slice (peaked enough that ties are rare)."""
-    sequences = popular_items_slice(beauty.sequences, **SLICE)
-    split = leave_one_out(sequences, max_history=20)
-    rng = np.random.default_rng(0)
-    embeddings = ItemEmbeddings(collaborative=rng.normal(size=(split.num_items, 16)).astype(np.float32))
-    ids, _ = build_semantic_ids("collab", embeddings, QuantizerConfig(method="rkmeans", level_sizes=(16, 16, 16)))
-    shape = GeneratorShape(d_model=32, heads=4, d_ff=64, encoder_layers=1, decoder_layers=2, encoder_unit="token")
-    fit = train_generator(split, ids, shape, GeneratorTrainConfig(epochs=1, eval_users=200, progress=False))
-    info = {
-        "dataset": "beauty",
-        "variant": "collab",
-        "data": {"dataset": "beauty", "slice": SLICE},
-        "data_fingerprint": sequences_fingerprint(sequences),
-        "config": {"train": {"beam_width": 20}},
-        "metrics": {"validation_sample": fit.best_validation},
-    }
-    titles = ["", *(f"item {raw}" for raw in split.item_map.raw_ids[1:])]
-    return split, PRORecRun(fit.model, ids, split.item_map.raw_ids.copy(), embeddings, info, titles)
-
-
-@pytest.fixture(scope="module")
-def artifact(split_and_run: tuple[LeaveOneOutSplit, PRORecRun], tmp_path_factory: pytest.TempPathFactory) -> Artifact:
-    split, run = split_and_run
-    store = tmp_path_factory.mktemp("store")
-    return export_run(run, store, "beauty-slice", histories=split.validation.histories[:48])
-
-
-def test_manifest_describes_graphs_tables_and_parity(artifact: Artifact) -> None:
-    again = read_artifact(artifact.path)  # checksums and schema verified
+def test_manifest_describes_graphs_tables_and_parity(beauty_slice_artifact: Artifact) -> None:
+    again = read_artifact(beauty_slice_artifact.path)  # checksums and schema verified
     manifest = again.manifest
     assert manifest.model_kind == "prorec" and isinstance(manifest.rollout, ConstrainedBeamRollout)
     assert manifest.rollout.n_items == 500 and len(manifest.rollout.level_sizes) == 4
@@ -71,16 +33,16 @@ def test_manifest_describes_graphs_tables_and_parity(artifact: Artifact) -> None
     assert decoder_inputs[:2] == ("tokens", "memory_mask") and "past_key_1" in decoder_inputs
     assert manifest.rollout.side_tables.titles is not None
     assert manifest.parity["all_items"]["identical_top_k"] + manifest.parity["all_items"]["tie_flips"] == 48
-    assert manifest.data.slice == SLICE and manifest.data.fingerprint is not None
+    assert manifest.data.slice == BEAUTY_SLICE and manifest.data.fingerprint is not None
     assert len(manifest.data.fingerprint) == 64
 
 
 @pytest.mark.parametrize("exclude_seen", [False, True])
 def test_onnxruntime_top10_equals_torch_for_every_user(
-    split_and_run: tuple[LeaveOneOutSplit, PRORecRun], artifact: Artifact, exclude_seen: bool
+    beauty_slice_run: tuple[LeaveOneOutSplit, PRORecRun], beauty_slice_artifact: Artifact, exclude_seen: bool
 ) -> None:
-    split, run = split_and_run
-    served = ConstrainedBeamModel.load(artifact, intra_op_threads=1)
+    split, run = beauty_slice_run
+    served = ConstrainedBeamModel.load(beauty_slice_artifact, intra_op_threads=1)
     histories = split.test.histories[:120]
     index = run.code_index()
     expected = recommend(
@@ -95,8 +57,8 @@ def test_onnxruntime_top10_equals_torch_for_every_user(
             assert not {item for item, _ in items} & set(raw[user])
 
 
-def test_recommend_api_rejects_bad_requests_and_honours_exclusions(artifact: Artifact) -> None:
-    served = ConstrainedBeamModel.load(artifact, intra_op_threads=1)
+def test_recommend_api_rejects_bad_requests_and_honours_exclusions(beauty_slice_artifact: Artifact) -> None:
+    served = ConstrainedBeamModel.load(beauty_slice_artifact, intra_op_threads=1)
     known = served.item_ids[1:6].tolist()
     first = served.recommend([known], k=5, exclude_seen=False)[0]
     banned = {first[0][0], first[1][0], 123456789}  # an unknown id in exclude is ignored
@@ -114,10 +76,10 @@ def test_recommend_api_rejects_bad_requests_and_honours_exclusions(artifact: Art
 
 
 def test_cli_evaluates_the_artifact_as_torch_does(
-    split_and_run: tuple[LeaveOneOutSplit, PRORecRun], artifact: Artifact, tmp_path: Path
+    beauty_slice_run: tuple[LeaveOneOutSplit, PRORecRun], beauty_slice_artifact: Artifact, tmp_path: Path
 ) -> None:
-    split, run = split_and_run
-    store, name = artifact.path.parents[1], artifact.name
+    split, run = beauty_slice_run
+    store, name = beauty_slice_artifact.path.parents[1], beauty_slice_artifact.name
     argv = ["evaluate", "--store", str(store), "--name", name, "--split", "val", "--limit", "200"]
     assert cli_main([*argv, "--json", str(tmp_path / "report.json")]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

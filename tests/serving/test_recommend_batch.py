@@ -11,14 +11,13 @@ import pytest
 
 from serving.batch import errors_path, run_batch
 from serving.runners.constrained_beam import ConstrainedBeamModel
-from tests.recsys.test_prorec_export import artifact, split_and_run  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_recommendation_batch_job(artifact, split_and_run, tmp_path: Path) -> None:  # noqa: F811
-    model = ConstrainedBeamModel.load(artifact)
-    split, _ = split_and_run
+def test_recommendation_batch_job(beauty_slice_artifact, beauty_slice_run, tmp_path: Path) -> None:
+    model = ConstrainedBeamModel.load(beauty_slice_artifact)
+    split, _ = beauty_slice_run
     histories = [[int(model.item_ids[d]) for d in row if d] for row in split.test.histories[:30]]
     rows = [(f"u{u:02d}", item, t) for u, h in enumerate(histories) for t, item in enumerate(h)]
     rows.append(("bad", 999_999_999, 0))
@@ -26,7 +25,9 @@ def test_recommendation_batch_job(artifact, split_and_run, tmp_path: Path) -> No
     path = tmp_path / "interactions.parquet"
     frame.sample(fraction=1.0, shuffle=True, seed=0).write_parquet(path)  # order comes from the timestamps
     out = tmp_path / "top.parquet"
-    summary = run_batch(artifact.path.parents[1], "beauty-slice", path, out, horizon=5, chunk_series=7, progress=False)
+    summary = run_batch(
+        beauty_slice_artifact.path.parents[1], "beauty-slice", path, out, horizon=5, chunk_series=7, progress=False
+    )
     assert (summary.series, summary.scored, summary.failed) == (31, 30, 1)
     result = pl.read_parquet(out)
     expected = model.recommend(histories, k=5)
@@ -37,14 +38,14 @@ def test_recommendation_batch_job(artifact, split_and_run, tmp_path: Path) -> No
     assert errors["user_id"].to_list() == ["bad"] and "unknown item ids" in errors["reason"][0]
 
 
-def test_cli_k_and_ray_refusal(artifact, tmp_path: Path) -> None:  # noqa: F811
+def test_cli_k_and_ray_refusal(beauty_slice_artifact, tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
         "serving",
         "batch",
         "--store",
-        str(artifact.path.parents[1]),
+        str(beauty_slice_artifact.path.parents[1]),
         "--model",
         "beauty-slice",
         "--k",

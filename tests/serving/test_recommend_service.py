@@ -13,7 +13,6 @@ from serving.batching import BatchingConfig
 from serving.client import ArcastClient
 from serving.runners.constrained_beam import ConstrainedBeamModel, RecommendJob
 from serving.server import ForecastServer
-from tests.recsys.test_prorec_export import artifact, split_and_run  # noqa: F401 - shared fixtures
 from tests.serving.conftest import start_server
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,8 +20,8 @@ MODEL = "beauty-slice"
 
 
 @pytest.fixture(scope="module")
-def rec_server(artifact) -> Iterator[ForecastServer]:  # noqa: F811
-    server = start_server(artifact.path.parents[1])
+def rec_server(beauty_slice_artifact) -> Iterator[ForecastServer]:
+    server = start_server(beauty_slice_artifact.path.parents[1])
     yield server
     server.stop(grace_s=1)
 
@@ -34,9 +33,9 @@ def rec_client(rec_server: ForecastServer) -> Iterator[ArcastClient]:
 
 
 @pytest.fixture(scope="module")
-def sample(artifact, split_and_run) -> tuple[ConstrainedBeamModel, list[list[int]]]:  # noqa: F811
-    model = ConstrainedBeamModel.load(artifact)
-    split, _ = split_and_run
+def sample(beauty_slice_artifact, beauty_slice_run) -> tuple[ConstrainedBeamModel, list[list[int]]]:
+    model = ConstrainedBeamModel.load(beauty_slice_artifact)
+    split, _ = beauty_slice_run
     raw = model.item_ids
     histories = [[int(raw[d]) for d in row if d] for row in split.test.histories[:40]]
     return model, histories
@@ -57,9 +56,9 @@ def test_served_top_k_equals_in_process(rec_client: ArcastClient, sample) -> Non
         assert all(len(i.codes) == model.tokens.shape[1] for i in single.items)
 
 
-def test_concurrent_requests_are_merged_and_answer_as_if_alone(artifact, sample) -> None:  # noqa: F811
+def test_concurrent_requests_are_merged_and_answer_as_if_alone(beauty_slice_artifact, sample) -> None:
     model, histories = sample
-    server = start_server(artifact.path.parents[1], batching=BatchingConfig(max_rows=64, max_wait_s=0.05))
+    server = start_server(beauty_slice_artifact.path.parents[1], batching=BatchingConfig(max_rows=64, max_wait_s=0.05))
     settings = [(10, 0), (5, 0), (5, 10), (3, 10)]  # (k, beam width): two widths, so two kinds of batch
     try:
         with ArcastClient(f"127.0.0.1:{server.port}") as client:
@@ -78,7 +77,7 @@ def test_concurrent_requests_are_merged_and_answer_as_if_alone(artifact, sample)
         k, width = settings[i % len(settings)]
         (want,) = model.recommend([histories[i]], k=k, beam_width=width or None)
         assert got == [item for item, _ in want]
-    assert users == len(histories) and runs < len(histories)  # requests were merged
+    assert runs is not None and users == len(histories) and runs < len(histories)  # requests were merged
 
 
 def test_excluded_items_never_appear(rec_client: ArcastClient, sample) -> None:
@@ -150,14 +149,14 @@ def test_long_searches_run_in_chunks_with_the_same_answers(sample) -> None:
     np.testing.assert_allclose(chunked.scores, whole.scores, rtol=1e-6)
 
 
-def test_diverse_beam_search_over_grpc(rec_server: ForecastServer, sample, split_and_run) -> None:  # noqa: F811
+def test_diverse_beam_search_over_grpc(rec_server: ForecastServer, sample, beauty_slice_run) -> None:
     """The `diversity` field: the served lists equal the in-process and torch searches, spread over more first-level
     codes as the penalty grows, and a bad penalty is INVALID_ARGUMENT."""
     from recsys.generator import recommend
     from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 
     model, histories = sample
-    split, run = split_and_run
+    split, run = beauty_slice_run
     first_codes: dict[float, float] = {}
     with grpc.insecure_channel(f"127.0.0.1:{rec_server.port}") as channel:
         stub = recommend_pb2_grpc.RecommendServiceStub(channel)
