@@ -29,6 +29,8 @@ def test_committed_without_outputs(path: Path) -> None:
 def test_runs_top_to_bottom(path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     for key, value in SMALL.items():
         monkeypatch.setenv(key, os.environ.get(key, value))
+    if path.name == "tuning.ipynb":  # a study over the 2,000-row ETTh1 slice: the whole file cost a minute
+        monkeypatch.setenv("ARCAST_DATASET", str(request.getfixturevalue("etth1_slice")))
     if path.name == "recommend.ipynb":
         # The session's recommender (the notebook's own training is the `python -m recsys train` CLI, which
         # tests/recsys/test_prorec_cli.py runs): a train inside the notebook cost about 4 minutes of the suite.
