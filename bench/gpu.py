@@ -113,37 +113,11 @@ def recommender_parity(folder: Path, providers: list[str]) -> dict[str, Any]:
     from arcast_core.data_dir import find_data_dir
     from recsys.data import load_dataset
     from recsys.export import export_run
-    from recsys.prorec_training import (
-        GeneratorShape,
-        GeneratorTrainConfig,
-        PRORecRun,
-        popular_items_slice,
-        sequences_fingerprint,
-        train_generator,
-    )
-    from recsys.quantizer import QuantizerConfig
-    from recsys.semantic_ids import ItemEmbeddings, build_semantic_ids
-    from recsys.split import leave_one_out
+    from recsys.smoke_run import train_smoke_run
     from serving.artifact import read_artifact
     from serving.runners.constrained_beam import ConstrainedBeamModel
 
-    sequences = popular_items_slice(load_dataset("beauty", find_data_dir()).sequences, top_items=500, max_users=4000)
-    split = leave_one_out(sequences, max_history=20)
-    rng = np.random.default_rng(0)
-    embeddings = ItemEmbeddings(collaborative=rng.normal(size=(split.num_items, 16)).astype(np.float32))
-    ids, _ = build_semantic_ids("collab", embeddings, QuantizerConfig(method="rkmeans", level_sizes=(16, 16, 16)))
-    shape = GeneratorShape(d_model=32, heads=4, d_ff=64, encoder_layers=1, decoder_layers=2, encoder_unit="token")
-    fit = train_generator(split, ids, shape, GeneratorTrainConfig(epochs=1, eval_users=200, progress=False))
-    info = {
-        "dataset": "beauty",
-        "variant": "collab",
-        "data": {"dataset": "beauty", "slice": {"top_items": 500, "max_users": 4000}},
-        "data_fingerprint": sequences_fingerprint(sequences),
-        "config": {"train": {"beam_width": 20}},
-        "metrics": {"validation_sample": fit.best_validation},
-    }
-    titles = ["", *(f"item {raw}" for raw in split.item_map.raw_ids[1:])]
-    run = PRORecRun(fit.model, ids, split.item_map.raw_ids.copy(), embeddings, info, titles)
+    split, run = train_smoke_run(load_dataset("beauty", find_data_dir()).sequences)
     histories = split.test.histories[:64]
     artifact = export_run(run, folder / "store", "parity-prorec", histories=split.validation.histories[:48])
     results = {}

@@ -92,46 +92,14 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-BEAUTY_SLICE = {"top_items": 500, "max_users": 4000}
-
-
 @pytest.fixture(scope="session")
 def beauty_slice_run(beauty):
-    """A collaborative-code generator trained for one epoch on the dense Beauty slice (peaked enough that ties are
-    rare), as (split, run). Trained once per session: the recommendation export, batch, service and notebook tests
-    all read it."""
-    import numpy as np
+    """recsys.smoke_run's generator on the dense Beauty slice, as (split, run). Trained once per session: the
+    recommendation export, batch, service and notebook tests all read it."""
+    from recsys.smoke_run import train_smoke_run
 
-    from recsys.prorec_training import (
-        GeneratorShape,
-        GeneratorTrainConfig,
-        PRORecRun,
-        popular_items_slice,
-        sequences_fingerprint,
-        train_generator,
-    )
-    from recsys.quantizer import QuantizerConfig
-    from recsys.semantic_ids import ItemEmbeddings, build_semantic_ids
-    from recsys.split import leave_one_out
-
-    sequences = popular_items_slice(beauty.sequences, **BEAUTY_SLICE)
-    split = leave_one_out(sequences, max_history=20)
-    rng = np.random.default_rng(0)
-    embeddings = ItemEmbeddings(collaborative=rng.normal(size=(split.num_items, 16)).astype(np.float32))
-    ids, _ = build_semantic_ids("collab", embeddings, QuantizerConfig(method="rkmeans", level_sizes=(16, 16, 16)))
-    shape = GeneratorShape(d_model=32, heads=4, d_ff=64, encoder_layers=1, decoder_layers=2, encoder_unit="token")
     with _single_threaded():
-        fit = train_generator(split, ids, shape, GeneratorTrainConfig(epochs=1, eval_users=200, progress=False))
-    info = {
-        "dataset": "beauty",
-        "variant": "collab",
-        "data": {"dataset": "beauty", "slice": BEAUTY_SLICE},
-        "data_fingerprint": sequences_fingerprint(sequences),
-        "config": {"train": {"beam_width": 20}},
-        "metrics": {"validation_sample": fit.best_validation},
-    }
-    titles = ["", *(f"item {raw}" for raw in split.item_map.raw_ids[1:])]
-    return split, PRORecRun(fit.model, ids, split.item_map.raw_ids.copy(), embeddings, info, titles)
+        return train_smoke_run(beauty.sequences)
 
 
 @pytest.fixture(scope="session")

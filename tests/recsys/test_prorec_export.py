@@ -16,10 +16,10 @@ from recsys.prorec_training import (
     PRORecRun,
     evaluate_generator,
 )
+from recsys.smoke_run import SMOKE_SLICE
 from recsys.split import LeaveOneOutSplit
 from serving.artifact import Artifact, read_artifact
 from serving.runners.constrained_beam import ConstrainedBeamModel, ConstrainedBeamRollout
-from tests.conftest import BEAUTY_SLICE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def test_manifest_describes_graphs_tables_and_parity(beauty_slice_artifact: Arti
     assert decoder_inputs[:2] == ("tokens", "memory_mask") and "past_key_1" in decoder_inputs
     assert manifest.rollout.side_tables.titles is not None
     assert manifest.parity["all_items"]["identical_top_k"] + manifest.parity["all_items"]["tie_flips"] == 48
-    assert manifest.data.slice == BEAUTY_SLICE and manifest.data.fingerprint is not None
+    assert manifest.data.slice == SMOKE_SLICE and manifest.data.fingerprint is not None
     assert len(manifest.data.fingerprint) == 64
 
 
