@@ -93,3 +93,15 @@ def test_the_size_space_builds_valid_generators() -> None:
     shape = GeneratorShape(**settings["generator"])
     assert (shape.heads, shape.d_ff, shape.encoder_unit) == (6, 1024, "token")  # heads of 32, MLP capped at 1024
     assert GeneratorTrainConfig(**settings["train"]).warmup_steps == 500
+
+
+def test_the_quick_recipe_is_a_valid_train_command(tmp_path: Path) -> None:
+    from recsys.cli import _pipeline_config, build_parser
+    from recsys.quick_recipe import QUICK_SLICE, quick_train_args
+
+    args = build_parser().parse_args(quick_train_args(tmp_path / "run"))
+    config = _pipeline_config(args, args.variant)
+    assert (args.slice_items, args.slice_users) == (QUICK_SLICE["top_items"], QUICK_SLICE["max_users"])
+    # the settings its docstring measured: small code levels, item-level encoder, a distilled PRORec
+    assert config.quantizer.level_sizes == (16, 16, 16) and config.generator.encoder_unit == "item"
+    assert config.variant == "prorec" and config.train.distill_weight > 0 and args.out == str(tmp_path / "run")
