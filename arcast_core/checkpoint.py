@@ -71,64 +71,60 @@ def _set_rng_states(task: Any, states: dict[str, Any]) -> None:
             rng.set_state(state)
 
 
-def save(
-    path: Path | str,
-    cfg: Any,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    task: Any,
-    state: LoopState,
-) -> None:
-    payload = {
-        "format": FORMAT,
-        "settings": _settings(cfg),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": None if scheduler is None else scheduler.state_dict(),
-        "loop": dataclasses.asdict(state) | {"history": [dataclasses.asdict(r) for r in state.history]},
-        "random": {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "task": _rng_states(task),
-        },
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getvalue()))
+@dataclass
+class Checkpoint:
+    """One run's checkpoint file and the objects whose state it holds: built once, then ``load`` and ``save``."""
 
+    path: Path
+    cfg: Any  # the TrainConfig: its settings must match on resumption (but MAY_CHANGE)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    task: Any  # its random generator (``TASK_RNG_NAMES``) is saved and restored
 
-def load(
-    path: Path | str,
-    cfg: Any,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    task: Any,
-    record: type,
-) -> LoopState:
-    """The state to go on from: a fresh one when ``path`` does not exist yet. ``record``: EpochRecord."""
-    path = Path(path)
-    if not path.exists():
-        return LoopState()
-    payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by ``save``
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, this code reads {FORMAT}")
-    saved, now = payload["settings"], _settings(cfg)
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed)
-        raise ValueError(f"{path}: the checkpoint was written with other settings ({detail}); delete it to start over")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if scheduler is not None and payload["scheduler"] is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    randoms = payload["random"]
-    torch.set_rng_state(randoms["torch"])
-    np.random.set_state(randoms["numpy"])
-    random.setstate(randoms["python"])
-    _set_rng_states(task, randoms["task"])
-    loop = payload["loop"]
-    loop["history"] = [record(**r) for r in loop["history"]]
-    return LoopState(**loop)
+    def save(self, state: LoopState) -> None:
+        payload = {
+            "format": FORMAT,
+            "settings": _settings(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "loop": dataclasses.asdict(state) | {"history": [dataclasses.asdict(r) for r in state.history]},
+            "random": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "task": _rng_states(self.task),
+            },
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write(self.path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+    def load(self, record: type) -> LoopState:
+        """The state to go on from: a fresh one when the file does not exist yet. ``record``: EpochRecord."""
+        path = self.path
+        if not path.exists():
+            return LoopState()
+        payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by ``save``
+        if payload.get("format") != FORMAT:
+            raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, this code reads {FORMAT}")
+        saved, now = payload["settings"], _settings(self.cfg)
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+            raise ValueError(
+                f"{path}: the checkpoint was written with other settings ({detail}); delete it to start over"
+            )
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scheduler is not None and payload["scheduler"] is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        randoms = payload["random"]
+        torch.set_rng_state(randoms["torch"])
+        np.random.set_state(randoms["numpy"])
+        random.setstate(randoms["python"])
+        _set_rng_states(self.task, randoms["task"])
+        loop = payload["loop"]
+        loop["history"] = [record(**r) for r in loop["history"]]
+        return LoopState(**loop)

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
@@ -31,8 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from arcast_core import checkpoint
-from arcast_core.checkpoint import LoopState
+from arcast_core.checkpoint import Checkpoint, LoopState
 from arcast_core.distributed import (
     DistributedContext,
     all_reduce_sum,
@@ -362,9 +362,8 @@ def fit(
     model = task.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, loop.steps_per_epoch)
-    state = LoopState()
-    if cfg.checkpoint is not None:
-        state = checkpoint.load(cfg.checkpoint, cfg, model, optimizer, scheduler, task, EpochRecord)
+    saved = None if cfg.checkpoint is None else Checkpoint(Path(cfg.checkpoint), cfg, model, optimizer, scheduler, task)
+    state = LoopState() if saved is None else saved.load(EpochRecord)
     best_state, best_value, best_epoch = state.best_state, state.best_value, state.best_epoch
     best_validation, stale, history = state.best_validation, state.stale, state.history
     stopped_by = state.stopped_by or "epochs"
@@ -402,10 +401,10 @@ def fit(
             stopped_by = "early_stopping"
         elif out_of_time:
             stopped_by = "time_budget"
-        if cfg.checkpoint is not None and loop.replica.reports:
+        if saved is not None and loop.replica.reports:
             done = LoopState(epoch + 1, best_state, best_value, best_epoch, best_validation, stale, history)
             done.spent_seconds, done.stopped_by = clock() - started, None if stopped_by == "epochs" else stopped_by
-            checkpoint.save(cfg.checkpoint, cfg, model, optimizer, scheduler, task, done)
+            saved.save(done)
         if stopped_by != "epochs":
             break
     if best_state is not None:
