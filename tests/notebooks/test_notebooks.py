@@ -29,6 +29,8 @@ def test_committed_without_outputs(path: Path) -> None:
 def test_runs_top_to_bottom(path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     for key, value in SMALL.items():
         monkeypatch.setenv(key, os.environ.get(key, value))
+    if path.name == "forecast.ipynb":  # the session's AR-Net on the ETTh1 slice; its training is tests/forecasting's
+        monkeypatch.setenv("ARCAST_STORE", str(request.getfixturevalue("model_store")))
     if path.name == "tuning.ipynb":  # a study over the 2,000-row ETTh1 slice: the whole file cost a minute
         monkeypatch.setenv("ARCAST_DATASET", str(request.getfixturevalue("etth1_slice")))
     if path.name == "recommend.ipynb":
