@@ -90,7 +90,7 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
     total = sum(len(s.values) for s in request.series)
     if total > limits.max_values:
         raise exhausted(f"series: {total} history values exceed the limit of {limits.max_values} per request")
-    channels, length = runner.n_channels, runner.context_length
+    channels, length, freq = runner.n_channels, runner.context_length, runner.artifact.manifest.freq
     answer = len(request.series) * request.horizon * channels
     if answer > limits.max_forecast_values:
         raise exhausted(
@@ -113,23 +113,28 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
         steps = len(values) // channels
         if steps < length:
             raise invalid(f"{field}: {steps} steps of history, the model needs at least {length}")
-        if not np.isfinite(values).all():
-            bad = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise invalid(f"{field}[{bad}]: {values[bad]} is not a finite number")
-        if np.abs(values).max() > FLOAT32_MAX:
-            bad = int(np.flatnonzero(np.abs(values) > FLOAT32_MAX)[0])
-            raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
-        context[i] = values.reshape(steps, channels)[-length:]
+        if not np.abs(values).max() <= FLOAT32_MAX:  # one pass: NaN compares false, infinity is beyond the range
+            _refuse_values(values, field)
+        history = values.reshape(steps, channels)
+        context[i] = history[-length:]
         past = _timestamps(series, i, steps)
-        histories.append(values.reshape(steps, channels))
+        histories.append(history)
         history_stamps.append(past)
         if context_stamps is not None:
             if past is None:
                 raise invalid(f"series[{i}].timestamps: required, this model uses calendar features (one per step)")
             context_stamps[i] = past[-length:]
-        freq = runner.artifact.manifest.freq
         stamps.append(None if past is None else _future(past, request.horizon, f"series[{i}].timestamps", freq))
     return ValidatedRequest(model, int(request.horizon), context, context_stamps, stamps, histories, history_stamps)
+
+
+def _refuse_values(values: np.ndarray, field: str) -> None:
+    """INVALID_ARGUMENT for a history that is not finite or not within float32, naming the first bad value."""
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise invalid(f"{field}[{bad}]: {values[bad]} is not a finite number")
+    bad = int(np.flatnonzero(np.abs(values) > FLOAT32_MAX)[0])
+    raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
 
 
 def _to_timestamp(value: np.datetime64) -> Timestamp:

@@ -1,0 +1,105 @@
+"""The lone-request fast path (run inline when the batcher is idle) answers exactly what the queued, merged and
+unbatched paths answer, over real gRPC and real onnxruntime; concurrent requests still merge."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.batching import BatchingConfig, BatchKind
+from serving.client import ArcastClient
+from serving.server import ForecastServer
+from tests.serving.conftest import start_server
+from tests.serving.test_forecast_service import MODEL
+
+
+@pytest.fixture(scope="module")
+def inline(model_store: Path) -> Iterator[ForecastServer]:
+    """Batching on without a wait for company: a lone request runs inline in its handler thread."""
+    srv = start_server(model_store, batching=BatchingConfig(enabled=True, max_rows=256, max_wait_s=0.0))
+    yield srv
+    srv.stop(grace_s=1)
+
+
+@pytest.fixture(scope="module")
+def unbatched(model_store: Path) -> Iterator[ForecastServer]:
+    srv = start_server(model_store, batching=BatchingConfig(enabled=False))
+    yield srv
+    srv.stop(grace_s=1)
+
+
+def _answers(server: ForecastServer, histories: np.ndarray, horizon: int = 24) -> list[bytes]:
+    """Each history forecast alone, one request after the other: the serialized answers."""
+    with ArcastClient(f"127.0.0.1:{server.port}") as client:
+        stub = client.channel.unary_unary(
+            "/arcast.v1.ForecastService/Forecast", request_serializer=None, response_deserializer=None
+        )
+        return [stub(ArcastClient.forecast_request(MODEL, [h], horizon).SerializeToString()) for h in histories]
+
+
+def _count_queued(server: ForecastServer, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the model's batcher ran its queue (the path a lone request skips)."""
+    batcher = server.registry.get(MODEL).batcher
+    assert batcher is not None
+    calls: list[int] = []
+    serve = batcher._serve
+
+    def counted(until: object) -> None:
+        calls.append(1)
+        serve(until)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batcher, "_serve", counted)
+    return calls
+
+
+def _wait_for(condition: Callable[[], bool], limit_s: float = 60) -> None:
+    """Poll until ``condition`` holds (a state the test waits for, not a duration it asserts)."""
+    until = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < until, "the expected state never came"
+        time.sleep(0.01)
+
+
+def test_a_lone_request_answers_the_same_inline_queued_and_unbatched(
+    inline: ForecastServer, server: ForecastServer, unbatched: ForecastServer, histories: np.ndarray, monkeypatch
+) -> None:
+    queued = _count_queued(server, monkeypatch)  # the shared server waits 5 ms for company: always queued
+    skipped = _count_queued(inline, monkeypatch)
+    fast = _answers(inline, histories)
+    assert fast == _answers(server, histories) == _answers(unbatched, histories)  # byte for byte
+    assert not skipped and len(queued) == len(histories)
+
+
+def test_requests_arriving_during_a_run_still_merge_and_answer_the_same(
+    inline: ForecastServer, unbatched: ForecastServer, histories: np.ndarray
+) -> None:
+    """The first request runs inline and is held there; the next ones queue meanwhile and run as one batch."""
+    batcher = inline.registry.get(MODEL).batcher
+    assert batcher is not None
+    kind, gate, sizes = batcher._kind, threading.Event(), []
+
+    def held(jobs: list) -> list:
+        sizes.append(len(jobs))
+        if len(sizes) == 1:
+            gate.wait(30)
+        return kind.run_batch(jobs)
+
+    batcher._kind = BatchKind(held, kind.rows, kind.key)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:
+            first = pool.submit(_answers, inline, histories[:1])
+            _wait_for(lambda: bool(sizes))  # the first request holds the run
+            rest = [pool.submit(_answers, inline, histories[i : i + 1]) for i in range(1, 9)]
+            _wait_for(lambda: len(batcher._waiting) == 8)  # all of them wait in the queue
+            gate.set()
+            merged = first.result(30) + [f.result(30)[0] for f in rest]
+    finally:
+        batcher._kind = kind
+    assert sizes == [1, 8]
+    assert merged == _answers(unbatched, histories[:9])
