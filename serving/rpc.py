@@ -140,4 +140,5 @@ def observed(calls: Calls, method: str, model: str, context: grpc.ServicerContex
         calls.drain.leave()
         if code != grpc.StatusCode.OK:
             metrics.errors.labels(method, code.name).inc()
-        log.debug("rpc", extra={"method": method, "model": model, "code": code.name, "seconds": round(elapsed, 6)})
+        if log.isEnabledFor(logging.DEBUG):  # the record's fields cost more than the check, on every call
+            log.debug("rpc", extra={"method": method, "model": model, "code": code.name, "seconds": round(elapsed, 6)})

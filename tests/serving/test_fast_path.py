@@ -103,3 +103,20 @@ def test_requests_arriving_during_a_run_still_merge_and_answer_the_same(
         batcher._kind = kind
     assert sizes == [1, 8]
     assert merged == _answers(unbatched, histories[:9])
+
+
+def test_sessions_do_not_spin_and_answer_as_spinning_ones(model_store: Path, histories: np.ndarray) -> None:
+    """Idle onnxruntime threads sleep in every session the server makes; the forecasts are the same to the bit."""
+    import onnxruntime as ort
+
+    from serving.artifact import read_artifact, resolve
+    from serving.sessions import create_session
+
+    path = read_artifact(resolve(model_store, MODEL)).graph_path("forecast")
+    session = create_session(path, None, 2)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = ort.SessionOptions()
+    spinning.intra_op_num_threads = 2
+    reference = ort.InferenceSession(str(path), spinning, providers=["CPUExecutionProvider"])
+    context = {"context": histories[:, -48:, None].astype(np.float32)}
+    assert np.array_equal(session.run(None, context)[0], reference.run(None, context)[0])
