@@ -20,6 +20,10 @@ from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastR
 from serving.time_features import future_from_history, parse_freq
 
 log = logging.getLogger(__name__)
+# A history whose sum of squares is below this has every value finite and within float32 (each square is at most
+# the sum, NaN and infinity make the sum NaN or infinite): one BLAS call, no temporary array, accepts the usual
+# history; any other is checked value by value (_refuse_values).
+FLOAT32_MAX_SQUARED = FLOAT32_MAX * FLOAT32_MAX
 # The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
@@ -113,7 +117,7 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
         steps = len(values) // channels
         if steps < length:
             raise invalid(f"{field}: {steps} steps of history, the model needs at least {length}")
-        if not np.abs(values).max() <= FLOAT32_MAX:  # one pass: NaN compares false, infinity is beyond the range
+        if not float(values.dot(values)) < FLOAT32_MAX_SQUARED:  # not surely within float32: look closer
             _refuse_values(values, field)
         history = values.reshape(steps, channels)
         context[i] = history[-length:]
@@ -129,12 +133,14 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
 
 
 def _refuse_values(values: np.ndarray, field: str) -> None:
-    """INVALID_ARGUMENT for a history that is not finite or not within float32, naming the first bad value."""
+    """INVALID_ARGUMENT for a history that is not finite or not within float32, naming the first bad value; nothing
+    when every value is within float32 after all (only their sum of squares was not)."""
     if not np.isfinite(values).all():
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise invalid(f"{field}[{bad}]: {values[bad]} is not a finite number")
-    bad = int(np.flatnonzero(np.abs(values) > FLOAT32_MAX)[0])
-    raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
+    if np.abs(values).max() > FLOAT32_MAX:
+        bad = int(np.flatnonzero(np.abs(values) > FLOAT32_MAX)[0])
+        raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
 
 
 def _to_timestamp(value: np.datetime64) -> Timestamp:

@@ -120,3 +120,36 @@ def test_sessions_do_not_spin_and_answer_as_spinning_ones(model_store: Path, his
     reference = ort.InferenceSession(str(path), spinning, providers=["CPUExecutionProvider"])
     context = {"context": histories[:, -48:, None].astype(np.float32)}
     assert np.array_equal(session.run(None, context)[0], reference.run(None, context)[0])
+
+
+@pytest.mark.parametrize(
+    ("history", "refusal"),
+    [
+        ([1.0] * 59 + [3.5e38], "series[0].values[59]: 3.5e+38 is beyond the float32 range the models compute in"),
+        ([-3.5e38] + [1.0] * 59, "series[0].values[0]: -3.5e+38 is beyond the float32 range the models compute in"),
+        ([1.0] * 30 + [float("nan")] + [1.0] * 29, "series[0].values[30]: nan is not a finite number"),
+        ([1.0] * 30 + [float("-inf")] + [1.0] * 29, "series[0].values[30]: -inf is not a finite number"),
+        ([3.4e38] * 60, None),  # every value within float32, their sum of squares beyond it: accepted
+        ([1e30] * 60, None),
+    ],
+)
+def test_the_range_check_refuses_exactly_the_values_beyond_float32(
+    client: ArcastClient, history: list[float], refusal: str | None
+) -> None:
+    """The one-call check (sum of squares) lets a history through only when every value is within float32;
+    everything else is checked value by value, with the same statuses and messages."""
+    import grpc
+
+    stub = client.channel.unary_unary(
+        "/arcast.v1.ForecastService/Forecast", request_serializer=None, response_deserializer=None
+    )
+    request = ArcastClient.forecast_request(MODEL, [np.array(history)], 12).SerializeToString()
+    try:
+        stub(request, timeout=30)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details()
+    if refusal is None:  # validation passed (the model may still answer OUT_OF_RANGE for a non-finite forecast)
+        assert code in (grpc.StatusCode.OK, grpc.StatusCode.OUT_OF_RANGE)
+    else:
+        assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, refusal)
