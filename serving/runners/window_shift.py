@@ -285,8 +285,9 @@ class WindowShiftModel(ForecastRunner):
                 )
         # Any caller (the batcher, batch jobs, evaluation) gets runs of at most rows_per_run series: memory.
         chunk = self.rows_per_run
-        if len(context) <= chunk:  # one run: nothing to join
-            return window_shift(self.steps, context, horizon, self.context_length, self.step, calendar, stamps)
+        if len(context) <= chunk:  # one run: nothing to join (C-contiguous, as a joined answer is; no copy when it is)
+            out = window_shift(self.steps, context, horizon, self.context_length, self.step, calendar, stamps)
+            return np.ascontiguousarray(out)
         return np.concatenate(
             [
                 window_shift(
