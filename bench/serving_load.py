@@ -251,9 +251,11 @@ def stage_costs(before: dict[str, float], after: dict[str, float], task: str, me
     return out
 
 
-def spawn_with_metrics(argv: list[str]) -> tuple[subprocess.Popen[str], str, list[str]]:
+def spawn_with_metrics(
+    argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], str, list[str]]:
     """A server command that prints ``listening on HOST:PORT`` then ``metrics on HOST:PORT[,HOST:PORT...]``."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
     assert proc.stdout is not None
     first, second = proc.stdout.readline(), proc.stdout.readline()
     if not first.startswith("listening on") or not second.startswith("metrics on"):

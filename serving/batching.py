@@ -10,7 +10,9 @@ on its own, so one bad request never fails the others.
 Who runs the batches: a request that arrives while none is running runs them itself, in its own thread, until its
 own result is ready, and then hands what still waits to a worker thread. A lone request therefore pays no thread
 hand-off (two context switches, which cost milliseconds on a busy CPU), and under load the batches form while the
-previous one runs.
+previous one runs. With ``max_wait_s`` 0 a request that finds nothing running or waiting skips the queue altogether:
+it runs its job at once (``run_alone``, as an unbatched server does) and gets a ``Settled`` answer instead of a
+``Future``; the queue, its condition and the future cost more than a small model's run (bench/results).
 
 Bounds: at most ``max_queued_rows`` rows wait per model; a request that would exceed it is refused at once
 (``QueueFull``, answered RESOURCE_EXHAUSTED) instead of queueing without end. A run may answer one job with an
@@ -28,11 +30,12 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 J = TypeVar("J")  # one request's work
 R = TypeVar("R")  # its result
+R_co = TypeVar("R_co", covariant=True)
 
 
 class QueueFull(Exception):
@@ -41,6 +44,49 @@ class QueueFull(Exception):
 
 class DeadlineExceeded(TimeoutError):
     """A job's deadline passed before its run finished: the rest of its work was dropped."""
+
+
+class Pending(Protocol[R_co]):
+    """What a submitted job answers: a ``Future`` when it queued, a ``Settled`` when it ran at once."""
+
+    def result(self, timeout: float | None = None) -> R_co: ...
+
+    def cancel(self) -> bool: ...
+
+
+class Settled(Generic[R]):
+    """The answer of a job its own thread already ran: a result or an exception, no lock, no condition."""
+
+    __slots__ = ("_outcome",)
+
+    def __init__(self, outcome: R | BaseException) -> None:
+        self._outcome = outcome
+
+    def result(self, timeout: float | None = None) -> R:
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+    def cancel(self) -> bool:
+        return False  # already run
+
+
+def run_alone(
+    kind: BatchKind[J, R],
+    job: J,
+    on_batch: Callable[[int], None],
+    on_run: Callable[[list[float], float], None],
+    submitted: float,
+) -> Settled[R]:
+    """Run one job in this thread, as a batch of its own; ``submitted``: its ``time.perf_counter`` at submit."""
+    started = time.perf_counter()
+    try:
+        (result,) = kind.run_batch([job])
+    except Exception as err:  # answered through the Settled, as a Future would
+        return Settled(err)
+    on_run([started - submitted], time.perf_counter() - started)
+    on_batch(kind.rows(job))
+    return Settled(result)
 
 
 @dataclass
@@ -85,11 +131,23 @@ class DynamicBatcher(Generic[J, R]):
         self._queued_rows = 0
         self._running = False  # some thread is running batches
         self._closed = False
+        # Without a wait for company, a job that finds nothing running or waiting runs at once (see the docstring).
+        self._inline = config.max_wait_s <= 0
         self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
-    def submit(self, job: J) -> Future[R]:
-        entry: tuple[J, Future[R], float] = (job, Future(), time.perf_counter())
+    def submit(self, job: J) -> Pending[R]:
+        submitted = time.perf_counter()
+        if self._inline:
+            with self._lock:
+                idle = not (self._running or self._waiting)
+                self._running = self._running or idle
+            if idle:  # nothing runs or waits: run it now, in this thread (the same run a batch of one would be)
+                try:
+                    return run_alone(self._kind, job, self._on_batch, self._on_run, submitted)
+                finally:
+                    self._release()
+        entry: tuple[J, Future[R], float] = (job, Future(), submitted)
         rows = self._kind.rows(job)
         with self._lock:
             if self._closed:  # a request that raced a model's retirement: run it alone
@@ -142,10 +200,14 @@ class DynamicBatcher(Generic[J, R]):
                     if not self._waiting or (until is not None and until.done()):
                         return
         finally:
-            with self._lock:
-                self._running = False
-                if self._waiting or self._closed:  # wake the worker only when it has something to do
-                    self._handoff.notify()
+            self._release()
+
+    def _release(self) -> None:
+        """This thread stops running batches: the worker takes over what waits (and a close)."""
+        with self._lock:
+            self._running = False
+            if self._waiting or self._closed:  # wake the worker only when it has something to do
+                self._handoff.notify()
 
     def _collect(self) -> list[tuple[J, Future[R], float]]:
         """The next batch: the oldest waiting job and the waiting (or soon arriving) jobs that fit with it."""

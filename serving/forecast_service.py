@@ -20,6 +20,10 @@ from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastR
 from serving.time_features import future_from_history, parse_freq
 
 log = logging.getLogger(__name__)
+# A history whose sum of squares is below this has every value finite and within float32 (each square is at most
+# the sum, NaN and infinity make the sum NaN or infinite): one BLAS call, no temporary array, accepts the usual
+# history; any other is checked value by value (_refuse_values).
+FLOAT32_MAX_SQUARED = FLOAT32_MAX * FLOAT32_MAX
 # The protobuf Timestamp range (0001-01-01 to 9999-12-31): anything outside is not a time at all.
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
@@ -90,7 +94,7 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
     total = sum(len(s.values) for s in request.series)
     if total > limits.max_values:
         raise exhausted(f"series: {total} history values exceed the limit of {limits.max_values} per request")
-    channels, length = runner.n_channels, runner.context_length
+    channels, length, freq = runner.n_channels, runner.context_length, runner.artifact.manifest.freq
     answer = len(request.series) * request.horizon * channels
     if answer > limits.max_forecast_values:
         raise exhausted(
@@ -113,23 +117,30 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
         steps = len(values) // channels
         if steps < length:
             raise invalid(f"{field}: {steps} steps of history, the model needs at least {length}")
-        if not np.isfinite(values).all():
-            bad = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise invalid(f"{field}[{bad}]: {values[bad]} is not a finite number")
-        if np.abs(values).max() > FLOAT32_MAX:
-            bad = int(np.flatnonzero(np.abs(values) > FLOAT32_MAX)[0])
-            raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
-        context[i] = values.reshape(steps, channels)[-length:]
+        if not float(values.dot(values)) < FLOAT32_MAX_SQUARED:  # not surely within float32: look closer
+            _refuse_values(values, field)
+        history = values.reshape(steps, channels)
+        context[i] = history[-length:]
         past = _timestamps(series, i, steps)
-        histories.append(values.reshape(steps, channels))
+        histories.append(history)
         history_stamps.append(past)
         if context_stamps is not None:
             if past is None:
                 raise invalid(f"series[{i}].timestamps: required, this model uses calendar features (one per step)")
             context_stamps[i] = past[-length:]
-        freq = runner.artifact.manifest.freq
         stamps.append(None if past is None else _future(past, request.horizon, f"series[{i}].timestamps", freq))
     return ValidatedRequest(model, int(request.horizon), context, context_stamps, stamps, histories, history_stamps)
+
+
+def _refuse_values(values: np.ndarray, field: str) -> None:
+    """INVALID_ARGUMENT for a history that is not finite or not within float32, naming the first bad value; nothing
+    when every value is within float32 after all (only their sum of squares was not)."""
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise invalid(f"{field}[{bad}]: {values[bad]} is not a finite number")
+    if np.abs(values).max() > FLOAT32_MAX:
+        bad = int(np.flatnonzero(np.abs(values) > FLOAT32_MAX)[0])
+        raise invalid(f"{field}[{bad}]: {values[bad]} is beyond the float32 range the models compute in")
 
 
 def _to_timestamp(value: np.datetime64) -> Timestamp:
@@ -164,7 +175,8 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             started = time.perf_counter()
             response = forecast_pb2.ForecastResponse(model=checked.model.name, version=checked.model.version)
             for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):
-                item = response.forecasts.add(id=series.id, values=values.reshape(-1).astype(np.float64).tolist())
+                # float32 to Python float is exact: the same doubles as an astype(float64) first, one copy less
+                item = response.forecasts.add(id=series.id, values=values.reshape(-1).tolist())
                 if future_stamps is not None:
                     item.timestamps.extend(_to_timestamp(t) for t in future_stamps)
             if plan:

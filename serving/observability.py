@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -40,6 +43,67 @@ def configure_logging(level: str = "info", json_lines: bool = True) -> None:
     root.setLevel(level.upper())
 
 
+class _HistogramChild:
+    """One label set's buckets: a bisect and one lock per observation."""
+
+    __slots__ = ("_bounds", "_counts", "_lock", "_sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last one: +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self._bounds, value)  # the first bucket whose upper bound is >= value
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += value
+
+    def snapshot(self) -> tuple[list[int], float]:
+        with self._lock:
+            return list(self._counts), self._sum
+
+
+class FastHistogram(Collector):
+    """A labelled histogram exposed as prometheus_client's ``Histogram`` is (``_bucket``, ``_count``, ``_sum``;
+    no ``_created``), observed at about a third of its cost: its ``observe`` takes two locks and walks the buckets
+    in Python, and a request observes eight of them (the stage histograms)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: list[str],
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...],
+    ) -> None:
+        self._name, self._documentation, self._labelnames = name, documentation, labelnames
+        self._bounds = tuple(float(b) for b in buckets)
+        self._children: dict[tuple[str, ...], _HistogramChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> _HistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            with self._lock:
+                child = self._children.setdefault(values, _HistogramChild(self._bounds))
+        return child
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        bounds = [*map(floatToGoString, self._bounds), "+Inf"]
+        for values, child in list(self._children.items()):
+            counts, total = child.snapshot()
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counts, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            family.add_metric(list(values), cumulative, total)
+        yield family
+
+
 # Where a request's time goes on the server, in order: protobuf parsing, request checks, waiting for a batch run,
 # the run (onnxruntime and the rollout's numpy), the answer message built from the arrays, protobuf serialization.
 STAGES = ("decode", "validate", "batch_wait", "run", "build", "encode")
@@ -60,14 +124,14 @@ class ServerMetrics:
         self.errors = Counter(
             "arcast_errors", "RPCs that failed, by status code", ["method", "code"], registry=self.registry
         )
-        self.latency = Histogram(
+        self.latency = FastHistogram(
             "arcast_request_seconds",
             "RPC latency",
             ["method"],
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.batch_size = Histogram(
+        self.batch_size = FastHistogram(
             "arcast_batch_rows",
             "Series (forecasts) or users (recommendations) per onnxruntime run",
             ["model"],
@@ -77,7 +141,7 @@ class ServerMetrics:
         self.models_loaded = Counter(
             "arcast_model_loads", "Artifacts loaded, by outcome", ["outcome"], registry=self.registry
         )
-        self.stages = Histogram(
+        self.stages = FastHistogram(
             "arcast_stage_seconds",
             "Server time of one request by stage: decode (protobuf parse), validate, batch_wait (queued until its "
             "run starts), run (onnxruntime and the rollout, the whole merged run), build (answer message), encode "
@@ -90,7 +154,7 @@ class ServerMetrics:
         # labels() takes a lock and builds a key on every call: the per-request children are looked up here instead
         self._children: dict[tuple[object, ...], Any] = {}
 
-    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+    def child(self, metric: Counter | FastHistogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: what every request uses (label values must be bounded)."""
         key = (id(metric), *labels)
         found = self._children.get(key)

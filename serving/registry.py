@@ -13,7 +13,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from serving.artifact import is_version_name, read_published
-from serving.batching import BatchingConfig, BatchKind, DynamicBatcher, RunSlots, settle
+from serving.batching import BatchingConfig, BatchKind, DynamicBatcher, Pending, RunSlots, run_alone
 from serving.manifest import Manifest
 from serving.rpc import echo
 from serving.runners import load_runner
@@ -74,7 +73,7 @@ class LoadedModel:
         horizon: int,
         timestamps: np.ndarray | None = None,
         deadline: float | None = None,
-    ) -> Future[np.ndarray]:
+    ) -> Pending[np.ndarray]:
         return self._submit(ForecastJob(context, horizon, timestamps, deadline))
 
     def recommend(
@@ -84,22 +83,13 @@ class LoadedModel:
         beam_width: int,
         deadline: float | None = None,
         diversity: float = 0.0,
-    ) -> Future[SearchResult]:
+    ) -> Pending[SearchResult]:
         return self._submit(RecommendJob(queries, k, beam_width, deadline, diversity))
 
-    def _submit(self, job: Any) -> Future[Any]:
+    def _submit(self, job: Any) -> Pending[Any]:
         if self.batcher is not None:
             return self.batcher.submit(job)
-        future: Future[Any] = Future()
-        try:
-            started = time.perf_counter()
-            (result,) = self.kind.run_batch([job])
-            self.on_run([0.0], time.perf_counter() - started)
-            settle(future, result)
-            self.on_rows(self.kind.rows(job))
-        except Exception as err:  # surfaced to the caller through the future
-            future.set_exception(err)
-        return future
+        return run_alone(self.kind, job, self.on_rows, self.on_run, time.perf_counter())
 
     def close(self) -> None:
         if self.batcher is not None:

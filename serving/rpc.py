@@ -6,14 +6,13 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from serving.batching import DeadlineExceeded, QueueFull
+from serving.batching import DeadlineExceeded, Pending, QueueFull
 from serving.drain import Drain
 from serving.observability import ServerMetrics
 from serving.runners.base import NonFiniteOutput, Task
@@ -86,7 +85,7 @@ def deadline(context: grpc.ServicerContext, limits: Limits) -> float:
     return time.monotonic() + max(remaining, 0.0)
 
 
-def await_result(future: Future[T], until: float, what: str) -> T:
+def await_result(future: Pending[T], until: float, what: str) -> T:
     """The (batched) run's result by the monotonic time ``until``; precise statuses for what can go wrong."""
     try:
         return future.result(timeout=max(until - time.monotonic(), 0.0))
@@ -141,4 +140,5 @@ def observed(calls: Calls, method: str, model: str, context: grpc.ServicerContex
         calls.drain.leave()
         if code != grpc.StatusCode.OK:
             metrics.errors.labels(method, code.name).inc()
-        log.debug("rpc", extra={"method": method, "model": model, "code": code.name, "seconds": round(elapsed, 6)})
+        if log.isEnabledFor(logging.DEBUG):  # the record's fields cost more than the check, on every call
+            log.debug("rpc", extra={"method": method, "model": model, "code": code.name, "seconds": round(elapsed, 6)})

@@ -78,7 +78,7 @@ class ForecastServer:
             config.intra_op_threads,
             config.keep_versions,
             config.max_concurrent_runs,
-            on_batch=lambda model, rows: self.metrics.batch_size.labels(model).observe(rows),
+            on_batch=lambda model, rows: self.metrics.child(self.metrics.batch_size, model).observe(rows),
             on_load=lambda outcome: self.metrics.models_loaded.labels(outcome).inc(),
             on_run=self.metrics.on_run,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
@@ -141,11 +142,19 @@ class ForecastRunner:
             return parts
 
         def run(jobs: list[ForecastJob]) -> list[np.ndarray | BaseException]:
+            if len(jobs) == 1 and len(jobs[0].context) <= chunk_rows and not _expired(jobs[0]):
+                job = jobs[0]  # a lone request (the inline path): one run, nothing to split or join
+                with slots:
+                    return [self.forecast(job.context, job.horizon, job.timestamps)]
             return run_in_chunks(
                 jobs, lambda job: len(job.context), chunk_rows, lambda job: job.deadline, run_chunk, _join_rows
             )
 
         return BatchKind(run, rows=lambda job: len(job.context), key=lambda job: job.timestamps is None)
+
+
+def _expired(job: ForecastJob) -> bool:
+    return job.deadline is not None and time.monotonic() > job.deadline
 
 
 def _join_rows(parts: list[np.ndarray]) -> np.ndarray:

@@ -95,7 +95,7 @@ class HostSteps:
         return np.concatenate([window, block], axis=1)[:, -window.shape[1] :]
 
     def collect(self, blocks: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(blocks, axis=1)
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)  # one block: no copy
 
 
 class BoundSteps:
@@ -285,6 +285,9 @@ class WindowShiftModel(ForecastRunner):
                 )
         # Any caller (the batcher, batch jobs, evaluation) gets runs of at most rows_per_run series: memory.
         chunk = self.rows_per_run
+        if len(context) <= chunk:  # one run: nothing to join (C-contiguous, as a joined answer is; no copy when it is)
+            out = window_shift(self.steps, context, horizon, self.context_length, self.step, calendar, stamps)
+            return np.ascontiguousarray(out)
         return np.concatenate(
             [
                 window_shift(
