@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 CALIBRATION_FILE = "calibration.npz"
-SPLIT_CONFORMAL, ADAPTIVE = "split_conformal", "adaptive"
-METHODS = (SPLIT_CONFORMAL, ADAPTIVE)
+SPLIT_CONFORMAL, ADAPTIVE, QUANTILE = "split_conformal", "adaptive", "quantile"
+METHODS = (SPLIT_CONFORMAL, ADAPTIVE)  # the conformal methods a calibrated artifact serves
+INTERVAL_METHODS = (*METHODS, QUANTILE)  # and the model's own quantiles (``serving.quantile_head``)
 # The probability grid the residual quantiles are stored at: every 0.005, plus finer tails.
 PROBS = np.unique(
     np.round(np.concatenate([[0.001, 0.0025, 0.0075], np.arange(0.005, 0.9951, 0.005), [0.9925, 0.9975, 0.999]]), 6)
