@@ -33,7 +33,7 @@ def add_interval_arguments(parser: argparse.ArgumentParser) -> None:
         choices=INTERVAL_METHODS,
         default=METHODS[0],
         help="with --levels: split_conformal (the artifact's calibration, default), adaptive (adapted to the "
-        "misses over the last 168 origins of each series' history; send that much more history than the context) "
+        "residuals over the last 336 origins of each series' history; send that much more history than the context) "
         "or quantile (the model's own quantiles, for the levels it was trained with)",
     )
 

@@ -35,6 +35,8 @@ from serving.quantile_head import (
 from serving.rpc import Limits, RequestError, exhausted, invalid
 from serving.runners.forecast import ForecastRunner
 
+KNOWN_METHODS = frozenset(forecast_pb2.IntervalMethod.values())  # the enum's numbers, once
+
 if TYPE_CHECKING:
     from serving.forecast_service import ValidatedRequest
     from serving.registry import LoadedModel
@@ -106,7 +108,7 @@ def plan_intervals(
         levels = check_levels(request.levels)
     except ValueError as err:
         raise invalid(str(err)) from None
-    if request.interval_method not in forecast_pb2.IntervalMethod.values():
+    if request.interval_method not in KNOWN_METHODS:
         raise invalid(f"interval_method: unknown value {request.interval_method}")
     model = checked.model
     calibration = load_calibration(model.runner.artifact)
@@ -131,8 +133,8 @@ def plan_intervals(
     if wanted > MAX_ORIGINS:
         raise invalid(f"adaptive_origins: {wanted} exceeds the limit of {MAX_ORIGINS}")
     gamma = request.adaptive_gamma or DEFAULT_GAMMA
-    if not (np.isfinite(gamma) and 0 < gamma <= 1):
-        raise invalid(f"adaptive_gamma: {gamma!r} is outside (0, 1]")
+    if not (np.isfinite(gamma) and 0 <= gamma <= 1):
+        raise invalid(f"adaptive_gamma: {gamma!r} is outside [0, 1]")
     length = checked.context.shape[1]
     origins = [backtest_origins(len(h), length, wanted) for h in checked.histories]
     plan = IntervalPlan(calibration, levels, checked, origins, float(gamma))
@@ -174,13 +176,14 @@ def fill_intervals(
     adapted: np.ndarray | None,
 ) -> None:
     """Add each requested level's bounds to every series' forecast, in request order."""
+    k, b = lower.shape[:2]
+    lows, highs = lower.reshape(k, b, -1).tolist(), upper.reshape(k, b, -1).tolist()  # one conversion each
+    levels = plan.levels.tolist()
     for i, item in enumerate(response.forecasts):
-        for k, level in enumerate(plan.levels):
-            interval = item.intervals.add(
-                level=float(level), lower=lower[k, i].reshape(-1).tolist(), upper=upper[k, i].reshape(-1).tolist()
-            )
+        for j, level in enumerate(levels):
+            interval = item.intervals.add(level=level, lower=lows[j][i], upper=highs[j][i])
             if adapted is not None and plan.origins is not None:
-                interval.adapted_levels.extend(adapted[k, i].reshape(-1).tolist())
+                interval.adapted_levels.extend(adapted[j, i].reshape(-1).tolist())
                 interval.origins = len(plan.origins[i])
 
 

@@ -16,12 +16,14 @@ from serving.intervals import (
     PROBS,
     Calibration,
     adapt,
+    adapt_needed,
     backtest_origins,
     backtest_residuals,
     conformal_quantiles,
     coverage,
     crps_from_quantiles,
     load_calibration,
+    warm_levels,
     winkler,
 )
 from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc
@@ -65,7 +67,7 @@ def test_adaptive_update_matches_a_scalar_loop() -> None:
     residuals = 2.5 * rng.standard_normal((2, 30, 3, 1))  # wider than calibrated: the level must rise
     residuals[1, :5] = np.nan
     levels = np.array([0.8, 0.9])
-    adapted = adapt(calibration, levels, residuals, gamma=0.05)
+    adapted = adapt(calibration, levels, residuals, gamma=0.05, warm=False)  # the update from the nominal level
     for k, level in enumerate(levels):
         for b in range(2):
             for j in range(3):
@@ -79,6 +81,23 @@ def test_adaptive_update_matches_a_scalar_loop() -> None:
                     alpha += 0.05 * ((1 - level) - miss)
                 assert adapted[k, b, j, 0] == pytest.approx(min(max(1 - alpha, 0.0), MAX_LEVEL))
     assert (adapted[:, :, :, 0].mean(axis=(1, 2)) > levels).all()
+
+
+def test_warm_start_begins_at_the_windows_own_conformal_level() -> None:
+    rng = np.random.default_rng(2)
+    table, counts = conformal_quantiles(rng.standard_normal((400, 2, 1)))
+    calibration = Calibration(PROBS, table, counts, {})
+    residuals = 0.5 * rng.standard_normal((1, 40, 2, 1))  # narrower than calibrated: the level must fall
+    residuals[0, -1, 1] = np.nan  # the last origin's second step not yet observed
+    need = calibration.needed_levels(residuals)
+    warm = warm_levels(np.array([0.8]), need)
+    for j in range(2):
+        seen = np.sort(need[0, :, j, 0][~np.isnan(need[0, :, j, 0])])
+        rank = int(np.ceil((len(seen) + 1) * 0.8))
+        assert warm[0, 0, j, 0] == pytest.approx(min(seen[rank - 1], MAX_LEVEL))
+        assert (seen <= warm[0, 0, j, 0]).mean() >= 0.8 and warm[0, 0, j, 0] < 0.8
+    # gamma 0: the warm level itself; otherwise the update runs on from it
+    np.testing.assert_allclose(adapt_needed(np.array([0.8]), need, 0.0, warm=True), warm)
 
 
 def test_backtest_residuals_and_scores() -> None:
