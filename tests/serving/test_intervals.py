@@ -375,3 +375,24 @@ def test_batch_job_writes_the_learnt_quantiles(quantile_client, histories: np.nd
         rows = batch.filter(pl.col("series_id") == f"s{i}")
         np.testing.assert_allclose(rows["lo_0.9"].to_numpy(), forecast.intervals[0].lower[:, 0], rtol=1e-6)
         np.testing.assert_allclose(rows["hi_0.9"].to_numpy(), forecast.intervals[0].upper[:, 0], rtol=1e-6)
+
+
+def test_a_quantile_model_without_calibration_serves_its_quantiles_only(
+    quantile_run, tmp_path: Path, histories: np.ndarray
+) -> None:
+    from forecasting.export import export_run
+
+    export_run(quantile_run, tmp_path, "q-only", max_horizon=24, calibration=None)
+    server = start_server(tmp_path)
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as c:
+            support = c.list_models()[0].intervals
+            assert list(support.methods) == ["quantile"] and support.max_horizon == 0
+            assert list(support.quantile_levels) == [0.8, 0.9]
+            assert len(c.forecast("q-only", [histories[0]], 12, levels=[0.8], method="quantile").forecasts[0].intervals)
+            with pytest.raises(grpc.RpcError) as err:
+                c.forecast("q-only", [histories[0]], 12, levels=[0.8])
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "or ask its learnt quantiles (interval_method QUANTILE)" in (err.value.details() or "")
+    finally:
+        server.stop(grace_s=1)
