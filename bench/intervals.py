@@ -5,8 +5,8 @@ AR-Net, Informer and AutoTimes), export with the conformal calibration on the va
 artifact out as served (onnxruntime) from every origin of the test split and score the 80/90/95% intervals:
 coverage, mean width, Winkler score and CRPS (from the 2.5/5/10/50/90/95/97.5% quantiles), on the standardised
 scale, at horizon 24 (one step of every model) and 48 (rolled out). The adaptive method uses, for each test
-origin, the 168 origins before it (the history a caller would send), exactly as the server does
-(``serving.intervals.adapt``). Then the extra latency per request, side by side over real gRPC (a server
+origin, the 336 origins before it (the history a caller would send; ``--origins``), exactly as the server does
+(``serving.intervals.adapt_needed``). Then the extra latency per request, side by side over real gRPC (a server
 process, one client): no levels, split-conformal levels, adaptive levels.
 
     python bench/intervals.py                 # everything: bench/results/intervals.json
@@ -44,6 +44,12 @@ REDUCED = {
 }
 
 
+def save(results: dict[str, Any]) -> None:
+    from arcast_core.files import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps(results, indent=1))
+
+
 def model_setup(kind: str, folder: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     from arcast_core.training import TrainConfig
 
@@ -78,10 +84,23 @@ def served_rollouts(runner: Any, table: Any, first: int, end: int, horizon: int)
     return np.concatenate(out).astype(np.float64)
 
 
-def score(kind: str, features: str, artifact_path: Path, origins_k: int, gamma: float) -> list[dict[str, Any]]:
+def past_needs(need: np.ndarray, origins: np.ndarray, windows: np.ndarray, origins_k: int, chunk: int = 256):
+    """Per chunk of ``windows`` (indices into ``origins``): the needed levels (B, K, h, C) of the K origins before
+    each, NaN where the actual was not yet observed at the window's origin (what a caller's history holds)."""
+    horizon = need.shape[1]
+    for lo in range(0, len(windows), chunk):
+        w = windows[lo : lo + chunk]
+        idx = w[:, None] - origins_k + np.arange(origins_k)[None]  # (B, K) into origins
+        seen = origins[idx][:, :, None] + np.arange(horizon)[None, None] < origins[w][:, None, None]
+        yield lo, np.where(seen[..., None], need[idx], np.nan)
+
+
+def score(
+    kind: str, features: str, artifact_path: Path, origins_k: int, gamma: float, warm: bool
+) -> list[dict[str, Any]]:
     from forecasting.data import DataConfig, prepare_data
     from serving.artifact import read_artifact
-    from serving.intervals import adapt, coverage, crps_from_quantiles, load_calibration, winkler
+    from serving.intervals import adapt_needed, coverage, crps_from_quantiles, load_calibration, winkler
     from serving.runners import load_runner
 
     artifact = read_artifact(artifact_path)
@@ -104,15 +123,12 @@ def score(kind: str, features: str, artifact_path: Path, origins_k: int, gamma: 
         point, truth = preds[windows, :horizon] / std, actual[windows, :horizon] / std
         levels = np.array(LEVELS)
         split = np.broadcast_to(levels[:, None, None, None], (len(levels), len(windows), horizon, 1))
-        # Adaptive: per test origin t, the residuals of origins t-K..t-1 observed before t.
+        # Adaptive: per test origin t, the residuals of origins t-K..t-1 observed before t, through the server's
+        # update (``adapt`` = needed levels, then ``adapt_needed``; each residual's needed level computed once).
         adapted = np.empty((len(levels), len(windows), horizon, std.size))
-        for lo in range(0, len(windows), 256):
-            w = windows[lo : lo + 256]
-            idx = w[:, None] - origins_k + np.arange(origins_k)[None]  # (B, K) into origins
-            past = residuals[idx, :horizon].copy()  # (B, K, h, C)
-            seen = origins[idx][:, :, None] + np.arange(horizon)[None, None] < origins[w][:, None, None]
-            past[~seen] = np.nan
-            adapted[:, lo : lo + 256] = adapt(calibration, levels, past, gamma)
+        need = calibration.needed_levels(residuals[:, :horizon])
+        for lo, past in past_needs(need, origins, windows, origins_k):
+            adapted[:, lo : lo + len(past)] = adapt_needed(levels, past, gamma, warm)
         for method, level_grid in (("split_conformal", split), ("adaptive", adapted)):
             lo_off, hi_off = calibration.offsets(level_grid, horizon)
             quantiles = [point + calibration.at(np.full((horizon, 1), 0.5), horizon) / std]
@@ -159,7 +175,7 @@ def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) ->
             trained = time.perf_counter() - t0
             artifact = export_run(run, work / "store", f"{kind}-{features}", max_horizon=MAX_HORIZON)
             calibrated = artifact.manifest.facts["calibration"]
-            rows = score(kind, features, artifact.path, args.origins, args.gamma)
+            rows = score(kind, features, artifact.path, args.origins, args.gamma, args.warm)
             for row in rows:
                 row.update(
                     reduced=kind in REDUCED,
@@ -168,13 +184,229 @@ def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) ->
                     val_mse=run.metrics["val"]["scaled"]["mse"],
                     adaptive_origins=args.origins,
                     adaptive_gamma=args.gamma,
+                    adaptive_warm=args.warm,
                     seconds=round(time.perf_counter() - t0, 1),
                     train_seconds=round(trained, 1),
                 )
             results["rows"].extend(rows)
-            RESULTS.write_text(json.dumps(results, indent=1))
+            save(results)
             short = [(r["method"][:5], r["horizon"], r["level"], round(r["coverage"], 3)) for r in rows]
             print(f"{kind} {features}: {time.perf_counter() - t0:.0f}s {short}", flush=True)
+
+
+def latest_artifact(work: Path, name: str) -> Path:
+    from serving.artifact import list_artifacts
+
+    found = [p for p in list_artifacts(work / "store") if p.parent.name == name]
+    if not found:
+        raise FileNotFoundError(f"no artifact {name} under {work / 'store'} (set ARCAST_BENCH_WORK)")
+    return max(found, key=lambda p: int(p.name))
+
+
+def rescore(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
+    """Score the conformal rows again from the artifacts already exported (no training): new adaptive settings."""
+    for kind, features in dict.fromkeys(
+        (r["model"], r["features"]) for r in results["rows"] if r["method"] != "quantile"
+    ):
+        if kind not in args.models or features not in args.features:
+            continue
+        t0 = time.perf_counter()
+        fresh = score(kind, features, latest_artifact(work, f"{kind}-{features}"), args.origins, args.gamma, args.warm)
+        new = {(r["horizon"], r["method"], r["level"]): r for r in fresh}
+        for row in results["rows"]:
+            if (row["model"], row["features"]) == (kind, features) and row["method"] != "quantile":
+                row.update(new[row["horizon"], row["method"], row["level"]])
+                row.update(adaptive_origins=args.origins, adaptive_gamma=args.gamma, adaptive_warm=args.warm)
+        save(results)
+        short = [(r["horizon"], r["level"], round(r["coverage"], 3)) for r in fresh if r["method"] == "adaptive"]
+        print(f"rescored {kind} {features}: {time.perf_counter() - t0:.0f}s adaptive {short}", flush=True)
+
+
+# Adaptive settings compared on the validation split (``--adaptive-study``): (gamma, warm start).
+CANDIDATES = ((0.01, False), (0.02, False), (0.05, False), (0.0, True), (0.005, True), (0.01, True), (0.02, True))
+
+
+def adaptive_study(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
+    """Choose the adaptive defaults without the test split: calibrate on the first half of the validation split,
+    adapt on its second half (K origins before each window, as a caller sends them), per candidate setting the
+    coverage at every (horizon, level); a window's interval at level l covers exactly when l >= the needed level."""
+    from forecasting.data import DataConfig, prepare_data
+    from serving.artifact import read_artifact
+    from serving.intervals import PROBS, Calibration, adapt_needed, conformal_quantiles
+    from serving.runners import load_runner
+
+    study = []
+    for kind, features in dict.fromkeys(
+        (r["model"], r["features"]) for r in results["rows"] if r["method"] != "quantile"
+    ):
+        if kind not in args.models or features not in args.features:
+            continue
+        artifact = read_artifact(latest_artifact(work, f"{kind}-{features}"))
+        runner = load_runner(artifact)
+        prepared = prepare_data(DataConfig(**artifact.manifest.data.config))  # type: ignore[arg-type]
+        table, (val_start, val_end) = prepared.table, prepared.borders.val
+        first = val_start + prepared.config.lookback
+        mid = first + (val_end - first) // 2
+        origins = np.arange(first - args.origins, val_end)
+        preds = served_rollouts(runner, table, origins[0], val_end, MAX_HORIZON)
+        rows = origins[:, None] + np.arange(MAX_HORIZON)[None]
+        actual = table.values[np.minimum(rows, len(table) - 1)].astype(np.float64)
+        residuals = np.where((rows < val_end)[..., None], actual - preds, np.nan)
+        early = (origins >= first) & (origins < mid)
+        calibrating = np.where((rows[early] < mid)[..., None], residuals[early], np.nan)
+        calibration = Calibration(PROBS, *conformal_quantiles(calibrating), {})
+        levels = np.array(LEVELS)
+        for horizon in HORIZONS:
+            windows = np.flatnonzero((origins >= mid) & (origins + horizon <= val_end))
+            need = calibration.needed_levels(residuals[:, :horizon])
+            own = need[windows]  # each window's own needed levels: covered when its level reaches them
+            cells = {"split_conformal": (levels[:, None, None, None] >= own[None]).mean(axis=(1, 2, 3))}
+            for gamma, warm in CANDIDATES:
+                covered = np.zeros(len(levels))
+                for lo, past in past_needs(need, origins, windows, args.origins):
+                    adapted = adapt_needed(levels, past, gamma, warm)
+                    covered += (adapted >= own[None, lo : lo + len(past)]).sum(axis=(1, 2, 3))
+                cells[f"gamma {gamma:g}{', warm' if warm else ''}"] = covered / own.size
+            for method, cov in cells.items():
+                for k, level in enumerate(LEVELS):
+                    study.append(
+                        {
+                            "model": kind,
+                            "features": features,
+                            "horizon": horizon,
+                            "setting": method,
+                            "level": level,
+                            "coverage": float(cov[k]),
+                            "windows": len(windows),
+                        }
+                    )
+            print(kind, features, horizon, {m: np.round(c, 3).tolist() for m, c in cells.items()}, flush=True)
+    settings = dict.fromkeys(r["setting"] for r in study)
+    summary = {}
+    for setting in settings:
+        got = [r for r in study if r["setting"] == setting]
+        gaps = np.array([abs(r["coverage"] - r["level"]) for r in got])
+        summary[setting] = {
+            "cells": len(got),
+            "within_2_points": int((gaps <= 0.02).sum()),
+            "mean_abs_gap": float(gaps.mean()),
+            "max_abs_gap": float(gaps.max()),
+        }
+        print(setting, summary[setting], flush=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else results
+    results.setdefault("adaptive_study", {})[f"origins_{args.origins}"] = {
+        "protocol": "validation split only: calibrated on its first half, adapted and scored on its second half",
+        "origins": args.origins,
+        "rows": study,
+        "summary": summary,
+        "command": " ".join(sys.argv),
+    }
+    save(results)
+
+
+QUANTILE_KINDS = ("linear", "arnet")  # the kinds with a quantile (pinball) training option
+
+
+def score_quantiles(kind: str, features: str, artifact_path: Path) -> list[dict[str, Any]]:
+    """Method "quantile" rows: the artifact's learnt quantiles on every test window at horizon 24 (one model step,
+    which is all they cover), beside the split-conformal interval of the same artifact on the same windows."""
+    from forecasting.data import DataConfig, prepare_data
+    from serving.artifact import read_artifact
+    from serving.intervals import coverage, crps_from_quantiles, load_calibration, winkler
+    from serving.quantile_head import load_quantile_head, quantile_bounds, run_quantiles
+    from serving.runners import load_runner
+
+    artifact = read_artifact(artifact_path)
+    runner, calibration, head = load_runner(artifact), load_calibration(artifact), load_quantile_head(artifact)
+    assert calibration is not None and head is not None
+    prepared = prepare_data(DataConfig(**artifact.manifest.data.config))  # type: ignore[arg-type]
+    table = prepared.table
+    test_start, test_end = prepared.borders.test
+    first_target = test_start + prepared.config.lookback
+    origins = np.arange(first_target, test_end - STEP + 1)  # every test window with all 24 actuals
+    point = served_rollouts(runner, table, first_target, test_end - STEP + 1, STEP)
+    length = runner.context_length
+    quantiles = np.concatenate(
+        [
+            run_quantiles(runner, head, table.values[o[:, None] + np.arange(-length, 0)[None]].astype(np.float32))
+            for o in np.array_split(origins, max(1, len(origins) // 512))
+        ]
+    ).astype(np.float64)  # (O, Q, 24, C)
+    rows = origins[:, None] + np.arange(STEP)[None]
+    std = np.asarray(prepared.scaler.std, np.float64)
+    truth, point = table.values[rows].astype(np.float64) / std, point / std
+    levels = np.array(LEVELS)
+    lower, upper = (b / std for b in quantile_bounds(quantiles, head.pick(levels), STEP))  # (K, O, 24, C)
+    # CRPS over the same probabilities as the conformal rows: the point forecast stands in for the median
+    probs = np.array([0.5, *[p for level in LEVELS for p in ((1 - level) / 2, (1 + level) / 2)]])
+    stacked = np.stack([point, *[b for k in range(len(LEVELS)) for b in (lower[k], upper[k])]])
+    order = np.argsort(probs)
+    crps = crps_from_quantiles(stacked[order], probs[order], truth)
+    out = []
+    for k, level in enumerate(LEVELS):
+        lo_off, hi_off = calibration.offsets(np.array(level), STEP)
+        split_lo, split_hi = point + lo_off / std, point + hi_off / std
+        out.append(
+            {
+                "model": kind,
+                "dataset": "ETTh1",
+                "features": features,
+                "horizon": STEP,
+                "method": "quantile",
+                "level": level,
+                "coverage": coverage(lower[k], upper[k], truth),
+                "width": float(np.mean(upper[k] - lower[k])),
+                "winkler": winkler(lower[k], upper[k], truth, level),
+                "crps": crps,
+                "windows": len(origins),
+                "crps_median": "the point forecast",
+                "quantile_levels": list(LEVELS),
+                # the same artifact's split-conformal interval on the same windows (AR-Net's point forecast is
+                # that of the quantile-trained model, not the plain model's of the split_conformal rows)
+                "same_artifact_split_conformal": {
+                    "coverage": coverage(split_lo, split_hi, truth),
+                    "width": float(np.mean(split_hi - split_lo)),
+                    "winkler": winkler(split_lo, split_hi, truth, level),
+                },
+            }
+        )
+    return out
+
+
+def run_quantile_models(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
+    """Train the quantile variant of each kind (quantile_levels 0.8/0.9/0.95), export, score: method "quantile"."""
+    from forecasting.data import DataConfig
+    from forecasting.export import export_run
+    from forecasting.runs import train_run
+
+    done = {(r["model"], r["features"]) for r in results["rows"] if r["method"] == "quantile"}
+    for features in args.features:
+        for kind in QUANTILE_KINDS:
+            if (kind, features) in done or kind not in args.models:
+                continue
+            t0 = time.perf_counter()
+            data, params, train = model_setup(kind, work)
+            config = DataConfig(dataset="ETTh1", features=features, target="OT", **data)
+            run = train_run(kind, config, {**params, "quantile_levels": LEVELS}, train, evaluate_test=False)
+            trained = time.perf_counter() - t0
+            artifact = export_run(run, work / "store", f"{kind}-quantile-{features}", max_horizon=MAX_HORIZON)
+            rows = score_quantiles(kind, features, artifact.path)
+            for row in rows:
+                row.update(
+                    reduced=kind in REDUCED,
+                    reduced_reasons=REDUCED.get(kind, ""),
+                    val_mse=run.metrics["val"]["scaled"]["mse"],
+                    seconds=round(time.perf_counter() - t0, 1),
+                    train_seconds=round(trained, 1),
+                )
+            results = json.loads(RESULTS.read_text()) if RESULTS.exists() else results  # another run's rows
+            results["rows"].extend(rows)
+            save(results)
+            short = [
+                (r["level"], round(r["coverage"], 3), round(r["same_artifact_split_conformal"]["coverage"], 3))
+                for r in rows
+            ]
+            print(f"{kind} {features} quantile: {time.perf_counter() - t0:.0f}s {short}", flush=True)
 
 
 def _free_port() -> int:
@@ -206,35 +438,43 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                 except Exception:
                     pass
                 time.sleep(0.25)
+            served = {m.name for m in client.list_models()}
             for kind in ("linear", "arnet"):
-                model = f"{kind}-S"
-                variants: dict[str, dict[str, Any]] = {
-                    "none": {},
-                    "split_conformal": {"levels": LEVELS},
-                    "adaptive": {"levels": LEVELS, "method": "adaptive"},
+                plain, learnt = f"{kind}-S", f"{kind}-quantile-S"
+                # variant -> (model, request options, the variant it adds to)
+                variants: dict[str, tuple[str, dict[str, Any], str]] = {
+                    "none": (plain, {}, "none"),
+                    "split_conformal": (plain, {"levels": LEVELS}, "none"),
+                    "adaptive": (plain, {"levels": LEVELS, "method": "adaptive"}, "none"),
                 }
+                if learnt in served:  # the quantile-trained model: its own point forecast is the baseline
+                    variants["quantile_none"] = (learnt, {}, "quantile_none")
+                    variants["quantile"] = (learnt, {"levels": LEVELS, "method": "quantile"}, "quantile_none")
                 times: dict[str, list[float]] = {name: [] for name in variants}
+                names = list(variants)
                 for i in range(args.requests + 20):
                     history = values[start + i : start + i + LOOKBACK + args.origins]
-                    names = list(variants)
-                    for name in names[i % 3 :] + names[: i % 3]:  # each variant first, second, third in turn
-                        extra = variants[name]
+                    turn = i % len(names)
+                    for name in names[turn:] + names[:turn]:  # each variant first, second, ... in turn
+                        model, extra, _ = variants[name]
                         t0 = time.perf_counter()
                         client.forecast(model, [history], STEP, **extra)
                         if i >= 20:  # warm-up
                             times[name].append(time.perf_counter() - t0)
-                base = float(np.median(times["none"]))
+                medians = {name: float(np.median(samples)) for name, samples in times.items()}
                 for name, samples in times.items():
-                    median = float(np.median(samples))
+                    model, _, baseline = variants[name]
+                    base = medians[baseline]
                     out.append(
                         {
                             "model": model,
                             "variant": name,
                             "requests": len(samples),
-                            "median_ms": round(median * 1e3, 3),
+                            "median_ms": round(medians[name] * 1e3, 3),
                             "mean_ms": round(float(np.mean(samples)) * 1e3, 3),
                             "p90_ms": round(float(np.quantile(samples, 0.9)) * 1e3, 3),
-                            "extra_vs_none_pct": round(100 * (median - base) / base, 1),
+                            "baseline": baseline,
+                            "extra_vs_none_pct": round(100 * (medians[name] - base) / base, 1),
                             "history_steps": LOOKBACK + args.origins,
                         }
                     )
@@ -245,7 +485,7 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else results  # rows another run added meanwhile
     results["latency"] = out
     results["latency_command"] = " ".join(sys.argv)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    save(results)
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -277,19 +517,56 @@ def readme_table(results: dict[str, Any]) -> str:
                     f"{s90['width']:.3f} / {a90['width']:.3f} | {s90['winkler']:.3f} / {a90['winkler']:.3f} | "
                     f"{s90['crps']:.4f} / {a90['crps']:.4f} |"
                 )
+    quantile = [r for r in results["rows"] if r["method"] == "quantile"]
+    if quantile:
+        lines += [
+            "\n**Learnt quantiles against conformal, horizon 24** (same test windows; coverage % at 80 / 90 / 95; at "
+            "90%: mean width, Winkler score; CRPS with the point forecast as the median; `split (same artifact)`: the "
+            "quantile-trained artifact's own split-conformal interval)\n",
+            "| model | features | quantile | split (same artifact) | split conformal | adaptive "
+            "| width q / split | Winkler q / split | CRPS q / split |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for features in ("S", "M"):
+            for kind in QUANTILE_KINDS:
+                q = {r["level"]: r for r in quantile if (r["model"], r["features"]) == (kind, features)}
+                conformal = {
+                    (r["method"], r["level"]): r
+                    for r in results["rows"]
+                    if (r["model"], r["features"], r["horizon"]) == (kind, features, STEP)
+                }
+                if not q or not conformal:
+                    continue
+                same = " / ".join(f"{100 * q[lv]['same_artifact_split_conformal']['coverage']:.1f}" for lv in LEVELS)
+                cov = {m: " / ".join(f"{100 * conformal[m, lv]['coverage']:.1f}" for lv in LEVELS) for m in methods}
+                s90 = conformal["split_conformal", 0.9]
+                star = " *" if q[0.9]["reduced"] else ""
+                learnt = " / ".join(f"{100 * q[lv]['coverage']:.1f}" for lv in LEVELS)
+                lines.append(
+                    f"| {kind}{star} | {features} | {learnt} "
+                    f"| {same} | {cov['split_conformal']} | {cov['adaptive']} "
+                    f"| {q[0.9]['width']:.3f} / {s90['width']:.3f} | {q[0.9]['winkler']:.3f} / {s90['winkler']:.3f} "
+                    f"| {q[0.9]['crps']:.4f} / {s90['crps']:.4f} |"
+                )
     if results.get("latency"):
         lines += [
-            "\n**Latency per Forecast** (one series, 264 steps of history, horizon 24, real gRPC, 1 client; "
-            "median ms)\n",
-            "| model | no levels | split conformal (3 levels) | adaptive (3 levels, 168 origins) |",
-            "|---|---|---|---|",
+            f"\n**Latency per Forecast** (one series, {results['latency'][0]['history_steps']} steps of history, "
+            "horizon 24, real gRPC, 1 client; median ms; in brackets: the extra over the same model without levels)\n",
+            f"| model | no levels | split conformal (3 levels) | adaptive (3 levels, "
+            f"{results['latency'][0]['history_steps'] - LOOKBACK} origins) "
+            "| quantile model: no levels | quantile (3 levels) |",
+            "|---|---|---|---|---|---|",
         ]
-        for model in dict.fromkeys(r["model"] for r in results["latency"]):
-            got = {r["variant"]: r for r in results["latency"] if r["model"] == model}
+        for model in dict.fromkeys(r["model"] for r in results["latency"] if "quantile" not in r["variant"]):
+            kind = model.rsplit("-", 1)[0]
+            got = {r["variant"]: r for r in results["latency"] if r["model"] in (model, f"{kind}-quantile-S")}
             cells = [f"{got['none']['median_ms']:.2f}"] + [
-                f"{got[v]['median_ms']:.2f} ({got[v]['extra_vs_none_pct']:+.0f}%)"
+                f"{got[v]['median_ms']:.2f} ({got[v]['extra_vs_none_pct']:+.0f}%)" if v in got else "-"
                 for v in ("split_conformal", "adaptive")
             ]
+            cells.append(f"{got['quantile_none']['median_ms']:.2f}" if "quantile_none" in got else "-")
+            q = got.get("quantile")
+            cells.append(f"{q['median_ms']:.2f} ({q['extra_vs_none_pct']:+.0f}%)" if q else "-")
             lines.append(f"| {model} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -298,13 +575,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(KINDS))
     parser.add_argument("--features", nargs="+", default=["S", "M"])
-    parser.add_argument("--origins", type=int, default=168, help="adaptive: backtest origins (default 168)")
-    parser.add_argument("--gamma", type=float, default=0.01, help="adaptive: step size (default 0.01)")
+    parser.add_argument("--origins", type=int, default=None, help="adaptive: backtest origins (default: the server's)")
+    parser.add_argument("--gamma", type=float, default=None, help="adaptive: step size (default: the server's)")
     parser.add_argument("--requests", type=int, default=300, help="latency: requests per variant")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-only", action="store_true", help="only the latency run (models already exported)")
     parser.add_argument("--readme", action="store_true", help="print the README table from the results")
     parser.add_argument("--fresh", action="store_true", help="start the results over")
+    parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None, help="adaptive: warm start")
+    parser.add_argument("--rescore", action="store_true", help="score the conformal rows again (exported models)")
+    parser.add_argument("--adaptive-study", action="store_true", help="compare adaptive settings on validation")
+    parser.add_argument(
+        "--quantile", action="store_true", help="only the quantile-trained linear and AR-Net: method quantile rows"
+    )
     args = parser.parse_args()
     if args.readme:
         print(readme_table(json.loads(RESULTS.read_text())))
@@ -314,6 +597,24 @@ def main() -> int:
         results = json.loads(RESULTS.read_text())
     work = Path(os.environ.get("ARCAST_BENCH_WORK") or tempfile.mkdtemp(prefix="intervals-"))
     print(f"work folder {work}", flush=True)
+    from serving.intervals import DEFAULT_GAMMA, DEFAULT_ORIGINS, DEFAULT_WARM
+
+    args.warm = DEFAULT_WARM if args.warm is None else args.warm
+    args.origins = DEFAULT_ORIGINS if args.origins is None else args.origins
+    args.gamma = DEFAULT_GAMMA if args.gamma is None else args.gamma
+    only = [
+        mode
+        for flag, mode in (
+            (args.quantile, run_quantile_models),
+            (args.rescore, rescore),
+            (args.adaptive_study, adaptive_study),
+        )
+        if flag
+    ]
+    for mode in only:  # modes that stand alone (on the models already exported, except --quantile)
+        mode(args, results, work)
+    if only:
+        return 0
     if not args.latency_only:
         run_models(args, results, work)
     if not args.skip_latency:

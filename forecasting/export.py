@@ -20,6 +20,7 @@ from torch import nn
 from arcast_core.runtime import library_versions
 from forecasting.calibration import CalibrationOptions, calibrate
 from forecasting.models.autotimes import AutoTimes, KVStepGraph, check_rollout
+from forecasting.models.base import ForecastModel
 from forecasting.runs import Run
 from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
@@ -43,6 +44,7 @@ PARITY_BATCHES = (1, 32, 37)
 GRAPH_INPUTS = (("context",), ("context", "context_marks", "target_marks"))
 DEFAULT_MAX_HORIZON_STEPS = 30  # window-shift blocks allowed per request unless --max-horizon says otherwise
 DEFAULT_CALIBRATION = CalibrationOptions()  # conformal calibration on the validation split (None: none)
+QUANTILE_OUTPUT = "quantiles"  # the graph output of a model trained with quantile_levels
 
 
 @contextlib.contextmanager
@@ -57,9 +59,10 @@ def _exporter_noise_silenced() -> Iterator[None]:
 
 
 class ServingGraph(nn.Module):
-    """The graph a server runs: raw values in, raw values out, the training scaler folded in."""
+    """The graph a server runs: raw values in, raw values out, the training scaler folded in. A model that learns
+    quantiles (``quantile_probs``) adds a second output, ``quantiles`` (B, Q, step, C)."""
 
-    def __init__(self, model: nn.Module, mean: np.ndarray, std: np.ndarray) -> None:
+    def __init__(self, model: ForecastModel, mean: np.ndarray, std: np.ndarray) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, 1, -1))
@@ -67,9 +70,13 @@ class ServingGraph(nn.Module):
 
     def forward(
         self, context: torch.Tensor, context_marks: torch.Tensor | None = None, target_marks: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         scaled = (context - self.mean) / self.std
-        return self.model(scaled, context_marks, target_marks) * self.std + self.mean
+        point = self.model(scaled, context_marks, target_marks) * self.std + self.mean
+        if not self.model.quantile_probs:
+            return point
+        quantiles = self.model.forward_quantiles(scaled, context_marks, target_marks)
+        return point, quantiles * self.std[:, None] + self.mean[:, None]
 
 
 def _calendar(run: Run) -> CalendarInputs | None:
@@ -107,10 +114,13 @@ def _example_inputs(run: Run, batch: int, seed: int) -> dict[str, np.ndarray]:
     return {"context": context, **calendar.marks(_example_timestamps(run, batch, seed), run.model.step)}
 
 
-def _torch_runner(graph: ServingGraph) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def _torch_runner(graph: ServingGraph, output: int = 0) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """torch's answer as onnxruntime's ``output``-th output (0: the forecast; 1: the quantiles, if learnt)."""
+
     def run_graph(feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.no_grad():
-            return graph(*(torch.from_numpy(np.array(feeds[name])) for name in graph.model.graph_inputs)).numpy()
+            out = graph(*(torch.from_numpy(np.array(feeds[name])) for name in graph.model.graph_inputs))
+        return (out[output] if isinstance(out, tuple) else out).numpy()
 
     return run_graph
 
@@ -164,6 +174,14 @@ def parity_report(
             return run_torch({**{name: value[rows] for name, value in feeds.items()}, "context": context})
 
         check(f"max_abs_diff_batch_{batch}", one_block, feeds["context"], session.run(None, feeds)[0])
+    if run.model.quantile_probs:  # the learnt quantiles, one block (they are not rolled out)
+        feeds = _example_inputs(run, PARITY_BATCHES[-1], seed=11)
+        run_quantiles = _torch_runner(graph, output=1)
+
+        def quantiles(rows: np.ndarray, context: np.ndarray) -> np.ndarray:
+            return run_quantiles({**{name: value[rows] for name, value in feeds.items()}, "context": context})
+
+        check("max_abs_diff_quantiles", quantiles, feeds["context"], session.run([QUANTILE_OUTPUT], feeds)[0])
     horizon = min(3 * step, max_horizon)
     context = _example_context(run, 4, seed=7).numpy()
     stamps = _example_timestamps(run, 4, seed=7) if calendar else None
@@ -270,6 +288,10 @@ def export_window_shift_run(
         rollout["rows_per_run"] = min(max(1, fits), ROWS_PER_RUN)
     example = _example_inputs(run, 2, seed=0)
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
+    probs = model.quantile_probs
+    outputs: dict[str, list[int | str]] = {"forecast": ["batch", step, n_channels]}
+    if probs:
+        outputs[QUANTILE_OUTPUT] = ["batch", len(probs), step, n_channels]
 
     def write(folder: Path) -> None:
         with _exporter_noise_silenced():
@@ -278,7 +300,7 @@ def export_window_shift_run(
                 tuple(torch.tensor(example[name]) for name in shapes),
                 str(folder / GRAPH_FILE),
                 input_names=list(shapes),
-                output_names=["forecast"],
+                output_names=list(outputs),
                 dynamic_shapes={name: {0: batch_dim} for name in shapes},
                 opset_version=opset,
                 dynamo=True,
@@ -302,14 +324,17 @@ def export_window_shift_run(
             "file": GRAPH_FILE,
             "opset": opset,
             "inputs": [{"name": name, "dtype": "float32", "shape": shape} for name, shape in shapes.items()],
-            "outputs": [{"name": "forecast", "dtype": "float32", "shape": ["batch", step, n_channels]}],
-            "dynamic_axes": {name: {"0": "batch"} for name in [*shapes, "forecast"]},
+            "outputs": [{"name": name, "dtype": "float32", "shape": shape} for name, shape in outputs.items()],
+            "dynamic_axes": {name: {"0": "batch"} for name in [*shapes, *outputs]},
         }
     }
     facts = {
         **({"time_features": {"encoding": "timeF", "names": list(feature_names(run.freq))}} if calendar else {}),
         "normalization": {"kind": "standard", "applied": "in_graph", **run.scaler.as_dict()},
     }
+    if probs:  # what serving.quantile_head reads: the output, its probabilities, the levels they bound
+        levels = list(model.config.quantile_levels)
+        facts["quantiles"] = {"output": QUANTILE_OUTPUT, "probs": list(probs), "levels": levels, "horizon": step}
     export = _run_export(run, rollout, graphs, write, parity, library_versions(), facts, calibration)
     artifact = publish(store, name, export, version)
     log.info("exported %s version %s (parity %.1e)", name, artifact.version, max(artifact.manifest.parity.values()))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from serving.intervals import METHODS, interval_columns
+from serving.intervals import INTERVAL_METHODS, METHODS, interval_columns
 from serving.tables import forecast_frame
 
 if TYPE_CHECKING:
@@ -30,10 +30,11 @@ def add_interval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method",
-        choices=METHODS,
+        choices=INTERVAL_METHODS,
         default=METHODS[0],
-        help="with --levels: split_conformal (the artifact's calibration, default) or adaptive (adapted to the "
-        "misses over the last 168 origins of each series' history; send that much more history than the context)",
+        help="with --levels: split_conformal (the artifact's calibration, default), adaptive (adapted to the "
+        "residuals over the last 336 origins of each series' history; send that much more history than the context) "
+        "or quantile (the model's own quantiles, for the levels it was trained with)",
     )
 
 

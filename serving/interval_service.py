@@ -1,5 +1,6 @@
 """Prediction intervals over gRPC: a Forecast request's levels checked, the adaptive backtest batched with the
-forecast itself, and the bounds filled into the response (see ``serving.intervals`` for the methods)."""
+forecast itself, and the bounds filled into the response (see ``serving.intervals`` for the conformal methods,
+``serving.quantile_head`` for a model's own quantiles)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from serving.intervals import (
     MAX_LEVEL,
     MAX_ORIGINS,
     METHODS,
+    QUANTILE,
     Calibration,
     adapted_levels,
     backtest_origins,
@@ -23,8 +25,17 @@ from serving.intervals import (
     load_calibration,
 )
 from serving.proto.arcast.v1 import forecast_pb2, models_pb2
+from serving.quantile_head import (
+    QuantileHead,
+    check_quantile_horizon,
+    load_quantile_head,
+    quantile_bounds,
+    run_quantiles,
+)
 from serving.rpc import Limits, RequestError, exhausted, invalid
 from serving.runners.forecast import ForecastRunner
+
+KNOWN_METHODS = frozenset(forecast_pb2.IntervalMethod.values())  # the enum's numbers, once
 
 if TYPE_CHECKING:
     from serving.forecast_service import ValidatedRequest
@@ -33,13 +44,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class IntervalPlan:
-    """What one request's intervals need: the calibration, the levels and, adaptive, each series' backtest origins."""
+    """What one request's intervals need: the calibration, the levels and, adaptive, each series' backtest origins;
+    quantile: the model's quantile output and which of its quantiles bound each level."""
 
-    calibration: Calibration
+    calibration: Calibration | None
     levels: np.ndarray  # (K,)
     checked: ValidatedRequest
     origins: list[np.ndarray] | None  # adaptive: per series, the history rows t of its backtest origins
     gamma: float
+    head: QuantileHead | None = None
+    picks: tuple[np.ndarray, np.ndarray] | None = None  # quantile: indices of each level's lower and upper bound
 
     @property
     def extra_rows(self) -> int:
@@ -67,6 +81,11 @@ class IntervalPlan:
         n = len(self.checked.context)
         point = out[:n].astype(np.float64)
         horizon = point.shape[1]
+        if self.head is not None and self.picks is not None:  # one more run of the graph, its quantile output
+            quantiles = run_quantiles(self.checked.model.runner, self.head, self.checked.context)
+            lower, upper = quantile_bounds(quantiles, self.picks, horizon)
+            return point, lower, upper, None
+        assert self.calibration is not None
         if self.origins is None:  # split conformal: the same offsets for every series
             lo, hi = self.calibration.split_offsets(self.levels, horizon)
             return point, point[None] + lo[:, None], point[None] + hi[:, None], None
@@ -89,29 +108,33 @@ def plan_intervals(
         levels = check_levels(request.levels)
     except ValueError as err:
         raise invalid(str(err)) from None
+    if request.interval_method not in KNOWN_METHODS:
+        raise invalid(f"interval_method: unknown value {request.interval_method}")
     model = checked.model
     calibration = load_calibration(model.runner.artifact)
+    if request.interval_method == forecast_pb2.QUANTILE:
+        return _quantile_plan(levels, checked, calibration is not None)
     if calibration is None:
+        learnt = load_quantile_head(model.runner.artifact) is not None
         raise RequestError(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"model {model.name!r} version {model.version} has no interval calibration (exported without it or by "
-            "an older arcast): re-export it to serve levels",
+            "an older arcast): re-export it to serve levels"
+            + (", or ask its learnt quantiles (interval_method QUANTILE)" if learnt else ""),
         )
     if checked.horizon > calibration.horizon:
         raise invalid(
             f"horizon: {checked.horizon} exceeds the {calibration.horizon} steps model {model.name!r} is calibrated "
             "for: intervals need a horizon within them"
         )
-    if request.interval_method not in forecast_pb2.IntervalMethod.values():
-        raise invalid(f"interval_method: unknown value {request.interval_method}")
     if request.interval_method != forecast_pb2.ADAPTIVE:
         return IntervalPlan(calibration, levels, checked, None, 0.0)
     wanted = request.adaptive_origins or DEFAULT_ORIGINS
     if wanted > MAX_ORIGINS:
         raise invalid(f"adaptive_origins: {wanted} exceeds the limit of {MAX_ORIGINS}")
     gamma = request.adaptive_gamma or DEFAULT_GAMMA
-    if not (np.isfinite(gamma) and 0 < gamma <= 1):
-        raise invalid(f"adaptive_gamma: {gamma!r} is outside (0, 1]")
+    if not (np.isfinite(gamma) and 0 <= gamma <= 1):
+        raise invalid(f"adaptive_gamma: {gamma!r} is outside [0, 1]")
     length = checked.context.shape[1]
     origins = [backtest_origins(len(h), length, wanted) for h in checked.histories]
     plan = IntervalPlan(calibration, levels, checked, origins, float(gamma))
@@ -126,6 +149,25 @@ def plan_intervals(
     return plan
 
 
+def _quantile_plan(levels: np.ndarray, checked: ValidatedRequest, calibrated: bool) -> IntervalPlan:
+    """The plan of a QUANTILE request, or INVALID_ARGUMENT naming the field (method, levels or horizon)."""
+    model = checked.model
+    head = load_quantile_head(model.runner.artifact)
+    others = " (its conformal calibration serves any level: interval_method SPLIT_CONFORMAL or ADAPTIVE)"
+    others = others if calibrated else ""
+    if head is None:
+        raise invalid(
+            f"interval_method: QUANTILE, but model {model.name!r} version {model.version} learnt no quantiles "
+            f"(train it with quantile_levels){others}"
+        )
+    try:
+        picks = head.pick(levels)
+        check_quantile_horizon(head, checked.horizon, model.name)
+    except ValueError as err:
+        raise invalid(f"{err}{others}") from None
+    return IntervalPlan(None, levels, checked, None, 0.0, head, picks)
+
+
 def fill_intervals(
     response: forecast_pb2.ForecastResponse,
     plan: IntervalPlan,
@@ -134,26 +176,32 @@ def fill_intervals(
     adapted: np.ndarray | None,
 ) -> None:
     """Add each requested level's bounds to every series' forecast, in request order."""
+    k, b = lower.shape[:2]
+    lows, highs = lower.reshape(k, b, -1).tolist(), upper.reshape(k, b, -1).tolist()  # one conversion each
+    levels = plan.levels.tolist()
     for i, item in enumerate(response.forecasts):
-        for k, level in enumerate(plan.levels):
-            interval = item.intervals.add(
-                level=float(level), lower=lower[k, i].reshape(-1).tolist(), upper=upper[k, i].reshape(-1).tolist()
-            )
+        for j, level in enumerate(levels):
+            interval = item.intervals.add(level=level, lower=lows[j][i], upper=highs[j][i])
             if adapted is not None and plan.origins is not None:
-                interval.adapted_levels.extend(adapted[k, i].reshape(-1).tolist())
+                interval.adapted_levels.extend(adapted[j, i].reshape(-1).tolist())
                 interval.origins = len(plan.origins[i])
 
 
 def interval_support(model: LoadedModel) -> models_pb2.IntervalSupport | None:
-    """What ListModels reports of a forecaster's intervals (None: no calibration)."""
+    """What ListModels reports of a forecaster's intervals (None: neither calibration nor learnt quantiles)."""
     if not isinstance(model.runner, ForecastRunner):
         return None
     calibration = load_calibration(model.runner.artifact)
-    if calibration is None:
+    head = load_quantile_head(model.runner.artifact)
+    if calibration is None and head is None:
         return None
-    return models_pb2.IntervalSupport(
-        methods=list(METHODS),
-        max_level=MAX_LEVEL,
-        max_horizon=calibration.horizon,
-        calibration_windows=int(calibration.windows[0]),
-    )
+    support = models_pb2.IntervalSupport()
+    if calibration is not None:
+        support.methods.extend(METHODS)
+        support.max_level, support.max_horizon = MAX_LEVEL, calibration.horizon
+        support.calibration_windows = int(calibration.windows[0])
+    if head is not None:
+        support.methods.append(QUANTILE)
+        support.quantile_levels.extend(head.levels)
+        support.quantile_max_horizon = head.horizon
+    return support

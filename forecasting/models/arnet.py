@@ -17,6 +17,7 @@ from torch import nn
 from forecasting.data import DataFacts
 from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
 from forecasting.models.input_norm import INPUT_NORMS, InputNorm, check_input_norm, window_level
+from forecasting.quantiles import check_quantile_levels, ordered, pinball_loss, quantile_probs
 
 
 @dataclass
@@ -30,6 +31,8 @@ class ARNetConfig:
         measured and the fit found first), then its weight rises linearly to 1 over ``reg_ramp``.
     norm: the window level subtracted from the lags and added back to the forecast (``input_norm``); "last"
         makes the linear model NLinear, which stays right when the series' level drifts between periods.
+    quantile_levels: central levels (e.g. 0.8, 0.9, 0.95) whose bounds a second head learns with the pinball loss
+        (``forecasting.quantiles``), as offsets from the point forecast; empty: point forecasts only.
     """
 
     n_lags: int = 96
@@ -44,9 +47,11 @@ class ARNetConfig:
     huber_delta: float = 1.0
     bias: bool = True
     norm: InputNorm = "none"
+    quantile_levels: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
+        self.quantile_levels = check_quantile_levels(self.quantile_levels)
         if self.n_lags < 1 or self.n_forecasts < 1:
             raise ValueError("n_lags and n_forecasts must be positive")
         if self.sparsity is not None and not 0 < self.sparsity <= 1:
@@ -77,6 +82,16 @@ class ARNet(ForecastModel):
         if not config.hidden_sizes:
             nn.init.zeros_(self.net[0].weight)  # the AR start of the paper: no coefficient assumed
         self.register_buffer("reg_lambda", torch.zeros(()))
+        probs = self.quantile_probs
+        if probs:  # on the last hidden layer's features (the lags without hidden layers), one block per quantile
+            self.quantile_head = nn.Linear(sizes[-2], config.n_forecasts * len(probs))
+            self.register_buffer("probs", torch.tensor(probs, dtype=torch.float32), persistent=False)
+            # Start at a unit normal's quantiles (the data are standardised, so errors are at most that wide): from
+            # zero offsets the head needed several times the epochs the point forecast does.
+            nn.init.zeros_(self.quantile_head.weight)
+            with torch.no_grad():
+                start = torch.special.ndtri(self.probs)[:, None].expand(-1, config.n_forecasts)
+                self.quantile_head.bias.copy_(start.reshape(-1))
 
     @property
     def context_length(self) -> int:
@@ -86,17 +101,38 @@ class ARNet(ForecastModel):
     def step(self) -> int:
         return self.config.n_forecasts
 
-    def forward(
-        self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    @property
+    def quantile_probs(self) -> tuple[float, ...]:
+        return quantile_probs(self.config.quantile_levels) if self.config.quantile_levels else ()
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The level (B, 1, C) or None, and the last layer's input (B * C, F) of windows x (B, L, C)."""
         batch, lags, channels = x.shape
         # "none" adds nothing to the graph, so runs and artifacts from before ``norm`` existed rebuild identically.
         level = None if self.config.norm == "none" else window_level(x, self.config.norm)
         if level is not None:
             x = x - level
-        flat = x.permute(0, 2, 1).reshape(batch * channels, lags)
-        out = self.net(flat).reshape(batch, channels, -1).permute(0, 2, 1)
+        return level, self.net[:-1](x.permute(0, 2, 1).reshape(batch * channels, lags))
+
+    def forward(
+        self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        level, features = self._features(x)
+        out = self.net[-1](features).reshape(x.shape[0], x.shape[2], -1).permute(0, 2, 1)
         return out if level is None else out + level
+
+    def forward_quantiles(
+        self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The point forecast (detached: the pinball loss trains the offsets, not the point) plus learnt offsets."""
+        if not self.quantile_probs:
+            return super().forward_quantiles(x)
+        batch, _, channels = x.shape
+        level, features = self._features(x)
+        point = self.net[-1](features).detach()  # (B * C, H)
+        offsets = self.quantile_head(features).reshape(batch * channels, len(self.quantile_probs), -1)
+        out = (point[:, None] + offsets).reshape(batch, channels, *offsets.shape[1:]).permute(0, 2, 3, 1)
+        return ordered(out if level is None else out + level[:, None])
 
     def ar_coefficients(self) -> torch.Tensor:
         """(n_forecasts, p) coefficients of the linear model, lag 1 first (only for the linear model)."""
@@ -116,6 +152,8 @@ class ARNet(ForecastModel):
             data_loss = nn.functional.huber_loss(pred, batch["y"], delta=self.config.huber_delta)
         else:
             data_loss = nn.functional.mse_loss(pred, batch["y"])
+        if self.quantile_probs:
+            data_loss = data_loss + pinball_loss(self.forward_quantiles(batch["x"]), batch["y"], self.probs)
         weight = self._regularisation_weight(progress)
         if weight == 0.0:
             return data_loss

@@ -54,6 +54,18 @@ class ForecastModel(nn.Module):
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["x"], batch.get("x_mark"), batch.get("y_mark"))
 
+    @property
+    def quantile_probs(self) -> tuple[float, ...]:
+        """Probabilities of the quantiles the model learns beside its point forecast (``forecasting.quantiles``);
+        empty, the default, for point forecasts only."""
+        return ()
+
+    def forward_quantiles(
+        self, x: torch.Tensor, x_mark: torch.Tensor | None = None, y_mark: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, Q, H, C) quantiles at ``quantile_probs``, increasing along Q (the training scale)."""
+        raise NotImplementedError(f"{self.kind} learns no quantiles")
+
     def loss(self, batch: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
         """Training loss at ``progress`` (0..1 of the planned epochs); MSE unless a model says otherwise."""
         return nn.functional.mse_loss(self.predict(batch), batch["y"])

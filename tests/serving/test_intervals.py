@@ -16,12 +16,14 @@ from serving.intervals import (
     PROBS,
     Calibration,
     adapt,
+    adapt_needed,
     backtest_origins,
     backtest_residuals,
     conformal_quantiles,
     coverage,
     crps_from_quantiles,
     load_calibration,
+    warm_levels,
     winkler,
 )
 from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc
@@ -65,7 +67,7 @@ def test_adaptive_update_matches_a_scalar_loop() -> None:
     residuals = 2.5 * rng.standard_normal((2, 30, 3, 1))  # wider than calibrated: the level must rise
     residuals[1, :5] = np.nan
     levels = np.array([0.8, 0.9])
-    adapted = adapt(calibration, levels, residuals, gamma=0.05)
+    adapted = adapt(calibration, levels, residuals, gamma=0.05, warm=False)  # the update from the nominal level
     for k, level in enumerate(levels):
         for b in range(2):
             for j in range(3):
@@ -79,6 +81,23 @@ def test_adaptive_update_matches_a_scalar_loop() -> None:
                     alpha += 0.05 * ((1 - level) - miss)
                 assert adapted[k, b, j, 0] == pytest.approx(min(max(1 - alpha, 0.0), MAX_LEVEL))
     assert (adapted[:, :, :, 0].mean(axis=(1, 2)) > levels).all()
+
+
+def test_warm_start_begins_at_the_windows_own_conformal_level() -> None:
+    rng = np.random.default_rng(2)
+    table, counts = conformal_quantiles(rng.standard_normal((400, 2, 1)))
+    calibration = Calibration(PROBS, table, counts, {})
+    residuals = 0.5 * rng.standard_normal((1, 40, 2, 1))  # narrower than calibrated: the level must fall
+    residuals[0, -1, 1] = np.nan  # the last origin's second step not yet observed
+    need = calibration.needed_levels(residuals)
+    warm = warm_levels(np.array([0.8]), need)
+    for j in range(2):
+        seen = np.sort(need[0, :, j, 0][~np.isnan(need[0, :, j, 0])])
+        rank = int(np.ceil((len(seen) + 1) * 0.8))
+        assert warm[0, 0, j, 0] == pytest.approx(min(seen[rank - 1], MAX_LEVEL))
+        assert (seen <= warm[0, 0, j, 0]).mean() >= 0.8 and warm[0, 0, j, 0] < 0.8
+    # gamma 0: the warm level itself; otherwise the update runs on from it
+    np.testing.assert_allclose(adapt_needed(np.array([0.8]), need, 0.0, warm=True), warm)
 
 
 def test_backtest_residuals_and_scores() -> None:
@@ -255,3 +274,125 @@ def test_batch_and_client_cli_write_interval_columns(
     assert main([*args, "--method", method]) == 0
     cli = pl.read_csv(tmp_path / "cli.csv").sort("series_id", "step")
     np.testing.assert_allclose(cli["hi_0.9"].to_numpy(), batch["hi_0.9"].to_numpy(), rtol=1e-6, atol=1e-5)
+
+
+# --- a model's own quantiles (trained with a pinball loss) ------------------------------------------------------
+
+QUANTILE_MODEL = "etth1-linear-q"
+
+
+@pytest.fixture(scope="module")
+def quantile_run(etth1_slice: Path):
+    """A `linear` on the ETTh1 slice (lookback 48, 12 values per step) that learnt the 80% and 90% bounds."""
+    from arcast_core.training import TrainConfig
+    from forecasting.data import DataConfig
+    from forecasting.runs import train_run
+
+    config = DataConfig(dataset=str(etth1_slice), features="S", target="OT", lookback=48, horizon=12)
+    params = {"quantile_levels": (0.8, 0.9), "quantile_epochs": 3}
+    return train_run("linear", config, params, TrainConfig(epochs=1, progress=False), evaluate_test=False)
+
+
+@pytest.fixture(scope="module")
+def quantile_client(quantile_run, tmp_path_factory: pytest.TempPathFactory):
+    from forecasting.export import export_run
+
+    store = tmp_path_factory.mktemp("quantile-store")
+    export_run(quantile_run, store, QUANTILE_MODEL, max_horizon=24)
+    server = start_server(store)
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as c:
+            yield c, store
+    finally:
+        server.stop(grace_s=1)
+
+
+def test_quantile_artifact_serves_its_own_quantiles_over_grpc(quantile_run, quantile_client, histories) -> None:
+    import torch
+
+    client, store = quantile_client
+    info = client.list_models()[0]
+    assert list(info.intervals.methods) == ["split_conformal", "adaptive", "quantile"]
+    assert list(info.intervals.quantile_levels) == [0.8, 0.9] and info.intervals.quantile_max_horizon == 12
+    artifact = read_artifact(next(iter(list_artifacts(store))))
+    entry = artifact.manifest.facts["quantiles"]
+    assert entry["probs"] == [0.05, 0.1, 0.9, 0.95] and artifact.manifest.parity["max_abs_diff_quantiles"] < 1e-4
+
+    plain = client.forecast(QUANTILE_MODEL, list(histories[:3]), 10)
+    result = client.forecast(QUANTILE_MODEL, list(histories[:3]), 10, levels=[0.9, 0.8], method="quantile")
+    # parity: the served bounds are the torch model's quantiles, in the request's level order
+    context = torch.from_numpy((histories[:3, -48:, None] - quantile_run.scaler.mean) / quantile_run.scaler.std)
+    with torch.no_grad():
+        scaled = quantile_run.model.forward_quantiles(context.float()).numpy()
+    expected = scaled * quantile_run.scaler.std + quantile_run.scaler.mean  # (B, Q, 12, 1)
+    for i, (before, after) in enumerate(zip(plain.forecasts, result.forecasts, strict=True)):
+        np.testing.assert_array_equal(before.values, after.values)  # levels never change the forecast
+        assert [b.level for b in after.intervals] == [0.9, 0.8]
+        for band, (lo, hi) in zip(after.intervals, ((0, 3), (1, 2)), strict=True):
+            np.testing.assert_allclose(band.lower, expected[i, lo, :10], rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(band.upper, expected[i, hi, :10], rtol=1e-5, atol=1e-4)
+            assert band.adapted_levels is None and band.origins == 0
+    # the same model's conformal calibration still serves any level
+    assert client.forecast(QUANTILE_MODEL, [histories[0]], 10, levels=[0.85]).forecasts[0].intervals[0].level == 0.85
+
+
+@pytest.mark.parametrize(
+    ("model", "levels", "horizon", "needle"),
+    [
+        (QUANTILE_MODEL, [0.8, 0.85], 12, "levels[1]=0.85: the model's quantiles were trained for the levels 0.8, 0.9"),
+        (QUANTILE_MODEL, [0.8], 13, "horizon: 13 exceeds the 12 steps model 'etth1-linear-q' learnt quantiles for"),
+        (MODEL, [0.8], 12, "interval_method: QUANTILE, but model 'etth1-arnet' version 1 learnt no quantiles"),
+    ],
+)
+def test_quantile_requests_outside_the_training_get_invalid_argument(
+    client: ArcastClient, quantile_client, histories: np.ndarray, model: str, levels: list, horizon: int, needle: str
+) -> None:
+    target = quantile_client[0] if model == QUANTILE_MODEL else client
+    with pytest.raises(grpc.RpcError) as err:
+        target.forecast(model, [histories[0]], horizon, levels=levels, method="quantile")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (err.value.details() or "")
+    assert "SPLIT_CONFORMAL or ADAPTIVE" in (err.value.details() or "")  # both artifacts are also calibrated
+
+
+def test_batch_job_writes_the_learnt_quantiles(quantile_client, histories: np.ndarray, tmp_path: Path) -> None:
+    import polars as pl
+
+    from serving.batch import run_batch
+
+    client, store = quantile_client
+    stamps = np.datetime64("2016-07-01T00:00", "us") + np.arange(60) * np.timedelta64(1, "h")
+    frame = pl.concat(
+        pl.DataFrame({"series_id": f"s{i}", "timestamp": stamps, "value": histories[i]}) for i in range(2)
+    )
+    frame.write_parquet(tmp_path / "in.parquet")
+    run_batch(
+        store, QUANTILE_MODEL, tmp_path / "in.parquet", tmp_path / "out.parquet", 8, levels=[0.9], method="quantile"
+    )
+    batch = pl.read_parquet(tmp_path / "out.parquet").sort("series_id", "step")
+    online = client.forecast(QUANTILE_MODEL, list(histories[:2]), 8, levels=[0.9], method="quantile")
+    for i, forecast in enumerate(online.forecasts):
+        rows = batch.filter(pl.col("series_id") == f"s{i}")
+        np.testing.assert_allclose(rows["lo_0.9"].to_numpy(), forecast.intervals[0].lower[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(rows["hi_0.9"].to_numpy(), forecast.intervals[0].upper[:, 0], rtol=1e-6)
+
+
+def test_a_quantile_model_without_calibration_serves_its_quantiles_only(
+    quantile_run, tmp_path: Path, histories: np.ndarray
+) -> None:
+    from forecasting.export import export_run
+
+    export_run(quantile_run, tmp_path, "q-only", max_horizon=24, calibration=None)
+    server = start_server(tmp_path)
+    try:
+        with ArcastClient(f"127.0.0.1:{server.port}") as c:
+            support = c.list_models()[0].intervals
+            assert list(support.methods) == ["quantile"] and support.max_horizon == 0
+            assert list(support.quantile_levels) == [0.8, 0.9]
+            assert len(c.forecast("q-only", [histories[0]], 12, levels=[0.8], method="quantile").forecasts[0].intervals)
+            with pytest.raises(grpc.RpcError) as err:
+                c.forecast("q-only", [histories[0]], 12, levels=[0.8])
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "or ask its learnt quantiles (interval_method QUANTILE)" in (err.value.details() or "")
+    finally:
+        server.stop(grace_s=1)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61rcast/v1/forecast.proto\x12\tarcast.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n\x0f\x46orecastRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07horizon\x18\x03 \x01(\r\x12!\n\x06series\x18\x04 \x03(\x0b\x32\x11.arcast.v1.Series\x12\x0e\n\x06levels\x18\x05 \x03(\x01\x12\x32\n\x0finterval_method\x18\x07 \x01(\x0e\x32\x19.arcast.v1.IntervalMethod\x12\x18\n\x10\x61\x64\x61ptive_origins\x18\x08 \x01(\r\x12\x16\n\x0e\x61\x64\x61ptive_gamma\x18\t \x01(\x01J\x04\x08\x06\x10\x07R\ncovariates\"f\n\x06Series\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12.\n\ntimestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x04\x10\x05R\ncovariates\"`\n\x10\x46orecastResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12,\n\tforecasts\x18\x03 \x03(\x0b\x32\x19.arcast.v1.SeriesForecast\"\x84\x01\n\x0eSeriesForecast\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12.\n\ntimestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tintervals\x18\x04 \x03(\x0b\x32\x13.arcast.v1.Interval\"`\n\x08Interval\x12\r\n\x05level\x18\x01 \x01(\x01\x12\r\n\x05lower\x18\x02 \x03(\x01\x12\r\n\x05upper\x18\x03 \x03(\x01\x12\x16\n\x0e\x61\x64\x61pted_levels\x18\x04 \x03(\x01\x12\x0f\n\x07origins\x18\x05 \x01(\r*3\n\x0eIntervalMethod\x12\x13\n\x0fSPLIT_CONFORMAL\x10\x00\x12\x0c\n\x08\x41\x44\x41PTIVE\x10\x01\x32V\n\x0f\x46orecastService\x12\x43\n\x08\x46orecast\x12\x1a.arcast.v1.ForecastRequest\x1a\x1b.arcast.v1.ForecastResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61rcast/v1/forecast.proto\x12\tarcast.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n\x0f\x46orecastRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07horizon\x18\x03 \x01(\r\x12!\n\x06series\x18\x04 \x03(\x0b\x32\x11.arcast.v1.Series\x12\x0e\n\x06levels\x18\x05 \x03(\x01\x12\x32\n\x0finterval_method\x18\x07 \x01(\x0e\x32\x19.arcast.v1.IntervalMethod\x12\x18\n\x10\x61\x64\x61ptive_origins\x18\x08 \x01(\r\x12\x16\n\x0e\x61\x64\x61ptive_gamma\x18\t \x01(\x01J\x04\x08\x06\x10\x07R\ncovariates\"f\n\x06Series\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12.\n\ntimestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x04\x10\x05R\ncovariates\"`\n\x10\x46orecastResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12,\n\tforecasts\x18\x03 \x03(\x0b\x32\x19.arcast.v1.SeriesForecast\"\x84\x01\n\x0eSeriesForecast\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12.\n\ntimestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tintervals\x18\x04 \x03(\x0b\x32\x13.arcast.v1.Interval\"`\n\x08Interval\x12\r\n\x05level\x18\x01 \x01(\x01\x12\r\n\x05lower\x18\x02 \x03(\x01\x12\r\n\x05upper\x18\x03 \x03(\x01\x12\x16\n\x0e\x61\x64\x61pted_levels\x18\x04 \x03(\x01\x12\x0f\n\x07origins\x18\x05 \x01(\r*A\n\x0eIntervalMethod\x12\x13\n\x0fSPLIT_CONFORMAL\x10\x00\x12\x0c\n\x08\x41\x44\x41PTIVE\x10\x01\x12\x0c\n\x08QUANTILE\x10\x02\x32V\n\x0f\x46orecastService\x12\x43\n\x08\x46orecast\x12\x1a.arcast.v1.ForecastRequest\x1a\x1b.arcast.v1.ForecastResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'arcast.v1.forecast_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INTERVALMETHOD']._serialized_start=747
-  _globals['_INTERVALMETHOD']._serialized_end=798
+  _globals['_INTERVALMETHOD']._serialized_end=812
   _globals['_FORECASTREQUEST']._serialized_start=73
   _globals['_FORECASTREQUEST']._serialized_end=310
   _globals['_SERIES']._serialized_start=312
@@ -44,6 +44,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERIESFORECAST']._serialized_end=647
   _globals['_INTERVAL']._serialized_start=649
   _globals['_INTERVAL']._serialized_end=745
-  _globals['_FORECASTSERVICE']._serialized_start=800
-  _globals['_FORECASTSERVICE']._serialized_end=886
+  _globals['_FORECASTSERVICE']._serialized_start=814
+  _globals['_FORECASTSERVICE']._serialized_end=900
 # @@protoc_insertion_point(module_scope)

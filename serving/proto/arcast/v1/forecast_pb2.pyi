@@ -14,8 +14,10 @@ class IntervalMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SPLIT_CONFORMAL: _ClassVar[IntervalMethod]
     ADAPTIVE: _ClassVar[IntervalMethod]
+    QUANTILE: _ClassVar[IntervalMethod]
 SPLIT_CONFORMAL: IntervalMethod
 ADAPTIVE: IntervalMethod
+QUANTILE: IntervalMethod
 
 class ForecastRequest(_message.Message):
     __slots__ = ("model", "version", "horizon", "series", "levels", "interval_method", "adaptive_origins", "adaptive_gamma")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61rcast/v1/models.proto\x12\tarcast.v1\"(\n\x11ListModelsRequest\x12\x13\n\x0bname_prefix\x18\x01 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.arcast.v1.ModelInfo\"\xf9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nmodel_kind\x18\x03 \x01(\t\x12\x14\n\x0crollout_kind\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x0c\n\x04step\x18\x06 \x01(\r\x12\x13\n\x0bmax_horizon\x18\x07 \x01(\r\x12\x10\n\x08\x63hannels\x18\x08 \x03(\t\x12\x0c\n\x04\x66req\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x32\n\x07metrics\x18\x0b \x03(\x0b\x32!.arcast.v1.ModelInfo.MetricsEntry\x12\x11\n\tproviders\x18\x0c \x03(\t\x12\x0e\n\x06latest\x18\r \x01(\x08\x12-\n\tintervals\x18\x0e \x01(\x0b\x32\x1a.arcast.v1.IntervalSupport\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"g\n\x0fIntervalSupport\x12\x0f\n\x07methods\x18\x01 \x03(\t\x12\x11\n\tmax_level\x18\x02 \x01(\x01\x12\x13\n\x0bmax_horizon\x18\x03 \x01(\r\x12\x1b\n\x13\x63\x61libration_windows\x18\x04 \x01(\r2Y\n\x0cModelService\x12I\n\nListModels\x12\x1c.arcast.v1.ListModelsRequest\x1a\x1d.arcast.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61rcast/v1/models.proto\x12\tarcast.v1\"(\n\x11ListModelsRequest\x12\x13\n\x0bname_prefix\x18\x01 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.arcast.v1.ModelInfo\"\xf9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nmodel_kind\x18\x03 \x01(\t\x12\x14\n\x0crollout_kind\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x0c\n\x04step\x18\x06 \x01(\r\x12\x13\n\x0bmax_horizon\x18\x07 \x01(\r\x12\x10\n\x08\x63hannels\x18\x08 \x03(\t\x12\x0c\n\x04\x66req\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x32\n\x07metrics\x18\x0b \x03(\x0b\x32!.arcast.v1.ModelInfo.MetricsEntry\x12\x11\n\tproviders\x18\x0c \x03(\t\x12\x0e\n\x06latest\x18\r \x01(\x08\x12-\n\tintervals\x18\x0e \x01(\x0b\x32\x1a.arcast.v1.IntervalSupport\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9e\x01\n\x0fIntervalSupport\x12\x0f\n\x07methods\x18\x01 \x03(\t\x12\x11\n\tmax_level\x18\x02 \x01(\x01\x12\x13\n\x0bmax_horizon\x18\x03 \x01(\r\x12\x1b\n\x13\x63\x61libration_windows\x18\x04 \x01(\r\x12\x17\n\x0fquantile_levels\x18\x05 \x03(\x01\x12\x1c\n\x14quantile_max_horizon\x18\x06 \x01(\r2Y\n\x0cModelService\x12I\n\nListModels\x12\x1c.arcast.v1.ListModelsRequest\x1a\x1d.arcast.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO']._serialized_end=517
   _globals['_MODELINFO_METRICSENTRY']._serialized_start=471
   _globals['_MODELINFO_METRICSENTRY']._serialized_end=517
-  _globals['_INTERVALSUPPORT']._serialized_start=519
-  _globals['_INTERVALSUPPORT']._serialized_end=622
-  _globals['_MODELSERVICE']._serialized_start=624
-  _globals['_MODELSERVICE']._serialized_end=713
+  _globals['_INTERVALSUPPORT']._serialized_start=520
+  _globals['_INTERVALSUPPORT']._serialized_end=678
+  _globals['_MODELSERVICE']._serialized_start=680
+  _globals['_MODELSERVICE']._serialized_end=769
 # @@protoc_insertion_point(module_scope)

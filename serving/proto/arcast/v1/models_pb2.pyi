@@ -58,13 +58,17 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_kind: _Optional[str] = ..., rollout_kind: _Optional[str] = ..., context_length: _Optional[int] = ..., step: _Optional[int] = ..., max_horizon: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., freq: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., latest: _Optional[bool] = ..., intervals: _Optional[_Union[IntervalSupport, _Mapping]] = ...) -> None: ...
 
 class IntervalSupport(_message.Message):
-    __slots__ = ("methods", "max_level", "max_horizon", "calibration_windows")
+    __slots__ = ("methods", "max_level", "max_horizon", "calibration_windows", "quantile_levels", "quantile_max_horizon")
     METHODS_FIELD_NUMBER: _ClassVar[int]
     MAX_LEVEL_FIELD_NUMBER: _ClassVar[int]
     MAX_HORIZON_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_MAX_HORIZON_FIELD_NUMBER: _ClassVar[int]
     methods: _containers.RepeatedScalarFieldContainer[str]
     max_level: float
     max_horizon: int
     calibration_windows: int
-    def __init__(self, methods: _Optional[_Iterable[str]] = ..., max_level: _Optional[float] = ..., max_horizon: _Optional[int] = ..., calibration_windows: _Optional[int] = ...) -> None: ...
+    quantile_levels: _containers.RepeatedScalarFieldContainer[float]
+    quantile_max_horizon: int
+    def __init__(self, methods: _Optional[_Iterable[str]] = ..., max_level: _Optional[float] = ..., max_horizon: _Optional[int] = ..., calibration_windows: _Optional[int] = ..., quantile_levels: _Optional[_Iterable[float]] = ..., quantile_max_horizon: _Optional[int] = ...) -> None: ...

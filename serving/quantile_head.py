@@ -1,0 +1,87 @@
+"""Intervals from a model's own quantiles: an artifact trained with ``quantile_levels`` (``forecasting.quantiles``)
+has a second graph output, the quantiles (B, Q, step, C) of those levels' bounds; its manifest's ``quantiles``
+entry names the output, the probabilities and the levels.
+
+Only the trained levels are served, and only within one model step: a rolled-out block is conditioned on the
+point forecasts fed back, so its quantiles would leave out the error of those (conformal calibration, which
+measures the rollout's own errors, covers longer horizons).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.intervals import level_name
+
+LEVEL_TOLERANCE = 1e-9  # a requested level matches a trained one this closely (doubles from any client)
+
+
+@dataclass(frozen=True)
+class QuantileHead:
+    """An artifact's learnt quantiles: graph ``output``, ``probs`` (Q,) increasing, the central ``levels`` they
+    bound, over the first ``horizon`` steps (the model's step)."""
+
+    output: str
+    probs: np.ndarray
+    levels: tuple[float, ...]
+    horizon: int
+
+    def pick(self, levels: np.ndarray, field: str = "levels") -> tuple[np.ndarray, np.ndarray]:
+        """Indices (K,) into ``probs`` of each requested level's lower and upper bound; ValueError naming every
+        level the model was not trained for."""
+        lower, upper, bad = [], [], []
+        for i, level in enumerate(levels):
+            lo = np.flatnonzero(np.abs(self.probs - (1 - level) / 2) <= LEVEL_TOLERANCE)
+            hi = np.flatnonzero(np.abs(self.probs - (1 + level) / 2) <= LEVEL_TOLERANCE)
+            if not len(lo) or not len(hi):
+                bad.append(f"{field}[{i}]={float(level)!r}")
+                continue
+            lower.append(int(lo[0]))
+            upper.append(int(hi[0]))
+        if bad:
+            trained = ", ".join(level_name(v) for v in self.levels)
+            raise ValueError(f"{', '.join(bad)}: the model's quantiles were trained for the levels {trained} only")
+        return np.asarray(lower, np.int64), np.asarray(upper, np.int64)
+
+
+def load_quantile_head(artifact: Any) -> QuantileHead | None:
+    """The artifact's learnt quantiles, or None for a model trained without them."""
+    facts = artifact.manifest.facts.get("quantiles")
+    if not isinstance(facts, dict) or "output" not in facts:
+        return None
+    levels = tuple(float(v) for v in facts["levels"])
+    return QuantileHead(str(facts["output"]), np.asarray(facts["probs"], np.float64), levels, int(facts["horizon"]))
+
+
+def run_quantiles(runner: Any, head: QuantileHead, context: np.ndarray) -> np.ndarray:
+    """(B, Q, step, C) quantiles of contexts (B, L', C) by the runner's session, in its rows-per-run chunks.
+
+    A context-only graph (the models that learn quantiles: AR-Net, linear); its last ``context_length`` rows.
+    """
+    window = np.ascontiguousarray(context[:, -runner.context_length :], dtype=np.float32)
+    chunk = runner.rows_per_run
+    parts = [
+        runner.session.run([head.output], {"context": window[i : i + chunk]})[0] for i in range(0, len(window), chunk)
+    ]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def quantile_bounds(
+    quantiles: np.ndarray, picks: tuple[np.ndarray, np.ndarray], horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds (K, B, horizon, C) of the picked levels from quantiles (B, Q, step, C)."""
+    lower, upper = picks
+    q = quantiles[:, :, :horizon].astype(np.float64)
+    return np.moveaxis(q[:, lower], 1, 0), np.moveaxis(q[:, upper], 1, 0)
+
+
+def check_quantile_horizon(head: QuantileHead, horizon: int, name: str) -> None:
+    """ValueError naming ``horizon`` when it goes beyond what the quantiles cover."""
+    if horizon > head.horizon:
+        raise ValueError(
+            f"horizon: {horizon} exceeds the {head.horizon} steps model {name!r} learnt quantiles for (one model "
+            "step, not rolled out): ask a shorter horizon, or split_conformal/adaptive for longer ones"
+        )
