@@ -90,6 +90,16 @@ def untrained_run(backbone: str, data: DataConfig, prepared: PreparedData) -> An
     )
 
 
+def wait_for_other_export(folder: Path, poll_s: float = 15.0) -> float:
+    """Wait while another process stages an export into ``folder`` (a ``.staging-*`` folder there): exporting the
+    same model twice at once would cost another twenty minutes of this CPU. Returns the seconds waited."""
+    started = time.perf_counter()
+    while folder.is_dir() and any(folder.glob(".staging-*")):
+        say(f"another process is exporting into {folder}: waiting")
+        time.sleep(poll_s)
+    return time.perf_counter() - started
+
+
 def ensure_artifacts(
     stores: dict[str, Path], backbone: str, data: DataConfig, prepared: PreparedData
 ) -> dict[str, dict[str, Any]]:
@@ -98,9 +108,10 @@ def ensure_artifacts(
     run = None
     for rollout, store in stores.items():
         name = NAMES[rollout]
+        waited = wait_for_other_export(store / name)
         try:
             resolve(store, name)
-            exported[rollout] = {"reused": True}
+            exported[rollout] = {"reused": True, "waited_for_another_export_s": waited}
             continue
         except ArtifactError:
             pass
@@ -510,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     data = DataConfig(dataset="ETTh1", features="M", lookback=LOOKBACK, horizon=SEGMENT)
     prepared = prepare_data(data)
     stores = artifact_stores(args.work_dir)
-    results["artifacts"] = ensure_artifacts(stores, args.backbone, data, prepared)
+    results["artifacts"] = ensure_artifacts({"growing": stores["growing"]}, args.backbone, data, prepared)
     artifact = read_artifact(resolve(stores["growing"], NAMES["growing"]))
     results["artifacts"]["path"] = str(artifact.path)
     results["size"] = sizes(artifact, args.backbone)
@@ -524,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         batched = results.setdefault("in_process_batched", {})
         batched[str(rows)] = kv_vs_recompute_batched(artifact, contexts, rows, args.batched_repeats)
         save(results, args.out)
+    results["artifacts"] |= ensure_artifacts({"sliding": stores["sliding"]}, args.backbone, data, prepared)
     over_grpc(args, stores, contexts, results)
     results["goals"] = goals(results)
     results["markdown"] = markdown(results)
