@@ -141,7 +141,8 @@ class DynamicBatcher(Generic[J, R]):
         if self._inline:
             with self._lock:
                 idle = not (self._running or self._waiting)
-                self._running = self._running or idle
+                if idle:
+                    self._running = True  # this thread runs, so requests arriving meanwhile queue behind it
             if idle:  # nothing runs or waits: run it now, in this thread (the same run a batch of one would be)
                 try:
                     return run_alone(self._kind, job, self._on_batch, self._on_run, submitted)
