@@ -32,6 +32,7 @@ class FitResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    warm_start: dict[str, object] | None = None  # what the model's warm start chose (AR-Net's ridge penalty)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -117,13 +118,15 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place, restore its best checkpoint by validation MSE and return the history.
 
-    ``on_epoch(epoch, val_loss)`` runs after every epoch; Optuna's pruning raises from it. Under torchrun (more
-    than one process) it trains with DDP; every rank returns the same result. A model that fits in closed form
-    (``ForecastModel.fit_closed_form``) is fitted that way instead, with no epochs for ``on_epoch`` to prune.
+    A model's ``warm_start`` sets its starting weights first. ``on_epoch(epoch, val_loss)`` runs after every epoch;
+    Optuna's pruning raises from it. Under torchrun (more than one process) it trains with DDP; every rank returns
+    the same result. A model that fits in closed form (``ForecastModel.fit_closed_form``) is fitted that way
+    instead, with no epochs for ``on_epoch`` to prune.
     """
     closed = _fit_closed_form(model, train, val, cfg)
     if closed is not None:
         return closed
+    started_from = model.warm_start(train, val)
 
     def build(device: torch.device) -> ForecastTask:
         return ForecastTask(model.to(device), train, val, cfg, device)
@@ -137,7 +140,7 @@ def fit(
         if r.validation is not None
     ]
     best_val_loss = report.best_validation["val_loss"]
-    return FitResult(report.best_epoch, best_val_loss, report.epochs_run, report.seconds, history)
+    return FitResult(report.best_epoch, best_val_loss, report.epochs_run, report.seconds, history, started_from)
 
 
 def _fit_closed_form(

@@ -14,9 +14,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from forecasting.data import DataFacts
+from forecasting.data import DataFacts, WindowDataset
 from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
 from forecasting.models.input_norm import INPUT_NORMS, InputNorm, check_input_norm, window_level
+from forecasting.models.linear import Linear, LinearConfig
 from forecasting.quantiles import check_quantile_levels, ordered, pinball_loss, quantile_probs
 
 
@@ -33,6 +34,10 @@ class ARNetConfig:
         makes the linear model NLinear, which stays right when the series' level drifts between periods.
     quantile_levels: central levels (e.g. 0.8, 0.9, 0.95) whose bounds a second head learns with the pinball loss
         (``forecasting.quantiles``), as offsets from the point forecast; empty: point forecasts only.
+    init: the linear model's starting coefficients. "zeros" is the paper's; "ridge" starts SGD from the ridge
+        regression on the same lags and ``norm`` (the ``linear`` model's closed-form fit, penalty chosen on
+        validation), so the loss, regulariser and early stopping refine the least-squares fit instead of having to
+        find it. Only without hidden layers, and with a bias (the ridge fit's intercept).
     """
 
     n_lags: int = 96
@@ -48,6 +53,7 @@ class ARNetConfig:
     bias: bool = True
     norm: InputNorm = "none"
     quantile_levels: tuple[float, ...] = ()
+    init: Literal["zeros", "ridge"] = "zeros"
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
@@ -59,6 +65,10 @@ class ARNetConfig:
         if self.loss not in ("huber", "mse"):
             raise ValueError(f"loss must be 'huber' or 'mse', got {self.loss!r}")
         check_input_norm(self.norm)
+        if self.init not in ("zeros", "ridge"):
+            raise ValueError(f"init must be 'zeros' or 'ridge', got {self.init!r}")
+        if self.init == "ridge" and (self.hidden_sizes or not self.bias):
+            raise ValueError("init 'ridge' needs the linear model: no hidden_sizes, and bias on for the intercept")
 
 
 def sparsity_penalty(weights: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
@@ -134,6 +144,17 @@ class ARNet(ForecastModel):
         out = (point[:, None] + offsets).reshape(batch, channels, *offsets.shape[1:]).permute(0, 2, 3, 1)
         return ordered(out if level is None else out + level[:, None])
 
+    def warm_start(self, train: WindowDataset, val: WindowDataset) -> dict[str, Any] | None:
+        if self.config.init != "ridge":
+            return None
+        cfg = self.config
+        ridge = Linear(LinearConfig(lookback=cfg.n_lags, horizon=cfg.n_forecasts, norm=cfg.norm))
+        chosen = ridge.fit_closed_form(train, val)
+        with torch.no_grad():
+            self.net[0].weight.copy_(ridge.weight[0].T)
+            self.net[0].bias.copy_(ridge.bias[0, 0])
+        return {"ridge_alpha": chosen["alpha"]}
+
     def ar_coefficients(self) -> torch.Tensor:
         """(n_forecasts, p) coefficients of the linear model, lag 1 first (only for the linear model)."""
         if self.config.hidden_sizes:
@@ -178,10 +199,13 @@ def _bind(params: dict[str, Any], facts: DataFacts) -> ARNetConfig:
 
 def _search_space(trial: Any) -> dict[str, dict[str, Any]]:
     hidden = trial.suggest_categorical("hidden", [0, 32, 128])
+    # the ridge start exists only for the linear model, so the choice is only offered there
+    init = "zeros" if hidden else trial.suggest_categorical("init", ["zeros", "ridge"])
     return {
         "data": {"lookback": trial.suggest_categorical("lookback", [24, 48, 96, 168, 336])},
         "model": {
             "hidden_sizes": (hidden,) if hidden else (),
+            "init": init,
             "loss": trial.suggest_categorical("loss", ["huber", "mse"]),
             "norm": trial.suggest_categorical("norm", list(INPUT_NORMS)),
             # the paper's regulariser: a target share of non-zero lags (1.0: off)

@@ -46,6 +46,11 @@ class ForecastModel(nn.Module):
         """
         return None
 
+    def warm_start(self, train: WindowDataset, val: WindowDataset) -> dict[str, Any] | None:
+        """Set starting weights from the data before SGD (AR-Net's ridge start) and return what was chosen; None, the
+        default, means the initialisation stays as constructed."""
+        return None
+
     def attention_bytes_per_row(self) -> int | None:
         """float32 bytes of the largest attention map one series needs in a forward pass, or None where nothing
         grows with the square of the window. Export turns it into the served artifact's rows per run."""

@@ -11,6 +11,7 @@ from arcast_core.training import TrainConfig
 from forecasting.data import WindowDataset
 from forecasting.models.arnet import ARNet, ARNetConfig, sparsity_penalty
 from forecasting.models.input_norm import InputNorm
+from forecasting.models.linear import Linear, LinearConfig
 from forecasting.training import fit
 
 
@@ -108,3 +109,37 @@ def test_input_norm_is_checked_and_off_by_default() -> None:
     assert ARNetConfig().norm == "none"
     with pytest.raises(ValueError, match="norm must be one of"):
         ARNetConfig(norm="median")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("norm", ["none", "mean"])
+def test_ridge_start_is_the_linear_models_fit_then_sgd_refines_it(norm: InputNorm) -> None:
+    """init="ridge": before any SGD step the linear AR-Net forecasts what the closed-form ``linear`` model does on
+    the same lags and norm; a few epochs of SGD from there keep validation at that optimum, where the paper's zero
+    start is still far from it."""
+    series = simulate_ar({1: 0.5, 2: -0.3, 3: 0.2, 4: 0.1, 5: -0.15}, 3000, seed=2) + 4.0
+    split = int(len(series) * 0.8)
+    train, val = windows(series[:split], 12), windows(series[split - 12 :], 12)
+    linear = Linear(LinearConfig(lookback=12, horizon=1, norm=norm))
+    chosen = linear.fit_closed_form(train, val)
+    model = ARNet(ARNetConfig(n_lags=12, n_forecasts=1, norm=norm, init="ridge"))
+    assert model.warm_start(train, val) == {"ridge_alpha": chosen["alpha"]}
+    x = val.batch(np.arange(len(val)))["x"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), linear(x), atol=1e-5, rtol=1e-5)
+
+    short = TrainConfig(epochs=2, batch_size=64, lr=1e-3, patience=100, progress=False)
+    ridge_run, zero_run = (
+        fit(ARNet(ARNetConfig(n_lags=12, n_forecasts=1, norm=norm, loss="mse", init=init)), train, val, short)
+        for init in ("ridge", "zeros")
+    )
+    optimum = min(h["val_loss"] for h in chosen["history"])
+    assert ridge_run.warm_start == {"ridge_alpha": chosen["alpha"]} and zero_run.warm_start is None
+    assert ridge_run.best_val_loss < optimum * 1.01 < zero_run.best_val_loss, (ridge_run, zero_run, optimum)
+
+
+def test_ridge_start_needs_the_linear_model_with_a_bias() -> None:
+    for bad in ({"hidden_sizes": (8,)}, {"bias": False}):
+        with pytest.raises(ValueError, match="init 'ridge' needs the linear model"):
+            ARNetConfig(init="ridge", **bad)
+    with pytest.raises(ValueError, match="init must be 'zeros' or 'ridge'"):
+        ARNetConfig(init="ols")  # type: ignore[arg-type]
