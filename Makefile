@@ -28,7 +28,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pyright --level error  # errors only; make typecheck lists the warnings too
-	$(BIN)/python -m pytest
+	# a worker per core (at most 4), each test file whole on one worker so its module fixtures are built once
+	$(BIN)/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile
 
 # Static types (pyright, basic mode; configuration in pyproject.toml), also part of `make test`
 typecheck: $(STAMP)

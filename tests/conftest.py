@@ -13,6 +13,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ARCAST_NO_DOWNLOAD", "1")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs a worker per core, up to 4), each worker's torch gets its share of the
+    cores instead of all of them: two workers with two threads each on two cores were oversubscribed."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     from arcast_core.data_dir import find_data_dir
