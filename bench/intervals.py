@@ -45,8 +45,13 @@ REDUCED = {
 
 
 def save(results: dict[str, Any]) -> None:
+    """Write the results, recording this invocation in ``commands`` (every command that wrote the file, in order)."""
     from arcast_core.files import atomic_write_text
 
+    command = " ".join(["bench/intervals.py", *sys.argv[1:]])
+    commands = results.setdefault("commands", [])
+    if command not in commands:
+        commands.append(command)
     atomic_write_text(RESULTS, json.dumps(results, indent=1))
 
 
@@ -592,7 +597,7 @@ def main() -> int:
     if args.readme:
         print(readme_table(json.loads(RESULTS.read_text())))
         return 0
-    results: dict[str, Any] = {"rows": [], "command": " ".join(sys.argv)}
+    results: dict[str, Any] = {"rows": [], "commands": []}
     if RESULTS.exists() and not args.fresh:
         results = json.loads(RESULTS.read_text())
     work = Path(os.environ.get("ARCAST_BENCH_WORK") or tempfile.mkdtemp(prefix="intervals-"))
