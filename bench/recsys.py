@@ -137,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget-clock",
         choices=("wall", "cpu"),
         default="wall",
-        help="what --generator-minutes counts: cpu = this process's CPU time (comparable on a loaded machine)",
+        help="what --generator-minutes and --sasrec-minutes count: cpu = this process's CPU time (comparable on a "
+        "loaded machine)",
     )
     g.add_argument(
         "--test-only", action="store_true", help="full evaluation on every test user only (skip the validation pass)"
@@ -186,6 +187,11 @@ def semantic_side(args: argparse.Namespace, titles: dict | None, split: Any) -> 
     return parts[0] if len(parts) == 1 else combine_item_sides(parts)
 
 
+def clock_name(args: argparse.Namespace) -> str:
+    """How a row's budget names the clock it counted (``--budget-clock``)."""
+    return "CPU time" if args.budget_clock == "cpu" else "wall-clock"
+
+
 def sasrec_config(args: argparse.Namespace, n_items: int) -> tuple[SASRecConfig, TrainConfig]:
     model = SASRecConfig(num_items=n_items, hidden=args.sasrec_hidden, loss="ce")
     train = TrainConfig(
@@ -196,6 +202,7 @@ def sasrec_config(args: argparse.Namespace, n_items: int) -> tuple[SASRecConfig,
         eval_batch_size=1024,
         seed=args.seed,
         max_seconds=args.sasrec_minutes * 60,
+        budget_clock=args.budget_clock,
         progress=False,
     )
     return model, train
@@ -221,9 +228,10 @@ def run_sasrec(args: argparse.Namespace, split: Any, loss: str, semantic: np.nda
         "epochs_run": len(result.history),
         "stopped_by": result.stopped_by,
         "train_loss_per_epoch": [round(log.train_loss, 4) for log in result.history],
-        "reduced": f"{args.sasrec_minutes} min CPU budget" if result.stopped_by == "time_budget" else None,
+        "reduced": f"{args.sasrec_minutes} min budget" if result.stopped_by == "time_budget" else None,
         "steps": len(result.history) * math.ceil(len(split.train_sequences) / train_config.batch_size),
-        "budget": f"{args.sasrec_minutes} min wall-clock, {args.sasrec_epochs} epochs, patience {args.sasrec_patience}",
+        "budget": f"{args.sasrec_minutes} min {clock_name(args)}, {args.sasrec_epochs} epochs, "
+        f"patience {args.sasrec_patience}",
     }
     return {"row": row, "embeddings": embeddings}
 
@@ -318,7 +326,7 @@ def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles:
         "config": info["config"],
         "reduced": reduced if info["fit"]["stopped_by"] == "time_budget" or args.test_users else "small generator",
         "steps": info["fit"]["steps"],
-        "budget": f"{args.generator_minutes} min {'CPU time' if args.budget_clock == 'cpu' else 'wall-clock'} "
+        "budget": f"{args.generator_minutes} min {clock_name(args)} "
         f"(generator), stopped by {info['fit']['stopped_by']}",
     }
 

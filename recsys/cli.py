@@ -129,7 +129,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         "--budget-clock",
         choices=("wall", "cpu"),
         default="wall",
-        help="what --minutes counts: cpu = this process's CPU time (the same training on a loaded machine)",
+        help="what --minutes and --sasrec-minutes count: cpu = this process's CPU time (the same training on a "
+        "loaded machine)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="default: cuda when available, else cpu")
@@ -148,6 +149,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
             hidden=args.sasrec_hidden,
             epochs=args.sasrec_epochs,
             max_seconds=args.sasrec_minutes * 60 if args.sasrec_minutes else None,
+            budget_clock=args.budget_clock,
             alignment=AlignmentConfig(weight=args.align_weight, temperature=args.align_temperature),
         ),
         quantizer=QuantizerConfig(

@@ -73,6 +73,7 @@ class Stage1Config:
     lr: float = 1e-3
     patience: int = 3
     max_seconds: float | None = None
+    budget_clock: str = "wall"  # what max_seconds counts, as GeneratorTrainConfig.budget_clock
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
 
 
@@ -489,6 +490,22 @@ def train_generator(
 # --- stage 1 ---------------------------------------------------------------------------------------------------
 
 
+def stage1_train_config(config: Stage1Config, seed: int, progress: bool) -> TrainConfig:
+    """The shared loop's settings for a stage-1 SASRec (constant rate; the budget on ``config.budget_clock``)."""
+    return TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        lr_schedule="constant",
+        patience=config.patience,
+        seed=seed,
+        eval_batch_size=1024,
+        max_seconds=config.max_seconds,
+        budget_clock=config.budget_clock,  # type: ignore[arg-type]
+        progress=progress,
+    )
+
+
 def train_stage1_sasrec(
     split: LeaveOneOutSplit, config: Stage1Config, semantic: np.ndarray | None, seed: int, progress: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -502,17 +519,7 @@ def train_stage1_sasrec(
         dropout=config.dropout,
         loss="ce",
     )
-    train_config = TrainConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        lr_schedule="constant",
-        patience=config.patience,
-        seed=seed,
-        eval_batch_size=1024,
-        max_seconds=config.max_seconds,
-        progress=progress,
-    )
+    train_config = stage1_train_config(config, seed, progress)
     started = time.monotonic()
     if semantic is None:
         result = train_sasrec(split, model_config, train_config)
