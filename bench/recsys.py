@@ -53,6 +53,7 @@ from recsys.prorec_training import (  # noqa: E402
     PipelineConfig,
     Stage1Config,
     evaluate_generator,
+    stage1_train_config,
     train_pipeline,
 )
 from recsys.quantizer import QuantizerConfig, RQVAEConfig  # noqa: E402
@@ -194,17 +195,14 @@ def clock_name(args: argparse.Namespace) -> str:
 
 def sasrec_config(args: argparse.Namespace, n_items: int) -> tuple[SASRecConfig, TrainConfig]:
     model = SASRecConfig(num_items=n_items, hidden=args.sasrec_hidden, loss="ce")
-    train = TrainConfig(
+    stage1 = Stage1Config(
+        hidden=args.sasrec_hidden,
         epochs=args.sasrec_epochs,
-        batch_size=256,
-        lr_schedule="constant",
         patience=args.sasrec_patience,
-        eval_batch_size=1024,
-        seed=args.seed,
         max_seconds=args.sasrec_minutes * 60,
         budget_clock=args.budget_clock,
-        progress=False,
     )
+    train = stage1_train_config(stage1, args.seed, progress=False)  # the same loop settings as PRORec's stage 1
     return model, train
 
 
