@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -231,16 +232,19 @@ def _ray_batch(args: argparse.Namespace) -> int:
         from serving.ray_batch import run_ray_batch
     except ImportError as err:
         raise ValueError(f"--ray needs Ray Data ({err}): pip install 'arcast[ray]'") from err
-    summary = run_ray_batch(
-        args.store,
-        args.model,
-        args.input,
-        args.output,
-        args.horizon,
-        version=args.version,
-        address=args.ray,
-        workers=args.ray_workers,
-    )
+    # Ray's driver prints its raylet's messages (such as a worker that died and whose task was retried) to stdout,
+    # from a background thread; stdout carries the summary that scripts parse, so the job's chatter goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = run_ray_batch(
+            args.store,
+            args.model,
+            args.input,
+            args.output,
+            args.horizon,
+            version=args.version,
+            address=args.ray,
+            workers=args.ray_workers,
+        )
     print(summary_json(summary))
     return 0
 
