@@ -333,7 +333,7 @@ def score_quantiles(kind: str, features: str, artifact_path: Path) -> list[dict[
     length = runner.context_length
     quantiles = np.concatenate(
         [
-            run_quantiles(runner, head, table.values[o[:, None] + np.arange(-length, 0)[None]].astype(np.float32))
+            run_quantiles(runner, head, table.values[o[:, None] + np.arange(-length, 0)[None]].astype(np.float32))[1]
             for o in np.array_split(origins, max(1, len(origins) // 512))
         ]
     ).astype(np.float64)  # (O, Q, 24, C)

@@ -54,6 +54,13 @@ class BatchIntervals:
     ) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
         """The block's forecasts (B, h, C) and each series' interval columns."""
         length, n = model.context_length, len(block)
+        channels = list(model.channels)
+        if self.head is not None and self.picks is not None:  # one run gives the forecast and its quantiles
+            point, quantiles = run_quantiles(model, self.head, context)
+            lower, upper = quantile_bounds(quantiles, self.picks, horizon)
+            return point[:, :horizon], [
+                interval_columns(self.levels, lower[:, i], upper[:, i], channels) for i in range(n)
+            ]
         origins: list[np.ndarray] = []
         if self.adaptive:  # a backtest window with a missing value forecasts NaN: its residuals are skipped
             origins = [backtest_origins(len(s.values), length, self.origins) for s in block]
@@ -64,10 +71,6 @@ class BatchIntervals:
                 stamps = np.concatenate([stamps, *(np.asarray(s.timestamps)[w] for s, w in pairs)])
         out = model.forecast(context, horizon, stamps)
         point = out[:n].astype(np.float64)
-        channels = list(model.channels)
-        if self.head is not None and self.picks is not None:
-            lower, upper = quantile_bounds(run_quantiles(model, self.head, context[:n]), self.picks, horizon)
-            return out[:n], [interval_columns(self.levels, lower[:, i], upper[:, i], channels) for i in range(n)]
         assert self.calibration is not None
         if self.adaptive:
             sizes = np.cumsum([n, *(len(o) for o in origins)])

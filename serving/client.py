@@ -49,6 +49,12 @@ class ForecastResult:
     forecasts: list[Forecast]
 
 
+def _doubles(values: Sequence[float]) -> np.ndarray:
+    """A response's repeated double as an array: fromiter with the length known reads it about twice as fast as
+    np.asarray, which walks the protobuf container as a generic sequence."""
+    return np.fromiter(values, np.float64, len(values))
+
+
 def _stamp(value: np.datetime64) -> Timestamp:
     micros = int(np.datetime64(value, "us").astype(np.int64))
     return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
@@ -152,7 +158,7 @@ class ArcastClient:
         response = self._forecast.Forecast(request, timeout=timeout_s or self.timeout_s)
         out = []
         for item in response.forecasts:
-            values = np.asarray(item.values, dtype=np.float64).reshape(horizon, -1)
+            values = _doubles(item.values).reshape(horizon, -1)
             stamps = None
             if item.timestamps:
                 stamps = np.array(
@@ -161,9 +167,9 @@ class ArcastClient:
             bands = [
                 Interval(
                     band.level,
-                    np.asarray(band.lower, np.float64).reshape(horizon, -1),
-                    np.asarray(band.upper, np.float64).reshape(horizon, -1),
-                    np.asarray(band.adapted_levels, np.float64).reshape(horizon, -1) if band.adapted_levels else None,
+                    _doubles(band.lower).reshape(horizon, -1),
+                    _doubles(band.upper).reshape(horizon, -1),
+                    _doubles(band.adapted_levels).reshape(horizon, -1) if band.adapted_levels else None,
                     band.origins,
                 )
                 for band in item.intervals

@@ -161,11 +161,14 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             checked = validate(request, self.registry, self.limits)
             plan = plan_intervals(request, checked, self.limits)  # None without levels: nothing extra
             self.calls.metrics.stage("forecast", "validate", started)
-            inputs, input_stamps = plan.inputs() if plan else (checked.context, checked.context_stamps)
-            future = checked.model.forecast(inputs, checked.horizon, input_stamps, until)
-            out = await_result(future, until, "forecast")
-            if plan:
-                out, lower, upper, adapted = plan.bounds(out)
+            if plan and plan.head:  # learnt quantiles: one run of the graph, not merged, gives both outputs
+                out, lower, upper, adapted = plan.quantile_forecast()
+            else:
+                inputs, input_stamps = plan.inputs() if plan else (checked.context, checked.context_stamps)
+                future = checked.model.forecast(inputs, checked.horizon, input_stamps, until)
+                out = await_result(future, until, "forecast")
+                if plan:
+                    out, lower, upper, adapted = plan.bounds(out)
             if not np.isfinite(out).all():  # a NaN is never an answer
                 bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
                 raise RequestError(

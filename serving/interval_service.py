@@ -76,15 +76,20 @@ class IntervalPlan:
             return context, None
         return context, np.concatenate(cast(list[np.ndarray], stamps))
 
+    def quantile_forecast(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]:
+        """QUANTILE: (point (B, h, C), lower (K, B, h, C), upper, None) from one run of the graph, both of its
+        outputs (the merged runs of the batcher return the point forecast only)."""
+        assert self.head is not None and self.picks is not None
+        head, model, context, horizon = self.head, self.checked.model, self.checked.context, self.checked.horizon
+        point, quantiles = model.run_now(len(context), lambda: run_quantiles(model.runner, head, context))
+        lower, upper = quantile_bounds(quantiles, self.picks, horizon)
+        return point[:, :horizon].astype(np.float64), lower, upper, None
+
     def bounds(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(point (B, h, C), lower (K, B, h, C), upper, adapted levels (K, B, h, C) or None) from the run's output."""
         n = len(self.checked.context)
         point = out[:n].astype(np.float64)
         horizon = point.shape[1]
-        if self.head is not None and self.picks is not None:  # one more run of the graph, its quantile output
-            quantiles = run_quantiles(self.checked.model.runner, self.head, self.checked.context)
-            lower, upper = quantile_bounds(quantiles, self.picks, horizon)
-            return point, lower, upper, None
         assert self.calibration is not None
         if self.origins is None:  # split conformal: the same offsets for every series
             lo, hi = self.calibration.split_offsets(self.levels, horizon)

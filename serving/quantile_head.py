@@ -9,6 +9,7 @@ measures the rollout's own errors, covers longer horizons).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from serving.intervals import level_name
 LEVEL_TOLERANCE = 1e-9  # a requested level matches a trained one this closely (doubles from any client)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: one instance per manifest entry (load_quantile_head)
 class QuantileHead:
     """An artifact's learnt quantiles: graph ``output``, ``probs`` (Q,) increasing, the central ``levels`` they
     bound, over the first ``horizon`` steps (the model's step)."""
@@ -31,7 +32,10 @@ class QuantileHead:
 
     def pick(self, levels: np.ndarray, field: str = "levels") -> tuple[np.ndarray, np.ndarray]:
         """Indices (K,) into ``probs`` of each requested level's lower and upper bound; ValueError naming every
-        level the model was not trained for."""
+        level the model was not trained for. Cached: every request of a model asks the same few levels."""
+        return _pick(self, tuple(levels.tolist()), field)
+
+    def _pick(self, levels: tuple[float, ...], field: str) -> tuple[np.ndarray, np.ndarray]:
         lower, upper, bad = [], [], []
         for i, level in enumerate(levels):
             lo = np.flatnonzero(np.abs(self.probs - (1 - level) / 2) <= LEVEL_TOLERANCE)
@@ -47,26 +51,37 @@ class QuantileHead:
         return np.asarray(lower, np.int64), np.asarray(upper, np.int64)
 
 
+@functools.lru_cache(maxsize=1024)
+def _pick(head: QuantileHead, levels: tuple[float, ...], field: str) -> tuple[np.ndarray, np.ndarray]:
+    return head._pick(levels, field)  # a refused level raises, and is not cached
+
+
 def load_quantile_head(artifact: Any) -> QuantileHead | None:
-    """The artifact's learnt quantiles, or None for a model trained without them."""
+    """The artifact's learnt quantiles, or None for a model trained without them (built once per manifest entry)."""
     facts = artifact.manifest.facts.get("quantiles")
     if not isinstance(facts, dict) or "output" not in facts:
         return None
-    levels = tuple(float(v) for v in facts["levels"])
-    return QuantileHead(str(facts["output"]), np.asarray(facts["probs"], np.float64), levels, int(facts["horizon"]))
+    return _head(str(facts["output"]), tuple(facts["probs"]), tuple(facts["levels"]), int(facts["horizon"]))
 
 
-def run_quantiles(runner: Any, head: QuantileHead, context: np.ndarray) -> np.ndarray:
-    """(B, Q, step, C) quantiles of contexts (B, L', C) by the runner's session, in its rows-per-run chunks.
+@functools.lru_cache(maxsize=64)
+def _head(output: str, probs: tuple[float, ...], levels: tuple[float, ...], horizon: int) -> QuantileHead:
+    return QuantileHead(output, np.asarray(probs, np.float64), tuple(float(v) for v in levels), horizon)
+
+
+def run_quantiles(runner: Any, head: QuantileHead, context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The point forecast (B, step, C) and the quantiles (B, Q, step, C) of contexts (B, L', C), both outputs of
+    one run of the runner's session per rows-per-run chunk.
 
     A context-only graph (the models that learn quantiles: AR-Net, linear); its last ``context_length`` rows.
     """
     window = np.ascontiguousarray(context[:, -runner.context_length :], dtype=np.float32)
     chunk = runner.rows_per_run
-    parts = [
-        runner.session.run([head.output], {"context": window[i : i + chunk]})[0] for i in range(0, len(window), chunk)
-    ]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    outputs = ["forecast", head.output]
+    parts = [runner.session.run(outputs, {"context": window[i : i + chunk]}) for i in range(0, len(window), chunk)]
+    if len(parts) == 1:
+        return parts[0][0], parts[0][1]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def quantile_bounds(
@@ -74,8 +89,8 @@ def quantile_bounds(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds (K, B, horizon, C) of the picked levels from quantiles (B, Q, step, C)."""
     lower, upper = picks
-    q = quantiles[:, :, :horizon].astype(np.float64)
-    return np.moveaxis(q[:, lower], 1, 0), np.moveaxis(q[:, upper], 1, 0)
+    q = quantiles[:, :, :horizon]
+    return q[:, lower].swapaxes(0, 1).astype(np.float64), q[:, upper].swapaxes(0, 1).astype(np.float64)
 
 
 def check_quantile_horizon(head: QuantileHead, horizon: int, name: str) -> None:

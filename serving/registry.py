@@ -13,9 +13,10 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from serving.sessions import default_threads
 
 log = logging.getLogger(__name__)
 Signature = tuple[tuple[str, int, int], ...]
+T = TypeVar("T")
 
 
 class ModelNotFound(LookupError):
@@ -54,6 +56,7 @@ class LoadedModel:
     batcher: DynamicBatcher[Any, Any] | None
     on_rows: Callable[[int], None] = lambda rows: None  # batch-size metric for unbatched runs
     on_run: Callable[[list[float], float], None] = lambda waits, seconds: None  # stage metrics for unbatched runs
+    slots: AbstractContextManager[object] = field(default_factory=nullcontext)  # the server's concurrent runs
 
     @property
     def manifest(self) -> Manifest:
@@ -85,6 +88,17 @@ class LoadedModel:
         diversity: float = 0.0,
     ) -> Pending[SearchResult]:
         return self._submit(RecommendJob(queries, k, beam_width, deadline, diversity))
+
+    def run_now(self, rows: int, run: Callable[[], T]) -> T:
+        """``run()`` in this thread, not merged with other requests (for a request that needs more of the graph
+        than a merged run returns), inside one of the server's run slots and counted like any run."""
+        submitted = time.perf_counter()
+        with self.slots:
+            started = time.perf_counter()
+            result = run()
+        self.on_run([started - submitted], time.perf_counter() - started)
+        self.on_rows(rows)
+        return result
 
     def _submit(self, job: Any) -> Pending[Any]:
         if self.batcher is not None:
@@ -236,7 +250,7 @@ class ModelRegistry:
         )
         if self.on_load:
             self.on_load("loaded")
-        return LoadedModel(runner, kind, batcher, on_rows, on_run)
+        return LoadedModel(runner, kind, batcher, on_rows, on_run, self._slots)
 
     def close(self) -> None:
         with self._lock:

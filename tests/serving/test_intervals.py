@@ -4,6 +4,7 @@ and the gRPC API (levels, methods, errors, wire compatibility, ListModels) on a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -307,7 +308,10 @@ def quantile_client(quantile_run, tmp_path_factory: pytest.TempPathFactory):
         server.stop(grace_s=1)
 
 
-def test_quantile_artifact_serves_its_own_quantiles_over_grpc(quantile_run, quantile_client, histories) -> None:
+def test_quantile_artifact_serves_its_own_quantiles_over_grpc(
+    quantile_run, quantile_client, histories, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
     import torch
 
     client, store = quantile_client
@@ -319,7 +323,16 @@ def test_quantile_artifact_serves_its_own_quantiles_over_grpc(quantile_run, quan
     assert entry["probs"] == [0.05, 0.1, 0.9, 0.95] and artifact.manifest.parity["max_abs_diff_quantiles"] < 1e-4
 
     plain = client.forecast(QUANTILE_MODEL, list(histories[:3]), 10)
+    runs, run = [], ort.InferenceSession.run
+
+    def counted(session: ort.InferenceSession, outputs: Any, *args: Any, **kwargs: Any) -> Any:
+        runs.append(outputs)
+        return run(session, outputs, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
     result = client.forecast(QUANTILE_MODEL, list(histories[:3]), 10, levels=[0.9, 0.8], method="quantile")
+    assert runs == [["forecast", "quantiles"]]  # one run of the graph gives the forecast and its quantiles
+    monkeypatch.undo()
     # parity: the served bounds are the torch model's quantiles, in the request's level order
     context = torch.from_numpy((histories[:3, -48:, None] - quantile_run.scaler.mean) / quantile_run.scaler.std)
     with torch.no_grad():
