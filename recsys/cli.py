@@ -16,6 +16,7 @@ from arcast_core.tuning_args import add_worker_args
 from recsys.semantic_ids import VARIANTS
 
 EXIT_BAD_INPUT = 2
+SASREC = "sasrec"  # recsys.sasrec_run.VARIANT (not imported here: it pulls in torch before --help)
 DESCRIPTION = """\
 Generative recommendation with semantic IDs (TIGER / PRORec) on the Amazon 2014 5-core benchmarks.
 
@@ -34,7 +35,11 @@ Variants (the ablations share everything but the item embedding that is quantise
   prorec  stage 1: a SASRec trained with next-item prediction + InfoNCE alignment to the titles; the unit-length
           aligned collaborative and title embeddings are concatenated and quantised; stage 2: the generator is
           also distilled towards both embeddings
-Titles exist for beauty only, so on sports and toys only `collab` runs.
+  sasrec  no generator: PRORec's stage 1 alone (SASRec-CE, aligned with the titles where they exist), served as
+          one score per item (rollout item_scores); on this machine's budgets it ranks better than the generators
+          (README, "Recommendations"). `train --variant sasrec` then `export` and `evaluate` as for the others;
+          its training flags are the stage-1 ones (--sasrec-*, --align-*, --budget-clock)
+Titles exist for beauty only, so on sports and toys only `collab` and `sasrec` run.
 
 Protocol: leave-one-out (last item test, second last validation), histories of up to 20 items, full ranking over
 all items (the beam search returns real items only), Recall@K and NDCG@K, the history not masked. The data is read
@@ -218,6 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recsys.tuning import apply_settings, settings_from_file
 
     _set_threads(args.threads)
+    if args.variant == SASREC:
+        return _train_sasrec(args)
     if args.from_run:
         base = load_run(args.from_run)
         spec = base.info.get("data", {"dataset": base.info["dataset"], "slice": None})
@@ -234,6 +241,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = train_pipeline(args.dataset, load_sequences(spec, args.data_dir), config, titles=titles)
     run.info["data"] = spec
     save_run(run, args.out)
+    _print_metrics(run.info["metrics"])
+    print(f"saved run to {args.out} ({run.info['timings']})")
+    return 0
+
+
+def _train_sasrec(args: argparse.Namespace) -> int:
+    from arcast_core.data_dir import find_data_dir
+    from recsys.data import load_beauty_titles
+    from recsys.prorec_training import load_sequences
+    from recsys.sasrec_run import save_sasrec_run, train_sasrec_run
+
+    if args.from_run or args.params:
+        raise ValueError("--from-run and --params retrain a generator; --variant sasrec has none")
+    spec = data_spec(args)
+    titles = load_beauty_titles(find_data_dir(args.data_dir)).texts if args.dataset == "beauty" else None
+    stage1 = _pipeline_config(args, "prorec").stage1
+    run = train_sasrec_run(args.dataset, load_sequences(spec, args.data_dir), stage1, titles, seed=args.seed)
+    run.info["data"] = spec
+    save_sasrec_run(run, args.out)
     _print_metrics(run.info["metrics"])
     print(f"saved run to {args.out} ({run.info['timings']})")
     return 0
@@ -266,44 +292,66 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from recsys.export import export_run
-    from recsys.prorec_training import load_run, load_sequences
+def _parity_histories(spec: dict[str, Any] | None, max_history: int, args: argparse.Namespace) -> np.ndarray | None:
+    """A fixed random sample of real test users for an export's parity check (None without a data spec)."""
+    from recsys.prorec_training import load_sequences
     from recsys.split import leave_one_out
 
+    if spec is None:
+        return None
+    split = leave_one_out(load_sequences(spec, args.data_dir), max_history=max_history)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(split.test), min(args.parity_users, len(split.test)), replace=False)
+    return split.test.histories[np.sort(pick)]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from recsys.export import export_run
+    from recsys.prorec_training import load_run
+    from recsys.sasrec_export import export_sasrec_run
+    from recsys.sasrec_run import is_sasrec_run, load_sasrec_run
+
     _set_threads(args.threads)
-    run = load_run(args.run)
-    spec = run.info.get("data")
-    histories = None
-    if spec is not None:  # real test users for the parity check
-        split = leave_one_out(load_sequences(spec, args.data_dir), max_history=run.model.config.max_history)
-        rng = np.random.default_rng(0)
-        pick = rng.choice(len(split.test), min(args.parity_users, len(split.test)), replace=False)
-        histories = split.test.histories[np.sort(pick)]
-    artifact = export_run(
-        run,
-        args.store,
-        args.name,
-        version=args.version,
-        histories=histories,
-        top_k=args.top_k,
-        beam_width=args.beam_width,
-    )
+    if is_sasrec_run(args.run):
+        if args.beam_width:
+            raise ValueError("--beam-width: a SASRec run ranks every item; it has no beam")
+        sasrec = load_sasrec_run(args.run)
+        histories = _parity_histories(sasrec.info.get("data"), sasrec.model.config.max_len, args)
+        where = (args.store, args.name, args.version)
+        artifact = export_sasrec_run(sasrec, *where, histories=histories, top_k=args.top_k)
+        engine = "torch ranking"
+    else:
+        run = load_run(args.run)
+        histories = _parity_histories(run.info.get("data"), run.model.config.max_history, args)
+        artifact = export_run(
+            run,
+            args.store,
+            args.name,
+            version=args.version,
+            histories=histories,
+            top_k=args.top_k,
+            beam_width=args.beam_width,
+        )
+        engine = "torch beam search"
     print(f"exported {artifact.name} version {artifact.version} to {artifact.path}")
-    print(f"parity (onnxruntime vs torch beam search): {json.dumps(artifact.manifest.parity)}")
+    print(f"parity (onnxruntime vs {engine}): {json.dumps(artifact.manifest.parity)}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.export import evaluate_artifact
     from recsys.prorec_training import evaluate_run
+    from recsys.sasrec_run import evaluate_sasrec_run, is_sasrec_run
 
     _set_threads(args.threads)
     if bool(args.run) == bool(args.store and args.name):
         raise ValueError("give either --run RUN (torch) or --store STORE --name NAME (the artifact, as served)")
     if args.run:
         run = args.run
-        report = evaluate_run(run, args.split, args.data_dir, args.limit, args.exclude_seen, args.beam_width)
+        if is_sasrec_run(run):
+            report = evaluate_sasrec_run(run, args.split, args.data_dir, args.limit, args.exclude_seen)
+        else:
+            report = evaluate_run(run, args.split, args.data_dir, args.limit, args.exclude_seen, args.beam_width)
     else:
         where = (args.store, args.name, args.version)
         report = evaluate_artifact(*where, args.split, args.data_dir, args.limit, args.exclude_seen, args.beam_width)
@@ -335,7 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-run reuses a run's stage 1 and semantic IDs and retrains only the generator.",
     )
     _add_data_args(train)
-    train.add_argument("--variant", choices=VARIANTS, default="prorec")
+    train.add_argument(
+        "--variant",
+        choices=(*VARIANTS, SASREC),
+        default="prorec",
+        help="a generator's semantic IDs (tiger, collab, concat, prorec) or no generator at all (sasrec)",
+    )
     _add_model_args(train)
     train.add_argument("--from-run", help="reuse this run's embeddings and semantic IDs (and its data)")
     train.add_argument("--params", help="best_params.json from `tune`: use the tuned generator settings")

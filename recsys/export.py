@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -313,9 +313,15 @@ def evaluate_artifact(
     from recsys.prorec_training import EVAL_KS, load_sequences, sequences_fingerprint
     from recsys.split import leave_one_out
     from serving.artifact import read_published, resolve
+    from serving.runners import load_runner
+    from serving.runners.item_scores import ItemScoresModel
+    from serving.runners.recommender import ItemCatalogue
 
     artifact = read_published(store, resolve(store, name, version))
-    served = ConstrainedBeamModel.load(artifact, intra_op_threads=intra_op_threads)
+    runner = load_runner(artifact, intra_op_threads=intra_op_threads)
+    if not isinstance(runner, ItemCatalogue):
+        raise ValueError(f"{artifact.path}: a {artifact.manifest.model_kind} model does not recommend")
+    served = cast(ConstrainedBeamModel | ItemScoresModel, runner)  # both rank by search_dense
     data = artifact.manifest.data
     sequences = load_sequences({"dataset": data.dataset, "slice": data.slice}, data_dir)
     data_split = leave_one_out(sequences, max_history=served.max_history)

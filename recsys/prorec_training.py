@@ -46,7 +46,7 @@ from recsys.models.sasrec import SASRecConfig
 from recsys.quantizer import CodeStats, QuantizerConfig, SemanticIds
 from recsys.semantic_ids import NEEDS, ItemEmbeddings, build_semantic_ids, check_variant, distillation_embeddings
 from recsys.split import EvalExamples, LeaveOneOutSplit, leave_one_out, left_pad
-from recsys.training import train_sasrec
+from recsys.training import TrainResult, train_sasrec
 
 SELECTION_METRIC = "ndcg@10"
 EVAL_KS = (5, 10, 20)
@@ -510,6 +510,14 @@ def train_stage1_sasrec(
     split: LeaveOneOutSplit, config: Stage1Config, semantic: np.ndarray | None, seed: int, progress: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A plain SASRec (``semantic`` None) or the aligned one; its item embeddings and a report."""
+    result, report = fit_stage1_sasrec(split, config, semantic, seed, progress)
+    return collaborative_embeddings(result.model), report
+
+
+def fit_stage1_sasrec(
+    split: LeaveOneOutSplit, config: Stage1Config, semantic: np.ndarray | None, seed: int, progress: bool
+) -> tuple[TrainResult, dict[str, Any]]:
+    """A plain SASRec (``semantic`` None) or the aligned one, trained as stage 1 trains it; the fit and a report."""
     model_config = SASRecConfig(
         num_items=split.num_items,
         max_len=split.max_history,
@@ -525,7 +533,6 @@ def train_stage1_sasrec(
         result = train_sasrec(split, model_config, train_config)
     else:
         result = train_aligned_sasrec(split, semantic, model_config, train_config, config.alignment)
-    embeddings = collaborative_embeddings(result.model)
     report = {
         "aligned": semantic is not None,
         "validation": result.best_validation,
@@ -536,7 +543,7 @@ def train_stage1_sasrec(
         "train_loss_per_epoch": [round(log.train_loss, 4) for log in result.history],
         "parameters": sum(p.numel() for p in result.model.parameters()),
     }
-    return embeddings, report
+    return result, report
 
 
 def build_item_embeddings(
@@ -684,10 +691,10 @@ def save_run(run: PRORecRun, folder: Path | str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"config": run.model.config.as_dict(), "state_dict": run.model.state_dict()}
     atomic_write(folder / MODEL_FILE, lambda tmp: torch.save(payload, tmp))
-    atomic_write(folder / CODES_FILE, _writer(lambda handle: np.save(handle, run.ids.codes)))
-    atomic_write(folder / ITEM_IDS_FILE, _writer(lambda handle: np.save(handle, run.item_ids)))
+    atomic_write(folder / CODES_FILE, binary_writer(lambda handle: np.save(handle, run.ids.codes)))
+    atomic_write(folder / ITEM_IDS_FILE, binary_writer(lambda handle: np.save(handle, run.item_ids)))
     arrays = {k: v for k, v in asdict(run.embeddings).items() if v is not None}
-    atomic_write(folder / EMBEDDINGS_FILE, _writer(lambda handle: np.savez(handle, **arrays)))
+    atomic_write(folder / EMBEDDINGS_FILE, binary_writer(lambda handle: np.savez(handle, **arrays)))
     if run.titles is not None:
         atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))
     info = {**run.info, "level_sizes": list(run.ids.level_sizes), "code_stats": run.ids.stats.as_dict()}
@@ -761,7 +768,7 @@ def evaluate_run(
     }
 
 
-def _writer(write: Callable[[Any], None]) -> Callable[[Path], None]:
+def binary_writer(write: Callable[[Any], None]) -> Callable[[Path], None]:
     """Write through an open binary handle (numpy would otherwise append a suffix to a temporary file's name)."""
 
     def to_path(path: Path) -> None:

@@ -27,8 +27,8 @@ from serving.artifact import read_published, resolve
 from serving.batch_intervals import BatchIntervals, check_intervals
 from serving.runners import load_runner
 from serving.runners.base import Runner
-from serving.runners.constrained_beam import ConstrainedBeamModel
 from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastRunner
+from serving.runners.recommender import ItemCatalogue
 from serving.tables import SERIES_ID, SeriesInput, TableError, forecast_frame, scan_table, series_from_frame
 from serving.time_features import future_from_history
 
@@ -134,7 +134,7 @@ def score_series(
 
 
 def score_users(
-    frame: pl.DataFrame, model: ConstrainedBeamModel, k: int, rows_per_run: int
+    frame: pl.DataFrame, model: ItemCatalogue, k: int, rows_per_run: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Top-``k`` rows (user_id, rank, item_id, score, title) per user, seen items excluded; bad users as errors."""
     frame = frame.with_columns(pl.col(USER_ID).cast(pl.String))
@@ -172,7 +172,7 @@ def _score_chunk(
     intervals: BatchIntervals | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     if model.task == "recommend":
-        return score_users(frame, cast(ConstrainedBeamModel, model), horizon, rows_per_run)
+        return score_users(frame, cast(ItemCatalogue, model), horizon, rows_per_run)
     series = series_from_frame(frame, model_channels(model), date_column)
     return score_series(series, forecaster(model), horizon, rows_per_run, intervals)
 

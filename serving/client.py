@@ -187,9 +187,11 @@ class ArcastClient:
         beam_width: int = 0,
         include_seen: bool = False,
         ignore_unknown_items: bool = False,
+        diversity: float = 0.0,
         timeout_s: float | None = None,
     ) -> recommend_pb2.RecommendResponse:
-        """The top-``k`` next items for one history (item ids, most recent last); every result is a real item."""
+        """The top-``k`` next items for one history (item ids, most recent last); every result is a real item.
+        ``diversity`` > 0: diverse beam search (semantic-ID models only)."""
         request = recommend_pb2.RecommendRequest(
             model=model,
             version=version or "",
@@ -199,6 +201,7 @@ class ArcastClient:
             beam_width=beam_width,
             include_seen=include_seen,
             ignore_unknown_items=ignore_unknown_items,
+            diversity=diversity,
         )
         return self._recommend.Recommend(request, timeout=timeout_s or self.timeout_s)
 
@@ -211,10 +214,16 @@ class ArcastClient:
         user_ids: Sequence[str] | None = None,
         beam_width: int = 0,
         include_seen: bool = False,
+        diversity: float = 0.0,
         timeout_s: float | None = None,
     ) -> recommend_pb2.RecommendBatchResponse:
         request = recommend_pb2.RecommendBatchRequest(
-            model=model, version=version or "", k=k, beam_width=beam_width, include_seen=include_seen
+            model=model,
+            version=version or "",
+            k=k,
+            beam_width=beam_width,
+            include_seen=include_seen,
+            diversity=diversity,
         )
         for i, history in enumerate(histories):
             request.users.add(user_id=user_ids[i] if user_ids else str(i), history=list(history))

@@ -1,4 +1,5 @@
-"""RecommendService: constrained beam search over semantic IDs on onnxruntime, with precise status codes."""
+"""RecommendService: any recommender runner (constrained beam search over semantic IDs, or one score per item) on
+onnxruntime, with precise status codes."""
 
 from __future__ import annotations
 
@@ -11,41 +12,45 @@ import numpy as np
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
 from serving.registry import LoadedModel, ModelRegistry
 from serving.rpc import Calls, Limits, await_result, deadline, exhausted, invalid, observed, served_model
-from serving.runners.constrained_beam import (
-    MAX_BEAM_WIDTH,
-    MAX_DIVERSITY,
-    ConstrainedBeamModel,
-    SearchResult,
-    UserQuery,
-)
+from serving.runners.constrained_beam import MAX_DIVERSITY
+from serving.runners.recommender import MAX_K, ItemCatalogue, SearchResult, UserQuery
 
 
-def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ConstrainedBeamModel]:
+def _recommender(registry: ModelRegistry, name: str, version: str) -> tuple[LoadedModel, ItemCatalogue]:
     model = served_model(registry, name, version, "recommend")
-    return model, cast(ConstrainedBeamModel, model.runner)
+    return model, cast(ItemCatalogue, model.runner)
 
 
-def _check_settings(runner: ConstrainedBeamModel, k: int, beam_width: int) -> tuple[int, int]:
+def _check_settings(runner: ItemCatalogue, k: int, beam_width: int) -> tuple[int, int]:
+    """k and the beam width the search runs at; a model without beam search ranks every item and takes no width
+    (a caller's beam_width is ignored there, so one request suits every kind)."""
     if k <= 0:
         raise invalid("k: must be at least 1")
-    if k > MAX_BEAM_WIDTH:
-        raise invalid(f"k: {k} exceeds the limit of {MAX_BEAM_WIDTH}")
+    if k > MAX_K:
+        raise invalid(f"k: {k} exceeds the limit of {MAX_K}")
+    if not runner.beam_search:
+        return k, 1
     width = beam_width or max(runner.default_beam_width, k)
-    if width > MAX_BEAM_WIDTH:
-        raise invalid(f"beam_width: {width} exceeds the limit of {MAX_BEAM_WIDTH}")
+    if width > MAX_K:
+        raise invalid(f"beam_width: {width} exceeds the limit of {MAX_K}")
     if width < k:
         raise invalid(f"beam_width: {width} is below k ({k})")
     return k, width
 
 
-def _check_diversity(diversity: float) -> float:
+def _check_diversity(runner: ItemCatalogue, name: str, diversity: float) -> float:
     if not 0 <= diversity <= MAX_DIVERSITY:  # NaN fails both comparisons
         raise invalid(f"diversity: {diversity} is outside 0..{MAX_DIVERSITY:g}")
+    if diversity and not runner.beam_search:
+        raise invalid(
+            f"diversity: model {name!r} ranks every item by one score (rollout {runner.rollout_kind}); diverse beam "
+            "search needs a semantic-ID model (constrained_beam): send diversity 0"
+        )
     return float(diversity)
 
 
 def _query(
-    runner: ConstrainedBeamModel,
+    runner: ItemCatalogue,
     field: str,
     history: list[int],
     exclude: list[int],
@@ -65,7 +70,7 @@ def _query(
     return runner.query(kept, exclude, exclude_seen=not include_seen, field=field)
 
 
-def _recommendations(runner: ConstrainedBeamModel, result: SearchResult) -> list[list[recommend_pb2.Recommendation]]:
+def _recommendations(runner: ItemCatalogue, result: SearchResult) -> list[list[recommend_pb2.Recommendation]]:
     out = []
     for items, scores, codes in zip(result.items, result.scores, result.codes, strict=True):
         row = []
@@ -97,7 +102,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             started = time.perf_counter()
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
-            diversity = _check_diversity(request.diversity)
+            diversity = _check_diversity(runner, model.name, request.diversity)
             query = _query(
                 runner,
                 "history",
@@ -121,7 +126,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             until = deadline(context, self.limits)
             model, runner = _recommender(self.registry, request.model, request.version)
             k, width = _check_settings(runner, request.k, request.beam_width)
-            diversity = _check_diversity(request.diversity)
+            diversity = _check_diversity(runner, model.name, request.diversity)
             if not request.users:
                 raise invalid("users: at least one user is required")
             if len(request.users) > self.limits.max_series:

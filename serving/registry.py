@@ -26,8 +26,8 @@ from serving.manifest import Manifest
 from serving.rpc import echo
 from serving.runners import load_runner
 from serving.runners.base import Runner
-from serving.runners.constrained_beam import RecommendJob, SearchResult, UserQuery
 from serving.runners.forecast import ForecastJob
+from serving.runners.recommender import RecommendJob, SearchResult, UserQuery
 from serving.sessions import default_threads
 
 log = logging.getLogger(__name__)

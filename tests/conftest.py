@@ -121,3 +121,30 @@ def beauty_slice_artifact(beauty_slice_run, tmp_path_factory: pytest.TempPathFac
     store = tmp_path_factory.mktemp("recsys-store")
     with _single_threaded():
         return export_run(run, store, "beauty-slice", histories=split.validation.histories[:48])
+
+
+@pytest.fixture(scope="session")
+def beauty_sasrec_run(beauty):
+    """A small SASRec on the same Beauty slice (recsys.smoke_run's), as (split, run): the served item_scores kind."""
+    from recsys.prorec_training import Stage1Config, popular_items_slice
+    from recsys.sasrec_run import train_sasrec_run
+    from recsys.smoke_run import SMOKE_SLICE
+    from recsys.split import leave_one_out
+
+    sliced = popular_items_slice(beauty.sequences, **SMOKE_SLICE)
+    with _single_threaded():
+        run = train_sasrec_run("beauty", sliced, Stage1Config(hidden=32, epochs=3), progress=False)
+    run.info["data"] = {"dataset": "beauty", "slice": SMOKE_SLICE}
+    run.titles = ["", *(f"item {raw}" for raw in run.item_ids[1:])]  # placeholders, as the smoke generator's
+    return leave_one_out(sliced, max_history=20), run
+
+
+@pytest.fixture(scope="session")
+def beauty_sasrec_artifact(beauty_sasrec_run, tmp_path_factory: pytest.TempPathFactory):
+    """The SASRec above exported to a store of its own as ``beauty-sasrec``."""
+    from recsys.sasrec_export import export_sasrec_run
+
+    split, run = beauty_sasrec_run
+    store = tmp_path_factory.mktemp("sasrec-store")
+    with _single_threaded():
+        return export_sasrec_run(run, store, "beauty-sasrec", histories=split.validation.histories[:48])

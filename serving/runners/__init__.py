@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from serving.artifact import Artifact
 from serving.runners.base import Runner
 from serving.runners.constrained_beam import ConstrainedBeamModel
+from serving.runners.item_scores import ItemScoresModel
 from serving.runners.kv_cache import KVCacheModel
 from serving.runners.window_shift import WindowShiftModel
 
 RUNNERS: dict[str, type[Runner]] = {
-    runner.rollout_kind: runner for runner in (WindowShiftModel, KVCacheModel, ConstrainedBeamModel)
+    runner.rollout_kind: runner for runner in (WindowShiftModel, KVCacheModel, ConstrainedBeamModel, ItemScoresModel)
 }
 
 

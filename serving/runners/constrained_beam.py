@@ -15,16 +15,13 @@ the log-softmax over level l's codes, codes that lead to no (allowed) item are r
 ``beam_width`` best continuations survive, ties broken by (beam, code) order. After the last level each beam is
 one real item; the first ``k`` are returned. This is step for step the torch search in ``recsys/generator.py``.
 
-Items are raw ids (the dataset's own) in requests and answers; a history item the model does not know is an error,
-an unknown item in ``exclude`` is ignored (it can never be recommended anyway).
+What every recommender shares (raw ids, queries, the answer, batching) is in ``serving/runners/recommender.py``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -34,21 +31,16 @@ import onnxruntime as ort
 from arcast_core.diverse_beam import diverse_order, rank_final
 from arcast_core.trie import PrefixTrie
 from serving.artifact import Artifact
-from serving.batching import BatchKind, Piece, run_in_chunks
 from serving.manifest import RolloutSpec
 from serving.runners.base import NonFiniteOutput, RunnerInfo, Task
+from serving.runners.recommender import MAX_K, ItemCatalogue, SearchResult, TableFile, UserQuery, left_padded
 from serving.sessions import create_session
 
-MAX_BEAM_WIDTH = 512  # a request's beam width bound: cost grows linearly with it
+MAX_BEAM_WIDTH = MAX_K  # a request's beam width bound: cost grows linearly with it
 MAX_DIVERSITY = 100.0  # diverse beam search's penalty bound (log-probability units; beyond it nothing changes)
 # Users x beam width per onnxruntime search: a search's memory grows with its beams (about 50 KB each for the
 # demo's model: logits, caches and candidate scores), so long requests run in chunks of this many.
 BEAMS_PER_RUN = 4096
-
-
-@dataclass(frozen=True)
-class TableFile:
-    file: str
 
 
 @dataclass(frozen=True)
@@ -80,46 +72,19 @@ class ConstrainedBeamRollout(RolloutSpec):
     side_tables: SideTables
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    """Per user, best first: dense ids (0 where fewer items were reachable), scores (-inf there), codes."""
-
-    items: np.ndarray  # (B, k) int64
-    scores: np.ndarray  # (B, k) float32
-    codes: np.ndarray  # (B, k, L) int64
-
-
-@dataclass(frozen=True)
-class UserQuery:
-    """One user's search input in dense ids: the whole history (oldest first) and the items never to return."""
-
-    history: np.ndarray
-    excluded: np.ndarray
-
-
-@dataclass(frozen=True)
-class RecommendJob:
-    """One request's users with its k and beam width: the unit the dynamic batcher merges."""
-
-    queries: list[UserQuery]
-    k: int
-    beam_width: int
-    deadline: float | None = None  # time.monotonic() after which the rest of its work is dropped
-    diversity: float = 0.0  # diverse beam search's penalty (0: plain beam search)
-
-
 def log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=-1, keepdims=True)
     return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
 
 
 @dataclass
-class ConstrainedBeamModel:
+class ConstrainedBeamModel(ItemCatalogue):
     """A loaded ``constrained_beam`` artifact: ``recommend`` turns raw-id histories into raw-id recommendations."""
 
     rollout_kind: ClassVar[str] = "constrained_beam"
     rollout_spec: ClassVar[type[RolloutSpec]] = ConstrainedBeamRollout
     task: ClassVar[Task] = "recommend"
+    beam_search: ClassVar[bool] = True
     artifact: Artifact
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
@@ -127,6 +92,7 @@ class ConstrainedBeamModel:
     tokens: np.ndarray  # (n_items + 1, L) token ids per dense id, row 0 padding
     item_ids: np.ndarray  # (n_items + 1,) raw id per dense id, [0] = -1
     titles: list[str] | None
+    beams_per_run: int = BEAMS_PER_RUN  # users x beam width per onnxruntime search (its memory grows with them)
 
     @classmethod
     def load(
@@ -183,130 +149,25 @@ class ConstrainedBeamModel:
     def default_k(self) -> int:
         return self.spec.top_k
 
+    @property
+    def code_levels(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def users_per_run(self, beam_width: int) -> int:
+        return max(1, self.beams_per_run // beam_width)
+
     def describe(self) -> RunnerInfo:
         return RunnerInfo(rollout_kind=self.rollout_kind, providers=tuple(self.session.get_providers()))
-
-    def check_reach(self, reach: int) -> None:
-        if not 0 < reach <= MAX_BEAM_WIDTH:
-            raise ValueError(f"k: {reach} is outside 1..{MAX_BEAM_WIDTH}")
 
     @property
     def session(self) -> ort.InferenceSession:
         """The encoder's session: what the server reports providers from (the decoder runs on the same ones)."""
         return self.encoder
 
-    @functools.cached_property
-    def known_ids(self) -> frozenset[int]:
-        """Every raw item id the model can take in a history or return."""
-        return frozenset(self.item_ids[1:].tolist())
-
     def smoke_check(self) -> None:
         """One search from a one-item history; NonFiniteOutput when the decoder answers NaN, so a broken graph is
         never served (search_dense checks every level's logits)."""
         self.search_dense(np.ones((1, 1), dtype=np.int64), 1, min(self.default_beam_width, MAX_BEAM_WIDTH))
-
-    def batches(
-        self, slots: AbstractContextManager[object] | None = None, beams_per_run: int = BEAMS_PER_RUN
-    ) -> BatchKind[RecommendJob, SearchResult]:
-        """How the dynamic batcher merges recommendation requests: one search per beam width, at the largest k.
-
-        A user's top-k does not depend on who else is in the batch (left padding is masked, positions count from the
-        right) and the first k of a top-K search at the same beam width are the top-k, so merging is exact. Searches
-        run ``beams_per_run`` beams (users x width) at a time, each inside one of the server's ``slots``, with
-        deadlines checked between them.
-        """
-        slots = slots or nullcontext()
-
-        def run_chunk(pieces: list[Piece[RecommendJob]]) -> list[SearchResult]:
-            queries = [q for p in pieces for q in p.job.queries[p.rows]]
-            with slots:
-                job = pieces[0].job
-                merged = self.search_queries(queries, max(p.job.k for p in pieces), job.beam_width, job.diversity)
-            out, start = [], 0
-            for p in pieces:
-                rows, top = slice(start, start + p.rows.stop - p.rows.start), slice(0, p.job.k)
-                out.append(SearchResult(merged.items[rows, top], merged.scores[rows, top], merged.codes[rows, top]))
-                start = rows.stop
-            return out
-
-        def join(parts: list[SearchResult]) -> SearchResult:
-            if len(parts) == 1:
-                return parts[0]
-            return SearchResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("items", "scores", "codes")))
-
-        def run(jobs: list[RecommendJob]) -> list[SearchResult | BaseException]:
-            users_per_run = max(1, beams_per_run // jobs[0].beam_width)
-            return run_in_chunks(
-                jobs, lambda job: len(job.queries), users_per_run, lambda job: job.deadline, run_chunk, join
-            )
-
-        return BatchKind(run, rows=lambda job: len(job.queries), key=lambda job: (job.beam_width, job.diversity))
-
-    # --- requests ----------------------------------------------------------------------------------------------
-
-    def dense_ids(self, raw: Sequence[int], strict: bool, field: str) -> np.ndarray:
-        """Raw item ids -> dense ids; unknown ids raise (``strict``) or are dropped."""
-        values = np.asarray(list(raw), dtype=np.int64) if len(raw) else np.zeros(0, np.int64)
-        known = self.item_ids[1:]
-        pos = np.searchsorted(known, values)
-        found = (pos < len(known)) & (known[np.minimum(pos, len(known) - 1)] == values)
-        if strict and not found.all():
-            bad = int(np.flatnonzero(~found)[0])
-            raise ValueError(f"{field}[{bad}]: unknown item id {int(values[bad])}")
-        return pos[found] + 1
-
-    def query(
-        self, history: Sequence[int], exclude: Iterable[int] = (), exclude_seen: bool = True, field: str = "history"
-    ) -> UserQuery:
-        """One user's raw ids -> dense ids; an unknown history item raises, an unknown excluded item is ignored."""
-        if not len(history):
-            raise ValueError(f"{field}: empty history (at least one item is needed)")
-        dense = self.dense_ids(history, strict=True, field=field)
-        parts = [dense] if exclude_seen else []  # the whole history, also what is older than max_history
-        exclude = sorted(set(exclude))
-        if exclude:
-            parts.append(self.dense_ids(exclude, strict=False, field="exclude"))
-        return UserQuery(dense, np.concatenate(parts) if parts else np.zeros(0, np.int64))
-
-    def recommend(
-        self,
-        histories: list[list[int]],
-        k: int | None = None,
-        beam_width: int | None = None,
-        exclude: list[set[int]] | None = None,
-        exclude_seen: bool = True,
-        diversity: float = 0.0,
-    ) -> list[list[tuple[int, float]]]:
-        """Top-``k`` (raw item id, score) for each raw-id history, best first; scores are summed log-probabilities.
-
-        ``exclude[i]``: raw ids user ``i`` must not get; ``exclude_seen``: nor the items of their history. A list is
-        shorter than ``k`` only when fewer allowed items exist.
-        """
-        result = self.search(histories, k, beam_width, exclude, exclude_seen, diversity)
-        out = []
-        for items, scores in zip(result.items, result.scores, strict=True):
-            out.append([(int(self.item_ids[d]), float(s)) for d, s in zip(items, scores, strict=True) if d != 0])
-        return out
-
-    def search(
-        self,
-        histories: list[list[int]],
-        k: int | None = None,
-        beam_width: int | None = None,
-        exclude: list[set[int]] | None = None,
-        exclude_seen: bool = True,
-        diversity: float = 0.0,
-    ) -> SearchResult:
-        """As :meth:`recommend`, as arrays of dense ids (``item_ids`` maps them to raw ids) with their codes."""
-        if not len(histories):
-            raise ValueError("histories: no users given")
-        if exclude is not None and len(exclude) != len(histories):
-            raise ValueError(f"exclude: {len(exclude)} sets for {len(histories)} histories")
-        queries = [
-            self.query(history, exclude[i] if exclude is not None else (), exclude_seen, f"histories[{i}]")
-            for i, history in enumerate(histories)
-        ]
-        return self.search_queries(queries, k, beam_width, diversity)
 
     def search_queries(
         self,
@@ -326,11 +187,7 @@ class ConstrainedBeamModel:
             raise ValueError("queries: no users given")
         if not 0 <= diversity <= MAX_DIVERSITY:  # also refuses NaN
             raise ValueError(f"diversity: {diversity} is outside 0..{MAX_DIVERSITY}")
-        width = min(max(len(q.history) for q in queries), self.max_history)
-        padded = np.zeros((len(queries), width), dtype=np.int64)
-        for i, q in enumerate(queries):
-            tail = q.history[-width:]
-            padded[i, width - len(tail) :] = tail
+        padded = left_padded(queries, self.max_history)
         return self.search_dense(padded, k, beam_width, [q.excluded for q in queries], diversity=diversity)
 
     # --- the search itself -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 from collections.abc import Iterator
 
 import grpc
@@ -11,7 +12,8 @@ import pytest
 
 from serving.batching import BatchingConfig
 from serving.client import ArcastClient
-from serving.runners.constrained_beam import ConstrainedBeamModel, RecommendJob
+from serving.runners.constrained_beam import ConstrainedBeamModel
+from serving.runners.recommender import RecommendJob
 from serving.server import ForecastServer
 from tests.serving.conftest import start_server
 
@@ -137,13 +139,10 @@ def test_long_searches_run_in_chunks_with_the_same_answers(sample) -> None:
     queries = [model.query(h) for h in histories[:10]]
     whole = model.search_queries(queries, 5, 10)
     calls = []
-    search = model.search_queries
-    model.search_queries = lambda qs, k, w, d: calls.append(len(qs)) or search(qs, k, w, d)  # type: ignore[method-assign]
-    try:
-        kind = model.batches(beams_per_run=30)  # 3 users of 10 beams per onnxruntime search
-        (chunked,) = kind.run_batch([RecommendJob(queries, 5, 10)])
-    finally:
-        del model.search_queries
+    small = dataclasses.replace(model, beams_per_run=30)  # 3 users of 10 beams per onnxruntime search
+    search = small.search_queries
+    small.search_queries = lambda qs, k, w, d: calls.append(len(qs)) or search(qs, k, w, d)  # type: ignore[method-assign]
+    (chunked,) = small.batches().run_batch([RecommendJob(queries, 5, 10)])
     assert calls == [3, 3, 3, 1]
     np.testing.assert_array_equal(chunked.items, whole.items)
     np.testing.assert_allclose(chunked.scores, whole.scores, rtol=1e-6)

@@ -1,0 +1,160 @@
+"""SASRec served behind the same Recommend API as the generators (rollout kind item_scores): its export's gate,
+its ranking against torch's, real gRPC beside a constrained-beam model in one store, the batch job, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from serving.batch import run_batch
+from serving.client import ArcastClient
+from serving.runners.item_scores import ItemScoresModel, top_k_allowed
+from serving.server import ForecastServer
+from tests.serving.conftest import start_server
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SASREC, BEAM = "beauty-sasrec", "beauty-slice"
+
+
+@pytest.fixture(scope="module")
+def served(beauty_sasrec_artifact, beauty_sasrec_run) -> tuple[ItemScoresModel, list[list[int]]]:
+    model = ItemScoresModel.load(beauty_sasrec_artifact)
+    split, _ = beauty_sasrec_run
+    histories = [[int(model.item_ids[d]) for d in row if d] for row in split.test.histories[:40]]
+    return model, histories
+
+
+@pytest.fixture(scope="module")
+def both_kinds_store(beauty_sasrec_artifact, beauty_slice_artifact, tmp_path_factory) -> Path:
+    """One store with the SASRec and the semantic-ID generator: one server, one API, two kinds."""
+    store = tmp_path_factory.mktemp("both-kinds")
+    for artifact in (beauty_sasrec_artifact, beauty_slice_artifact):
+        shutil.copytree(artifact.path.parent, store / artifact.name)
+    return store
+
+
+@pytest.fixture(scope="module")
+def client(both_kinds_store: Path) -> Iterator[ArcastClient]:
+    server: ForecastServer = start_server(both_kinds_store)
+    with ArcastClient(f"127.0.0.1:{server.port}") as client:
+        yield client
+    server.stop(grace_s=1)
+
+
+def test_export_records_its_gate_and_kind(beauty_sasrec_artifact) -> None:
+    manifest = beauty_sasrec_artifact.manifest
+    assert (manifest.model_kind, manifest.rollout.kind) == ("sasrec", "item_scores")
+    for case in ("all_items", "exclude_seen"):
+        gate = manifest.parity[case]
+        assert gate["identical_top_k"] + gate["tie_flips"] == manifest.parity["users"] == 48
+        assert gate["max_abs_score_diff"] < 1e-4
+
+
+def test_ranking_equals_torch_with_history_excluded(served, beauty_sasrec_run) -> None:
+    """The onnxruntime answer is torch's SASRec ranking: every item scored, the history removed, best first."""
+    model, histories = served
+    split, run = beauty_sasrec_run
+    with torch.no_grad():
+        scores = run.model.score_all(torch.from_numpy(split.test.histories[:40])).log_softmax(-1).numpy()
+    for history, row, got in zip(histories, scores, model.recommend(histories, k=10), strict=True):
+        row[model.dense_ids(history, strict=True, field="h")] = -np.inf
+        want = [int(model.item_ids[d]) for d in np.argsort(-row, kind="stable")[:10]]
+        assert [item for item, _ in got] == want
+        np.testing.assert_allclose([s for _, s in got], np.sort(row)[::-1][:10], atol=1e-4)
+
+
+def test_top_k_never_returns_excluded_or_padding_and_pads_with_item_zero() -> None:
+    scores = np.log(np.array([[0.0, 0.4, 0.3, 0.2, 0.1], [0.0, 0.25, 0.25, 0.25, 0.25]], np.float32) + 1e-12)
+    result = top_k_allowed(scores, 4, [np.array([1, 2, 3]), np.array([], np.int64)])
+    assert result.items[0].tolist() == [4, 0, 0, 0]  # one allowed item left
+    assert np.isneginf(result.scores[0, 1:]).all()
+    assert result.items[1].tolist() == [1, 2, 3, 4]  # ties in dense-id order
+    assert result.codes.shape == (2, 4, 0)
+
+
+def test_one_server_answers_both_kinds_over_grpc(client: ArcastClient, served) -> None:
+    model, histories = served
+    kinds = {m.name: (m.model_kind, m.rollout_kind) for m in client.list_models()}
+    assert kinds[SASREC] == ("sasrec", "item_scores") and kinds[BEAM][1] == "constrained_beam"
+    expected = model.recommend(histories, k=10)
+    batch = client.recommend_batch(SASREC, histories, k=10)
+    for history, want, user in zip(histories, expected, batch.users, strict=True):
+        single = client.recommend(SASREC, history, k=10, beam_width=3)  # no beam: its width does not apply
+        assert [(i.item_id, round(i.score, 5)) for i in single.items] == [(a, round(b, 5)) for a, b in want]
+        assert [i.item_id for i in user.items] == [a for a, _ in want]
+        assert not {i.item_id for i in single.items} & set(history)
+        assert all(not i.codes for i in single.items)
+        assert all(i.title for i in single.items)  # the slice's placeholder titles travel with the artifact
+    beam = client.recommend(BEAM, histories[0], k=5)  # the generator beside it, same API
+    assert len(beam.items) == 5 and all(i.codes for i in beam.items)
+
+
+def test_exclusions_and_include_seen(client: ArcastClient, served) -> None:
+    model, histories = served
+    history = histories[0]
+    first = [i.item_id for i in client.recommend(SASREC, history, k=5).items]
+    after = [i.item_id for i in client.recommend(SASREC, history, k=5, exclude=first[:2]).items]
+    assert after[:3] == first[2:] and not set(after) & set(first[:2])
+    seen = [i.item_id for i in client.recommend(SASREC, history, k=50, include_seen=True).items]
+    assert seen == [item for item, _ in model.recommend([history], k=50, exclude_seen=False)[0]]
+
+
+def test_diversity_is_refused_naming_the_field(client: ArcastClient, served) -> None:
+    _, histories = served
+    with pytest.raises(grpc.RpcError) as err:
+        client.recommend(SASREC, histories[0], k=5, diversity=2.0)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "diversity" in str(err.value.details()) and "ranks every item" in str(err.value.details())
+    with pytest.raises(grpc.RpcError) as err:
+        client.recommend(SASREC, [999_999_999], k=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "history" in str(err.value.details())
+
+
+def test_batch_job_scores_users_with_sasrec(beauty_sasrec_artifact, served, tmp_path: Path) -> None:
+    model, histories = served
+    rows = [(f"u{u:02d}", item, t) for u, h in enumerate(histories[:20]) for t, item in enumerate(h)]
+    frame = pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.Int64, "timestamp": pl.Int64}, orient="row")
+    path, out = tmp_path / "interactions.parquet", tmp_path / "top.parquet"
+    frame.write_parquet(path)
+    summary = run_batch(beauty_sasrec_artifact.path.parents[1], SASREC, path, out, horizon=5, progress=False)
+    assert (summary.scored, summary.failed) == (20, 0)
+    result = pl.read_parquet(out)
+    for u, want in enumerate(model.recommend(histories[:20], k=5)):
+        assert result.filter(pl.col("user_id") == f"u{u:02d}").sort("rank")["item_id"].to_list() == [
+            item for item, _ in want
+        ]
+
+
+def test_cli_trains_exports_and_evaluates_a_sasrec(data_dir: Path, tmp_path: Path) -> None:
+    run, store = tmp_path / "run", tmp_path / "store"
+    base = [sys.executable, "-m", "recsys"]
+    data = ["--data-dir", str(data_dir)]
+    train = [*base, "train", "--variant", "sasrec", "--dataset", "toys", *data, "--slice-items", "300"]
+    train += ["--slice-users", "1500", "--sasrec-hidden", "16", "--sasrec-epochs", "1", "--out", str(run)]
+    done = subprocess.run(train, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "run.json").read_text())["variant"] == "sasrec"
+    export = [*base, "export", "--run", str(run), "--store", str(store), "--name", "toys-sasrec", *data]
+    done = subprocess.run(export, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "parity (onnxruntime vs torch ranking)" in done.stdout
+    report = tmp_path / "eval.json"
+    evaluate = [*base, "evaluate", "--store", str(store), "--name", "toys-sasrec", *data, "--json", str(report)]
+    done = subprocess.run(evaluate, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    served = json.loads(report.read_text())
+    torch_eval = [*base, "evaluate", "--run", str(run), *data, "--json", str(tmp_path / "torch.json")]
+    assert subprocess.run(torch_eval, capture_output=True, text=True, timeout=300).returncode == 0
+    in_torch = json.loads((tmp_path / "torch.json").read_text())
+    assert served["users"] == in_torch["users"] > 0
+    np.testing.assert_allclose(served["metrics"]["recall@10"], in_torch["metrics"]["recall@10"], atol=2e-3)
