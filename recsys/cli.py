@@ -64,7 +64,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     s1 = parser.add_argument_group("stage 1 (SASRec item embeddings, alignment)")
     s1.add_argument("--sasrec-hidden", type=int, default=64)
     s1.add_argument("--sasrec-epochs", type=int, default=30)
-    s1.add_argument("--sasrec-minutes", type=float, help="wall-clock budget per SASRec")
+    s1.add_argument("--sasrec-minutes", type=float, help="budget per SASRec (wall-clock unless --budget-clock cpu)")
+    s1.add_argument(
+        "--sasrec-patience", type=int, default=3, help="epochs without a better validation NDCG@10 before stopping"
+    )
     s1.add_argument("--align-weight", type=float, default=0.5, help="InfoNCE weight against next-item CE")
     s1.add_argument("--align-temperature", type=float, default=0.1)
     q = parser.add_argument_group("semantic IDs")
@@ -153,6 +156,7 @@ def _pipeline_config(args: argparse.Namespace, variant: str) -> Any:
         stage1=Stage1Config(
             hidden=args.sasrec_hidden,
             epochs=args.sasrec_epochs,
+            patience=args.sasrec_patience,
             max_seconds=args.sasrec_minutes * 60 if args.sasrec_minutes else None,
             budget_clock=args.budget_clock,
             alignment=AlignmentConfig(weight=args.align_weight, temperature=args.align_temperature),
