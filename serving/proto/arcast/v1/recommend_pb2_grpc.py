@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class RecommendServiceStub:
-    """Recommends the next items for a user's history with a generative model (constrained beam search over the
-    items' semantic IDs: every result is a real item). Errors: INVALID_ARGUMENT naming the field (unknown item ids,
+    """Recommends the next items for a user's history, every result a real item, with either kind of model behind one
+    API: a generative model (constrained beam search over the items' semantic IDs; ListModels: rollout_kind
+    "constrained_beam") or one that scores every item at once (SASRec; rollout_kind "item_scores", which has no
+    beam: beam_width does not apply to it, diversity > 0 is INVALID_ARGUMENT, and its items carry no codes). Errors: INVALID_ARGUMENT naming the field (unknown item ids,
     an empty history, k or beam_width out of range), NOT_FOUND (unknown model or version), RESOURCE_EXHAUSTED
     (too many users), DEADLINE_EXCEEDED.
     """
@@ -51,8 +53,10 @@ class RecommendServiceStub:
 
 
 class RecommendServiceServicer:
-    """Recommends the next items for a user's history with a generative model (constrained beam search over the
-    items' semantic IDs: every result is a real item). Errors: INVALID_ARGUMENT naming the field (unknown item ids,
+    """Recommends the next items for a user's history, every result a real item, with either kind of model behind one
+    API: a generative model (constrained beam search over the items' semantic IDs; ListModels: rollout_kind
+    "constrained_beam") or one that scores every item at once (SASRec; rollout_kind "item_scores", which has no
+    beam: beam_width does not apply to it, diversity > 0 is INVALID_ARGUMENT, and its items carry no codes). Errors: INVALID_ARGUMENT naming the field (unknown item ids,
     an empty history, k or beam_width out of range), NOT_FOUND (unknown model or version), RESOURCE_EXHAUSTED
     (too many users), DEADLINE_EXCEEDED.
     """
@@ -92,8 +96,10 @@ def add_RecommendServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecommendService:
-    """Recommends the next items for a user's history with a generative model (constrained beam search over the
-    items' semantic IDs: every result is a real item). Errors: INVALID_ARGUMENT naming the field (unknown item ids,
+    """Recommends the next items for a user's history, every result a real item, with either kind of model behind one
+    API: a generative model (constrained beam search over the items' semantic IDs; ListModels: rollout_kind
+    "constrained_beam") or one that scores every item at once (SASRec; rollout_kind "item_scores", which has no
+    beam: beam_width does not apply to it, diversity > 0 is INVALID_ARGUMENT, and its items carry no codes). Errors: INVALID_ARGUMENT naming the field (unknown item ids,
     an empty history, k or beam_width out of range), NOT_FOUND (unknown model or version), RESOURCE_EXHAUSTED
     (too many users), DEADLINE_EXCEEDED.
     """
