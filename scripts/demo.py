@@ -21,7 +21,7 @@ from forecasting.export import export_run
 from forecasting.runs import save_run, train_run
 from recsys.data import load_beauty_titles, load_dataset
 from recsys.prorec_training import popular_items_slice
-from recsys.quick_recipe import QUICK_SLICE, quick_train_args
+from recsys.quick_recipe import QUICK_SLICE, quick_sasrec_args, quick_train_args
 from serving.batch import run_batch
 from serving.client import ArcastClient
 from serving.server import spawn_server
@@ -29,6 +29,7 @@ from serving.server import spawn_server
 OUT = Path("demo-output")
 MODEL = "etth1-arnet"
 RECOMMENDER = "beauty-prorec"
+SASREC = "beauty-sasrec"  # the other kind, behind the same Recommend API
 HORIZONS = (24, 48, 168)
 BASELINES = ("naive", "seasonal_naive", "linear")
 
@@ -48,13 +49,14 @@ def show_recommendations(client: ArcastClient) -> None:
         print(f"      actually next: {titles[actual][:70]}")
     # A recommender that shows everyone the same best-sellers would look fine on three users; count over many.
     users = list(sequences)[:300]
-    response = client.recommend_batch(RECOMMENDER, [sequences[u][:-1][-20:] for u in users], k=5)
-    lists = [[item.item_id for item in user.items] for user in response.users]
-    hits = sum(sequences[u][-1] in top for u, top in zip(users, lists, strict=True))
-    print(
-        f"    over {len(users)} users: {len({tuple(t) for t in lists})} different top-5 lists, "
-        f"{len({i for t in lists for i in t})} different items, next purchase in the top 5 for {hits}"
-    )
+    for name in (RECOMMENDER, SASREC):
+        response = client.recommend_batch(name, [sequences[u][:-1][-20:] for u in users], k=5)
+        lists = [[item.item_id for item in user.items] for user in response.users]
+        hits = sum(sequences[u][-1] in top for u, top in zip(users, lists, strict=True))
+        print(
+            f"    {name}, over {len(users)} users: {len({tuple(t) for t in lists})} different top-5 lists, "
+            f"{len({i for t in lists for i in t})} different items, next purchase in the top 5 for {hits}"
+        )
 
 
 def main() -> int:
@@ -89,14 +91,17 @@ def main() -> int:
         print(f"    {horizon:>7} {reports['arnet']['windows']:>8}{cells}")
     print("    (MSE/MAE on standardised data, the papers' protocol; bench/leaderboard.py has every protocol)\n")
 
-    print("4/6 training a small PRORec recommender on a Beauty slice (500 most popular items) and exporting it")
-    recommender_run = OUT / "runs" / "beauty-prorec"
-    for command in (
-        quick_train_args(recommender_run),
-        ["export", "--run", str(recommender_run), "--store", str(OUT / "models"), "--name", RECOMMENDER],
-    ):
-        subprocess.run([sys.executable, "-m", "recsys", *command], check=True, stdout=subprocess.DEVNULL)
-    print(f"    {OUT / 'models' / RECOMMENDER} exported (onnxruntime beam search checked against torch)\n")
+    print("4/6 training two small recommenders on a Beauty slice (500 most popular items) and exporting them:")
+    print("    PRORec (semantic IDs, beam search) and the SASRec of its stage 1 (one score per item)")
+    for name, train in ((RECOMMENDER, quick_train_args), (SASREC, quick_sasrec_args)):
+        recommender_run = OUT / "runs" / name
+        for command in (
+            train(recommender_run),
+            ["export", "--run", str(recommender_run), "--store", str(OUT / "models"), "--name", name],
+        ):
+            subprocess.run([sys.executable, "-m", "recsys", *command], check=True, stdout=subprocess.DEVNULL)
+        print(f"    {OUT / 'models' / name} exported (onnxruntime's top-k checked against torch's)")
+    print()
 
     print("5/6 serving the store over gRPC and forecasting ETTh1 test windows")
     proc, target = spawn_server(OUT / "models", "--log-level", "warning")
