@@ -202,6 +202,12 @@ def parity_report(
     return report
 
 
+def data_facts(info: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``data``: what rebuilds a run's training data (dataset, slice) and its fingerprint."""
+    spec = info.get("data") or {"dataset": info.get("dataset"), "slice": None}
+    return {**spec, "fingerprint": info.get("data_fingerprint")}
+
+
 def export_run(
     run: PRORecRun,
     store: Path | str,
@@ -277,10 +283,7 @@ def export_run(
         graphs=graphs,
         write=write,
         parity=parity,
-        data={
-            **(run.info.get("data") or {"dataset": run.info.get("dataset"), "slice": None}),
-            "fingerprint": run.info.get("data_fingerprint"),
-        },
+        data=data_facts(run.info),
         metrics=run.info.get("metrics", {}),
         versions=library_versions(),
         facts={

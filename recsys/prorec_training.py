@@ -747,25 +747,34 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Metrics of a run folder's generator (torch beam search) on the data it records."""
     run = load_run(folder)
-    spec = run.info.get("data", {"dataset": run.info["dataset"], "slice": None})
-    sequences = load_sequences(spec, data_dir)
-    data_split = leave_one_out(sequences, max_history=run.model.config.max_history)
-    if not np.array_equal(data_split.item_map.raw_ids, run.item_ids):
-        raise ValueError("the data's items differ from the run's: it was trained on other data")
-    examples = data_split.validation if split == "val" else data_split.test
+    examples, facts = run_examples(run.info, run.item_ids, run.model.config.max_history, split, data_dir)
     users = None if limit is None else np.arange(min(limit, len(examples)))
     metrics = evaluate_generator(run.model, run.code_index(), examples, beam_width, EVAL_KS, exclude_seen, users)
     return {
         "model": str(folder),
         "engine": "torch",
-        "dataset": spec["dataset"],
+        **facts,
         "split": split,
         "users": len(examples) if users is None else len(users),
         "beam_width": beam_width,
         "exclude_seen": exclude_seen,
-        "data_matches_training": sequences_fingerprint(sequences) == run.info["data_fingerprint"],
         "metrics": metrics,
     }
+
+
+def run_examples(
+    info: dict[str, Any], item_ids: np.ndarray, max_history: int, split: str, data_dir: str | None
+) -> tuple[EvalExamples, dict[str, Any]]:
+    """The validation (``split`` "val") or test examples of the data a run's ``info`` records, and the report's
+    ``dataset`` and ``data_matches_training``; ValueError when the data's items are not the run's."""
+    spec = info.get("data", {"dataset": info["dataset"], "slice": None})
+    sequences = load_sequences(spec, data_dir)
+    data_split = leave_one_out(sequences, max_history=max_history)
+    if not np.array_equal(data_split.item_map.raw_ids, item_ids):
+        raise ValueError("the data's items differ from the run's: it was trained on other data")
+    examples = data_split.validation if split == "val" else data_split.test
+    matches = sequences_fingerprint(sequences) == info["data_fingerprint"]
+    return examples, {"dataset": spec["dataset"], "data_matches_training": matches}
 
 
 def binary_writer(write: Callable[[Any], None]) -> Callable[[Path], None]:

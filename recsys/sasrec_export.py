@@ -20,7 +20,7 @@ from torch import nn
 
 from arcast_core.files import atomic_write_text
 from arcast_core.runtime import library_versions
-from recsys.export import ITEM_IDS_FILE, PARITY_USERS, SCORE_TOLERANCE, TITLES_FILE, sample_histories
+from recsys.export import ITEM_IDS_FILE, PARITY_USERS, SCORE_TOLERANCE, TITLES_FILE, data_facts, sample_histories
 from recsys.models.sasrec import SASRec
 from recsys.sasrec_run import SASRecRun
 from serving.artifact import Artifact
@@ -151,10 +151,7 @@ def export_sasrec_run(
         graphs=graphs,
         write=write,
         parity=parity,
-        data={
-            **(run.info.get("data") or {"dataset": run.info.get("dataset"), "slice": None}),
-            "fingerprint": run.info.get("data_fingerprint"),
-        },
+        data=data_facts(run.info),
         metrics=run.info.get("metrics", {}),
         versions=library_versions(),
         facts={"model_config": run.info.get("model_config"), "model_size": run.info.get("model_size")},

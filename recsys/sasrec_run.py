@@ -28,7 +28,7 @@ from recsys.prorec_training import (
     Stage1Config,
     binary_writer,
     fit_stage1_sasrec,
-    load_sequences,
+    run_examples,
     sequences_fingerprint,
 )
 from recsys.split import EvalExamples, leave_one_out
@@ -136,22 +136,16 @@ def evaluate_sasrec_run(
 ) -> dict[str, Any]:
     """Metrics of a SASRec run folder (torch, full ranking) on the data it records; the report of ``evaluate``."""
     run = load_sasrec_run(folder)
-    spec = run.info.get("data", {"dataset": run.info["dataset"], "slice": None})
-    sequences = load_sequences(spec, data_dir)
-    data_split = leave_one_out(sequences, max_history=run.model.config.max_len)
-    if not np.array_equal(data_split.item_map.raw_ids, run.item_ids):
-        raise ValueError("the data's items differ from the run's: it was trained on other data")
-    examples = data_split.validation if split == "val" else data_split.test
+    examples, facts = run_examples(run.info, run.item_ids, run.model.config.max_len, split, data_dir)
     if limit is not None:
         n = min(limit, len(examples))
         examples = EvalExamples(examples.user_ids[:n], examples.histories[:n], examples.targets[:n])
     return {
         "model": str(folder),
         "engine": "torch",
-        "dataset": spec["dataset"],
+        **facts,
         "split": split,
         "users": len(examples),
         "exclude_seen": exclude_seen,
-        "data_matches_training": sequences_fingerprint(sequences) == run.info["data_fingerprint"],
         "metrics": evaluate_sasrec(run.model, examples, ks=EVAL_KS, exclude_history=exclude_seen),
     }
