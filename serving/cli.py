@@ -175,6 +175,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             exclude=exclude,
             beam_width=args.beam_width,
             include_seen=args.include_seen,
+            diversity=args.diversity,
         )
     print(f"{response.model} v{response.version}: top {len(response.items)} for a history of {len(history)} items")
     print(f"{'rank':>4} {'item':>8} {'score':>9}  codes            title")
@@ -379,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = sub.add_parser(
         "recommend",
         help="call Recommend on a running server",
-        description="Recommend the next items for one history with a generative recommender; "
-        "every result is a real item, seen items are excluded unless asked.",
+        description="Recommend the next items for one history with a generative recommender (beam search over "
+        "semantic IDs) or a SASRec (one score per item); every result is a real item, seen items are excluded "
+        "unless asked.",
     )
     recommend.add_argument("--target", required=True, help="server address HOST:PORT")
     recommend.add_argument("--model", required=True)
@@ -388,7 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--history", required=True, help="item ids, most recent last, e.g. 12,34,56")
     recommend.add_argument("--k", type=int, default=10, help="items to return (default 10)")
     recommend.add_argument("--exclude", help="item ids never to return, comma-separated")
-    recommend.add_argument("--beam-width", type=int, default=0, help="beam width (default: the model's, at least k)")
+    recommend.add_argument(
+        "--beam-width", type=int, default=0, help="beam width (default: the model's, at least k; not for a SASRec)"
+    )
+    recommend.add_argument(
+        "--diversity",
+        type=float,
+        default=0.0,
+        help="diverse beam search's penalty per earlier group on the same code (default 0: plain; not for a SASRec)",
+    )
     recommend.add_argument("--include-seen", action="store_true", help="allow items of the history")
     recommend.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     _add_client_security(recommend)

@@ -45,11 +45,16 @@ def both_kinds_store(beauty_sasrec_artifact, beauty_slice_artifact, tmp_path_fac
 
 
 @pytest.fixture(scope="module")
-def client(both_kinds_store: Path) -> Iterator[ArcastClient]:
-    server: ForecastServer = start_server(both_kinds_store)
+def server(both_kinds_store: Path) -> Iterator[ForecastServer]:
+    server = start_server(both_kinds_store)
+    yield server
+    server.stop(grace_s=1)
+
+
+@pytest.fixture(scope="module")
+def client(server: ForecastServer) -> Iterator[ArcastClient]:
     with ArcastClient(f"127.0.0.1:{server.port}") as client:
         yield client
-    server.stop(grace_s=1)
 
 
 def test_export_records_its_gate_and_kind(beauty_sasrec_artifact) -> None:
@@ -157,3 +162,17 @@ def test_cli_trains_exports_and_evaluates_a_sasrec(data_dir: Path, tmp_path: Pat
     in_torch = evaluate_sasrec_run(run, data_dir=str(data_dir))  # what `evaluate --run` reports
     assert served["users"] == in_torch["users"] > 0 and in_torch["data_matches_training"]
     np.testing.assert_allclose(served["metrics"]["recall@10"], in_torch["metrics"]["recall@10"], atol=2e-3)
+
+
+def test_serving_cli_recommends_from_either_kind(server: ForecastServer, served, capsys) -> None:
+    from serving.cli import main
+
+    model, histories = served
+    history = ",".join(str(i) for i in histories[0])
+    target = ["--target", f"127.0.0.1:{server.port}", "--history", history, "--k", "3"]
+    assert main(["recommend", *target, "--model", SASREC]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    want = [item for item, _ in model.recommend([histories[0]], k=3)[0]]
+    assert [int(line.split()[1]) for line in printed[2:]] == want
+    assert main(["recommend", *target, "--model", BEAM, "--diversity", "2"]) == 0  # diverse beam search
+    assert len(capsys.readouterr().out.splitlines()) == 5
