@@ -114,7 +114,7 @@ def test_a_bad_manifest_is_refused_naming_the_file_and_the_field(tmp_path: Path,
 
 
 def test_every_rollout_kind_has_one_runner_and_one_manifest_dataclass() -> None:
-    assert set(RUNNERS) == {"window_shift", "kv_cache", "constrained_beam"}
+    assert set(RUNNERS) == {"window_shift", "kv_cache", "constrained_beam", "item_scores"}
     for kind, runner in RUNNERS.items():
         assert runner.rollout_kind == kind and runner.task in ("forecast", "recommend")
         assert runner.rollout_spec.__dataclass_fields__["kind"]  # a manifest dataclass with its kind
