@@ -151,15 +151,15 @@ class ItemScoresModel(ItemCatalogue):
             raise ValueError("queries: no users given")
         if diversity:
             raise ValueError("diversity: this model ranks every item by one score; it has no beams to diversify")
-        padded = left_padded(queries, self.max_history)
+        padded = left_padded(queries, self.max_history, width=self.max_history)  # the graph's fixed width
         return self.search_dense(padded, k, excluded=[q.excluded for q in queries])
 
     def scores(self, histories: np.ndarray) -> np.ndarray:
         """(B, S) left-padded dense ids (S <= max_history) -> (B, n_items + 1) log-probabilities as the graph gives."""
         histories = np.asarray(histories, dtype=np.int64)[:, -self.max_history :]
-        padded = np.zeros((len(histories), self.max_history), dtype=np.int64)
-        padded[:, self.max_history - histories.shape[1] :] = histories
-        scores = np.asarray(self.scorer.run(["scores"], {"history": padded})[0])
+        if histories.shape[1] < self.max_history:  # only a caller's narrower rows need widening
+            histories = np.pad(histories, ((0, 0), (self.max_history - histories.shape[1], 0)))
+        scores = np.asarray(self.scorer.run(["scores"], {"history": histories})[0])
         if np.isnan(scores).any() or np.isposinf(scores).any():
             raise NonFiniteOutput(f"{self.artifact.path}: the scorer answered non-finite scores")
         return scores
