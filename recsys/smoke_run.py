@@ -24,12 +24,18 @@ from recsys.split import LeaveOneOutSplit, leave_one_out
 SMOKE_SLICE = {"top_items": 500, "max_users": 4000}
 
 
+def smoke_slice(sequences: dict[int, list[int]]) -> tuple[dict[int, list[int]], LeaveOneOutSplit]:
+    """The popular-items slice of ``sequences`` (``SMOKE_SLICE``) and its leave-one-out split: what the smoke run
+    trains on."""
+    sliced = popular_items_slice(sequences, **SMOKE_SLICE)
+    return sliced, leave_one_out(sliced, max_history=20)
+
+
 def train_smoke_run(
     sequences: dict[int, list[int]], dataset: str = "beauty", seed: int = 0
 ) -> tuple[LeaveOneOutSplit, PRORecRun]:
     """The slice of ``sequences`` split leave-one-out, and the generator trained on it (titles are placeholders)."""
-    sliced = popular_items_slice(sequences, **SMOKE_SLICE)
-    split = leave_one_out(sliced, max_history=20)
+    sliced, split = smoke_slice(sequences)
     rng = np.random.default_rng(seed)
     embeddings = ItemEmbeddings(collaborative=rng.normal(size=(split.num_items, 16)).astype(np.float32))
     ids, _ = build_semantic_ids("collab", embeddings, QuantizerConfig(method="rkmeans", level_sizes=(16, 16, 16)))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,49 +103,81 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def beauty_slice_run(beauty):
-    """recsys.smoke_run's generator on the dense Beauty slice, as (split, run). Trained once per session: the
-    recommendation export, batch, service and notebook tests all read it."""
-    from recsys.smoke_run import train_smoke_run
+DONE = ".complete"
 
-    with _single_threaded():
-        return train_smoke_run(beauty.sequences)
+
+def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder built once for the whole test run. Session fixtures are per pytest-xdist worker, so each worker
+    used to train and export the same recommenders again; now the first worker to ask builds the folder under a
+    lock and the others wait for it and read it (each then loads the same files, so every worker tests one model)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, shared by its workers
+    folder = root / f"shared-{name}"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / DONE).is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-built folder of a worker that died
+            with _single_threaded():
+                build(folder)
+            (folder / DONE).touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def beauty_slice_run(beauty, tmp_path_factory: pytest.TempPathFactory):
+    """recsys.smoke_run's generator on the dense Beauty slice, as (split, run). Trained once per test run: the
+    recommendation export, batch, service and notebook tests all read it."""
+    from recsys.prorec_training import load_run, save_run
+    from recsys.smoke_run import smoke_slice, train_smoke_run
+
+    folder = _built_once(
+        tmp_path_factory, "beauty-slice-run", lambda f: save_run(train_smoke_run(beauty.sequences)[1], f)
+    )
+    return smoke_slice(beauty.sequences)[1], load_run(folder)
 
 
 @pytest.fixture(scope="session")
 def beauty_slice_artifact(beauty_slice_run, tmp_path_factory: pytest.TempPathFactory):
-    """The run above exported to a store of its own as ``beauty-slice``."""
+    """The run above exported to a store of its own as ``beauty-slice`` (read-only: tests copy it to change it)."""
     from recsys.export import export_run
+    from serving.artifact import read_artifact, resolve
 
     split, run = beauty_slice_run
-    store = tmp_path_factory.mktemp("recsys-store")
-    with _single_threaded():
-        return export_run(run, store, "beauty-slice", histories=split.validation.histories[:48])
+    histories = split.validation.histories[:48]
+    store = _built_once(
+        tmp_path_factory, "recsys-store", lambda f: export_run(run, f, "beauty-slice", histories=histories)
+    )
+    return read_artifact(resolve(store, "beauty-slice"))
 
 
 @pytest.fixture(scope="session")
-def beauty_sasrec_run(beauty):
+def beauty_sasrec_run(beauty, tmp_path_factory: pytest.TempPathFactory):
     """A small SASRec on the same Beauty slice (recsys.smoke_run's), as (split, run): the served item_scores kind."""
-    from recsys.prorec_training import Stage1Config, popular_items_slice
-    from recsys.sasrec_run import train_sasrec_run
-    from recsys.smoke_run import SMOKE_SLICE
-    from recsys.split import leave_one_out
+    from recsys.prorec_training import Stage1Config
+    from recsys.sasrec_run import load_sasrec_run, save_sasrec_run, train_sasrec_run
+    from recsys.smoke_run import SMOKE_SLICE, smoke_slice
 
-    sliced = popular_items_slice(beauty.sequences, **SMOKE_SLICE)
-    with _single_threaded():
+    sliced, split = smoke_slice(beauty.sequences)
+
+    def build(folder: Path) -> None:
         run = train_sasrec_run("beauty", sliced, Stage1Config(hidden=32, epochs=3), progress=False)
-    run.info["data"] = {"dataset": "beauty", "slice": SMOKE_SLICE}
-    run.titles = ["", *(f"item {raw}" for raw in run.item_ids[1:])]  # placeholders, as the smoke generator's
-    return leave_one_out(sliced, max_history=20), run
+        run.info["data"] = {"dataset": "beauty", "slice": SMOKE_SLICE}
+        run.titles = ["", *(f"item {raw}" for raw in run.item_ids[1:])]  # placeholders, as the smoke generator's
+        save_sasrec_run(run, folder)
+
+    return split, load_sasrec_run(_built_once(tmp_path_factory, "beauty-sasrec-run", build))
 
 
 @pytest.fixture(scope="session")
 def beauty_sasrec_artifact(beauty_sasrec_run, tmp_path_factory: pytest.TempPathFactory):
-    """The SASRec above exported to a store of its own as ``beauty-sasrec``."""
+    """The SASRec above exported to a store of its own as ``beauty-sasrec`` (read-only, as the one above)."""
     from recsys.sasrec_export import export_sasrec_run
+    from serving.artifact import read_artifact, resolve
 
     split, run = beauty_sasrec_run
-    store = tmp_path_factory.mktemp("sasrec-store")
-    with _single_threaded():
-        return export_sasrec_run(run, store, "beauty-sasrec", histories=split.validation.histories[:48])
+    histories = split.validation.histories[:48]
+    store = _built_once(
+        tmp_path_factory, "sasrec-store", lambda f: export_sasrec_run(run, f, "beauty-sasrec", histories=histories)
+    )
+    return read_artifact(resolve(store, "beauty-sasrec"))
