@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,23 +139,20 @@ def test_batch_job_scores_users_with_sasrec(beauty_sasrec_artifact, served, tmp_
         ]
 
 
-def test_cli_trains_exports_and_evaluates_a_sasrec(data_dir: Path, tmp_path: Path) -> None:
+def test_cli_trains_exports_and_evaluates_a_sasrec(data_dir: Path, tmp_path: Path, capsys) -> None:
+    # in process (recsys.cli.main, as `python -m recsys`): three subprocesses importing torch cost ~20 s of the suite
+    from recsys.cli import main as recsys_main
+
     run, store = tmp_path / "run", tmp_path / "store"
-    base = [sys.executable, "-m", "recsys"]
     data = ["--data-dir", str(data_dir)]
-    train = [*base, "train", "--variant", "sasrec", "--dataset", "toys", *data, "--slice-items", "300"]
+    train = ["train", "--variant", "sasrec", "--dataset", "toys", *data, "--slice-items", "300"]
     train += ["--slice-users", "1500", "--sasrec-hidden", "16", "--sasrec-epochs", "1", "--out", str(run)]
-    done = subprocess.run(train, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert recsys_main(train) == 0
     assert json.loads((run / "run.json").read_text())["variant"] == "sasrec"
-    export = [*base, "export", "--run", str(run), "--store", str(store), "--name", "toys-sasrec", *data]
-    done = subprocess.run(export, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "parity (onnxruntime vs torch ranking)" in done.stdout
+    assert recsys_main(["export", "--run", str(run), "--store", str(store), "--name", "toys-sasrec", *data]) == 0
+    assert "parity (onnxruntime vs torch ranking)" in capsys.readouterr().out
     report = tmp_path / "eval.json"
-    evaluate = [*base, "evaluate", "--store", str(store), "--name", "toys-sasrec", *data, "--json", str(report)]
-    done = subprocess.run(evaluate, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert recsys_main(["evaluate", "--store", str(store), "--name", "toys-sasrec", *data, "--json", str(report)]) == 0
     served = json.loads(report.read_text())
     in_torch = evaluate_sasrec_run(run, data_dir=str(data_dir))  # what `evaluate --run` reports
     assert served["users"] == in_torch["users"] > 0 and in_torch["data_matches_training"]
