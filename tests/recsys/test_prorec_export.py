@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +84,3 @@ def test_cli_evaluates_the_artifact_as_torch_does(
     assert report["data_matches_training"] and report["users"] == 200 and report["engine"] == "onnxruntime"
     expected = evaluate_generator(run.model, run.code_index(), split.validation, 20, users=np.arange(200))
     assert report["metrics"] == pytest.approx(expected)
-
-
-def test_recsys_never_imports_grpc() -> None:
-    # the serving side (every module, no torch) is tests/serving/test_imports.py
-    code = (
-        "import sys, recsys.cli, recsys.export, recsys.tuning, recsys.prorec_training;"
-        "print(sorted(m for m in sys.modules if m.startswith('grpc')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
