@@ -19,8 +19,6 @@ from recsys.split import LeaveOneOutSplit
 from serving.artifact import Artifact, read_artifact
 from serving.runners.constrained_beam import ConstrainedBeamModel, ConstrainedBeamRollout
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_manifest_describes_graphs_tables_and_parity(beauty_slice_artifact: Artifact) -> None:
     again = read_artifact(beauty_slice_artifact.path)  # checksums and schema verified
