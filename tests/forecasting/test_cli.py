@@ -1,4 +1,4 @@
-"""The CLI end to end in subprocesses: train -> export -> evaluate on a slice of ETTh1, and its errors; --help."""
+"""The CLI end to end: train -> export -> evaluate in subprocesses on a slice of ETTh1; its errors and --help."""
 
 from __future__ import annotations
 
