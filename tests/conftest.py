@@ -103,7 +103,7 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-DONE = ".complete"
+_DONE = ".complete"  # written last: the shared folder is whole
 
 
 def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
@@ -116,11 +116,11 @@ def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Call
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, shared by its workers
     folder = root / f"shared-{name}"
     with FileLock(f"{folder}.lock"):
-        if not (folder / DONE).is_file():
+        if not (folder / _DONE).is_file():
             shutil.rmtree(folder, ignore_errors=True)  # a half-built folder of a worker that died
             with _single_threaded():
                 build(folder)
-            (folder / DONE).touch()
+            (folder / _DONE).touch()
     return folder
 
 

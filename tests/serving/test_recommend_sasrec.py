@@ -139,7 +139,9 @@ def test_batch_job_scores_users_with_sasrec(beauty_sasrec_artifact, served, tmp_
         ]
 
 
-def test_cli_trains_exports_and_evaluates_a_sasrec(data_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_trains_exports_and_evaluates_a_sasrec(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # in process (recsys.cli.main, as `python -m recsys`): three subprocesses importing torch cost ~20 s of the suite
     from recsys.cli import main as recsys_main
 
