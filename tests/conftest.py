@@ -15,8 +15,9 @@ os.environ.setdefault("ARCAST_NO_DOWNLOAD", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``make test`` runs a worker per core, up to 4), each worker's torch gets its share of the
-    cores instead of all of them: two workers with two threads each on two cores were oversubscribed."""
+    """Under pytest-xdist (``make test`` runs one worker more than the cores, up to 4), each worker's torch gets its
+    share of the cores (at least one thread) instead of all of them: two workers with two threads each on two cores
+    were oversubscribed."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch

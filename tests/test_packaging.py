@@ -48,8 +48,9 @@ def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "--quiet", "-c", str(REPO_ROOT / "constraints.txt"), str(src)]
-    subprocess.run(install, check=True, timeout=600, env=_env(), cwd=root)
+    # --no-compile: the server imports a small part of what is installed (~6 s less than compiling it all)
+    install = [str(python), "-m", "pip", "install", "--quiet", "--no-compile", "-c", str(REPO_ROOT / "constraints.txt")]
+    subprocess.run([*install, str(src)], check=True, timeout=600, env=_env(), cwd=root)
     return python
 
 

@@ -37,15 +37,14 @@ def test_train_export_evaluate(etth1_slice: Path, tmp_path: Path, capsys: pytest
     )
     assert trained.returncode == 0, trained.stderr
     assert "test" in trained.stdout and (run / "run.json").is_file()
-    exported = cli("export", "--run", str(run), "--store", str(store), "--name", "slice")
-    assert exported.returncode == 0, exported.stderr
-    assert "version 1" in exported.stdout
-    # AutoTimes' choice, refused for AR-Net (in process: one subprocess fewer)
+    # export and evaluate in process: the subprocess above proves `python -m forecasting` runs; two more cost ~15 s
+    assert main(["export", "--run", str(run), "--store", str(store), "--name", "slice"]) == 0
+    assert "version 1" in capsys.readouterr().out
+    # AutoTimes' choice, refused for AR-Net
     assert main(["export", "--run", str(run), "--store", str(store), "--name", "other", "--rollout", "sliding"]) == 2
     assert "arnet has one rollout (window_shift)" in capsys.readouterr().err
     report = tmp_path / "eval.json"
-    evaluated = cli("evaluate", "--store", str(store), "--name", "slice", "--horizon", "36", "--json", str(report))
-    assert evaluated.returncode == 0, evaluated.stderr
+    assert main(["evaluate", "--store", str(store), "--name", "slice", "--horizon", "36", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     assert result["horizon"] == 36 and result["data_matches_training"]
     assert result["windows"] == 400 + 48 - 48 - 36 + 1  # 20% test rows, each window, lookback rows early
@@ -53,16 +52,16 @@ def test_train_export_evaluate(etth1_slice: Path, tmp_path: Path, capsys: pytest
     assert 0 < result["metrics"]["scaled"]["mse"] < 2.0
 
 
-def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("date,OT\n2020-01-01,1\n2020-01-02,oops\n")
-    result = cli("train", "--dataset", str(bad), "--out", str(tmp_path / "run"))
+    result = cli("train", "--dataset", str(bad), "--out", str(tmp_path / "run"))  # the process's exit status
     assert result.returncode == 2
     assert "line 3, column 'OT': non-numeric value 'oops'" in result.stderr
-    missing = cli("evaluate", "--store", str(tmp_path), "--name", "nothing")
-    assert missing.returncode == 2 and "no model named 'nothing'" in missing.stderr
-    no_folds = cli("tune", "--folds", "0", "--out", str(tmp_path / "tune"))
-    assert no_folds.returncode == 2 and "--folds must be at least 1, got 0" in no_folds.stderr
+    assert main(["evaluate", "--store", str(tmp_path), "--name", "nothing"]) == 2
+    assert "no model named 'nothing'" in capsys.readouterr().err
+    assert main(["tune", "--folds", "0", "--out", str(tmp_path / "tune")]) == 2
+    assert "--folds must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_help_explains_each_command(capsys: pytest.CaptureFixture[str]) -> None:

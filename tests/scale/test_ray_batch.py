@@ -60,36 +60,6 @@ def scattered_series(etth1_slice: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_ray_job_writes_what_the_in_process_job_writes(
-    ray_cluster: None, model_store: Path, scattered_series: Path, tmp_path: Path
-) -> None:
-    from serving.ray_batch import run_ray_batch
-
-    blocks = input_blocks(scattered_series)
-    spread = pl.concat([b.select(pl.col("series_id").unique()) for b in blocks])["series_id"].value_counts()
-    assert len(blocks) > 2 and spread["count"].min() > 1  # the premise: no series arrives whole
-
-    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
-    run_batch(model_store, MODEL, scattered_series, local, horizon=30, chunk_series=7, progress=False)
-    summary = run_ray_batch(model_store, MODEL, scattered_series, distributed, horizon=30, workers=2, rows_per_run=6)
-
-    want = pl.read_parquet(local).sort("series_id", "step")
-    got = pl.read_parquet(distributed).sort("series_id", "step")
-    assert got.schema == want.schema
-    assert got.equals(want)  # bit for bit: the same parsing, rollout and rows
-    assert got.group_by("series_id").len()["len"].unique().to_list() == [30]
-    assert (
-        pl.read_parquet(errors_path(distributed))
-        .sort("series_id")
-        .equals(pl.read_parquet(errors_path(local)).sort("series_id"))
-    )
-    assert (summary.series, summary.scored, summary.failed, summary.workers) == (42, 40, 2, 2)
-    # Every series was scored once, by one worker, in batches of at most 6 whole series.
-    assert sum(w["series"] for w in summary.split.values()) == 42
-    assert sum(w["batches"] for w in summary.split.values()) >= 42 // 6
-    assert 1 <= len(summary.split) <= 2
-
-
-def test_cli_batch_on_ray_and_its_input_check(
     ray_cluster: None,
     model_store: Path,
     scattered_series: Path,
@@ -97,24 +67,30 @@ def test_cli_batch_on_ray_and_its_input_check(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """One Ray job (each costs a pool of actors), run through the CLI as users run it, on a CSV."""
     from serving import ray_batch
     from serving.cli import main
     from serving.ray_batch import check_columns
 
+    blocks = input_blocks(scattered_series)
+    spread = pl.concat([b.select(pl.col("series_id").unique()) for b in blocks])["series_id"].value_counts()
+    assert len(blocks) > 2 and spread["count"].min() > 1  # the premise: no series arrives whole
+
     # Ray's driver prints its raylet's messages to stdout from a thread of its own (in CI: a worker that died and
-    # whose task was retried); stdout must still hold nothing but the summary.
+    # whose task was retried); stdout must still hold nothing but the summary. Batches of 6 series, so that the
+    # actors get several.
     job = ray_batch.run_ray_batch
 
     def job_with_a_raylet_message(*args: Any, **kwargs: Any) -> Any:
         thread = threading.Thread(target=print, args=("(raylet) A worker died or was killed while executing a task",))
         thread.start()
         thread.join()
-        return job(*args, **kwargs)
+        return job(*args, rows_per_run=6, **kwargs)
 
     monkeypatch.setattr(ray_batch, "run_ray_batch", job_with_a_raylet_message)
 
-    out = tmp_path / "cli.parquet"
-    args = ["batch", "--store", str(model_store), "--model", MODEL, "--horizon", "12", "--output", str(out)]
+    out = tmp_path / "ray.parquet"
+    args = ["batch", "--store", str(model_store), "--model", MODEL, "--horizon", "30", "--output", str(out)]
     csv = tmp_path / "series.csv"  # a CSV is converted to parquet first, parsed as the in-process job parses it
     pl.read_parquet(scattered_series).write_csv(csv)
     # "auto" finds the cluster this test started (the job keeps a connection it did not make).
@@ -122,22 +98,32 @@ def test_cli_batch_on_ray_and_its_input_check(
     printed = capsys.readouterr()
     summary = json.loads(printed.out)
     assert "A worker died" in printed.err
-    assert (summary["scored"], summary["failed"]) == (40, 2)
-    in_process = pl.read_parquet(run_batch_output(model_store, csv, tmp_path)).sort("series_id", "step")
-    assert pl.read_parquet(out).equals(in_process)  # the Ray job's output is sorted by series and step
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the staged input is gone
+
+    local = tmp_path / "local.parquet"
+    run_batch(model_store, MODEL, csv, local, horizon=30, chunk_series=7, progress=False)
+    want = pl.read_parquet(local).sort("series_id", "step")
+    got = pl.read_parquet(out)
+    assert got.schema == want.schema
+    assert got.equals(want)  # bit for bit: the same parsing, rollout and rows; the Ray job sorts by series and step
+    assert got.group_by("series_id").len()["len"].unique().to_list() == [30]
+    assert (
+        pl.read_parquet(errors_path(out))
+        .sort("series_id")
+        .equals(pl.read_parquet(errors_path(local)).sort("series_id"))
+    )
+    assert [summary[k] for k in ("series", "scored", "failed", "workers")] == [42, 40, 2, 2]
+    # Every series was scored once, by one worker, in batches of at most 6 whole series.
+    split = summary["split"].values()
+    assert sum(w["series"] for w in split) == 42
+    assert sum(w["batches"] for w in split) >= 42 // 6
+    assert 1 <= len(split) <= 2
 
     # Without timestamps (or ids) a shuffled series has no order (or no identity): refused before Ray runs.
     assert main([*args, "--input", str(dropped(scattered_series, "timestamp", tmp_path)), "--ray", "auto"]) == 2
     assert "--ray needs columns ['timestamp']" in capsys.readouterr().err
     with pytest.raises(TableError, match=r"--ray needs columns \['series_id'\]"):
         check_columns(dropped(scattered_series, "series_id", tmp_path), ["OT"])
-
-
-def run_batch_output(store: Path, series: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "in_process.parquet"
-    run_batch(store, MODEL, series, out, horizon=12, progress=False)
-    return out
 
 
 def dropped(path: Path, column: str, tmp_path: Path) -> Path:
