@@ -200,7 +200,6 @@ def evaluate(
     """Roll out 8 segments (``growing`` or ``sliding``) from each chosen test window; score each horizon on the
     windows it fits in. ``prompt`` (P, C) scaled values: placed before every lookback (in-context forecasting)."""
     test = prepared.test
-    values = test.values  # the scaled split, lookback rows included
     n_blocks = -(-max(HORIZONS) // SEGMENT)
     preds = []
     model.eval()
@@ -210,7 +209,12 @@ def evaluate(
             prompts = None if prompt is None else torch.from_numpy(prompt).expand(len(batch["x"]), -1, -1)
             mode = check_rollout(rollout)
             preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"], rollout=mode, prompt=prompts).numpy())
-    pred = np.concatenate(preds)
+    return score(np.concatenate(preds), prepared.test.values, index)
+
+
+def score(pred: np.ndarray, values: np.ndarray, index: np.ndarray) -> dict[str, Any]:
+    """Scaled MSE/MAE of forecasts ``pred`` (windows, >= 720, C) made at test windows ``index`` of ``values`` (the
+    scaled split, lookback rows included), each horizon on the windows it fits in, and their average."""
     per_horizon = {}
     for h in HORIZONS:
         valid = index + LOOKBACK + h <= len(values)
@@ -218,6 +222,36 @@ def evaluate(
         per_horizon[str(h)] = {"windows": int(valid.sum()), **error_metrics(pred[valid, :h], true)}
     average = {k: float(np.mean([per_horizon[str(h)][k] for h in HORIZONS])) for k in ("mse", "mae")}
     return {"per_horizon": per_horizon, "average": average}
+
+
+def baselines(prepared: PreparedData, data: DataConfig, index: np.ndarray) -> dict[str, Any]:
+    """What a user would pick instead, on exactly the test windows AutoTimes is scored on: last value, seasonal
+    naive (the last 24 hours repeated) and the leaderboard's ``linear`` (options and ridge penalty chosen on
+    validation, 672 values to the next 96, rolled out by sliding its window as served)."""
+    from leaderboard import Task, linear_on_validation
+
+    from forecasting.export import torch_forecast
+
+    values = prepared.test.values
+    horizon = max(HORIZONS)
+    context = np.stack([values[i : i + LOOKBACK] for i in index])  # scaled (windows, 672, C)
+    period = 24
+    out: dict[str, Any] = {
+        "naive": score(np.repeat(context[:, -1:], horizon, axis=1), values, index),
+        "seasonal_naive": score(np.tile(context[:, -period:], (1, -(-horizon // period), 1)), values, index),
+    }
+    started = time.perf_counter()
+    task = Task("autotimes", data.dataset, data.features, horizon, LOOKBACK, train_horizon=SEGMENT)
+    trained = linear_on_validation(task, data)
+    raw = prepared.scaler.inverse(context)
+    pred = np.concatenate([torch_forecast(trained.run, raw[i : i + 256], horizon) for i in range(0, len(raw), 256)])
+    out["linear"] = {
+        **score(prepared.scaler.transform(pred), values, index),
+        "chosen": trained.details["chosen"],
+        "alpha": trained.details["alpha"],
+        "seconds": time.perf_counter() - started,
+    }
+    return out
 
 
 def train_variant(
@@ -368,6 +402,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| AutoTimes SmolLM2, {name} | " + " | ".join(cells) + f" | {avg['mse']:.3f}/{avg['mae']:.3f} |"
             )
+        for name, a in result.get("baselines", {}).items():  # the same test windows
+            cells = [f"{a['per_horizon'][str(h)]['mse']:.3f}/{a['per_horizon'][str(h)]['mae']:.3f}" for h in HORIZONS]
+            avg = a["average"]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg['mse']:.3f}/{avg['mae']:.3f} |")
         paper = [f"{PAPER_PER_HORIZON[h][0]:.3f}/{PAPER_PER_HORIZON[h][1]:.3f}" for h in HORIZONS]
         lines.append("| AutoTimes LLaMA-7B (paper) | " + " | ".join(paper) + " | 0.389/0.422 |")
     for target, found in result.get("in_context", {}).items():
@@ -441,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all usable cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="only score last value, seasonal naive and linear on the test windows of the run in --out (its "
+        "--test-stride and --max-test-windows; pass its --seed) and add them to that file",
+    )
     parser.add_argument("--work-dir", default=str(REPO_ROOT / ".arcast-cache" / "bench-autotimes"))
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
@@ -483,6 +527,15 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset, features=args.features, lookback=LOOKBACK, horizon=SEGMENT, data_dir=args.data_dir
     )
     prepared = prepare_data(data)
+    if args.baselines_only:  # onto a finished run's file, on its test windows
+        result = json.loads(out.read_text())
+        bounds = result["bounds"]
+        index = choose(len(prepared.test), bounds["test_stride"], bounds["max_test_windows"], args.seed + 2)
+        result["baselines"] = baselines(prepared, data, index)
+        result["markdown"] = markdown(result)
+        save(result, out)
+        print(result["markdown"])
+        return 0
     backbone = shared_backbone(args.backbone)
     result["backbone"] = {"spec": args.backbone, "identity": backbone.identity}
 
@@ -501,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     plain_model = None
     if not args.skip_accuracy:
         test_index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
+        result["baselines"] = baselines(prepared, data, test_index)
+        save(result, out)
         train_data = replace(data, horizon=args.train_segments * SEGMENT)
         train_prepared = prepared if args.train_segments == 1 else prepare_data(train_data)
         checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else None
