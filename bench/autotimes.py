@@ -106,7 +106,13 @@ def save(result: dict[str, Any], out: Path) -> None:
 
 def new_model(args: argparse.Namespace, data: DataConfig, channels: int, timestamps: bool) -> AutoTimes:
     """A model bound to ``data``, whose horizon is ``train_segments`` segments (1 for the speed runs)."""
-    params = {"backbone": args.backbone, "timestamps": timestamps, "train_segments": data.horizon // SEGMENT}
+    params = {
+        "backbone": args.backbone,
+        "timestamps": timestamps,
+        "train_segments": data.horizon // SEGMENT,
+        "mlp_hidden_layers": args.mlp_hidden_layers,
+        "mlp_hidden_dim": args.mlp_hidden_dim,
+    }
     model = build_model("autotimes", params, data_facts(data, channels))
     assert isinstance(model, AutoTimes)
     return model
@@ -446,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
         help="segments past the lookback per training window (1: the paper's next-segment training; k > 1 trains "
         "the growing rollout teacher-forced over k segments, and validates that rollout)",
     )
+    parser.add_argument(
+        "--mlp-hidden-layers",
+        type=int,
+        default=0,
+        help="hidden layers of the segment embedding and projection (0: linear, the official LLaMA script; the "
+        "official GPT-2 script, the small-LLM setting: 2)",
+    )
+    parser.add_argument("--mlp-hidden-dim", type=int, default=256, help="their width (the GPT-2 script: 512)")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up before the cosine decay")
     parser.add_argument("--patience", type=int, help="validations without improvement before stopping (default: none)")
     parser.add_argument(
@@ -573,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
             result["lr_scan"]["chosen"] = lr
         result["accuracy"], result["training"] = {}, {}
         for variant in args.variants:
-            checkpoint = None if checkpoints is None else checkpoints / f"{variant}-k{args.train_segments}-lr{lr:g}.pt"
+            mlp = f"-mlp{args.mlp_hidden_layers}x{args.mlp_hidden_dim}" if args.mlp_hidden_layers else ""
+            name = f"{variant}-k{args.train_segments}{mlp}-lr{lr:g}.pt"
+            checkpoint = None if checkpoints is None else checkpoints / name
             model, info = train_variant(
                 args, train_prepared, train_data, variant == "timestamps", lr, args.epochs, checkpoint
             )
