@@ -285,6 +285,7 @@ def train_variant(
         eval_batch_size=args.eval_batch_size,
         checkpoint=None if checkpoint is None else str(checkpoint),
         progress=args.progress,
+        autocast=args.autocast,
     )
     started = time.perf_counter()
     result = fit(
@@ -460,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         "official GPT-2 script, the small-LLM setting: 2)",
     )
     parser.add_argument("--mlp-hidden-dim", type=int, default=256, help="their width (the GPT-2 script: 512)")
+    parser.add_argument(
+        "--autocast",
+        choices=["none", "bf16"],
+        default="none",
+        help="bf16: training steps under bfloat16 autocast (the official scripts train with mixed precision)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up before the cosine decay")
     parser.add_argument("--patience", type=int, help="validations without improvement before stopping (default: none)")
     parser.add_argument(
@@ -588,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         result["accuracy"], result["training"] = {}, {}
         for variant in args.variants:
             mlp = f"-mlp{args.mlp_hidden_layers}x{args.mlp_hidden_dim}" if args.mlp_hidden_layers else ""
-            name = f"{variant}-k{args.train_segments}{mlp}-lr{lr:g}.pt"
+            bf16 = "-bf16" if args.autocast == "bf16" else ""
+            name = f"{variant}-k{args.train_segments}{mlp}{bf16}-lr{lr:g}.pt"
             checkpoint = None if checkpoints is None else checkpoints / name
             model, info = train_variant(
                 args, train_prepared, train_data, variant == "timestamps", lr, args.epochs, checkpoint

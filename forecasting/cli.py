@@ -97,6 +97,13 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
     group.add_argument(
+        "--autocast",
+        choices=["none", "bf16"],
+        default="none",
+        help="bf16: training forward passes under bfloat16 autocast (faster on GPUs and CPUs with AVX512-BF16; "
+        "weights, validation and the export stay fp32)",
+    )
+    group.add_argument(
         "--param",
         action="append",
         default=[],
@@ -134,6 +141,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         patience=args.patience,
         seed=args.seed,
         device=args.device,
+        autocast=args.autocast,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -133,3 +133,22 @@ def test_a_checkpointed_run_resumes_where_it_stopped(tmp_path) -> None:
     assert task.ended == [] and again.best_epoch == straight.best_epoch
     with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 then, 0.02 now\)"):
         fit(lambda device: LineTask(nn.Linear(1, 1)), TrainConfig(**{**resumable.__dict__, "lr": 0.02}))
+
+
+def test_bf16_autocast_covers_training_steps_not_validation() -> None:
+    """autocast "bf16": the training forward's products in bfloat16, the weights and validation in float32."""
+    seen: dict[str, set[torch.dtype]] = {"train": set(), "eval": set()}
+    model = nn.Linear(1, 1)
+    # training steps run with gradients, validation (LineTask.validate) without
+    model.register_forward_hook(lambda m, _, out: seen["train" if torch.is_grad_enabled() else "eval"].add(out.dtype))
+    cfg = TrainConfig(epochs=12, batch_size=16, lr=0.1, autocast="bf16", progress=False, device="cpu")
+    before = LineTask(model).validate(Replica(None, torch.device("cpu")))
+    _, report = fit(lambda device: LineTask(model), cfg, Selection("mse"))
+    assert seen == {"train": {torch.bfloat16}, "eval": {torch.float32}}
+    assert before is not None and model.weight.dtype == torch.float32
+    assert report.best_validation["mse"] < before["mse"] / 10  # it still learns y = 2x
+    seen["train"].clear()
+    fit(lambda device: LineTask(model), replace(cfg, autocast="none"), Selection("mse"))
+    assert seen["train"] == {torch.float32}
+    with pytest.raises(ValueError, match="autocast must be 'none' or 'bf16'"):
+        TrainConfig(autocast="fp16")  # type: ignore[arg-type]
