@@ -231,32 +231,26 @@ def score(pred: np.ndarray, values: np.ndarray, index: np.ndarray) -> dict[str, 
 
 
 def baselines(prepared: PreparedData, data: DataConfig, index: np.ndarray) -> dict[str, Any]:
-    """What a user would pick instead, on exactly the test windows AutoTimes is scored on: last value, seasonal
-    naive (the last 24 hours repeated) and the leaderboard's ``linear`` (options and ridge penalty chosen on
-    validation, 672 values to the next 96, rolled out by sliding its window as served)."""
-    from leaderboard import Task, linear_on_validation
+    """What a user would pick instead, on exactly the test windows AutoTimes is scored on: the ``naive``,
+    ``seasonal_naive`` and ``linear`` model kinds as the leaderboard fits them (linear: options and ridge penalty
+    chosen on validation, 672 values to the next 96), each rolled out by its torch model as served."""
+    from leaderboard import CLOSED_FORM, Task, linear_on_validation, timed_train
 
     from forecasting.export import torch_forecast
 
     values = prepared.test.values
     horizon = max(HORIZONS)
-    context = np.stack([values[i : i + LOOKBACK] for i in index])  # scaled (windows, 672, C)
-    period = 24
-    out: dict[str, Any] = {
-        "naive": score(np.repeat(context[:, -1:], horizon, axis=1), values, index),
-        "seasonal_naive": score(np.tile(context[:, -period:], (1, -(-horizon // period), 1)), values, index),
-    }
-    started = time.perf_counter()
+    raw = prepared.scaler.inverse(np.stack([values[i : i + LOOKBACK] for i in index]))  # (windows, 672, C)
     task = Task("autotimes", data.dataset, data.features, horizon, LOOKBACK, train_horizon=SEGMENT)
-    trained = linear_on_validation(task, data)
-    raw = prepared.scaler.inverse(context)
-    pred = np.concatenate([torch_forecast(trained.run, raw[i : i + 256], horizon) for i in range(0, len(raw), 256)])
-    out["linear"] = {
-        **score(prepared.scaler.transform(pred), values, index),
-        "chosen": trained.details["chosen"],
-        "alpha": trained.details["alpha"],
-        "seconds": time.perf_counter() - started,
-    }
+    out: dict[str, Any] = {}
+    for kind in ("naive", "seasonal_naive", "linear"):
+        started = time.perf_counter()
+        trained = linear_on_validation(task, data) if kind == "linear" else None
+        run = trained.run if trained else timed_train(kind, data, {}, CLOSED_FORM, prepared=prepared)[0]
+        pred = np.concatenate([torch_forecast(run, raw[i : i + 256], horizon) for i in range(0, len(raw), 256)])
+        out[kind] = {**score(prepared.scaler.transform(pred), values, index), "seconds": time.perf_counter() - started}
+        if trained:
+            out[kind].update(chosen=trained.details["chosen"], alpha=trained.details["alpha"])
     return out
 
 
@@ -391,6 +385,13 @@ def export_and_check(model: AutoTimes, prepared: PreparedData, data: DataConfig,
 # --- main ----------------------------------------------------------------------------------------------------
 
 
+def table_row(name: str, scored: dict[str, Any]) -> str:
+    """One markdown row: MSE/MAE at each horizon, then their average."""
+    cells = [f"{scored['per_horizon'][str(h)]['mse']:.3f}/{scored['per_horizon'][str(h)]['mae']:.3f}" for h in HORIZONS]
+    avg = scored["average"]
+    return f"| {name} | " + " | ".join(cells) + f" | {avg['mse']:.3f}/{avg['mae']:.3f} |"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = []
     speed = result.get("speed", {})
@@ -403,16 +404,8 @@ def markdown(result: dict[str, Any]) -> str:
     if acc:
         lines += ["", "| ETTh1 (scaled) | " + " | ".join(f"{h}" for h in HORIZONS) + " | average |"]
         lines.append("|---" * (len(HORIZONS) + 2) + "|")
-        for name, a in acc.items():
-            cells = [f"{a['per_horizon'][str(h)]['mse']:.3f}/{a['per_horizon'][str(h)]['mae']:.3f}" for h in HORIZONS]
-            avg = a["average"]
-            lines.append(
-                f"| AutoTimes SmolLM2, {name} | " + " | ".join(cells) + f" | {avg['mse']:.3f}/{avg['mae']:.3f} |"
-            )
-        for name, a in result.get("baselines", {}).items():  # the same test windows
-            cells = [f"{a['per_horizon'][str(h)]['mse']:.3f}/{a['per_horizon'][str(h)]['mae']:.3f}" for h in HORIZONS]
-            avg = a["average"]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg['mse']:.3f}/{avg['mae']:.3f} |")
+        lines += [table_row(f"AutoTimes SmolLM2, {name}", a) for name, a in acc.items()]
+        lines += [table_row(name, a) for name, a in result.get("baselines", {}).items()]  # the same test windows
         paper = [f"{PAPER_PER_HORIZON[h][0]:.3f}/{PAPER_PER_HORIZON[h][1]:.3f}" for h in HORIZONS]
         lines.append("| AutoTimes LLaMA-7B (paper) | " + " | ".join(paper) + " | 0.389/0.422 |")
     for target, found in result.get("in_context", {}).items():
@@ -421,12 +414,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {target} (scaled MSE/MAE), trained on ETTh1 | " + " | ".join(map(str, HORIZONS)) + " | average |",
         ]
         lines.append("|---" * (len(HORIZONS) + 2) + "|")
-        for name in ("zero-shot", "in-context", "linear (trained on it)"):
-            a = found[name]
-            cells = [f"{a['per_horizon'][str(h)]['mse']:.3f}/{a['per_horizon'][str(h)]['mae']:.3f}" for h in HORIZONS]
-            lines.append(
-                f"| {name} | " + " | ".join(cells) + f" | {a['average']['mse']:.3f}/{a['average']['mae']:.3f} |"
-            )
+        lines += [table_row(name, found[name]) for name in ("zero-shot", "in-context", "linear (trained on it)")]
     return "\n".join(lines)
 
 
