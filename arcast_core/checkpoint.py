@@ -47,6 +47,12 @@ def _settings(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MAY_CHANGE}
 
 
+def _defaults(cfg: Any) -> dict[str, Any]:
+    """The settings' defaults: what a checkpoint written before a setting existed trained with."""
+    fields = dataclasses.fields(cfg)
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING and f.name not in MAY_CHANGE}
+
+
 # Where tasks keep their own random generator (the batches' order, negative samples): numpy or torch.
 TASK_RNG_NAMES = ("rng", "generator")
 
@@ -109,7 +115,7 @@ class Checkpoint:
         payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by ``save``
         if payload.get("format") != FORMAT:
             raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, this code reads {FORMAT}")
-        saved, now = payload["settings"], _settings(self.cfg)
+        saved, now = _defaults(self.cfg) | payload["settings"], _settings(self.cfg)
         changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed)

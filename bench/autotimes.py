@@ -202,24 +202,26 @@ def evaluate(
     batch_size: int,
     rollout: str,
     prompt: np.ndarray | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Roll out 8 segments (``growing`` or ``sliding``) from each chosen test window; score each horizon on the
-    windows it fits in. ``prompt`` (P, C) scaled values: placed before every lookback (in-context forecasting)."""
-    test = prepared.test
+    """Roll out 8 segments (``growing`` or ``sliding``) from each chosen window of ``split`` (``test`` or ``val``);
+    score each horizon on the windows it fits in. ``prompt`` (P, C) scaled values: placed before every lookback
+    (in-context forecasting)."""
+    windows: WindowDataset = getattr(prepared, split)
     n_blocks = -(-max(HORIZONS) // SEGMENT)
     preds = []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
-            batch = test.batch(index[start : start + batch_size])
+            batch = windows.batch(index[start : start + batch_size])
             prompts = None if prompt is None else torch.from_numpy(prompt).expand(len(batch["x"]), -1, -1)
             mode = check_rollout(rollout)
             preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"], rollout=mode, prompt=prompts).numpy())
-    return score(np.concatenate(preds), prepared.test.values, index)
+    return score(np.concatenate(preds), windows.values, index)
 
 
 def score(pred: np.ndarray, values: np.ndarray, index: np.ndarray) -> dict[str, Any]:
-    """Scaled MSE/MAE of forecasts ``pred`` (windows, >= 720, C) made at test windows ``index`` of ``values`` (the
+    """Scaled MSE/MAE of forecasts ``pred`` (windows, >= 720, C) made at windows ``index`` of ``values`` (the
     scaled split, lookback rows included), each horizon on the windows it fits in, and their average."""
     per_horizon = {}
     for h in HORIZONS:
@@ -252,6 +254,24 @@ def baselines(prepared: PreparedData, data: DataConfig, index: np.ndarray) -> di
         if trained:
             out[kind].update(chosen=trained.details["chosen"], alpha=trained.details["alpha"])
     return out
+
+
+def choose_rollout(
+    model: AutoTimes, prepared: PreparedData, args: argparse.Namespace, variant: str, result: dict, out: Path
+) -> str:
+    """The rollout with the lowest average validation MSE over every ``--val-stride``-th validation window,
+    each of ``--rollouts`` scored there as on test; the scores and the choice go into ``result``."""
+    index = choose(len(prepared.val), args.val_stride, None, args.seed + 3)
+    scores = result.setdefault("validation", {})
+    for rollout in args.rollouts:
+        started = time.perf_counter()
+        scores[f"{variant}, {rollout}"] = evaluate(model, prepared, index, args.eval_batch_size, rollout, split="val")
+        scores[f"{variant}, {rollout}"].update(eval_seconds=time.perf_counter() - started, val_windows=len(index))
+        save(result, out)
+    chosen = min(args.rollouts, key=lambda r: scores[f"{variant}, {r}"]["average"]["mse"])
+    result.setdefault("rollout_choice", {})[variant] = {"chosen": chosen, "val_stride": args.val_stride}
+    save(result, out)
+    return chosen
 
 
 def train_variant(
@@ -322,7 +342,7 @@ def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[
     prepared = prepare_data(data)
     index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
     prompt = np.ascontiguousarray(prepared.train.values[: args.prompt_segments * SEGMENT][None], dtype=np.float32)
-    rollout = args.rollouts[0]
+    rollout = model.config.rollout if args.val_stride else args.rollouts[0]  # the validation's choice, if made
     out: dict[str, Any] = {"rollout": rollout, "prompt_segments": args.prompt_segments}
     for name, p in (("zero-shot", None), ("in-context", prompt)):
         started = time.perf_counter()
@@ -408,6 +428,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [table_row(name, a) for name, a in result.get("baselines", {}).items()]  # the same test windows
         paper = [f"{PAPER_PER_HORIZON[h][0]:.3f}/{PAPER_PER_HORIZON[h][1]:.3f}" for h in HORIZONS]
         lines.append("| AutoTimes LLaMA-7B (paper) | " + " | ".join(paper) + " | 0.389/0.422 |")
+    validation = result.get("validation", {})
+    if validation:
+        lines += ["", "| ETTh1 validation (scaled) | " + " | ".join(f"{h}" for h in HORIZONS) + " | average |"]
+        lines.append("|---" * (len(HORIZONS) + 2) + "|")
+        lines += [table_row(f"AutoTimes SmolLM2, {name}", a) for name, a in validation.items()]
+        lines += [f"Chosen on validation: {v}: {c['chosen']}" for v, c in result.get("rollout_choice", {}).items()]
     for target, found in result.get("in_context", {}).items():
         lines += [
             "",
@@ -469,6 +495,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rollouts", nargs="+", choices=ROLLOUTS, default=list(ROLLOUTS), help="rollouts scored on the test windows"
     )
     parser.add_argument(
+        "--val-stride",
+        type=int,
+        help="also roll out every one of --rollouts from every n-th validation window and score it there, each "
+        "horizon as on test; the lowest validation average MSE is the rollout chosen (recorded as rollout_choice) "
+        "and the one the --onnx export serves by default",
+    )
+    parser.add_argument(
         "--in-context",
         nargs="+",
         default=[],
@@ -484,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-windows", type=int, default=4, help="test windows per speed run (x channels)")
     parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--skip-accuracy", action="store_true", help="the speed comparison only")
+    parser.add_argument(
+        "--skip-test",
+        action="store_true",
+        help="train (or resume a finished checkpoint), then only --val-stride's choice and --in-context: no ETTh1 "
+        "test scoring and no baselines (for a finished run whose test figures are in its own file)",
+    )
     parser.add_argument("--onnx", action="store_true", help="also export, check parity and time onnxruntime")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all usable cores)")
     parser.add_argument("--seed", type=int, default=0)
@@ -563,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     plain_model = None
     if not args.skip_accuracy:
         test_index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
-        result["baselines"] = baselines(prepared, data, test_index)
+        if not args.skip_test:
+            result["baselines"] = baselines(prepared, data, test_index)
         save(result, out)
         train_data = replace(data, horizon=args.train_segments * SEGMENT)
         train_prepared = prepared if args.train_segments == 1 else prepare_data(train_data)
@@ -590,7 +630,10 @@ def main(argv: list[str] | None = None) -> int:
                 args, train_prepared, train_data, variant == "timestamps", lr, args.epochs, checkpoint
             )
             result["training"][variant] = info
-            for rollout in args.rollouts:
+            if args.val_stride:
+                chosen = choose_rollout(model, prepared, args, variant, result, out)
+                model.config = replace(model.config, rollout=chosen)  # what the --onnx export serves
+            for rollout in [] if args.skip_test else args.rollouts:
                 started = time.perf_counter()
                 scored = evaluate(model, prepared, test_index, args.eval_batch_size, rollout)
                 scored["eval_seconds"] = time.perf_counter() - started

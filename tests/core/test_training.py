@@ -135,6 +135,22 @@ def test_a_checkpointed_run_resumes_where_it_stopped(tmp_path) -> None:
         fit(lambda device: LineTask(nn.Linear(1, 1)), TrainConfig(**{**resumable.__dict__, "lr": 0.02}))
 
 
+def test_a_checkpoint_older_than_a_setting_resumes_at_that_settings_default(tmp_path) -> None:
+    """A setting added after a checkpoint was written (``autocast`` came after runs were checkpointed) reads as
+    its default: the finished run is returned as it was, and asking for another value is refused by name."""
+    path = tmp_path / "run.pt"
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, patience=2, progress=False, device="cpu", checkpoint=str(path))
+    _, done = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+    payload = torch.load(path, weights_only=False)
+    del payload["settings"]["autocast"]  # as written before the setting existed
+    torch.save(payload, path)
+
+    task, again = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+    assert task.ended == [] and again.best_epoch == done.best_epoch
+    with pytest.raises(ValueError, match=r"other settings \(autocast: 'none' then, 'bf16' now\)"):
+        fit(lambda device: LineTask(nn.Linear(1, 1)), TrainConfig(**{**cfg.__dict__, "autocast": "bf16"}))
+
+
 def test_bf16_autocast_covers_training_steps_not_validation() -> None:
     """autocast "bf16": the training forward's products in bfloat16, the weights and validation in float32."""
     seen: dict[str, set[torch.dtype]] = {"train": set(), "eval": set()}
