@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-test",
         action="store_true",
         help="train (or resume a finished checkpoint), then only --val-stride's choice and --in-context: no ETTh1 "
-        "test scoring and no baselines (for a finished run whose test figures are in its own file)",
+        "test scoring, no baselines, no speed runs; added to the run's --out file when it exists",
     )
     parser.add_argument("--onnx", action="store_true", help="also export, check parity and time onnxruntime")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all usable cores)")
@@ -590,14 +590,19 @@ def main(argv: list[str] | None = None) -> int:
     # 1. speed: the rollout's cost does not depend on the head's weights
     speed_model = new_model(args, data, prepared.n_channels, timestamps=False)
     speed_index = np.arange(args.speed_windows) * 97
-    x = prepared.test.batch(speed_index)["x"]
-    result["speed"] = {
-        f"torch, {len(speed_index)} windows x {prepared.n_channels} channels": speed_torch(
-            speed_model, x, args.speed_repeats
-        )
-    }
-    save(result, out)
-    print(markdown(result), flush=True)
+    if args.skip_test and out.is_file():  # the finished run's file gains the validation choice and in-context
+        finished = json.loads(out.read_text())
+        finished.setdefault("added_by", []).append(result["command"])
+        result = finished
+    else:
+        x = prepared.test.batch(speed_index)["x"]
+        result["speed"] = {
+            f"torch, {len(speed_index)} windows x {prepared.n_channels} channels": speed_torch(
+                speed_model, x, args.speed_repeats
+            )
+        }
+        save(result, out)
+        print(markdown(result), flush=True)
 
     plain_model = None
     if not args.skip_accuracy:
@@ -620,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                 save(result, out)
             lr = float(min(scan, key=lambda r: scan[r]))
             result["lr_scan"]["chosen"] = lr
-        result["accuracy"], result["training"] = {}, {}
+        result.setdefault("accuracy", {})
+        result.setdefault("training", {})
         for variant in args.variants:
             mlp = f"-mlp{args.mlp_hidden_layers}x{args.mlp_hidden_dim}" if args.mlp_hidden_layers else ""
             bf16 = "-bf16" if args.autocast == "bf16" else ""
@@ -629,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
             model, info = train_variant(
                 args, train_prepared, train_data, variant == "timestamps", lr, args.epochs, checkpoint
             )
-            result["training"][variant] = info
+            if not (args.skip_test and variant in result["training"]):  # keep the finished run's own record
+                result["training"][variant] = info
             if args.val_stride:
                 chosen = choose_rollout(model, prepared, args, variant, result, out)
                 model.config = replace(model.config, rollout=chosen)  # what the --onnx export serves

@@ -110,3 +110,32 @@ def test_the_width_search_starts_from_the_trials_finished_rows_record(leaderboar
     task = leaderboard.protocol_tasks("informer")[0]
     choice, search = leaderboard.informer_choice(task, False, 2, None, tmp_path, known)
     assert choice == {"d_model": 64, "e_layers": 1, "lr": 2e-3} and len(search["trials"]) == 2
+
+
+def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leaderboard, tmp_path: Path) -> None:
+    """Of several bench/autotimes.py runs, the lowest training validation MSE gives the rows, scored with the rollout
+    that run chose on validation (the export default where it chose none); a run without that score is passed over."""
+
+    def run(name: str, val: float, mse: dict[str, float], choice: str | None = None) -> Path:
+        cells = {r: {"per_horizon": {"96": {"mse": m, "mae": m, "windows": 10}}} for r, m in mse.items()}
+        doc = {
+            "command": f"bench/autotimes.py --out {name}",
+            "bounds": {"epochs": 3, "train_stride": 2, "test_stride": 1},
+            "training": {"plain": {"fit": {"best_val_loss": val}, "train_seconds": 7200.0}},
+            "accuracy": {f"plain, {r}": c for r, c in cells.items()},
+        }
+        if choice:
+            doc["rollout_choice"] = {"plain": {"chosen": choice, "val_stride": 4}}
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        return path
+
+    worse = run("a.json", 0.9, {"growing": 0.50, "sliding": 0.49})
+    better = run("b.json", 0.8, {"growing": 0.45, "sliding": 0.44}, choice="sliding")
+    unscored = run("c.json", 0.7, {"growing": 0.40}, choice="sliding")  # chose sliding, never scored it on test
+    assert leaderboard.autotimes_choice([worse, better, unscored]) == (better, "plain, sliding")
+    assert leaderboard.autotimes_choice([worse, tmp_path / "missing.json"]) == (worse, "plain, growing")
+    (row,) = leaderboard.autotimes_rows([worse, better, unscored])
+    assert (row["horizon"], row["mse"], row["command"]) == (96, 0.44, "bench/autotimes.py --out b.json")
+    assert row["reduced"] and "every 2nd training window, every test window" in row["reduced_reasons"][0]
+    assert leaderboard.autotimes_rows([tmp_path / "missing.json"]) == []
