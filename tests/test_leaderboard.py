@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -113,29 +114,40 @@ def test_the_width_search_starts_from_the_trials_finished_rows_record(leaderboar
 
 
 def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leaderboard, tmp_path: Path) -> None:
-    """Of several bench/autotimes.py runs, the lowest training validation MSE gives the rows, scored with the rollout
-    that run chose on validation (the export default where it chose none); a run without that score is passed over."""
+    """Of several bench/autotimes.py runs, the rows are the test scores of the rollout a run chose on validation,
+    from the run whose choice scored lowest there; a run that did not choose, or never scored its choice on test,
+    is passed over, and runs that chose on different validation windows are refused."""
 
-    def run(name: str, val: float, mse: dict[str, float], choice: str | None = None) -> Path:
-        cells = {r: {"per_horizon": {"96": {"mse": m, "mae": m, "windows": 10}}} for r, m in mse.items()}
+    def run(name: str, test: dict[str, float], val: dict[str, float], choice: str | None, stride: int = 4) -> Path:
+        def cells(mse: dict[str, float]) -> dict[str, Any]:
+            return {
+                f"plain, {r}": {"per_horizon": {"96": {"mse": m, "mae": m, "windows": 10}}, "average": {"mse": m}}
+                for r, m in mse.items()
+            }
+
         doc = {
             "command": f"bench/autotimes.py --out {name}",
             "bounds": {"epochs": 3, "train_stride": 2, "test_stride": 1},
-            "training": {"plain": {"fit": {"best_val_loss": val}, "train_seconds": 7200.0}},
-            "accuracy": {f"plain, {r}": c for r, c in cells.items()},
+            "training": {"plain": {"fit": {"best_val_loss": 0.5}, "train_seconds": 7200.0}},
+            "accuracy": cells(test),
+            "validation": cells(val),
         }
         if choice:
-            doc["rollout_choice"] = {"plain": {"chosen": choice, "val_stride": 4}}
+            doc["rollout_choice"] = {"plain": {"chosen": choice, "val_stride": stride}}
         path = tmp_path / name
         path.write_text(json.dumps(doc))
         return path
 
-    worse = run("a.json", 0.9, {"growing": 0.50, "sliding": 0.49})
-    better = run("b.json", 0.8, {"growing": 0.45, "sliding": 0.44}, choice="sliding")
-    unscored = run("c.json", 0.7, {"growing": 0.40}, choice="sliding")  # chose sliding, never scored it on test
-    assert leaderboard.autotimes_choice([worse, better, unscored]) == (better, "plain, sliding")
-    assert leaderboard.autotimes_choice([worse, tmp_path / "missing.json"]) == (worse, "plain, growing")
-    (row,) = leaderboard.autotimes_rows([worse, better, unscored])
-    assert (row["horizon"], row["mse"], row["command"]) == (96, 0.44, "bench/autotimes.py --out b.json")
+    worse = run("a.json", {"growing": 0.50, "sliding": 0.49}, {"growing": 1.3, "sliding": 1.2}, "sliding")
+    better = run("b.json", {"growing": 0.45, "sliding": 0.47}, {"growing": 1.1, "sliding": 1.15}, "growing")
+    untested = run("c.json", {"growing": 0.40}, {"growing": 1.0, "sliding": 0.9}, "sliding")  # sliding not on test
+    unchosen = run("d.json", {"growing": 0.30}, {"growing": 0.5}, None)
+    assert leaderboard.autotimes_choice([worse, better, untested, unchosen]) == (better, "plain, growing")
+    assert leaderboard.autotimes_choice([worse, tmp_path / "missing.json"]) == (worse, "plain, sliding")
+    (row,) = leaderboard.autotimes_rows([worse, better, untested])
+    assert (row["horizon"], row["mse"], row["command"]) == (96, 0.45, "bench/autotimes.py --out b.json")
     assert row["reduced"] and "every 2nd training window, every test window" in row["reduced_reasons"][0]
-    assert leaderboard.autotimes_rows([tmp_path / "missing.json"]) == []
+    assert leaderboard.autotimes_rows([unchosen, tmp_path / "missing.json"]) == []
+    other_windows = run("e.json", {"growing": 0.3}, {"growing": 0.4}, "growing", stride=8)
+    with pytest.raises(ValueError, match="different validation windows"):
+        leaderboard.autotimes_choice([worse, other_windows])
