@@ -209,13 +209,13 @@ def evaluate(
     (in-context forecasting)."""
     windows: WindowDataset = getattr(prepared, split)
     n_blocks = -(-max(HORIZONS) // SEGMENT)
+    mode = check_rollout(rollout)
     preds = []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             batch = windows.batch(index[start : start + batch_size])
             prompts = None if prompt is None else torch.from_numpy(prompt).expand(len(batch["x"]), -1, -1)
-            mode = check_rollout(rollout)
             preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"], rollout=mode, prompt=prompts).numpy())
     return score(np.concatenate(preds), windows.values, index)
 
