@@ -27,12 +27,14 @@ Deviations, documented:
   its own values at every segment, one full forward pass over its ``n_segments`` tokens (no cache reused
   across segments), then the oldest segment dropped and the prediction appended; each window's tokens carry
   the timestamp embeddings of its own segments (the window moves one segment forward in time per step), so
-  the LLM only ever sees the positions it was trained at. ``growing`` (the default, kept for the artifacts
-  already exported) grows the context as an LLM generates: the lookback is processed once (prefill), each
-  predicted segment is appended as one more token (decode), the normalisation stays that of the lookback,
-  and rotary positions continue past training's (positions 8..14 at horizon 720). This is what makes a KV
-  cache possible; ``forecast(..., use_cache=False)`` recomputes the whole sequence at every step and gives
-  the same numbers (tested to 1e-4);
+  the LLM only ever sees the positions it was trained at; the default, since it scored better on ETTh1's
+  validation windows in both next-segment runs (bench/results/autotimes-recipe.json and -mlp.json).
+  ``growing`` (the default only for ``train_segments`` > 1, the rollout such a model is trained on; served
+  artifacts written before the choice existed mean it too) grows the context as an LLM generates: the
+  lookback is processed once (prefill), each predicted segment is appended as one more token (decode), the
+  normalisation stays that of the lookback, and rotary positions continue past training's (positions 8..14
+  at horizon 720). This is what makes a KV cache possible; ``forecast(..., use_cache=False)`` recomputes the
+  whole sequence at every step and gives the same numbers (tested to 1e-4);
 - in-context prompts are normalised with their own statistics (the official code normalises prompt and
   lookback together, which only makes sense when both come from one series); prompt tokens get no timestamp
   embedding;
@@ -94,8 +96,9 @@ class AutoTimesConfig:
     linear segment embedding/projection, else the number of hidden layers (of ``mlp_hidden_dim``) in each.
     timestamps: add the timestamp text embeddings ("mix_embeds"). freq / time_start / time_rows: the training
     data's timeline (a regular grid), set when the model is bound to its data. rollout: how ``forecast`` goes
-    past one segment by default (and what an export serves by default): ``growing`` (KV cache, the context
-    grows) or ``sliding`` (the official loop: fixed window, re-normalised every segment); see the module.
+    past one segment by default (and what an export serves by default): ``sliding`` (the official loop: fixed
+    window, re-normalised every segment) or ``growing`` (KV cache, the context grows); see the module. None
+    picks ``sliding``, or ``growing`` where ``train_segments`` > 1.
     train_segments: segments past the lookback in each training window (the data's horizon is this many
     segments). 1 is the paper's next-segment training; k > 1 extends every window k - 1 segments past the
     lookback, teacher-forced with the lookback's statistics at the positions after it, exactly as the growing
@@ -114,13 +117,15 @@ class AutoTimesConfig:
     time_start: str | None = None  # ISO timestamp of the timeline's first row
     time_rows: int = 0
     template: str = TEMPLATE
-    rollout: Rollout = "growing"
+    rollout: Rollout | None = None
     train_segments: int = 1
 
     def __post_init__(self) -> None:
-        check_rollout(self.rollout)
         if self.train_segments < 1:
             raise ValueError(f"train_segments must be at least 1, got {self.train_segments}")
+        if self.rollout is None:
+            self.rollout = "growing" if self.train_segments > 1 else "sliding"
+        check_rollout(self.rollout)
         if self.segment < 1 or self.context_length < self.segment or self.context_length % self.segment:
             raise ValueError(
                 f"the lookback ({self.context_length}) must be a positive multiple of the segment ({self.segment})"
@@ -607,8 +612,9 @@ class AutoTimes(ForecastModel):
         return from_segments(self.decode(hidden), b) * std + mean
 
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The served rollout over the ``train_segments`` segments a training window carries."""
-        return self.forecast(batch["x"], self.config.train_segments, batch.get("x_mark"))
+        """The rollout trained over the ``train_segments`` segments a training window carries (validation's)."""
+        k = self.config.train_segments
+        return self.forecast(batch["x"], k, batch.get("x_mark"), rollout="growing" if k > 1 else None)
 
     def loss(self, batch: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
         """Next-segment MSE on every position: inputs segments 1..S+k-1 of x || y, targets segments 2..S+k."""

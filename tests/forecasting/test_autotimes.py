@@ -213,7 +213,11 @@ def test_training_past_the_lookback_is_the_growing_rollout_teacher_forced(
     torch.testing.assert_close(every[:, -2 * SEGMENT :], forced, atol=1e-4, rtol=1e-4)
     target = torch.cat([x[:, SEGMENT:], y], dim=1)
     torch.testing.assert_close(loss, torch.nn.functional.mse_loss(every, target))
-    torch.testing.assert_close(served, model.forecast(x, 2, batch["x_mark"]))  # validation: the free rollout
+    torch.testing.assert_close(served, model.forecast(x, 2, batch["x_mark"], rollout="growing"))  # the free rollout
+    assert model.config.rollout == "growing"  # the default where training runs past the lookback
+    model.config = dataclasses.replace(model.config, rollout="sliding")  # served sliding: validated as trained
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(batch), served)
     with pytest.raises(ValueError, match="must be train_segments"):
         build_model("autotimes", params, data_facts(dataclasses.replace(config, horizon=SEGMENT + 1), 7))
 
@@ -287,15 +291,19 @@ def test_sliding_rollout_equals_the_official_loop(tiny_llm: str, small_slice: Pa
     with torch.no_grad():
         sliding = model.forecast(batch["x"], 5, batch["x_mark"], rollout="sliding")
         expected = reference_sliding(model, batch["x"], rows, 5)
-        growing = model.forecast(batch["x"], 5, batch["x_mark"])
-        by_config = tiny_model(tiny_llm, small_slice, rollout="sliding")
+        growing = model.forecast(batch["x"], 5, batch["x_mark"], rollout="growing")
+        default = model.forecast(batch["x"], 5, rows=rows)
+        by_config = tiny_model(tiny_llm, small_slice, rollout="growing")
         by_config.load_state_dict(model.state_dict())
-        default_sliding = by_config.forecast(batch["x"], 5, rows=rows)
+        default_growing = by_config.forecast(batch["x"], 5, rows=rows)
         prompt = batch["x"][:, : 2 * SEGMENT] * 0.5
         with_prompt = model.forecast(batch["x"], 2, rows=rows, prompt=prompt, rollout="sliding")
     assert sliding.shape == (3, 5 * SEGMENT, 7)
     torch.testing.assert_close(sliding, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(default_sliding, sliding, atol=0, rtol=0)
+    torch.testing.assert_close(default, sliding, atol=0, rtol=0)  # sliding is the default...
+    torch.testing.assert_close(default_growing, growing, atol=0, rtol=0)  # ...unless the config says growing
+    assert AutoTimesConfig(timestamps=False).rollout == "sliding"
+    assert AutoTimesConfig(timestamps=False, train_segments=2).rollout == "growing"  # the rollout it trains
     torch.testing.assert_close(sliding[:, :SEGMENT], growing[:, :SEGMENT], atol=1e-5, rtol=0)  # same first window
     assert (sliding[:, SEGMENT:] - growing[:, SEGMENT:]).abs().max() > 1e-2  # then they part
     assert not torch.allclose(with_prompt, sliding[:, : 2 * SEGMENT])
@@ -388,7 +396,11 @@ def test_training_leaves_the_llm_unchanged_and_saves_only_the_head(trained, tmp_
 def exported(trained, tmp_path_factory: pytest.TempPathFactory):
     run, _, plain = trained
     store = tmp_path_factory.mktemp("store")
-    return export_run(run, store, "etth1-autotimes"), export_run(plain, store, "etth1-autotimes-plain")
+    # The KV-cache artifacts (the models' own default is sliding: exported_sliding below).
+    return (
+        export_run(run, store, "etth1-autotimes", rollout="growing"),
+        export_run(plain, store, "etth1-autotimes-plain", rollout="growing"),
+    )
 
 
 def test_export_parity_and_manifest(exported) -> None:
@@ -440,7 +452,8 @@ def test_served_forecast_matches_torch_on_real_windows(trained, exported, horizo
     served = KVCacheModel.load(read_artifact(exported[0].path), intra_op_threads=1)
     raw, stamps, rows, scaler = _test_windows(run, np.array([0, 17, 40]), horizon)
     with torch.no_grad():
-        expected = run.model.forecast(torch.from_numpy(scaler.transform(raw)), -(-horizon // SEGMENT), rows=rows)
+        scaled = torch.from_numpy(scaler.transform(raw))
+        expected = run.model.forecast(scaled, -(-horizon // SEGMENT), rows=rows, rollout="growing")
     actual = served.forecast(raw, horizon, stamps)
     assert actual.shape == (3, horizon, 7)
     np.testing.assert_allclose(scaler.transform(actual), expected.numpy()[:, :horizon], atol=1e-4, rtol=0)
@@ -460,7 +473,7 @@ def test_served_sliding_matches_torch_sliding(trained, exported, io_binding: boo
     scaled = torch.from_numpy(scaler.transform(raw))
     with torch.no_grad():
         expected = run.model.forecast(scaled, 8, rows=rows, rollout="sliding").numpy()
-        growing = run.model.forecast(scaled, 8, rows=rows).numpy()
+        growing = run.model.forecast(scaled, 8, rows=rows, rollout="growing").numpy()
         with_prompt = run.model.forecast(
             scaled, 2, rows=rows, prompt=torch.from_numpy(scaler.transform(prompt)), rollout="sliding"
         ).numpy()
@@ -475,14 +488,14 @@ def test_served_sliding_matches_torch_sliding(trained, exported, io_binding: boo
 
 @pytest.fixture(scope="module")
 def exported_sliding(trained, tmp_path_factory: pytest.TempPathFactory):
-    return export_run(trained[0], tmp_path_factory.mktemp("store"), "etth1-autotimes-sliding", rollout="sliding")
+    return export_run(trained[0], tmp_path_factory.mktemp("store"), "etth1-autotimes-sliding")
 
 
-def test_export_sliding_serves_it_by_default(trained, exported_sliding) -> None:
+def test_export_serves_the_models_default_rollout_sliding(trained, exported_sliding) -> None:
     run = trained[0]
     m = exported_sliding.manifest
     assert isinstance(m.rollout, KVCacheRollout) and m.rollout.rollout == "sliding"
-    assert m.facts["model_config"]["rollout"] == "sliding" and run.model.config.rollout == "growing"
+    assert m.facts["model_config"]["rollout"] == "sliding" and run.model.config.rollout == "sliding"
     assert m.parity_details is not None and m.parity_details["rollout_mode"] == "sliding"
     assert "torch_cache_vs_recompute" not in m.parity_details
     assert m.parity["rms_ratio_step_worst"] <= STEP_RMS_FACTOR
@@ -565,7 +578,11 @@ def test_served_prompt_and_refusals(trained, exported) -> None:
     prompt = raw[:, -2 * SEGMENT :][::-1].copy()
     with torch.no_grad():
         expected = run.model.forecast(
-            torch.from_numpy(scaler.transform(raw)), 2, rows=rows, prompt=torch.from_numpy(scaler.transform(prompt))
+            torch.from_numpy(scaler.transform(raw)),
+            2,
+            rows=rows,
+            prompt=torch.from_numpy(scaler.transform(prompt)),
+            rollout="growing",
         )
     actual = served.forecast(raw, 192, stamps, prompt=prompt)
     np.testing.assert_allclose(scaler.transform(actual), expected.numpy(), atol=1e-4, rtol=0)
