@@ -32,7 +32,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -323,17 +322,13 @@ def train_variant(
 
 
 def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[str, Any]:
-    """Zero-shot against in-context forecasting on ``target``, a dataset the model was not trained on, beside the
-    ``linear`` model (options and penalty chosen on validation, as the leaderboard's) trained on ``target``.
+    """Zero-shot against in-context forecasting on ``target``, a dataset the model was not trained on, beside what
+    a user would pick instead on the same windows (``baselines``: last value, seasonal naive and the ``linear``
+    model trained on ``target``, options and penalty chosen on its validation split, as the leaderboard's).
 
     The prompt, as the official in-context loader: the first ``--prompt-segments`` segments of the target's own
     training split (each channel its own), placed before every lookback; all values on the target's scale.
     """
-    from leaderboard import Task, linear_on_validation
-
-    from forecasting.evaluate import evaluate_artifact
-    from forecasting.export import export_run
-
     if model.config.timestamps:
         raise ValueError("in-context forecasting on another dataset needs the plain variant (no timestamps)")
     data = DataConfig(
@@ -348,16 +343,8 @@ def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[
         started = time.perf_counter()
         out[name] = evaluate(model, prepared, index, args.eval_batch_size, rollout, p)
         out[name]["eval_seconds"] = time.perf_counter() - started
-    task = Task("autotimes", target, args.features, max(HORIZONS), LOOKBACK, train_horizon=SEGMENT)
-    trained = linear_on_validation(task, data)
-    with tempfile.TemporaryDirectory(prefix="autotimes-linear-") as store:
-        artifact = export_run(trained.run, store, "linear", max_horizon=max(HORIZONS))
-        per_horizon = {}
-        for h in HORIZONS:
-            report = evaluate_artifact(artifact.path, horizon=h, data_dir=args.data_dir, progress=False)
-            per_horizon[str(h)] = {"windows": report["windows"], **report["metrics"]["scaled"]}
-    average = {k: float(np.mean([per_horizon[str(h)][k] for h in HORIZONS])) for k in ("mse", "mae")}
-    out["linear (trained on it)"] = {"per_horizon": per_horizon, "average": average, "chosen": trained.details}
+    for kind, scored in baselines(prepared, data, index).items():
+        out[f"{kind} (trained on it)" if kind == "linear" else kind] = scored
     return out
 
 
@@ -440,7 +427,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {target} (scaled MSE/MAE), trained on ETTh1 | " + " | ".join(map(str, HORIZONS)) + " | average |",
         ]
         lines.append("|---" * (len(HORIZONS) + 2) + "|")
-        lines += [table_row(name, found[name]) for name in ("zero-shot", "in-context", "linear (trained on it)")]
+        names = ("zero-shot", "in-context", "naive", "seasonal_naive", "linear (trained on it)")
+        lines += [table_row(name, found[name]) for name in names if name in found]  # older runs: linear only
     return "\n".join(lines)
 
 
