@@ -338,7 +338,12 @@ def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[
     index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
     prompt = np.ascontiguousarray(prepared.train.values[: args.prompt_segments * SEGMENT][None], dtype=np.float32)
     rollout = model.config.rollout if args.val_stride else args.rollouts[0]  # the validation's choice, if made
-    out: dict[str, Any] = {"rollout": rollout, "prompt_segments": args.prompt_segments}
+    out: dict[str, Any] = {
+        "rollout": rollout,
+        "prompt_segments": args.prompt_segments,
+        "test_stride": args.test_stride,  # the target's test windows: every n-th (the run's own stride is ETTh1's)
+        "test_windows": len(index),
+    }
     for name, p in (("zero-shot", None), ("in-context", prompt)):
         started = time.perf_counter()
         out[name] = evaluate(model, prepared, index, args.eval_batch_size, rollout, p)
@@ -422,9 +427,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [table_row(f"AutoTimes SmolLM2, {name}", a) for name, a in validation.items()]
         lines += [f"Chosen on validation: {v}: {c['chosen']}" for v, c in result.get("rollout_choice", {}).items()]
     for target, found in result.get("in_context", {}).items():
+        windows = f", {found['test_windows']} test windows" if "test_windows" in found else ""
         lines += [
             "",
-            f"| {target} (scaled MSE/MAE), trained on ETTh1 | " + " | ".join(map(str, HORIZONS)) + " | average |",
+            f"| {target} (scaled MSE/MAE), trained on ETTh1{windows} | "
+            + " | ".join(map(str, HORIZONS))
+            + " | average |",
         ]
         lines.append("|---" * (len(HORIZONS) + 2) + "|")
         names = ("zero-shot", "in-context", "naive", "seasonal_naive", "linear (trained on it)")
