@@ -467,8 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         "--mlp-hidden-layers",
         type=int,
         default=0,
-        help="hidden layers of the segment embedding and projection (0: linear, the official LLaMA script; the "
-        "official GPT-2 script, the small-LLM setting: 2)",
+        help="hidden layers of the segment embedding and projection (0: linear, the official LLaMA script; 1: the "
+        "official GPT-2 script's, whose --mlp_hidden_layers 2 builds one hidden layer, as its MLP adds "
+        "hidden_layers - 2 between the first and the output)",
     )
     parser.add_argument("--mlp-hidden-dim", type=int, default=256, help="their width (the GPT-2 script: 512)")
     parser.add_argument(

@@ -93,7 +93,8 @@ class AutoTimesConfig:
 
     context_length: the lookback the model is trained at (a multiple of ``segment``); segment: values per
     token (96). backbone: a spec for ``forecasting.llm_backbone.load_backbone``. mlp_hidden_layers: 0 for
-    linear segment embedding/projection, else the number of hidden layers (of ``mlp_hidden_dim``) in each.
+    linear segment embedding/projection, else the number of hidden layers (of ``mlp_hidden_dim``) in each (the
+    official ``MLP`` class builds ``hidden_layers - 2`` middle layers, so its ``--mlp_hidden_layers 2`` is 1 here).
     timestamps: add the timestamp text embeddings ("mix_embeds"). freq / time_start / time_rows: the training
     data's timeline (a regular grid), set when the model is bound to its data. rollout: how ``forecast`` goes
     past one segment by default (and what an export serves by default): ``sliding`` (the official loop: fixed
