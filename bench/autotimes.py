@@ -337,7 +337,7 @@ def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[
     prepared = prepare_data(data)
     index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
     prompt = np.ascontiguousarray(prepared.train.values[: args.prompt_segments * SEGMENT][None], dtype=np.float32)
-    rollout = model.config.rollout if args.val_stride else args.rollouts[0]  # the validation's choice, if made
+    rollout = model.config.rollout  # the validation's choice (--val-stride), else the model's default
     out: dict[str, Any] = {
         "rollout": rollout,
         "prompt_segments": args.prompt_segments,
