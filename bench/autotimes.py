@@ -315,7 +315,8 @@ def train_variant(
         "train_windows": len(train_index),
         "val_windows": len(val_index),
         "fit": result.as_dict(),
-        "train_seconds": seconds,
+        "train_seconds": result.seconds,  # the training loop's, over every resume of its checkpoint
+        "call_seconds": seconds,  # this call's: near 0 where a finished checkpoint was resumed
         "timestamp_texts_embedded": stamps,
         "trainable": model.trainable_share(),
     }
