@@ -134,3 +134,12 @@ class Checkpoint:
         loop = payload["loop"]
         loop["history"] = [record(**r) for r in loop["history"]]
         return LoopState(**loop)
+
+
+def selected_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights a run's checkpoint at ``path`` selected on validation (its best state; the last epoch's where
+    no epoch was validated yet): what a later run starts from when it warm-starts from this one."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by ``save``
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, this code reads {FORMAT}")
+    return payload["loop"]["best_state"] or payload["model"]

@@ -43,6 +43,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from arcast_core.checkpoint import selected_weights  # noqa: E402
 from arcast_core.files import atomic_write_text  # noqa: E402
 from arcast_core.runtime import seed_everything  # noqa: E402
 from arcast_core.training import TrainConfig  # noqa: E402
@@ -109,6 +110,7 @@ def new_model(args: argparse.Namespace, data: DataConfig, channels: int, timesta
         "backbone": args.backbone,
         "timestamps": timestamps,
         "train_segments": data.horizon // SEGMENT,
+        "train_rollout": args.train_rollout,
         "mlp_hidden_layers": args.mlp_hidden_layers,
         "mlp_hidden_dim": args.mlp_hidden_dim,
     }
@@ -285,6 +287,8 @@ def train_variant(
     """Train one model on ``prepared`` (windows of ``train_segments`` segments past the lookback)."""
     seed_everything(args.seed)
     model = new_model(args, data, prepared.n_channels, timestamps)
+    if args.init_from:  # a resumed checkpoint of this run replaces these weights with its own
+        model.load_state_dict(selected_weights(Path(args.init_from)))
     train_index = choose(len(prepared.train), args.train_stride, args.max_train_windows, args.seed)
     val_index = choose(len(prepared.val), args.train_stride, args.max_val_windows, args.seed + 1)
     cfg = TrainConfig(
@@ -312,6 +316,8 @@ def train_variant(
     return model, {
         "lr": lr,
         "train_segments": model.config.train_segments,
+        "train_rollout": model.config.train_rollout,
+        "init_from": args.init_from,
         "train_windows": len(train_index),
         "val_windows": len(val_index),
         "fit": result.as_dict(),
@@ -462,7 +468,21 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="segments past the lookback per training window (1: the paper's next-segment training; k > 1 trains "
-        "the growing rollout teacher-forced over k segments, and validates that rollout)",
+        "the rollout --train-rollout names over k segments, and validates that rollout)",
+    )
+    parser.add_argument(
+        "--train-rollout",
+        choices=ROLLOUTS,
+        default="growing",
+        help="with --train-segments k > 1, the rollout trained: growing (teacher-forced past the lookback with the "
+        "lookback's statistics) or sliding (the official loop run free for k segments, the model's own predictions "
+        "in its windows, the gradient through them)",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from the weights another run of this benchmark selected (a file of its --checkpoint-dir, same "
+        "map shape), e.g. to fine-tune a next-segment model on a k-segment rollout",
     )
     parser.add_argument(
         "--mlp-hidden-layers",
@@ -628,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             mlp = f"-mlp{args.mlp_hidden_layers}x{args.mlp_hidden_dim}" if args.mlp_hidden_layers else ""
             bf16 = "-bf16" if args.autocast == "bf16" else ""
-            name = f"{variant}-k{args.train_segments}{mlp}{bf16}-lr{lr:g}.pt"
+            trained = "-sliding" if args.train_segments > 1 and args.train_rollout == "sliding" else ""
+            name = f"{variant}-k{args.train_segments}{trained}{mlp}{bf16}-lr{lr:g}.pt"
             checkpoint = None if checkpoints is None else checkpoints / name
             model, info = train_variant(
                 args, train_prepared, train_data, variant == "timestamps", lr, args.epochs, checkpoint

@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("growing", "sliding"),
         help="AutoTimes: the rollout served by default: growing (KV cache) or sliding (the official loop: a fixed "
         "window re-normalised every segment); default: the run's own (model parameter rollout, else sliding, or "
-        "growing for a model trained past the lookback, train_segments > 1)",
+        "its train_rollout for a model trained past the lookback, train_segments > 1)",
     )
     export.set_defaults(func=cmd_export)
 

@@ -29,12 +29,14 @@ Deviations, documented:
   the timestamp embeddings of its own segments (the window moves one segment forward in time per step), so
   the LLM only ever sees the positions it was trained at; the default, since it scored better on ETTh1's
   validation windows in both next-segment runs (bench/results/autotimes-recipe.json and -mlp.json).
-  ``growing`` (the default only for ``train_segments`` > 1, the rollout such a model is trained on; served
+  ``growing`` (the default only for a model trained on it past the lookback, ``train_segments`` > 1; served
   artifacts written before the choice existed mean it too) grows the context as an LLM generates: the
   lookback is processed once (prefill), each predicted segment is appended as one more token (decode), the
   normalisation stays that of the lookback, and rotary positions continue past training's (positions 8..14
   at horizon 720). This is what makes a KV cache possible; ``forecast(..., use_cache=False)`` recomputes the
   whole sequence at every step and gives the same numbers (tested to 1e-4);
+- training past the lookback (``train_segments`` > 1) is an addition: the official code trains the next
+  segment only. ``train_rollout`` says which rollout such windows train (see ``AutoTimesConfig``);
 - in-context prompts are normalised with their own statistics (the official code normalises prompt and
   lookback together, which only makes sense when both come from one series); prompt tokens get no timestamp
   embedding;
@@ -99,11 +101,14 @@ class AutoTimesConfig:
     data's timeline (a regular grid), set when the model is bound to its data. rollout: how ``forecast`` goes
     past one segment by default (and what an export serves by default): ``sliding`` (the official loop: fixed
     window, re-normalised every segment) or ``growing`` (KV cache, the context grows); see the module. None
-    picks ``sliding``, or ``growing`` where ``train_segments`` > 1.
+    picks ``sliding``, or ``train_rollout`` where ``train_segments`` > 1.
     train_segments: segments past the lookback in each training window (the data's horizon is this many
     segments). 1 is the paper's next-segment training; k > 1 extends every window k - 1 segments past the
-    lookback, teacher-forced with the lookback's statistics at the positions after it, exactly as the growing
-    rollout sees a k-segment forecast; validation then scores that rollout.
+    lookback, trained as ``train_rollout`` rolls out; validation then scores that rollout over k segments.
+    train_rollout (k > 1 only): ``growing`` teacher-forces the positions after the lookback with the lookback's
+    statistics, exactly as the growing rollout sees a k-segment forecast; ``sliding`` scores the lookback's
+    positions as at k = 1, then k - 1 segments of the sliding rollout fed with the model's own predictions, so
+    training sees the errors the served sliding rollout compounds (the gradient runs through the whole rollout).
     """
 
     context_length: int = 672
@@ -120,12 +125,14 @@ class AutoTimesConfig:
     template: str = TEMPLATE
     rollout: Rollout | None = None
     train_segments: int = 1
+    train_rollout: Rollout = "growing"  # what configs written before it was an option trained
 
     def __post_init__(self) -> None:
         if self.train_segments < 1:
             raise ValueError(f"train_segments must be at least 1, got {self.train_segments}")
+        check_rollout(self.train_rollout)
         if self.rollout is None:
-            self.rollout = "growing" if self.train_segments > 1 else "sliding"
+            self.rollout = self.train_rollout if self.train_segments > 1 else "sliding"
         check_rollout(self.rollout)
         if self.segment < 1 or self.context_length < self.segment or self.context_length % self.segment:
             raise ValueError(
@@ -615,10 +622,11 @@ class AutoTimes(ForecastModel):
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The rollout trained over the ``train_segments`` segments a training window carries (validation's)."""
         k = self.config.train_segments
-        return self.forecast(batch["x"], k, batch.get("x_mark"), rollout="growing" if k > 1 else None)
+        return self.forecast(batch["x"], k, batch.get("x_mark"), rollout=self.config.train_rollout if k > 1 else None)
 
     def loss(self, batch: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
-        """Next-segment MSE on every position: inputs segments 1..S+k-1 of x || y, targets segments 2..S+k."""
+        """MSE on every position: inputs segments 1..S+k-1 of x || y (growing: the truth; sliding: past the
+        lookback, the model's own rollout), targets segments 2..S+k."""
         x, y = batch["x"], batch["y"]
         seg, k = self.config.segment, self.config.train_segments
         if y.shape[1] != k * seg:
@@ -626,7 +634,21 @@ class AutoTimes(ForecastModel):
                 f"AutoTimes trains on windows whose horizon is train_segments x segment ({k} x {seg}), got {y.shape[1]}"
             )
         target = torch.cat([x[:, seg:], y], dim=1)
-        return F.mse_loss(self.predict_every_position(x, batch.get("x_mark"), y[:, : (k - 1) * seg]), target)
+        if k == 1 or self.config.train_rollout == "growing":
+            return F.mse_loss(self.predict_every_position(x, batch.get("x_mark"), y[:, : (k - 1) * seg]), target)
+        return F.mse_loss(self._sliding_every_position(x, k, batch.get("x_mark")), target)
+
+    def _sliding_every_position(self, x: torch.Tensor, k: int, x_mark: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, C) -> (B, L + (k - 1) * segment, C): the lookback's predictions on every position (as at k = 1),
+        then k - 1 more segments of the sliding rollout, each window holding the model's earlier predictions.
+
+        The first window's last position is the rollout's first segment, so it is not computed twice."""
+        seg = self.config.segment
+        first = self.predict_every_position(x, x_mark)
+        window = torch.cat([x[:, seg:], first[:, -seg:]], dim=1)
+        time = self._time(None, x_mark, x.shape[1] // seg + k - 1, x.shape[2])
+        rest = self._sliding(window, k - 1, None if time is None else time[:, 1:], None, None)
+        return torch.cat([first, rest], dim=1)
 
 
 def _drop_llm_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

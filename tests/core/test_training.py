@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from arcast_core.checkpoint import selected_weights
 from arcast_core.training import Replica, Selection, StepLoss, TrainConfig, fit, make_scheduler, shuffled_index_batches
 
 
@@ -133,6 +134,24 @@ def test_a_checkpointed_run_resumes_where_it_stopped(tmp_path) -> None:
     assert task.ended == [] and again.best_epoch == straight.best_epoch
     with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 then, 0.02 now\)"):
         fit(lambda device: LineTask(nn.Linear(1, 1)), TrainConfig(**{**resumable.__dict__, "lr": 0.02}))
+
+
+def test_a_checkpoints_selected_weights_are_its_best_epochs_not_its_last(tmp_path) -> None:
+    """What a warm start reads from a finished run: the weights validation kept, though the file also holds the
+    last epoch's (a rate of 6 makes the line fit oscillate, so the last epoch is not the best)."""
+    path = tmp_path / "run.pt"
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=6.0, lr_schedule="constant", progress=False, checkpoint=str(path))
+    torch.manual_seed(0)
+    _, report = fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+    last = torch.load(path, weights_only=False)["model"]
+    assert report.best_epoch != report.epochs_run - 1
+    started = LineTask(nn.Linear(1, 1))
+    started.model.load_state_dict(selected_weights(path))
+    with torch.no_grad():
+        assert float(nn.functional.mse_loss(started.model(started.x), started.y)) == pytest.approx(
+            report.best_validation["mse"]
+        )
+    assert not torch.equal(last["weight"], started.model.weight.detach())
 
 
 def test_a_checkpoint_older_than_a_setting_resumes_at_that_settings_default(tmp_path) -> None:

@@ -313,6 +313,50 @@ def test_sliding_rollout_equals_the_official_loop(tiny_llm: str, small_slice: Pa
         AutoTimesConfig(timestamps=False, rollout="shifting")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_training_past_the_lookback_on_the_sliding_rollout(tiny_llm: str, etth1_slice: Path, timestamps: bool) -> None:
+    """train_rollout sliding, k = 2: every position of the lookback, then the official loop's second segment, its
+    window holding the model's own first prediction, the gradient running through it; validated and served
+    sliding."""
+    config = DataConfig(dataset=str(etth1_slice), features="M", lookback=LOOKBACK, horizon=2 * SEGMENT)
+    torch.manual_seed(2)
+    params = {"backbone": tiny_llm, "train_segments": 2, "train_rollout": "sliding", "timestamps": timestamps}
+    model = build_model("autotimes", params, data_facts(config, 7)).eval()
+    assert model.config.rollout == "sliding"  # serves what it trained
+    torch.nn.init.normal_(model.decoder.weight, std=0.2)  # a head whose predictions differ from the truth
+    batch = prepare_data(config).train.batch(np.array([0, 40]))
+    x, y = batch["x"], batch["y"]
+    with torch.no_grad():
+        every = model.predict_every_position(x, batch["x_mark"])
+        rolled = model.forecast(x, 2, batch["x_mark"], rollout="sliding")
+        served = model.predict(batch)
+    if timestamps:  # the same numbers as the official loop written out plainly
+        rows = model.timeline_rows(batch["x_mark"])
+        with torch.no_grad():
+            torch.testing.assert_close(rolled, reference_sliding(model, x, rows, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(served, rolled, atol=0, rtol=0)
+    loss = model.loss(batch, 0.0)
+    target = torch.cat([x[:, SEGMENT:], y], dim=1)
+    expected = torch.nn.functional.mse_loss(torch.cat([every, rolled[:, SEGMENT:]], dim=1), target)
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():  # free-running: fed the truth instead, the second segment moves
+        teacher = model.forecast(x, 2, batch["x_mark"], rollout="sliding", teacher=y[:, :SEGMENT])
+    assert (teacher[:, SEGMENT:] - rolled[:, SEGMENT:]).abs().max() > 1e-3
+    # the gradient runs through the fed-back prediction: the second segment's error alone reaches the decoder's
+    # weights both directly and through the first segment's prediction in its window
+    model.zero_grad()
+    second = model._sliding_every_position(x, 2, batch["x_mark"])[:, -SEGMENT:]
+    second.sum().backward()
+    through = model.decoder.weight.grad.clone()
+    model.zero_grad()
+    window = torch.cat([x[:, SEGMENT:], model.predict_every_position(x, batch["x_mark"])[:, -SEGMENT:].detach()], 1)
+    shifted = model.timeline_rows(batch["x_mark"]) + SEGMENT if timestamps else None  # the second window's rows
+    model.forecast(window, 1, rows=shifted, rollout="sliding").sum().backward()
+    assert (through - model.decoder.weight.grad).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="rollout must be one of"):
+        AutoTimesConfig(timestamps=False, train_rollout="shifting")  # type: ignore[arg-type]
+
+
 def test_bind_config_and_search_space(tiny_llm: str, small_slice: Path) -> None:
     import optuna
 
