@@ -490,6 +490,7 @@ AUTOTIMES_RUNS = tuple(
         "autotimes-k8.json",
         "autotimes-full.json",
         "autotimes-mlp1.json",
+        "autotimes-roll3.json",
     )
 )
 AUTOTIMES_VARIANT = "plain"  # no timestamp embeddings: the variant those runs train
@@ -512,6 +513,21 @@ def autotimes_choice(paths: Sequence[Path] = AUTOTIMES_RUNS) -> tuple[Path, str]
     return min(runs)[2:] if runs else None
 
 
+def started_from(checkpoint: Path, paths: Sequence[Path]) -> dict[str, Any]:
+    """The run of ``paths`` whose ``--checkpoint-dir`` wrote ``checkpoint`` (a fine-tune's ``--init-from``): its
+    results file and training seconds; ValueError where none of them did."""
+    for path in paths:
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+        words = shlex.split(doc.get("command", ""))
+        if "--checkpoint-dir" in words and Path(words[words.index("--checkpoint-dir") + 1]) == checkpoint.parent:
+            return {"path": path, "train_seconds": doc["training"][AUTOTIMES_VARIANT]["train_seconds"]}
+    raise ValueError(f"no AutoTimes run of {[str(p) for p in paths]} wrote {checkpoint} (--init-from)")
+
+
+def repo_path(path: Path) -> Path:
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def nth(n: int) -> str:
     """ "" for 1, "2nd " for 2, ...: for "every {nth(n)}window"."""
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
@@ -527,13 +543,19 @@ def autotimes_rows(paths: Sequence[Path] = AUTOTIMES_RUNS) -> list[dict[str, Any
     path, scored = choice
     doc = json.loads(path.read_text())
     accuracy, training = doc["accuracy"][scored], doc["training"][AUTOTIMES_VARIANT]
-    bounds = doc["bounds"]
-    where = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    bounds, seconds = doc["bounds"], training["train_seconds"]
     reasons = [
-        f"collected from {where} ({scored}: of the runs, the lowest validation MSE): {bounds['epochs']} "
+        f"collected from {repo_path(path)} ({scored}: of the runs, the lowest validation MSE): {bounds['epochs']} "
         f"epochs over every {nth(bounds['train_stride'])}training window, every {nth(bounds['test_stride'])}test "
         "window, SmolLM2-135M instead of LLaMA-7B (the paper: 10 epochs, every window)"
     ]
+    if training.get("init_from"):  # a fine-tune: its starting run's training counts too
+        base = started_from(Path(training["init_from"]), paths)
+        seconds += base["train_seconds"]
+        reasons.append(
+            f"fine-tuned ({training['train_segments']} segments of the {training['train_rollout']} rollout) from the "
+            f"run of {repo_path(base['path'])} ({base['train_seconds']:.0f} s of training, counted)"
+        )
     return [
         {
             "protocol": "autotimes",
@@ -544,8 +566,8 @@ def autotimes_rows(paths: Sequence[Path] = AUTOTIMES_RUNS) -> list[dict[str, Any
             "mse": cell["mse"],
             "mae": cell["mae"],
             "windows": cell["windows"],
-            "train_seconds": round(training["train_seconds"], 2),
-            "budget": f"{bounds['epochs']} epochs on 1 core ({training['train_seconds'] / 3600:.1f} h)",
+            "train_seconds": round(seconds, 2),
+            "budget": f"{bounds['epochs']} epochs on 1 core ({seconds / 3600:.1f} h)",
             "reduced": True,
             "reduced_reasons": reasons,
             "command": doc["command"],

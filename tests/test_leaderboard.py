@@ -118,17 +118,27 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
     from the run whose choice scored lowest there; a run that did not choose, or never scored its choice on test,
     is passed over, and runs that chose on different validation windows are refused."""
 
-    def run(name: str, test: dict[str, float], val: dict[str, float], choice: str | None, stride: int = 4) -> Path:
+    def run(
+        name: str,
+        test: dict[str, float],
+        val: dict[str, float],
+        choice: str | None,
+        stride: int = 4,
+        init_from: str | None = None,
+    ) -> Path:
         def cells(mse: dict[str, float]) -> dict[str, Any]:
             return {
                 f"plain, {r}": {"per_horizon": {"96": {"mse": m, "mae": m, "windows": 10}}, "average": {"mse": m}}
                 for r, m in mse.items()
             }
 
+        training: dict[str, Any] = {"fit": {"best_val_loss": 0.5}, "train_seconds": 7200.0}
+        if init_from:
+            training.update(init_from=init_from, train_segments=3, train_rollout="sliding", train_seconds=1800.0)
         doc = {
-            "command": f"bench/autotimes.py --out {name}",
+            "command": f"bench/autotimes.py --checkpoint-dir work/{name[0]} --out {name}",
             "bounds": {"epochs": 3, "train_stride": 2, "test_stride": 1},
-            "training": {"plain": {"fit": {"best_val_loss": 0.5}, "train_seconds": 7200.0}},
+            "training": {"plain": training},
             "accuracy": cells(test),
             "validation": cells(val),
         }
@@ -145,9 +155,17 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
     assert leaderboard.autotimes_choice([worse, better, untested, unchosen]) == (better, "plain, growing")
     assert leaderboard.autotimes_choice([worse, tmp_path / "missing.json"]) == (worse, "plain, sliding")
     (row,) = leaderboard.autotimes_rows([worse, better, untested])
-    assert (row["horizon"], row["mse"], row["command"]) == (96, 0.45, "bench/autotimes.py --out b.json")
+    assert (row["horizon"], row["mse"]) == (96, 0.45) and row["command"].endswith("--out b.json")
     assert row["reduced"] and "every 2nd training window, every test window" in row["reduced_reasons"][0]
     assert leaderboard.autotimes_rows([unchosen, tmp_path / "missing.json"]) == []
+    # a fine-tune of run b: chosen on validation like any run, its starting run's training time counted with its own
+    tuned = run("f.json", {"sliding": 0.42}, {"sliding": 1.0}, "sliding", init_from="work/b/plain-k1.pt")
+    (row,) = leaderboard.autotimes_rows([worse, better, tuned])
+    assert (row["mse"], row["train_seconds"]) == (0.42, 9000.0)
+    assert "fine-tuned (3 segments of the sliding rollout) from the run of" in row["reduced_reasons"][1]
+    orphan = run("g.json", {"sliding": 0.42}, {"sliding": 1.0}, "sliding", init_from="work/z/plain-k1.pt")
+    with pytest.raises(ValueError, match=r"wrote work/z/plain-k1\.pt"):
+        leaderboard.autotimes_rows([worse, orphan])
     other_windows = run("e.json", {"growing": 0.3}, {"growing": 0.4}, "growing", stride=8)
     with pytest.raises(ValueError, match="different validation windows"):
         leaderboard.autotimes_choice([worse, other_windows])
