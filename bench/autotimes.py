@@ -99,7 +99,6 @@ def now() -> str:
 
 
 def save(result: dict[str, Any], out: Path) -> None:
-    result["machine"]["load_average_now"] = list(os.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2))
 
@@ -120,6 +119,12 @@ def new_model(args: argparse.Namespace, data: DataConfig, channels: int, timesta
 
 
 # --- 1. speed ------------------------------------------------------------------------------------------------
+
+
+def elapsed(started: float) -> dict[str, Any]:
+    """Seconds since ``started`` and the load average now, recorded with each scoring pass: a time is only
+    comparable with others at a known load (a file that several calls add to holds passes run at several)."""
+    return {"eval_seconds": time.perf_counter() - started, "load_average": list(os.getloadavg())}
 
 
 def seconds(fn) -> float:
@@ -267,7 +272,7 @@ def choose_rollout(
     for rollout in args.rollouts:
         started = time.perf_counter()
         scores[f"{variant}, {rollout}"] = evaluate(model, prepared, index, args.eval_batch_size, rollout, split="val")
-        scores[f"{variant}, {rollout}"].update(eval_seconds=time.perf_counter() - started, val_windows=len(index))
+        scores[f"{variant}, {rollout}"].update(elapsed(started), val_windows=len(index))
         save(result, out)
     chosen = min(args.rollouts, key=lambda r: scores[f"{variant}, {r}"]["average"]["mse"])
     result.setdefault("rollout_choice", {})[variant] = {"chosen": chosen, "val_stride": args.val_stride}
@@ -324,6 +329,7 @@ def train_variant(
         "train_seconds": result.seconds,  # the training loop's, over every resume of its checkpoint
         "call_seconds": seconds,  # this call's: near 0 where a finished checkpoint was resumed
         "timestamp_texts_embedded": stamps,
+        "load_average": list(os.getloadavg()),  # at the end: the time above is comparable at a known load
         "trainable": model.trainable_share(),
     }
 
@@ -354,7 +360,7 @@ def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[
     for name, p in (("zero-shot", None), ("in-context", prompt)):
         started = time.perf_counter()
         out[name] = evaluate(model, prepared, index, args.eval_batch_size, rollout, p)
-        out[name]["eval_seconds"] = time.perf_counter() - started
+        out[name].update(elapsed(started))
     for kind, scored in baselines(prepared, data, index).items():
         out[f"{kind} (trained on it)" if kind == "linear" else kind] = scored
     return out
@@ -662,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             for rollout in [] if args.skip_test else args.rollouts:
                 started = time.perf_counter()
                 scored = evaluate(model, prepared, test_index, args.eval_batch_size, rollout)
-                scored["eval_seconds"] = time.perf_counter() - started
+                scored.update(elapsed(started))
                 scored["test_windows"] = len(test_index)
                 result["accuracy"][f"{variant}, {rollout}"] = scored
                 save(result, out)
