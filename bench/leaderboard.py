@@ -491,6 +491,7 @@ AUTOTIMES_RUNS = tuple(
         "autotimes-full.json",
         "autotimes-mlp1.json",
         "autotimes-roll3.json",
+        "autotimes-ep3.json",
     )
 )
 AUTOTIMES_VARIANT = "plain"  # no timestamp embeddings: the variant those runs train
