@@ -2,10 +2,12 @@
 
 A run that names a checkpoint file (``TrainConfig.checkpoint``) writes it after every epoch: the weights, the
 optimiser's and the schedule's state, the early-stopping record (best weights, best value, epochs without
-improvement), the epoch history, the budget already spent and the random states (torch's and the task's
-shuffling order). Started again with the same file and the same settings, it goes on from the next epoch, as
-if it had never stopped; the budget counts the time spent before the stop. Settings that change the result
-(rate, schedule, epochs, batch size, seed...) must match: a mismatch is refused, naming the fields.
+improvement), the epoch history, the budget already spent, the random states (torch's and the task's shuffling
+order) and, for a task that has them, its own position (``resume_state`` / ``resume_from``: e.g. how far into a
+pass over the data a round shorter than a pass stopped). Started again with the same file and the same settings, it
+goes on from the next epoch, as if it had never stopped; the budget counts the time spent before the stop. Settings
+that change the result (rate, schedule, epochs, batch size, seed...) must match: a mismatch is refused, naming the
+fields.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Checkpoint:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    task: Any  # its random generator (``TASK_RNG_NAMES``) is saved and restored
+    task: Any  # its random generator (``TASK_RNG_NAMES``) is saved and restored, and its ``resume_state()`` if any
 
     def save(self, state: LoopState) -> None:
         payload = {
@@ -102,6 +104,7 @@ class Checkpoint:
                 "python": random.getstate(),
                 "task": _rng_states(self.task),
             },
+            "task": self.task.resume_state() if hasattr(self.task, "resume_state") else None,
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -131,6 +134,8 @@ class Checkpoint:
         np.random.set_state(randoms["numpy"])
         random.setstate(randoms["python"])
         _set_rng_states(self.task, randoms["task"])
+        if payload.get("task") is not None:  # after the random states: the task may rewind its generator
+            self.task.resume_from(payload["task"])
         loop = payload["loop"]
         loop["history"] = [record(**r) for r in loop["history"]]
         return LoopState(**loop)

@@ -85,7 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--data-dir")
     parser.add_argument(
-        "--work-dir", type=Path, help="stage-1 embeddings are kept here (default runs/bench-recsys[-DATASET])"
+        "--work-dir",
+        type=Path,
+        help="stage-1 embeddings are kept here (default runs/bench-recsys[-DATASET]), and under resume/ each "
+        "generator's codes and checkpoint: a rerun of the same command goes on from its last validation round "
+        "(delete resume/ to start over)",
     )
     parser.add_argument("--out", type=Path, help="default bench/results/recsys.json (recsys_DATASET.json elsewhere)")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
@@ -295,6 +299,7 @@ def run_variant(args: argparse.Namespace, variant: str, sequences: dict, titles:
         titles=titles,
         embeddings=embeddings,
         evaluate_full=False if args.test_users else ("test" if args.test_only else True),
+        resume_dir=args.work_dir / "resume",
     )
     info = run.info
     if args.test_users:

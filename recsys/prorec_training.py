@@ -15,12 +15,11 @@ be retrained or tuned without redoing it) and ``titles.json`` when titles are kn
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arcast_core.checkpoint import MAY_CHANGE
 from arcast_core.files import atomic_write, atomic_write_text
 from arcast_core.runtime import pick_device
 from arcast_core.training import Replica, Selection, StepLoss, TrainConfig, fit
@@ -131,9 +131,10 @@ class GeneratorTrainConfig:
         steps = self.max_steps or self.epochs * steps_per_epoch
         return max(1, math.ceil(steps / self.eval_steps))
 
-    def training(self, steps_per_epoch: int = 1) -> TrainConfig:
+    def training(self, steps_per_epoch: int = 1, checkpoint: Path | None = None) -> TrainConfig:
         """The shared loop's settings: AdamW, gradients clipped to norm 1. Counting by steps, the loop's "epoch"
-        is one validation round of ``eval_steps`` steps."""
+        is one validation round of ``eval_steps`` steps. ``checkpoint``: the loop's resumable state, written after
+        every round (``arcast_core.checkpoint``)."""
         patience = self.patience
         if self.eval_steps and self.patience_steps:
             patience = max(1, math.ceil(self.patience_steps / self.eval_steps))
@@ -152,6 +153,7 @@ class GeneratorTrainConfig:
             max_seconds=self.max_seconds,
             budget_clock=self.budget_clock,  # type: ignore[arg-type]
             progress=self.progress,
+            checkpoint=None if checkpoint is None else str(checkpoint),
         )
 
 
@@ -360,7 +362,12 @@ class GeneratorTask:
         # endless stream of shuffled passes over the transitions.
         steps = self.config.eval_steps
         self.size = steps * self.config.batch_size if steps else len(self.targets)
-        self._stream: Iterator[np.ndarray] | None = None
+        # The pass being drawn from (by steps), the generator's state before it was shuffled, and how many of its
+        # batches are used: what a resumed run needs to go on mid-pass exactly where it stopped.
+        self._pass: list[np.ndarray] = []
+        self._pass_seed_state: torch.Tensor | None = None
+        self._used = 0
+        self._batch_size = self.config.batch_size
         self.tokens = torch.from_numpy(self.index.tokens).to(self.device)
         ids = self.index.ids
         padded = np.vstack([np.zeros((1, ids.codes.shape[1]), np.int64), ids.codes])
@@ -370,19 +377,38 @@ class GeneratorTask:
         users = sample.choice(len(self.validation), min(wanted, len(self.validation)), False)
         self.eval_users = np.sort(users)
 
-    def _passes(self, batch_size: int) -> Iterator[np.ndarray]:
-        while True:
-            yield from length_bucketed_batches(self.lengths, batch_size, self.generator)
+    def _new_pass(self) -> None:
+        self._pass_seed_state = self.generator.get_state()
+        self._pass = length_bucketed_batches(self.lengths, self._batch_size, self.generator)
+        self._used = 0
 
     def batches(self, batch_size: int, shard: tuple[int, int]) -> list[np.ndarray]:
         rank, world = shard
-        if self.config.eval_steps:
-            if self._stream is None:
-                self._stream = self._passes(batch_size)
-            chosen = list(itertools.islice(self._stream, self.config.eval_steps))
+        self._batch_size = batch_size
+        if self.config.eval_steps:  # the next eval_steps batches of an endless stream of shuffled passes
+            chosen: list[np.ndarray] = []
+            while len(chosen) < self.config.eval_steps:
+                if self._used == len(self._pass):
+                    self._new_pass()
+                take = min(self.config.eval_steps - len(chosen), len(self._pass) - self._used)
+                chosen.extend(self._pass[self._used : self._used + take])
+                self._used += take
         else:
             chosen = length_bucketed_batches(self.lengths, batch_size, self.generator)
         return [batch[rank::world] for batch in chosen]
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """Where the stream of passes stands (by steps; the checkpoint's part, see ``arcast_core.checkpoint``)."""
+        if self._pass_seed_state is None:
+            return None
+        return {"pass_seed_state": self._pass_seed_state, "used": self._used, "batch_size": self._batch_size}
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Draw the pass the stopped run was in again (same generator state, same batches) and skip what it used."""
+        self._batch_size = state["batch_size"]
+        self.generator.set_state(state["pass_seed_state"])
+        self._new_pass()
+        self._used = state["used"]
 
     def loss(self, batch: np.ndarray, progress: float) -> StepLoss:
         model, codes = self.model, self.codes
@@ -418,10 +444,13 @@ def train_generator(
     config: GeneratorTrainConfig,
     distill: DistillationTargets | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> GeneratorFit:
     """Train on every training transition, selecting the epoch with the best validation NDCG@10.
 
     ``on_epoch(epoch, validation)`` runs after each evaluation (Optuna's pruning hook: it may raise).
+    ``checkpoint``: a file the run's state is written to after every validation round; started again with it (and
+    the same ids, shape and settings: the caller's to keep, see ``train_pipeline``), the run goes on from there.
     """
     use_semantic = distill is not None and distill.semantic is not None and config.distill_weight > 0
     use_collab = distill is not None and distill.collaborative is not None and config.distill_weight > 0
@@ -460,7 +489,7 @@ def train_generator(
     hook = None if on_epoch is None else lambda epoch, validation: on_epoch(epoch + 1, validation)
     selection = Selection(SELECTION_METRIC, maximise=True)
     steps_per_epoch = math.ceil(len(targets) / config.batch_size)
-    task, report = fit(build, config.training(steps_per_epoch), selection, hook, name="generator")
+    task, report = fit(build, config.training(steps_per_epoch, checkpoint), selection, hook, name="generator")
     round_steps = config.eval_steps or steps_per_epoch
     history: list[dict[str, Any]] = []
     for r in report.history:
@@ -617,12 +646,16 @@ def train_pipeline(
     ids: SemanticIds | None = None,
     evaluate_full: bool | str = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    resume_dir: Path | None = None,
 ) -> PRORecRun:
     """Stage 1 (unless ``embeddings`` are given), semantic IDs (unless ``ids``), then the generator.
 
     ``semantic``: title embeddings in dense-id order (computed from ``titles`` when absent and needed).
     ``evaluate_full``: also report metrics on every validation and test user (the published protocol); "test":
-    on every test user only.
+    on every test user only. ``resume_dir``: the semantic IDs and the generator's checkpoint are kept there, each
+    under a key of everything it depends on, so a run started again with the same data, embeddings and settings
+    reuses the codes and goes on from the generator's last validation round (a changed setting starts afresh).
+    Stage 1 is not kept: give ``embeddings`` (bench/recsys.py keeps them) for a resumption to find its codes.
     """
     split = leave_one_out(sequences, max_history=config.max_history)
     timings: dict[str, float] = {}
@@ -640,12 +673,15 @@ def train_pipeline(
     quantiser_report: dict[str, Any] = {}
     if ids is None:
         t0 = time.monotonic()
-        ids, quantiser_report = build_semantic_ids(config.variant, embeddings, config.quantizer)
-        timings["quantizer_seconds"] = round(time.monotonic() - t0, 1)
+        ids, quantiser_report = kept_semantic_ids(config.variant, embeddings, config.quantizer, resume_dir)
+        timings["quantizer_seconds"] = quantiser_report.get("seconds", round(time.monotonic() - t0, 1))
     if len(ids.codes) != split.num_items:
         raise ValueError(f"{len(ids.codes)} item codes for {split.num_items} items")
     distill = distillation_targets(config.variant, embeddings, config.train.distill_temperature)
-    fit = train_generator(split, ids, config.generator, config.train, distill, on_epoch)
+    checkpoint = None
+    if resume_dir is not None:
+        checkpoint = generator_checkpoint(resume_dir, config, ids, embeddings, sequences)
+    fit = train_generator(split, ids, config.generator, config.train, distill, on_epoch, checkpoint)
     timings["generator_seconds"] = round(fit.seconds, 1)
     metrics: dict[str, Any] = {"validation_sample": fit.best_validation}
     if evaluate_full:
@@ -686,6 +722,68 @@ def train_pipeline(
     return PRORecRun(fit.model, ids, split.item_map.raw_ids.copy(), embeddings, info, title_list)
 
 
+def _key(*parts: str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _embeddings_bytes(embeddings: ItemEmbeddings) -> bytes:
+    arrays = {k: v for k, v in asdict(embeddings).items() if v is not None}
+    return b"".join(k.encode() + np.ascontiguousarray(v, dtype=np.float32).tobytes() for k, v in sorted(arrays.items()))
+
+
+def _semantic_ids(codes: np.ndarray, level_sizes: Sequence[int], stats: dict[str, Any]) -> SemanticIds:
+    stats = {**stats, "level_sizes": tuple(stats["level_sizes"])}
+    return SemanticIds(codes=codes, level_sizes=tuple(level_sizes), stats=CodeStats(**stats))
+
+
+def kept_semantic_ids(
+    variant: str, embeddings: ItemEmbeddings, config: QuantizerConfig, folder: Path | None
+) -> tuple[SemanticIds, dict[str, Any]]:
+    """``build_semantic_ids``, kept in ``folder`` (when given) under a key of the variant, the quantiser's
+    settings and the embeddings: built once, read back by every later run with the same inputs. The report
+    carries the build's ``seconds``."""
+    path = None
+    if folder is not None:
+        settings = json.dumps(config.as_dict(), sort_keys=True, default=_json_default)
+        path = Path(folder) / f"semantic-ids-{_key(variant, settings, _embeddings_bytes(embeddings))}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                kept = json.loads(str(data["report"]))
+                ids = _semantic_ids(data["codes"], kept["level_sizes"], kept["stats"])
+            return ids, {**kept["report"], "read_from": path.name}
+    started = time.monotonic()
+    ids, report = build_semantic_ids(variant, embeddings, config)
+    report = {**report, "seconds": round(time.monotonic() - started, 1)}
+    if path is not None:
+        kept = {"level_sizes": list(ids.level_sizes), "stats": ids.stats.as_dict(), "report": report}
+        text = json.dumps(kept, default=_json_default)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, binary_writer(lambda handle: np.savez(handle, codes=ids.codes, report=np.array(text))))
+    return ids, report
+
+
+def generator_checkpoint(
+    folder: Path, config: PipelineConfig, ids: SemanticIds, embeddings: ItemEmbeddings, sequences: dict[int, list[int]]
+) -> Path:
+    """The generator's checkpoint file in ``folder``, named by everything the run depends on: the settings (but
+    those a resumption may change: the budget, the device, progress bars), the codes, the embeddings that the
+    distillation reads and the data."""
+    settings = config.as_dict()
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in MAY_CHANGE}
+    key = _key(
+        json.dumps(settings, sort_keys=True, default=_json_default),
+        np.ascontiguousarray(ids.codes, dtype=np.int64).tobytes(),
+        _embeddings_bytes(embeddings),
+        sequences_fingerprint(sequences),
+    )
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder) / f"generator-{key}.pt"
+
+
 def save_run(run: PRORecRun, folder: Path | str) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -711,12 +809,7 @@ def load_run(folder: Path | str, device: str | None = "cpu") -> PRORecRun:
     model = Generator(GeneratorConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model = model.to(pick_device(device)).eval()
-    stats = info["code_stats"]
-    ids = SemanticIds(
-        codes=np.load(folder / CODES_FILE),
-        level_sizes=tuple(info["level_sizes"]),
-        stats=CodeStats(**{**stats, "level_sizes": tuple(stats["level_sizes"])}),
-    )
+    ids = _semantic_ids(np.load(folder / CODES_FILE), info["level_sizes"], info["code_stats"])
     with np.load(folder / EMBEDDINGS_FILE) as data:
         embeddings = ItemEmbeddings(**{k: data[k] for k in data.files})
     titles = json.loads((folder / TITLES_FILE).read_text()) if (folder / TITLES_FILE).is_file() else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,53 @@ def test_training_by_steps_validates_every_eval_steps_with_warmup_and_decay(
     assert fit.model.user_embedding is not None and fit.model.user_embedding.weight.grad is not None
     with pytest.raises(ValueError, match="user token"):
         fit.model.encode(torch.ones(1, 4, dtype=torch.long))
+
+
+def test_an_interrupted_generator_run_resumes_mid_pass_as_if_it_never_stopped(
+    dense_slice: dict[int, list[int]], semantic: np.ndarray, tmp_path: Path
+) -> None:
+    """Counting by steps, rounds end mid-pass (3 steps a round, 8 batches a pass). A run killed in its third round
+    and started again with the same resume folder reads its codes back and ends with the straight run's history
+    and weights; a changed setting gets a checkpoint of its own instead of resuming the other's."""
+    from recsys.semantic_ids import ItemEmbeddings
+
+    config = PipelineConfig(
+        variant="tiger",
+        quantizer=QuantizerConfig("rkmeans", (8, 8, 8)),
+        generator=GeneratorShape(d_model=16, heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, encoder_unit="item"),
+        train=GeneratorTrainConfig(
+            batch_size=2048, lr=2e-3, eval_steps=3, max_steps=12, patience_steps=100, eval_users=100, progress=False
+        ),
+    )
+    embeddings = ItemEmbeddings(semantic=semantic)
+
+    def train(
+        folder: Path | None,
+        config: PipelineConfig = config,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> PRORecRun:
+        return train_pipeline(
+            "beauty",
+            dense_slice,
+            config,
+            embeddings=embeddings,
+            evaluate_full=False,
+            on_epoch=on_epoch,
+            resume_dir=folder,
+        )
+
+    def killed_in_round_3(epoch: int, validation: dict[str, float]) -> None:
+        if epoch == 3:  # after round 3's validation, before its checkpoint: the file holds round 2 (step 6 of 8)
+            raise KeyboardInterrupt
+
+    straight = train(None)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, on_epoch=killed_in_round_3)
+    resumed = train(tmp_path)
+    assert "read_from" in resumed.info["codes"] and np.array_equal(resumed.ids.codes, straight.ids.codes)
+    assert [h["steps"] for h in resumed.info["fit"]["history"]] == [3, 6, 9, 12]
+    assert [h["loss"] for h in resumed.info["fit"]["history"]] == [h["loss"] for h in straight.info["fit"]["history"]]
+    for name, weight in straight.model.state_dict().items():
+        assert torch.equal(weight, resumed.model.state_dict()[name]), name
+    train(tmp_path, replace(config, train=replace(config.train, lr=1e-3)))
+    assert len(list(tmp_path.glob("generator-*.pt"))) == 2 and len(list(tmp_path.glob("semantic-ids-*.npz"))) == 1
