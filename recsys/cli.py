@@ -235,14 +235,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _pipeline_config(args, base.variant)
         if args.params:
             config = apply_settings(config, settings_from_file(args.params))
-        run = retrain_generator(base, load_sequences(spec, args.data_dir), config)
+        run = retrain_generator(base, load_sequences(spec, args.data_dir), config, args.resume_dir)
     else:
         spec = data_spec(args)
         config = _pipeline_config(args, args.variant)
         if args.params:
             config = apply_settings(config, settings_from_file(args.params))
         titles = load_beauty_titles(find_data_dir(args.data_dir)).texts if args.dataset == "beauty" else None
-        run = train_pipeline(args.dataset, load_sequences(spec, args.data_dir), config, titles=titles)
+        sequences = load_sequences(spec, args.data_dir)
+        run = train_pipeline(args.dataset, sequences, config, titles=titles, resume_dir=args.resume_dir)
     run.info["data"] = spec
     save_run(run, args.out)
     _print_metrics(run.info["metrics"])
@@ -261,7 +262,8 @@ def _train_sasrec(args: argparse.Namespace) -> int:
     spec = data_spec(args)
     titles = load_beauty_titles(find_data_dir(args.data_dir)).texts if args.dataset == "beauty" else None
     stage1 = _pipeline_config(args, "prorec").stage1
-    run = train_sasrec_run(args.dataset, load_sequences(spec, args.data_dir), stage1, titles, seed=args.seed)
+    sequences = load_sequences(spec, args.data_dir)
+    run = train_sasrec_run(args.dataset, sequences, stage1, titles, seed=args.seed, resume_dir=args.resume_dir)
     run.info["data"] = spec
     save_sasrec_run(run, args.out)
     _print_metrics(run.info["metrics"])
@@ -397,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--from-run", help="reuse this run's embeddings and semantic IDs (and its data)")
     train.add_argument("--params", help="best_params.json from `tune`: use the tuned generator settings")
     train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument(
+        "--resume-dir",
+        type=Path,
+        help="keep stage 1's embeddings, the semantic IDs and each training's checkpoint here: the same command run "
+        "again after a stop goes on from the last epoch or validation round instead of starting over",
+    )
     train.set_defaults(func=cmd_train)
 
     tune = sub.add_parser(

@@ -519,8 +519,9 @@ def train_generator(
 # --- stage 1 ---------------------------------------------------------------------------------------------------
 
 
-def stage1_train_config(config: Stage1Config, seed: int, progress: bool) -> TrainConfig:
-    """The shared loop's settings for a stage-1 SASRec (constant rate; the budget on ``config.budget_clock``)."""
+def stage1_train_config(config: Stage1Config, seed: int, progress: bool, checkpoint: Path | None = None) -> TrainConfig:
+    """The shared loop's settings for a stage-1 SASRec (constant rate; the budget on ``config.budget_clock``);
+    ``checkpoint``: its resumable state after every epoch."""
     return TrainConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -532,19 +533,30 @@ def stage1_train_config(config: Stage1Config, seed: int, progress: bool) -> Trai
         max_seconds=config.max_seconds,
         budget_clock=config.budget_clock,  # type: ignore[arg-type]
         progress=progress,
+        checkpoint=None if checkpoint is None else str(checkpoint),
     )
 
 
 def train_stage1_sasrec(
-    split: LeaveOneOutSplit, config: Stage1Config, semantic: np.ndarray | None, seed: int, progress: bool
+    split: LeaveOneOutSplit,
+    config: Stage1Config,
+    semantic: np.ndarray | None,
+    seed: int,
+    progress: bool,
+    checkpoint: Path | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A plain SASRec (``semantic`` None) or the aligned one; its item embeddings and a report."""
-    result, report = fit_stage1_sasrec(split, config, semantic, seed, progress)
+    result, report = fit_stage1_sasrec(split, config, semantic, seed, progress, checkpoint)
     return collaborative_embeddings(result.model), report
 
 
 def fit_stage1_sasrec(
-    split: LeaveOneOutSplit, config: Stage1Config, semantic: np.ndarray | None, seed: int, progress: bool
+    split: LeaveOneOutSplit,
+    config: Stage1Config,
+    semantic: np.ndarray | None,
+    seed: int,
+    progress: bool,
+    checkpoint: Path | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """A plain SASRec (``semantic`` None) or the aligned one, trained as stage 1 trains it; the fit and a report."""
     model_config = SASRecConfig(
@@ -556,7 +568,7 @@ def fit_stage1_sasrec(
         dropout=config.dropout,
         loss="ce",
     )
-    train_config = stage1_train_config(config, seed, progress)
+    train_config = stage1_train_config(config, seed, progress, checkpoint)
     started = time.monotonic()
     if semantic is None:
         result = train_sasrec(split, model_config, train_config)
@@ -582,17 +594,27 @@ def build_item_embeddings(
     semantic: np.ndarray | None,
     seed: int = 0,
     progress: bool = False,
+    checkpoints: Path | None = None,
 ) -> tuple[ItemEmbeddings, dict[str, Any]]:
-    """The embeddings ``variant`` needs (training the SASRec(s) it needs); ``semantic``: title embeddings."""
+    """The embeddings ``variant`` needs (training the SASRec(s) it needs); ``semantic``: title embeddings.
+    ``checkpoints``: each SASRec's resumable state goes to this path with ``-collaborative.pt`` / ``-aligned.pt``."""
+
+    def checkpoint(name: str) -> Path | None:
+        return None if checkpoints is None else checkpoints.with_name(f"{checkpoints.name}-{name}.pt")
+
     needs = NEEDS[check_variant(variant)]
     if "semantic" in needs and semantic is None:
         raise ValueError(f"variant {variant!r} needs item titles, which this dataset does not have")
     reports: dict[str, Any] = {}
     collaborative = aligned = None
     if "collaborative" in needs:
-        collaborative, reports["collaborative"] = train_stage1_sasrec(split, config, None, seed, progress)
+        collaborative, reports["collaborative"] = train_stage1_sasrec(
+            split, config, None, seed, progress, checkpoint("collaborative")
+        )
     if "aligned" in needs:
-        aligned, reports["aligned"] = train_stage1_sasrec(split, config, semantic, seed, progress)
+        aligned, reports["aligned"] = train_stage1_sasrec(
+            split, config, semantic, seed, progress, checkpoint("aligned")
+        )
         reports["aligned"]["alignment"] = config.alignment.as_dict()
         reports["aligned"]["agreement_with_titles"] = alignment_report(aligned, semantic)  # type: ignore[arg-type]
     return ItemEmbeddings(semantic=semantic, collaborative=collaborative, aligned=aligned), reports
@@ -652,10 +674,10 @@ def train_pipeline(
 
     ``semantic``: title embeddings in dense-id order (computed from ``titles`` when absent and needed).
     ``evaluate_full``: also report metrics on every validation and test user (the published protocol); "test":
-    on every test user only. ``resume_dir``: the semantic IDs and the generator's checkpoint are kept there, each
-    under a key of everything it depends on, so a run started again with the same data, embeddings and settings
-    reuses the codes and goes on from the generator's last validation round (a changed setting starts afresh).
-    Stage 1 is not kept: give ``embeddings`` (bench/recsys.py keeps them) for a resumption to find its codes.
+    on every test user only. ``resume_dir``: stage 1's embeddings (and its SASRecs' checkpoints), the semantic IDs
+    and the generator's checkpoint are kept there, each under a key of everything it depends on, so a run started
+    again with the same data and settings reuses what was finished and goes on from the last epoch or validation
+    round of what was not (a changed setting starts that part afresh beside the other).
     """
     split = leave_one_out(sequences, max_history=config.max_history)
     timings: dict[str, float] = {}
@@ -666,10 +688,8 @@ def train_pipeline(
             from recsys.text_embeddings import embed_item_titles
 
             semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors
-        embeddings, stage1_reports = build_item_embeddings(
-            split, config.variant, config.stage1, semantic, config.train.seed, config.train.progress
-        )
-        timings["stage1_seconds"] = round(time.monotonic() - started, 1)
+        embeddings, stage1_reports = kept_item_embeddings(split, config, semantic, sequences, resume_dir)
+        timings["stage1_seconds"] = stage1_reports.pop("seconds", round(time.monotonic() - started, 1))
     quantiser_report: dict[str, Any] = {}
     if ids is None:
         t0 = time.monotonic()
@@ -722,7 +742,8 @@ def train_pipeline(
     return PRORecRun(fit.model, ids, split.item_map.raw_ids.copy(), embeddings, info, title_list)
 
 
-def _key(*parts: str | bytes) -> str:
+def content_key(*parts: str | bytes) -> str:
+    """A short digest of ``parts``: what names a file kept for resumption by everything its content depends on."""
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part if isinstance(part, bytes) else part.encode())
@@ -749,7 +770,7 @@ def kept_semantic_ids(
     path = None
     if folder is not None:
         settings = json.dumps(config.as_dict(), sort_keys=True, default=_json_default)
-        path = Path(folder) / f"semantic-ids-{_key(variant, settings, _embeddings_bytes(embeddings))}.npz"
+        path = Path(folder) / f"semantic-ids-{content_key(variant, settings, _embeddings_bytes(embeddings))}.npz"
         if path.is_file():
             with np.load(path) as data:
                 kept = json.loads(str(data["report"]))
@@ -766,6 +787,45 @@ def kept_semantic_ids(
     return ids, report
 
 
+def kept_item_embeddings(
+    split: LeaveOneOutSplit,
+    config: PipelineConfig,
+    semantic: np.ndarray | None,
+    sequences: dict[int, list[int]],
+    folder: Path | None,
+) -> tuple[ItemEmbeddings, dict[str, Any]]:
+    """``build_item_embeddings`` for ``config``, kept in ``folder`` (when given) under a key of the variant, stage
+    1's settings, the seed, the data and ``semantic``; its SASRecs checkpoint beside. The reports carry ``seconds``."""
+    path = None
+    if folder is not None:
+        settings = json.dumps(asdict(config.stage1), sort_keys=True, default=_json_default)
+        parts = (config.variant, settings, str(config.train.seed), str(config.max_history))
+        text = b"" if semantic is None else np.ascontiguousarray(semantic, dtype=np.float32).tobytes()
+        path = Path(folder) / f"stage1-{content_key(*parts, sequences_fingerprint(sequences), text)}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                reports = json.loads(str(data["reports"]))
+                arrays = {k: data[k] for k in data.files if k != "reports"}
+            return ItemEmbeddings(semantic=semantic, **arrays), {**reports, "read_from": path.name}
+        path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    embeddings, reports = build_item_embeddings(
+        split,
+        config.variant,
+        config.stage1,
+        semantic,
+        config.train.seed,
+        config.train.progress,
+        None if path is None else path.with_suffix(""),
+    )
+    reports = {**reports, "seconds": round(time.monotonic() - started, 1)}
+    if path is not None:
+        arrays = {k: v for k, v in asdict(embeddings).items() if v is not None and k != "semantic"}
+        text = json.dumps(reports, default=_json_default)
+        atomic_write(path, binary_writer(lambda handle: np.savez(handle, reports=np.array(text), **arrays)))
+    return embeddings, reports
+
+
 def generator_checkpoint(
     folder: Path, config: PipelineConfig, ids: SemanticIds, embeddings: ItemEmbeddings, sequences: dict[int, list[int]]
 ) -> Path:
@@ -774,7 +834,7 @@ def generator_checkpoint(
     distillation reads and the data."""
     settings = config.as_dict()
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in MAY_CHANGE}
-    key = _key(
+    key = content_key(
         json.dumps(settings, sort_keys=True, default=_json_default),
         np.ascontiguousarray(ids.codes, dtype=np.int64).tobytes(),
         _embeddings_bytes(embeddings),
@@ -816,13 +876,22 @@ def load_run(folder: Path | str, device: str | None = "cpu") -> PRORecRun:
     return PRORecRun(model, ids, np.load(folder / ITEM_IDS_FILE), embeddings, info, titles)
 
 
-def retrain_generator(run: PRORecRun, sequences: dict[int, list[int]], config: PipelineConfig) -> PRORecRun:
-    """A new generator on ``run``'s semantic IDs and embeddings (e.g. with tuned settings); stage 1 is reused."""
+def retrain_generator(
+    run: PRORecRun, sequences: dict[int, list[int]], config: PipelineConfig, resume_dir: Path | None = None
+) -> PRORecRun:
+    """A new generator on ``run``'s semantic IDs and embeddings (e.g. with tuned settings); stage 1 is reused.
+    ``resume_dir``: the generator's checkpoint, as in ``train_pipeline``."""
     if sequences_fingerprint(sequences) != run.info["data_fingerprint"]:
         raise ValueError("the data differs from the data the run was trained on")
     config = replace(config, variant=run.variant)
     new = train_pipeline(
-        run.info["dataset"], sequences, config, embeddings=run.embeddings, ids=run.ids, evaluate_full=True
+        run.info["dataset"],
+        sequences,
+        config,
+        embeddings=run.embeddings,
+        ids=run.ids,
+        evaluate_full=True,
+        resume_dir=resume_dir,
     )
     new.titles = run.titles
     new.info["stage1"] = run.info.get("stage1", {})

@@ -27,6 +27,7 @@ from recsys.prorec_training import (
     TITLES_FILE,
     Stage1Config,
     binary_writer,
+    content_key,
     fit_stage1_sasrec,
     run_examples,
     sequences_fingerprint,
@@ -62,10 +63,12 @@ def train_sasrec_run(
     max_history: int = 20,
     seed: int = 0,
     progress: bool = True,
+    resume_dir: Path | None = None,
 ) -> SASRecRun:
     """SASRec-CE on every training sequence, aligned with the titles when given (PRORec's stage 1, which ranked
     better than the plain one on Beauty), selected on validation NDCG@10; metrics on every validation and test
-    user, full ranking, the history not masked (the published protocol)."""
+    user, full ranking, the history not masked (the published protocol). ``resume_dir``: the training's checkpoint
+    goes there, named by the settings, seed, data and titles, so the same run started again goes on from it."""
     split = leave_one_out(sequences, max_history=max_history)
     started = time.monotonic()
     semantic = None
@@ -73,7 +76,14 @@ def train_sasrec_run(
         from recsys.text_embeddings import embed_item_titles
 
         semantic = embed_item_titles(titles, split.item_map.raw_ids[1:].tolist()).vectors
-    result, report = fit_stage1_sasrec(split, config, semantic, seed, progress)
+    checkpoint = None
+    if resume_dir is not None:
+        text = b"" if semantic is None else semantic.astype(np.float32).tobytes()
+        settings = json.dumps(asdict(config), sort_keys=True)
+        key = content_key(settings, str(seed), str(max_history), sequences_fingerprint(sequences), text)
+        Path(resume_dir).mkdir(parents=True, exist_ok=True)
+        checkpoint = Path(resume_dir) / f"sasrec-{key}.pt"
+    result, report = fit_stage1_sasrec(split, config, semantic, seed, progress, checkpoint)
     train_seconds = round(time.monotonic() - started, 1)
     model = plain_sasrec(result.model)
     started = time.monotonic()

@@ -49,6 +49,21 @@ def test_train_writes_a_complete_run(run_dir: Path) -> None:
         assert (run_dir / name).is_file()
 
 
+def test_train_with_a_resume_dir_keeps_every_stage_and_a_rerun_reuses_them(tmp_path: Path) -> None:
+    """--resume-dir keeps stage 1 (its embeddings and its SASRec's checkpoint), the codes and the generator's
+    checkpoint; the same command again trains nothing anew and writes the same model."""
+    keep = tmp_path / "keep"
+    argv = ["train", "--dataset", "beauty", "--variant", "collab", *TINY, "--resume-dir", str(keep)]
+    assert main([*argv, "--out", str(tmp_path / "first")]) == 0
+    kept = sorted(p.name.split("-")[0] + p.suffix for p in keep.iterdir())
+    assert kept == ["generator.pt", "semantic.npz", "stage1.npz", "stage1.pt"], kept
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 0
+    first, again = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("first", "again"))
+    assert "read_from" in again["stage1"] and "read_from" in again["codes"]
+    assert again["fit"]["history"] == first["fit"]["history"] and again["metrics"] == first["metrics"]
+    assert (tmp_path / "first" / "codes.npy").read_bytes() == (tmp_path / "again" / "codes.npy").read_bytes()
+
+
 def test_tune_then_retrain_with_the_best_settings(run_dir: Path, tmp_path: Path) -> None:
     tuned = tmp_path / "tuning"
     tiny = [*TINY[TINY.index("--d-model") :], "--space", "small"]  # the small space keeps the trials quick
