@@ -259,9 +259,15 @@ def _worker_specs(base: WorkerSpec, n_trials: int, workers: int, launch: str) ->
     specs = []
     for i, share in enumerate(_shares(n_trials, workers)):
         # Workers sharing a sampler seed would sample the same start-up trials: give each its own.
-        sampler_seed = base.seed if workers == 1 else _seed(base.seed, launch, i, 0)
+        sampler_seed = base.sampler_seed if workers == 1 else _seed(base.seed, launch, i, 0)
         specs.append(replace(base, slot=f"{launch}/{i}", share=share, sampler_seed=sampler_seed))
     return [s for s in specs if s.share > 0]  # shares only shrink along the list: slot i stays at index i
+
+
+def resumed_sampler_seed(seed: int, trials_so_far: int) -> int:
+    """``seed`` for a new study; for one resumed with trials in it, a seed derived from both: the same seed would
+    draw TPE's random start-up trials again, repeating what the stopped run already ran."""
+    return seed if trials_so_far == 0 else int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
 
 
 def _seed(seed: int, launch: str, slot: int, incarnation: int) -> int:
@@ -366,6 +372,9 @@ def optimize(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Created here, before any worker starts, so that workers on a fresh database never race to create tables.
     study = create_study(study_name, storage, seed, warmup_steps, heartbeat)
+    sampler_seed = resumed_sampler_seed(seed, len(study.trials))
+    if sampler_seed != seed:  # resumed: this process samples from a seed of its own (see resumed_sampler_seed)
+        study = create_study(study_name, storage, sampler_seed, warmup_steps, heartbeat)
     launch = uuid.uuid4().hex[:12]
     base = WorkerSpec(
         objective=objective,
@@ -374,7 +383,7 @@ def optimize(
         slot="",
         share=0,
         seed=seed,
-        sampler_seed=seed,
+        sampler_seed=sampler_seed,
         heartbeat=heartbeat,
         warmup_steps=warmup_steps,
         deadline=None if timeout is None else time.time() + timeout,

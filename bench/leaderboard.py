@@ -45,6 +45,7 @@ import torch
 
 from arcast_core.files import atomic_write_text
 from arcast_core.training import TrainConfig
+from arcast_core.tuning import resumed_sampler_seed
 from forecasting.data import DataConfig, prepare_data
 from forecasting.evaluate import evaluate_artifact
 from forecasting.export import export_run
@@ -356,8 +357,8 @@ def informer_choice(
         storage=f"sqlite:///{work_dir / f'{model}-width.db'}",  # one file per model: SQLite dislikes two creators
         load_if_exists=True,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=0),
     )
+    study.sampler = optuna.samplers.TPESampler(seed=resumed_sampler_seed(0, len(study.trials)))
     done = {
         tuple(t.params[k] for k in SEARCH_SPACE) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
     }

@@ -113,6 +113,22 @@ def test_the_width_search_starts_from_the_trials_finished_rows_record(leaderboar
     assert choice == {"d_model": 64, "e_layers": 1, "lr": 2e-3} and len(search["trials"]) == 2
 
 
+def test_a_resumed_width_search_samples_new_trials(leaderboard, tmp_path, monkeypatch) -> None:
+    """Stopped after 2 trials and started again for 4: the new trials are not the first run's draws again (TPE's
+    random start with the same seed repeated them, 10 to 47 minutes each for ETTh1 S)."""
+    from types import SimpleNamespace
+
+    def fake_training(kind, data, params, train, **kw):
+        return SimpleNamespace(fit={"best_val_loss": train.lr * params["d_model"]}), 0.0
+
+    monkeypatch.setattr(leaderboard, "timed_train", fake_training)
+    monkeypatch.setattr(leaderboard, "prepare_data", lambda config: SimpleNamespace(config=config))
+    task = leaderboard.protocol_tasks("informer")[0]
+    leaderboard.informer_choice(task, False, 2, None, tmp_path)
+    _, search = leaderboard.informer_choice(task, False, 4, None, tmp_path)
+    assert len({tuple(sorted(t.items())) for t in search["trials"]}) == 4
+
+
 def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leaderboard, tmp_path: Path) -> None:
     """Of several bench/autotimes.py runs, the rows are the test scores of the rollout a run chose on validation,
     from the run whose choice scored lowest there; a run that did not choose, or never scored its choice on test,

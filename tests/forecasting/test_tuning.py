@@ -25,6 +25,8 @@ def test_tune_resumes_and_writes_best_params(etth1_slice: Path, tmp_path: Path) 
         t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
     assert len(finished) == 5
+    # The resumed run samples anew: with the first run's sampler seed it would redraw its random start-up trials.
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 5
     assert second["best_value"] == min(t.value for t in study.trials if t.value is not None)
     best = json.loads((tmp_path / BEST_PARAMS_FILE).read_text())
     assert best["settings"]["data"]["lookback"] == best["params"]["lookback"]
