@@ -537,19 +537,6 @@ def stage1_train_config(config: Stage1Config, seed: int, progress: bool, checkpo
     )
 
 
-def train_stage1_sasrec(
-    split: LeaveOneOutSplit,
-    config: Stage1Config,
-    semantic: np.ndarray | None,
-    seed: int,
-    progress: bool,
-    checkpoint: Path | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A plain SASRec (``semantic`` None) or the aligned one; its item embeddings and a report."""
-    result, report = fit_stage1_sasrec(split, config, semantic, seed, progress, checkpoint)
-    return collaborative_embeddings(result.model), report
-
-
 def fit_stage1_sasrec(
     split: LeaveOneOutSplit,
     config: Stage1Config,
@@ -599,8 +586,10 @@ def build_item_embeddings(
     """The embeddings ``variant`` needs (training the SASRec(s) it needs); ``semantic``: title embeddings.
     ``checkpoints``: each SASRec's resumable state goes to this path with ``-collaborative.pt`` / ``-aligned.pt``."""
 
-    def checkpoint(name: str) -> Path | None:
-        return None if checkpoints is None else checkpoints.with_name(f"{checkpoints.name}-{name}.pt")
+    def sasrec_embeddings(aligned_to: np.ndarray | None, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+        checkpoint = None if checkpoints is None else checkpoints.with_name(f"{checkpoints.name}-{name}.pt")
+        result, report = fit_stage1_sasrec(split, config, aligned_to, seed, progress, checkpoint)
+        return collaborative_embeddings(result.model), report
 
     needs = NEEDS[check_variant(variant)]
     if "semantic" in needs and semantic is None:
@@ -608,13 +597,9 @@ def build_item_embeddings(
     reports: dict[str, Any] = {}
     collaborative = aligned = None
     if "collaborative" in needs:
-        collaborative, reports["collaborative"] = train_stage1_sasrec(
-            split, config, None, seed, progress, checkpoint("collaborative")
-        )
+        collaborative, reports["collaborative"] = sasrec_embeddings(None, "collaborative")
     if "aligned" in needs:
-        aligned, reports["aligned"] = train_stage1_sasrec(
-            split, config, semantic, seed, progress, checkpoint("aligned")
-        )
+        aligned, reports["aligned"] = sasrec_embeddings(semantic, "aligned")
         reports["aligned"]["alignment"] = config.alignment.as_dict()
         reports["aligned"]["agreement_with_titles"] = alignment_report(aligned, semantic)  # type: ignore[arg-type]
     return ItemEmbeddings(semantic=semantic, collaborative=collaborative, aligned=aligned), reports

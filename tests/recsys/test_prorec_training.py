@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.alignment import AlignmentConfig, alignment_report
+from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings
 from recsys.data import InteractionData, load_beauty_titles
 from recsys.popularity import evaluate_popularity
 from recsys.prorec_training import (
@@ -20,11 +20,11 @@ from recsys.prorec_training import (
     PRORecRun,
     Stage1Config,
     evaluate_generator,
+    fit_stage1_sasrec,
     load_run,
     popular_items_slice,
     save_run,
     train_pipeline,
-    train_stage1_sasrec,
 )
 from recsys.quantizer import QuantizerConfig, RQVAEConfig
 from recsys.split import LeaveOneOutSplit, leave_one_out
@@ -70,8 +70,9 @@ def run(dense_slice: dict[int, list[int]], semantic: np.ndarray, amazon_data_dir
 
 
 def test_alignment_brings_collaborative_space_closer_to_titles(split: LeaveOneOutSplit, semantic: np.ndarray) -> None:
-    plain, _ = train_stage1_sasrec(split, STAGE1, None, seed=0, progress=False)
-    aligned, report = train_stage1_sasrec(split, STAGE1, semantic, seed=0, progress=False)
+    plain_fit, _ = fit_stage1_sasrec(split, STAGE1, None, seed=0, progress=False)
+    aligned_fit, report = fit_stage1_sasrec(split, STAGE1, semantic, seed=0, progress=False)
+    plain, aligned = collaborative_embeddings(plain_fit.model), collaborative_embeddings(aligned_fit.model)
     before, after = alignment_report(plain, semantic, sample=500), alignment_report(aligned, semantic, sample=500)
     assert after["neighbour_overlap@10"] > 2 * before["neighbour_overlap@10"], (before, after)
     assert after["cka"] > before["cka"]
