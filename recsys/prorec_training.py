@@ -665,6 +665,7 @@ def train_pipeline(
     round of what was not (a changed setting starts that part afresh beside the other).
     """
     split = leave_one_out(sequences, max_history=config.max_history)
+    fingerprint = sequences_fingerprint(sequences)  # the data's key, for the run and its kept files
     timings: dict[str, float] = {}
     stage1_reports: dict[str, Any] = {}
     if embeddings is None:
@@ -672,7 +673,7 @@ def train_pipeline(
             from recsys.text_embeddings import embed_item_titles
 
             semantic = embed_item_titles(titles, split.item_map.raw_ids[1:]).vectors
-        embeddings, stage1_reports = kept_item_embeddings(split, config, semantic, sequences, resume_dir)
+        embeddings, stage1_reports = kept_item_embeddings(split, config, semantic, fingerprint, resume_dir)
         timings["stage1_seconds"] = stage1_reports.pop("seconds")
     quantiser_report: dict[str, Any] = {}
     if ids is None:
@@ -683,7 +684,7 @@ def train_pipeline(
     distill = distillation_targets(config.variant, embeddings, config.train.distill_temperature)
     checkpoint = None
     if resume_dir is not None:
-        checkpoint = generator_checkpoint(resume_dir, config, ids, embeddings, sequences)
+        checkpoint = generator_checkpoint(resume_dir, config, ids, embeddings, fingerprint)
     fit = train_generator(split, ids, config.generator, config.train, distill, on_epoch, checkpoint)
     timings["generator_seconds"] = round(fit.seconds, 1)
     metrics: dict[str, Any] = {"validation_sample": fit.best_validation}
@@ -700,7 +701,7 @@ def train_pipeline(
         "variant": config.variant,
         "config": config.as_dict(),
         "model_config": fit.model.config.as_dict(),
-        "data_fingerprint": sequences_fingerprint(sequences),
+        "data_fingerprint": fingerprint,
         "users": len(split.test),
         "n_items": split.num_items,
         "codes": quantiser_report or {"reused": True, **ids.stats.as_dict()},
@@ -774,7 +775,7 @@ def kept_item_embeddings(
     split: LeaveOneOutSplit,
     config: PipelineConfig,
     semantic: np.ndarray | None,
-    sequences: dict[int, list[int]],
+    data_fingerprint: str,
     folder: Path | None,
 ) -> tuple[ItemEmbeddings, dict[str, Any]]:
     """``build_item_embeddings`` for ``config``, kept in ``folder`` (when given) under a key of the variant, stage
@@ -784,7 +785,7 @@ def kept_item_embeddings(
         settings = json.dumps(asdict(config.stage1), sort_keys=True, default=_json_default)
         parts = (config.variant, settings, str(config.train.seed), str(config.max_history))
         text = b"" if semantic is None else np.ascontiguousarray(semantic, dtype=np.float32).tobytes()
-        path = Path(folder) / f"stage1-{content_key(*parts, sequences_fingerprint(sequences), text)}.npz"
+        path = Path(folder) / f"stage1-{content_key(*parts, data_fingerprint, text)}.npz"
         if path.is_file():
             with np.load(path) as data:
                 reports = json.loads(str(data["reports"]))
@@ -810,7 +811,7 @@ def kept_item_embeddings(
 
 
 def generator_checkpoint(
-    folder: Path, config: PipelineConfig, ids: SemanticIds, embeddings: ItemEmbeddings, sequences: dict[int, list[int]]
+    folder: Path, config: PipelineConfig, ids: SemanticIds, embeddings: ItemEmbeddings, data_fingerprint: str
 ) -> Path:
     """The generator's checkpoint file in ``folder``, named by everything the run depends on: the settings (but
     those a resumption may change: the budget, the device, progress bars), the codes, the embeddings that the
@@ -821,7 +822,7 @@ def generator_checkpoint(
         json.dumps(settings, sort_keys=True, default=_json_default),
         np.ascontiguousarray(ids.codes, dtype=np.int64).tobytes(),
         _embeddings_bytes(embeddings),
-        sequences_fingerprint(sequences),
+        data_fingerprint,
     )
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Path(folder) / f"generator-{key}.pt"
