@@ -457,10 +457,13 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                     variants["quantile"] = (learnt, {"levels": LEVELS, "method": "quantile"}, "quantile_none")
                 times: dict[str, list[float]] = {name: [] for name in variants}
                 names = list(variants)
+                # Each round sends every variant once, in a fresh random order: a request runs slower after another
+                # model's or a heavy (adaptive) one, and a fixed rotation would give each variant its own mix of
+                # predecessors (seen: the quantile model's requests read 5 to 9% faster with levels than without).
+                order = np.random.default_rng(0)
                 for i in range(args.requests + 20):
                     history = values[start + i : start + i + LOOKBACK + args.origins]
-                    turn = i % len(names)
-                    for name in names[turn:] + names[:turn]:  # each variant first, second, ... in turn
+                    for name in order.permutation(names):
                         model, extra, _ = variants[name]
                         t0 = time.perf_counter()
                         client.forecast(model, [history], STEP, **extra)
@@ -470,6 +473,10 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                 for name, samples in times.items():
                     model, _, baseline = variants[name]
                     base = medians[baseline]
+                    # The same round's requests differ only in the variant: the median of those paired differences
+                    # cancels the load drifting between rounds, which a difference of two medians does not.
+                    paired = np.asarray(samples) - np.asarray(times[baseline])
+                    low, high = _median_interval(paired)
                     out.append(
                         {
                             "model": model,
@@ -480,6 +487,9 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                             "p90_ms": round(float(np.quantile(samples, 0.9)) * 1e3, 3),
                             "baseline": baseline,
                             "extra_vs_none_pct": round(100 * (medians[name] - base) / base, 1),
+                            "paired_extra_ms": round(float(np.median(paired)) * 1e3, 4),
+                            "paired_extra_pct": round(100 * float(np.median(paired)) / base, 1),
+                            "paired_extra_pct_95ci": [round(100 * low / base, 1), round(100 * high / base, 1)],
                             "history_steps": LOOKBACK + args.origins,
                         }
                     )
@@ -491,6 +501,21 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
     results["latency"] = out
     results["latency_command"] = " ".join(sys.argv)
     save(results)
+
+
+def _median_interval(samples: np.ndarray, resamples: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the samples' median (seeded: a rerun on the same samples gives the same)."""
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(samples, (resamples, len(samples))), axis=1)
+    return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
+
+
+def _with_extra(row: dict[str, Any]) -> str:
+    """A latency cell: the median and the extra over its baseline (paired, with its interval, where recorded)."""
+    if "paired_extra_pct" not in row:  # a row from before the paired figures
+        return f"{row['median_ms']:.2f} ({row['extra_vs_none_pct']:+.0f}%)"
+    low, high = row["paired_extra_pct_95ci"]
+    return f"{row['median_ms']:.2f} ({row['paired_extra_pct']:+.1f}% [{low:+.1f}, {high:+.1f}])"
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -556,7 +581,10 @@ def readme_table(results: dict[str, Any]) -> str:
     if results.get("latency"):
         lines += [
             f"\n**Latency per Forecast** (one series, {results['latency'][0]['history_steps']} steps of history, "
-            "horizon 24, real gRPC, 1 client; median ms; in brackets: the extra over the same model without levels)\n",
+            "horizon 24, real gRPC, 1 client; median ms; in brackets: the extra over the same model without levels, "
+            "the median of each round's paired difference (a round sends every variant once, back to back, "
+            "in a random order), "
+            "with its 95% bootstrap interval)\n",
             f"| model | no levels | split conformal (3 levels) | adaptive (3 levels, "
             f"{results['latency'][0]['history_steps'] - LOOKBACK} origins) "
             "| quantile model: no levels | quantile (3 levels) |",
@@ -566,12 +594,11 @@ def readme_table(results: dict[str, Any]) -> str:
             kind = model.rsplit("-", 1)[0]
             got = {r["variant"]: r for r in results["latency"] if r["model"] in (model, f"{kind}-quantile-S")}
             cells = [f"{got['none']['median_ms']:.2f}"] + [
-                f"{got[v]['median_ms']:.2f} ({got[v]['extra_vs_none_pct']:+.0f}%)" if v in got else "-"
-                for v in ("split_conformal", "adaptive")
+                _with_extra(got[v]) if v in got else "-" for v in ("split_conformal", "adaptive")
             ]
             cells.append(f"{got['quantile_none']['median_ms']:.2f}" if "quantile_none" in got else "-")
             q = got.get("quantile")
-            cells.append(f"{q['median_ms']:.2f} ({q['extra_vs_none_pct']:+.0f}%)" if q else "-")
+            cells.append(_with_extra(q) if q else "-")
             lines.append(f"| {model} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
