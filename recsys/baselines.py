@@ -1,9 +1,10 @@
 """Collaborative baselines on the leave-one-out protocol, printed as JSON.
 
-    python -m recsys.baselines --dataset beauty --models popularity sasrec-ce sasrec-bce \\
+    python -m recsys.baselines --dataset beauty --models popularity transitions sasrec-ce sasrec-bce \\
         --hidden 64 --layers 2 --epochs 30 --max-minutes 10
 
-SASRec is selected on validation NDCG@10 and reported on test; popularity has nothing to select. All metrics use
+SASRec is selected on validation NDCG@10 and reported on test; popularity has nothing to select; transitions
+(``recsys.transitions``) chooses its history decay on validation NDCG@10. All metrics use
 full ranking over every item without masking the history (the published tables' protocol, shared/ANCHORS.md).
 """
 
@@ -24,8 +25,9 @@ from recsys.models.sasrec import Loss, SASRecConfig
 from recsys.popularity import evaluate_popularity
 from recsys.split import LeaveOneOutSplit, leave_one_out
 from recsys.training import evaluate_sasrec, save_sasrec, train_sasrec
+from recsys.transitions import evaluate_transitions
 
-MODELS = ("popularity", "sasrec-ce", "sasrec-bce")
+MODELS = ("popularity", "transitions", "sasrec-ce", "sasrec-bce")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 "test": evaluate_popularity(split, split.test, exclude_history=args.exclude_history),
                 "validation": evaluate_popularity(split, split.validation, exclude_history=args.exclude_history),
             }
+        elif name == "transitions":
+            test, chosen = evaluate_transitions(split, split.test, exclude_history=args.exclude_history)
+            report["results"][name] = {"test": test, **chosen}
         else:
             report["results"][name] = run_sasrec(split, name.removeprefix("sasrec-"), args)
         print(f"done: {name}", file=sys.stderr, flush=True)
