@@ -17,6 +17,7 @@ from recsys.semantic_ids import VARIANTS
 
 EXIT_BAD_INPUT = 2
 SASREC = "sasrec"  # recsys.sasrec_run.VARIANT (not imported here: it pulls in torch before --help)
+TRANSITIONS = "transitions"  # recsys.transitions.VARIANT (likewise)
 DESCRIPTION = """\
 Generative recommendation with semantic IDs (TIGER / PRORec) on the Amazon 2014 5-core benchmarks.
 
@@ -39,7 +40,10 @@ Variants (the ablations share everything but the item embedding that is quantise
           one score per item (rollout item_scores); on this machine's budgets it ranks better than the generators
           (README, "Recommendations"). `train --variant sasrec` then `export` and `evaluate` as for the others;
           its training flags are the stage-1 ones (--sasrec-*, --align-*, --budget-clock)
-Titles exist for beauty only, so on sports and toys only `collab` and `sasrec` run.
+  transitions  no training at all: item-to-item transition counts over the history (decay chosen on validation),
+          popularity for ties; seconds to fit, and above every generator trained here (README, "Recommendations"):
+          the bar the others must clear. Served as item_scores like sasrec
+Titles exist for beauty only, so on sports and toys only `collab`, `sasrec` and `transitions` run.
 
 Protocol: leave-one-out (last item test, second last validation), histories of up to 20 items, full ranking over
 all items (the beam search returns real items only), Recall@K and NDCG@K, the history not masked. The data is read
@@ -229,6 +233,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     if args.variant == SASREC:
         return _train_sasrec(args)
+    if args.variant == TRANSITIONS:
+        return _train_transitions(args)
     if args.from_run:
         base = load_run(args.from_run)
         spec = base.info.get("data", {"dataset": base.info["dataset"], "slice": None})
@@ -268,6 +274,24 @@ def _train_sasrec(args: argparse.Namespace) -> int:
     save_sasrec_run(run, args.out)
     _print_metrics(run.info["metrics"])
     print(f"saved run to {args.out} ({run.info['timings']})")
+    return 0
+
+
+def _train_transitions(args: argparse.Namespace) -> int:
+    from arcast_core.data_dir import find_data_dir
+    from recsys.data import load_beauty_titles
+    from recsys.prorec_training import load_sequences
+    from recsys.transitions import save_transitions_run, train_transitions_run
+
+    if args.from_run or args.params:
+        raise ValueError("--from-run and --params retrain a generator; --variant transitions has none")
+    spec = data_spec(args)
+    titles = load_beauty_titles(find_data_dir(args.data_dir)).texts if args.dataset == "beauty" else None
+    run = train_transitions_run(args.dataset, load_sequences(spec, args.data_dir), titles)
+    run.info["data"] = spec
+    save_transitions_run(run, args.out)
+    _print_metrics(run.info["metrics"])
+    print(f"saved run to {args.out} (decay {run.model.decay}; {run.info['timings']})")
     return 0
 
 
@@ -316,15 +340,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from recsys.prorec_training import load_run
     from recsys.sasrec_export import export_sasrec_run
     from recsys.sasrec_run import is_sasrec_run, load_sasrec_run
+    from recsys.transitions import export_transitions_run, is_transitions_run, load_transitions_run
 
     _set_threads(args.threads)
+    where = (args.store, args.name, args.version)
+    if (is_sasrec_run(args.run) or is_transitions_run(args.run)) and args.beam_width:
+        raise ValueError("--beam-width: this run ranks every item; it has no beam")
     if is_sasrec_run(args.run):
-        if args.beam_width:
-            raise ValueError("--beam-width: a SASRec run ranks every item; it has no beam")
         sasrec = load_sasrec_run(args.run)
         histories = _parity_histories(sasrec.info.get("data"), sasrec.model.config.max_len, args)
-        where = (args.store, args.name, args.version)
         artifact = export_sasrec_run(sasrec, *where, histories=histories, top_k=args.top_k)
+        engine = "torch ranking"
+    elif is_transitions_run(args.run):
+        counts = load_transitions_run(args.run)
+        histories = _parity_histories(counts.info.get("data"), counts.max_history, args)
+        artifact = export_transitions_run(counts, *where, histories=histories, top_k=args.top_k)
         engine = "torch ranking"
     else:
         run = load_run(args.run)
@@ -348,6 +378,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.export import evaluate_artifact
     from recsys.prorec_training import evaluate_run
     from recsys.sasrec_run import evaluate_sasrec_run, is_sasrec_run
+    from recsys.transitions import evaluate_transitions_run, is_transitions_run
 
     _set_threads(args.threads)
     if bool(args.run) == bool(args.store and args.name):
@@ -356,6 +387,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run = args.run
         if is_sasrec_run(run):
             report = evaluate_sasrec_run(run, args.split, args.data_dir, args.limit, args.exclude_seen)
+        elif is_transitions_run(run):
+            report = evaluate_transitions_run(run, args.split, args.data_dir, args.limit, args.exclude_seen)
         else:
             report = evaluate_run(run, args.split, args.data_dir, args.limit, args.exclude_seen, args.beam_width)
     else:
@@ -391,9 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(train)
     train.add_argument(
         "--variant",
-        choices=(*VARIANTS, SASREC),
+        choices=(*VARIANTS, SASREC, TRANSITIONS),
         default="prorec",
-        help="a generator's semantic IDs (tiger, collab, concat, prorec) or no generator at all (sasrec)",
+        help="a generator's semantic IDs (tiger, collab, concat, prorec) or no generator at all (sasrec, transitions)",
     )
     _add_model_args(train)
     train.add_argument("--from-run", help="reuse this run's embeddings and semantic IDs (and its data)")

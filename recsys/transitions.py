@@ -9,15 +9,30 @@ the training part of the split only, so neither validation nor test targets leak
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from arcast_core.files import atomic_write, atomic_write_text
 from recsys.evaluation import evaluate_scorer
 from recsys.metrics import DEFAULT_KS
-from recsys.split import PADDING_ID, EvalExamples, LeaveOneOutSplit
+from recsys.prorec_training import (
+    EVAL_KS,
+    ITEM_IDS_FILE,
+    RUN_FILE,
+    TITLES_FILE,
+    binary_writer,
+    run_examples,
+    sequences_fingerprint,
+)
+from recsys.split import PADDING_ID, EvalExamples, LeaveOneOutSplit, leave_one_out
 
 DECAYS = (0.0, 0.3, 0.6, 1.0)  # 0: the last item alone; 1: every history item counts alike
 
@@ -64,12 +79,20 @@ class TransitionModel:
         entries = starts[owner] + offsets
         out = np.zeros((users, len(self.popularity)), np.float64)
         np.add.at(out, (user[owner], self.indices[entries]), self.counts[entries] * weights[user, position][owner])
-        # Popularity scaled below half the smallest weight in use: it orders what the transitions leave tied (above
-        # all, the items no history item ever led to) and never outweighs one whole transition count.
-        smallest = float(weights[weights > 0].min()) if len(items) else 1.0
-        out += self.popularity * (0.5 * smallest / (self.popularity.max() + 1.0))
+        out += self.tie_break(width)
         out[:, PADDING_ID] = -np.inf
         return out
+
+    def tie_break(self, width: int) -> np.ndarray:
+        """Popularity scaled below half the smallest weight a history of ``width`` items can carry: it orders what
+        the transitions leave tied (above all, the items no history item ever led to), never outweighs one whole
+        transition count, and depends on nothing but the item (a user's ranking is the same in any batch)."""
+        smallest = self.decay ** (width - 1) if self.decay else 1.0
+        return self.popularity * (0.5 * smallest / (self.popularity.max() + 1.0))
+
+    def longest_row(self) -> int:
+        """The most items any one item was ever followed by (the width the served graph gathers per history item)."""
+        return int(np.diff(self.indptr).max(initial=0))
 
     def score_batch(self, histories: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.scores(histories.cpu().numpy()), dtype=torch.float64)
@@ -97,3 +120,176 @@ def evaluate_transitions(
     """Fit on the split's training part (decay chosen on validation) and evaluate on ``examples``, full ranking."""
     model, chosen = fit_transitions(split, exclude_history=exclude_history)
     return evaluate_scorer(model.score_batch, examples, ks=ks, exclude_history=exclude_history), chosen
+
+
+class TransitionScorer(nn.Module):
+    """The served graph: history (B, S) left-padded dense ids -> scores (B, n_items + 1), column 0 -inf; the same
+    scores as ``TransitionModel.scores`` in float32 (the counts kept as CSR; each history item gathers its row at a
+    fixed width, the longest row, masked beyond its own length)."""
+
+    def __init__(self, model: TransitionModel, max_history: int) -> None:
+        super().__init__()
+        nnz = len(model.indices)
+        # One unused entry when there are no transitions at all: a gather from an empty tensor fails to export.
+        indices = model.indices if nnz else np.zeros(1, np.int64)
+        counts = model.counts if nnz else np.zeros(1)
+        self.register_buffer("indptr", torch.as_tensor(model.indptr, dtype=torch.int64))
+        self.register_buffer("indices", torch.as_tensor(indices, dtype=torch.int64))
+        self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.float32))
+        self.register_buffer("offsets", torch.arange(max(model.longest_row(), 1), dtype=torch.int64))
+        weights = model.decay ** np.arange(max_history - 1, -1, -1, dtype=np.float64)
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+        self.register_buffer("tie_break", torch.as_tensor(model.tie_break(max_history), dtype=torch.float32))
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        users = history.shape[0]
+        start = self.indptr[history]  # (B, S)
+        length = self.indptr[history + 1] - start
+        position = start[..., None] + self.offsets  # (B, S, M)
+        inside = self.offsets < length[..., None]
+        position = torch.where(inside, position, torch.zeros_like(position))
+        values = torch.where(inside, self.counts[position], torch.zeros_like(self.counts[position]))
+        values = values * self.weights[None, :, None]
+        scores = self.tie_break.expand(users, -1).scatter_add(
+            1, self.indices[position].reshape(users, -1), values.reshape(users, -1)
+        )
+        padding = torch.full_like(scores[:, :1], -torch.inf)
+        return torch.cat([padding, scores[:, 1:]], dim=1)
+
+
+# --- a run folder: what `python -m recsys train --variant transitions` writes and `export` publishes -------------
+
+VARIANT = "transitions"
+COUNTS_FILE = "transitions.npz"
+
+
+@dataclass
+class TransitionsRun:
+    model: TransitionModel
+    item_ids: np.ndarray  # raw id of each dense id; [0] = -1
+    info: dict[str, Any]
+    titles: list[str] | None = None  # title of each dense id; [0] = ""
+
+    @property
+    def max_history(self) -> int:
+        return int(self.info["max_history"])
+
+
+def train_transitions_run(
+    dataset: str, sequences: dict[int, list[int]], titles: dict[int, str] | None = None, max_history: int = 20
+) -> TransitionsRun:
+    """Counts from every training sequence, the decay chosen on validation NDCG@10; metrics on every validation
+    and test user, full ranking, the history not masked (the published protocol)."""
+    started = time.monotonic()
+    split = leave_one_out(sequences, max_history=max_history)
+    model, chosen = fit_transitions(split)
+    fitted = time.monotonic()
+    test = evaluate_scorer(model.score_batch, split.test, ks=EVAL_KS)
+    validation = chosen["validation"][str(model.decay)]
+    info = {
+        "dataset": dataset,
+        "variant": VARIANT,
+        "max_history": max_history,
+        "decay": model.decay,
+        "validation_by_decay": chosen["validation"],
+        "data_fingerprint": sequences_fingerprint(sequences),
+        "users": len(split.test),
+        "n_items": split.num_items,
+        "metrics": {"validation": validation, "test": test},
+        "timings": {
+            "train_seconds": round(fitted - started, 1),
+            "evaluation_seconds": round(time.monotonic() - fitted, 1),
+        },
+        "model_size": {"transitions": len(model.indices), "longest_row": model.longest_row()},
+        "protocol": "leave-one-out, full ranking over all items, history not masked",
+    }
+    title_list = None
+    if titles is not None:
+        title_list = ["", *(titles.get(int(raw), "") for raw in split.item_map.raw_ids[1:])]
+    return TransitionsRun(model, split.item_map.raw_ids.copy(), info, title_list)
+
+
+def is_transitions_run(folder: Path | str) -> bool:
+    path = Path(folder) / RUN_FILE
+    return path.is_file() and json.loads(path.read_text()).get("variant") == VARIANT
+
+
+def save_transitions_run(run: TransitionsRun, folder: Path | str) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    m = run.model
+    arrays = {"indptr": m.indptr, "indices": m.indices, "counts": m.counts, "popularity": m.popularity}
+    atomic_write(folder / COUNTS_FILE, binary_writer(lambda handle: np.savez(handle, **arrays)))
+    atomic_write(folder / ITEM_IDS_FILE, binary_writer(lambda handle: np.save(handle, run.item_ids)))
+    if run.titles is not None:
+        atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))
+    atomic_write_text(folder / RUN_FILE, json.dumps(run.info, indent=2, default=float))  # last: marks it complete
+    return folder
+
+
+def load_transitions_run(folder: Path | str) -> TransitionsRun:
+    folder = Path(folder)
+    if not is_transitions_run(folder):
+        raise FileNotFoundError(
+            f"{folder} is not a transitions run folder (`python -m recsys train --variant transitions`)"
+        )
+    info = json.loads((folder / RUN_FILE).read_text())
+    with np.load(folder / COUNTS_FILE) as arrays:
+        model = TransitionModel(
+            arrays["indptr"], arrays["indices"], arrays["counts"], arrays["popularity"], float(info["decay"])
+        )
+    titles = json.loads((folder / TITLES_FILE).read_text()) if (folder / TITLES_FILE).is_file() else None
+    return TransitionsRun(model, np.load(folder / ITEM_IDS_FILE), info, titles)
+
+
+def evaluate_transitions_run(
+    folder: Path | str,
+    split: str = "test",
+    data_dir: str | None = None,
+    limit: int | None = None,
+    exclude_seen: bool = False,
+) -> dict[str, Any]:
+    """Metrics of a transitions run folder (numpy, full ranking) on the data it records; the report of ``evaluate``."""
+    run = load_transitions_run(folder)
+    examples, facts = run_examples(run.info, run.item_ids, run.max_history, split, data_dir)
+    if limit is not None:
+        n = min(limit, len(examples))
+        examples = EvalExamples(examples.user_ids[:n], examples.histories[:n], examples.targets[:n])
+    return {
+        "model": str(folder),
+        "engine": "numpy",
+        **facts,
+        "split": split,
+        "users": len(examples),
+        "exclude_seen": exclude_seen,
+        "metrics": evaluate_scorer(run.model.score_batch, examples, ks=EVAL_KS, exclude_history=exclude_seen),
+    }
+
+
+def export_transitions_run(
+    run: TransitionsRun,
+    store: Path | str,
+    name: str,
+    version: str | None = None,
+    histories: np.ndarray | None = None,
+    top_k: int = 10,
+) -> Any:
+    """Publish ``run`` as an ``item_scores`` artifact (``TransitionScorer``) at ``store/name/<version>``; refused
+    when onnxruntime's top-k differ from the torch graph's beyond ties (``recsys.item_scores_export``)."""
+    from recsys.item_scores_export import publish_item_scores  # onnx and the serving side: only when exporting
+
+    return publish_item_scores(
+        TransitionScorer(run.model, run.max_history),
+        VARIANT,
+        f"decayed item-to-item transition counts over the history (decay {run.model.decay}), popularity for ties",
+        run.item_ids,
+        run.titles,
+        run.info,
+        run.max_history,
+        store,
+        name,
+        version,
+        histories,
+        top_k,
+        facts={"decay": run.model.decay, "model_size": run.info.get("model_size")},
+    )

@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, TypeVar
 
 FORMAT_VERSION = 1
-MODEL_KINDS = ("arnet", "informer", "autotimes", "naive", "seasonal_naive", "linear", "prorec", "sasrec")
+MODEL_KINDS = (
+    "arnet",
+    "informer",
+    "autotimes",
+    "naive",
+    "seasonal_naive",
+    "linear",
+    "prorec",
+    "sasrec",
+    "transitions",
+)
 REEXPORT = "re-export the model with this version of arcast (forecasting/recsys `export`)"
 T = TypeVar("T")
 

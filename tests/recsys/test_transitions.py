@@ -4,14 +4,24 @@ popularity, the decay chosen on validation, and on real Beauty users it beats po
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recsys.data import InteractionData
 from recsys.popularity import evaluate_popularity
 from recsys.split import PADDING_ID, LeaveOneOutSplit, leave_one_out
-from recsys.transitions import DECAYS, TransitionModel, evaluate_transitions, fit_transitions
+from recsys.transitions import (
+    DECAYS,
+    TransitionModel,
+    TransitionScorer,
+    evaluate_transitions,
+    evaluate_transitions_run,
+    fit_transitions,
+)
 
 
 def reference_scores(split: LeaveOneOutSplit, histories: np.ndarray, decay: float) -> np.ndarray:
@@ -45,10 +55,12 @@ def test_scores_are_decayed_transition_counts_with_popularity_only_breaking_ties
     scores = model.scores(histories)
     expected = reference_scores(small_split, histories, decay)
     assert np.isneginf(scores[:, PADDING_ID]).all()
-    longest = int((histories != PADDING_ID).sum(axis=1).max())
-    smallest_weight = decay ** (longest - 1) if decay else 1.0
+    smallest_weight = decay ** (histories.shape[1] - 1) if decay else 1.0
     tie_break = scores[:, 1:] - expected[:, 1:]
+    np.testing.assert_allclose(tie_break, np.broadcast_to(model.tie_break(histories.shape[1])[1:], tie_break.shape))
     assert np.all(tie_break >= 0) and np.all(tie_break < 0.5 * smallest_weight)  # never one whole count
+    # A user's scores are the same alone as in any batch.
+    np.testing.assert_array_equal(model.scores(histories[3:4]), scores[3:4])
     # The tie-break is popularity: among items with equal transition scores, the more popular ranks higher.
     popularity = np.bincount(np.concatenate(small_split.train_sequences), minlength=small_split.num_items + 1)
     for u in range(len(histories)):
@@ -83,3 +95,40 @@ def test_on_real_beauty_users_transitions_beat_popularity(beauty: InteractionDat
     assert chosen["decay"] in DECAYS
     assert metrics["ndcg@10"] > 2 * popularity["ndcg@10"]
     assert metrics["recall@10"] > popularity["recall@10"]
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.6])
+def test_the_served_graph_scores_as_the_model_does(small_split: LeaveOneOutSplit, decay: float) -> None:
+    model = TransitionModel.fit(small_split, decay)
+    histories = np.concatenate([small_split.test.histories, np.zeros((1, 6), np.int64)])  # and an empty history
+    expected = model.scores(histories)
+    with torch.no_grad():
+        got = TransitionScorer(model, histories.shape[1])(torch.from_numpy(histories)).numpy()
+    assert got.dtype == np.float32 and np.isneginf(got[:, PADDING_ID]).all()
+    np.testing.assert_allclose(got[:, 1:], expected[:, 1:], rtol=1e-6, atol=1e-6)
+
+
+def test_cli_fits_exports_and_evaluates_transitions(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsys.cli import main as recsys_main  # in process: a subprocess importing torch costs seconds each
+
+    run, store, report = tmp_path / "run", tmp_path / "store", tmp_path / "eval.json"
+    data = ["--data-dir", str(data_dir)]
+    train = ["train", "--variant", "transitions", "--dataset", "toys", *data, "--slice-items", "300"]
+    assert recsys_main([*train, "--slice-users", "1500", "--out", str(run)]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["variant"] == "transitions" and info["decay"] in DECAYS
+    assert recsys_main(["export", "--run", str(run), "--store", str(store), "--name", "toys-tr", *data]) == 0
+    assert "parity (onnxruntime vs torch ranking)" in capsys.readouterr().out
+    manifest = json.loads((store / "toys-tr" / "1" / "manifest.json").read_text())
+    assert (manifest["model_kind"], manifest["rollout"]["kind"]) == ("transitions", "item_scores")
+    assert recsys_main(["evaluate", "--store", str(store), "--name", "toys-tr", *data, "--json", str(report)]) == 0
+    served = json.loads(report.read_text())
+    fitted = evaluate_transitions_run(run, data_dir=str(data_dir))  # what `evaluate --run` reports
+    assert served["users"] == fitted["users"] > 0 and fitted["data_matches_training"]
+    assert fitted["metrics"] == pytest.approx(info["metrics"]["test"])
+    np.testing.assert_allclose(served["metrics"]["recall@10"], fitted["metrics"]["recall@10"], atol=2e-3)
+    beam = ["export", "--run", str(run), "--store", str(store), "--name", "x", "--beam-width", "4"]
+    assert recsys_main(beam) == 2
+    assert "--beam-width: this run ranks every item" in capsys.readouterr().err
