@@ -42,3 +42,14 @@ def quick_sasrec_args(out: Path | str) -> list[str]:
         *("--sasrec-epochs", "10"),
         *("--out", str(out)),
     ]
+
+
+def quick_transitions_args(out: Path | str) -> list[str]:
+    """``python -m recsys`` arguments that fit item-to-item transitions on the same slice (seconds: the bar the
+    trained recommenders must clear) into the run folder ``out``."""
+    return [
+        "train",
+        *("--dataset", "beauty", "--variant", "transitions"),
+        *("--slice-items", str(QUICK_SLICE["top_items"]), "--slice-users", str(QUICK_SLICE["max_users"])),
+        *("--out", str(out)),
+    ]

@@ -127,6 +127,13 @@ class TransitionScorer(nn.Module):
     scores as ``TransitionModel.scores`` in float32 (the counts kept as CSR; each history item gathers its row at a
     fixed width, the longest row, masked beyond its own length)."""
 
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    counts: torch.Tensor
+    offsets: torch.Tensor
+    weights: torch.Tensor
+    tie_break: torch.Tensor
+
     def __init__(self, model: TransitionModel, max_history: int) -> None:
         super().__init__()
         nnz = len(model.indices)
@@ -218,8 +225,11 @@ def save_transitions_run(run: TransitionsRun, folder: Path | str) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     m = run.model
-    arrays = {"indptr": m.indptr, "indices": m.indices, "counts": m.counts, "popularity": m.popularity}
-    atomic_write(folder / COUNTS_FILE, binary_writer(lambda handle: np.savez(handle, **arrays)))
+
+    def write_counts(handle: Any) -> None:
+        np.savez(handle, indptr=m.indptr, indices=m.indices, counts=m.counts, popularity=m.popularity)
+
+    atomic_write(folder / COUNTS_FILE, binary_writer(write_counts))
     atomic_write(folder / ITEM_IDS_FILE, binary_writer(lambda handle: np.save(handle, run.item_ids)))
     if run.titles is not None:
         atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))

@@ -21,7 +21,7 @@ from forecasting.export import export_run
 from forecasting.runs import save_run, train_run
 from recsys.data import load_beauty_titles, load_dataset
 from recsys.prorec_training import popular_items_slice
-from recsys.quick_recipe import QUICK_SLICE, quick_sasrec_args, quick_train_args
+from recsys.quick_recipe import QUICK_SLICE, quick_sasrec_args, quick_train_args, quick_transitions_args
 from serving.batch import run_batch
 from serving.client import ArcastClient
 from serving.server import spawn_server
@@ -30,6 +30,7 @@ OUT = Path("demo-output")
 MODEL = "etth1-arnet"
 RECOMMENDER = "beauty-prorec"
 SASREC = "beauty-sasrec"  # the other kind, behind the same Recommend API
+TRANSITIONS = "beauty-transitions"  # item-to-item transition counts: the bar the trained ones must clear
 HORIZONS = (24, 48, 168)
 BASELINES = ("naive", "seasonal_naive", "linear")
 
@@ -49,7 +50,7 @@ def show_recommendations(client: ArcastClient) -> None:
         print(f"      actually next: {titles[actual][:70]}")
     # A recommender that shows everyone the same best-sellers would look fine on three users; count over many.
     users = list(sequences)[:300]
-    for name in (RECOMMENDER, SASREC):
+    for name in (RECOMMENDER, SASREC, TRANSITIONS):
         response = client.recommend_batch(name, [sequences[u][:-1][-20:] for u in users], k=5)
         lists = [[item.item_id for item in user.items] for user in response.users]
         hits = sum(sequences[u][-1] in top for u, top in zip(users, lists, strict=True))
@@ -91,9 +92,11 @@ def main() -> int:
         print(f"    {horizon:>7} {reports['arnet']['windows']:>8}{cells}")
     print("    (MSE/MAE on standardised data, the papers' protocol; bench/leaderboard.py has every protocol)\n")
 
-    print("4/6 training two small recommenders on a Beauty slice (500 most popular items) and exporting them:")
-    print("    PRORec (semantic IDs, beam search) and the SASRec of its stage 1 (one score per item)")
-    for name, train in ((RECOMMENDER, quick_train_args), (SASREC, quick_sasrec_args)):
+    print("4/6 training three small recommenders on a Beauty slice (500 most popular items) and exporting them:")
+    print("    PRORec (semantic IDs, beam search), the SASRec of its stage 1 (one score per item) and item-to-item")
+    print("    transitions (counts fitted in seconds: what a recommender must beat to be worth serving)")
+    recommenders = ((RECOMMENDER, quick_train_args), (SASREC, quick_sasrec_args), (TRANSITIONS, quick_transitions_args))
+    for name, train in recommenders:
         recommender_run = OUT / "runs" / name
         for command in (
             train(recommender_run),
