@@ -92,10 +92,12 @@ def publish_item_scores(
     top_k: int = 10,
     opset: int = 18,
     facts: dict[str, Any] | None = None,
+    cells_per_user: int = 0,
 ) -> Artifact:
     """Publish ``graph`` (history -> scores) as ``store/name/<version>``; refuses when onnxruntime's top-k differ
     from the graph's in torch. ``histories``: (n, H) left-padded dense ids for the parity check (real users are
-    best; default: random ones); ``score``: what the scores mean, for the manifest."""
+    best; default: random ones); ``score``: what the scores mean, for the manifest; ``cells_per_user``: the graph's
+    working cells per user beside its scores (bounds the users per run, ``ItemScoresRollout``)."""
     n_items = len(item_ids) - 1
     if histories is None:
         histories = sample_histories(n_items, max_history, PARITY_USERS)
@@ -133,6 +135,7 @@ def publish_item_scores(
         "side_tables": tables,
         "exclude_seen": True,
         "score": score,
+        "cells_per_user": cells_per_user,
     }
     export = Export(
         model_kind=model_kind,

@@ -27,7 +27,8 @@ from serving.runners.base import NonFiniteOutput, RunnerInfo, Task
 from serving.runners.recommender import MAX_K, ItemCatalogue, SearchResult, TableFile, UserQuery, left_padded
 from serving.sessions import create_session
 
-# Users per onnxruntime run: its output is users x (n_items + 1) float32 (48 KB per user at Beauty's 12k items).
+# Users per onnxruntime run: its output is users x (n_items + 1) float32 (48 KB per user at Beauty's 12k items), plus
+# the rollout's ``cells_per_user`` of working memory.
 SCORE_CELLS_PER_RUN = 1 << 25
 
 
@@ -47,6 +48,9 @@ class ItemScoresRollout(RolloutSpec):
     max_history: int
     top_k: int
     side_tables: ScoreTables
+    # Working cells one user's run holds beside its scores (a graph that gathers per history item, as the
+    # transitions one does); users per run are bounded by both. 0: the scores alone (SASRec).
+    cells_per_user: int = 0
 
 
 def top_k_allowed(scores: np.ndarray, k: int, excluded: Sequence[np.ndarray] | None = None) -> SearchResult:
@@ -134,7 +138,7 @@ class ItemScoresModel(ItemCatalogue):
         return RunnerInfo(rollout_kind=self.rollout_kind, providers=tuple(self.scorer.get_providers()))
 
     def users_per_run(self, beam_width: int) -> int:
-        return max(1, SCORE_CELLS_PER_RUN // (self.spec.n_items + 1))
+        return max(1, SCORE_CELLS_PER_RUN // (self.spec.n_items + 1 + self.spec.cells_per_user))
 
     def smoke_check(self) -> None:
         """One ranking from a one-item history; NonFiniteOutput when the graph answers NaN."""

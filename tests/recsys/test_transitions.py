@@ -16,6 +16,7 @@ from recsys.popularity import evaluate_popularity
 from recsys.split import PADDING_ID, LeaveOneOutSplit, leave_one_out
 from recsys.transitions import (
     DECAYS,
+    GATHER_TEMPORARIES,
     TransitionModel,
     TransitionScorer,
     evaluate_transitions,
@@ -123,6 +124,9 @@ def test_cli_fits_exports_and_evaluates_transitions(
     assert "parity (onnxruntime vs torch ranking)" in capsys.readouterr().out
     manifest = json.loads((store / "toys-tr" / "1" / "manifest.json").read_text())
     assert (manifest["model_kind"], manifest["rollout"]["kind"]) == ("transitions", "item_scores")
+    # Its gather's working memory bounds the users per onnxruntime run beside the scores themselves.
+    longest = info["model_size"]["longest_row"]
+    assert manifest["rollout"]["cells_per_user"] == GATHER_TEMPORARIES * 20 * longest > 0
     assert recsys_main(["evaluate", "--store", str(store), "--name", "toys-tr", *data, "--json", str(report)]) == 0
     served = json.loads(report.read_text())
     fitted = evaluate_transitions_run(run, data_dir=str(data_dir))  # what `evaluate --run` reports
