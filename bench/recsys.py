@@ -381,14 +381,14 @@ def flat_rows(results: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
 def merge(out: Path, rows: dict[str, Any], extra: dict[str, Any], index: Path | None = None) -> dict[str, Any]:
     """Merge ``rows`` into ``out``; ``index``: a results file whose top-level ``rows`` gathers every dataset's rows
     (bench/results/recsys.json), updated with this dataset's."""
-    report = json.loads(out.read_text()) if out.is_file() else {"results": {}}
+    report: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"results": {}}
     report["results"].update(rows)
     report.update(extra)
     dataset = report.get("dataset", "beauty")
     report["rows"] = flat_rows(report["results"], dataset)
     report["table"] = table(report["results"])
     if index is not None and index.resolve() != out.resolve():
-        gathered = json.loads(index.read_text()) if index.is_file() else {"results": {}}
+        gathered: dict[str, Any] = json.loads(index.read_text()) if index.is_file() else {"results": {}}
         gathered["rows"] = _replaced(gathered.get("rows", []), report["rows"])
         atomic_write_text(index, json.dumps(gathered, indent=2, default=float))
     elif index is not None:  # the index itself: keep the other datasets' rows
@@ -444,12 +444,13 @@ def main(argv: list[str] | None = None) -> int:
             test, chosen = evaluate_transitions(split, split.test)
             rows[name] = {
                 "test": test,
-                "validation": chosen["validation"][str(chosen["decay"])],
+                "validation": chosen["validation"][f"window={chosen['window']} decay={chosen['decay']}"],
+                "window": chosen["window"],
                 "decay": chosen["decay"],
-                "validation_by_decay": chosen["validation"],
+                "validation_by_setting": chosen["validation"],
                 "train_seconds": round(time.monotonic() - t0, 1),  # counting, the decay search and the scoring
                 "parameters": 0,
-                "budget": "closed form: transition counts, decay chosen on validation NDCG@10",
+                "budget": "closed form: transition counts, window and decay chosen on validation NDCG@10",
             }
         elif name in ("sasrec-ce", "sasrec-bce"):
             result = run_sasrec(args, split, name.removeprefix("sasrec-"))

@@ -40,9 +40,10 @@ Variants (the ablations share everything but the item embedding that is quantise
           one score per item (rollout item_scores); on this machine's budgets it ranks better than the generators
           (README, "Recommendations"). `train --variant sasrec` then `export` and `evaluate` as for the others;
           its training flags are the stage-1 ones (--sasrec-*, --align-*, --budget-clock)
-  transitions  no training at all: item-to-item transition counts over the history (decay chosen on validation),
-          popularity for ties; seconds to fit, and above every generator trained here (README, "Recommendations"):
-          the bar the others must clear. Served as item_scores like sasrec
+  transitions  no training at all: item-to-item transitions within a few steps (sequential rules), decayed over
+          the history (window and decay chosen on validation), popularity for ties; a minute to fit, and above
+          every generator trained here (README, "Recommendations"): the bar the others must clear. Served as
+          item_scores like sasrec
 Titles exist for beauty only, so on sports and toys only `collab`, `sasrec` and `transitions` run.
 
 Protocol: leave-one-out (last item test, second last validation), histories of up to 20 items, full ranking over
@@ -291,7 +292,7 @@ def _train_transitions(args: argparse.Namespace) -> int:
     run.info["data"] = spec
     save_transitions_run(run, args.out)
     _print_metrics(run.info["metrics"])
-    print(f"saved run to {args.out} (decay {run.model.decay}; {run.info['timings']})")
+    print(f"saved run to {args.out} (window {run.model.window}, decay {run.model.decay}; {run.info['timings']})")
     return 0
 
 

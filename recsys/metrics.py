@@ -50,7 +50,9 @@ def target_ranks_from_scores(
         raise ValueError(f"targets must be ({scores.shape[0]},), got {tuple(targets.shape)}")
     if torch.any(targets <= PADDING_ID) or torch.any(targets >= scores.shape[1]):
         raise ValueError(f"targets must be dense item ids in 1..{scores.shape[1] - 1}")
-    scores = scores.float().clone()
+    # float64 stays float64: a scorer whose ties are broken by a term below float32's resolution (recsys.transitions'
+    # popularity) would otherwise have them merged back into ties, and ties count pessimistically below.
+    scores = (scores if scores.dtype == torch.float64 else scores.float()).clone()
     scores[:, PADDING_ID] = -torch.inf
     rows = torch.arange(len(targets), device=scores.device)
     target_scores = scores[rows, targets]

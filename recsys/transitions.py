@@ -1,10 +1,12 @@
-"""Item-to-item transitions: the baseline a user fits in seconds before reaching for a sequence model.
+"""Item-to-item transitions (sequential rules): the baseline a user fits in seconds before reaching for a sequence
+model.
 
 Item ``j`` scores ``sum_k decay**k * T[h_k, j]`` over the user's history, most recent first (k = 0), where
-``T[a, b]`` counts how often ``b`` directly followed ``a`` in the training sequences; decay 0 is a first-order
-Markov chain on the last item. Ties (above all, items no history item ever led to) fall back to popularity. The
-decay is chosen on validation NDCG@10 from a short grid, as ``linear`` chooses its ridge penalty. Counts come from
-the training part of the split only, so neither validation nor test targets leak into them.
+``T[a, b] = sum_d 1/d`` over every time ``b`` followed ``a`` at distance ``d <= window`` in a training sequence
+(the "sequential rules" of Ludewig and Jannach, 2018); window 1 and decay 0 is a first-order Markov chain on the
+last item. Ties (above all, items no history item ever led to) fall back to popularity. The window and the decay are
+chosen on validation NDCG@10 from a short grid, as ``linear`` chooses its ridge penalty. Counts come from the
+training part of the split only, so neither validation nor test targets leak into them.
 """
 
 from __future__ import annotations
@@ -35,34 +37,46 @@ from recsys.prorec_training import (
 from recsys.split import PADDING_ID, EvalExamples, LeaveOneOutSplit, leave_one_out
 
 DECAYS = (0.0, 0.3, 0.6, 1.0)  # 0: the last item alone; 1: every history item counts alike
+WINDOWS = (1, 2, 5, 10)  # how far ahead a following item still counts (1: direct successors only)
 
 
 @dataclass(frozen=True)
 class TransitionModel:
-    """Transition counts as a CSR matrix over dense ids (row: the earlier item), and popularity for ties."""
+    """Transition weights as a CSR matrix over dense ids (row: the earlier item), and popularity for ties."""
 
     indptr: np.ndarray  # (num_items + 2,)
     indices: np.ndarray  # (nnz,) the following items
-    counts: np.ndarray  # (nnz,) float64
+    counts: np.ndarray  # (nnz,) float64: sum of 1/d over the times the item followed at distance d <= window
     popularity: np.ndarray  # (num_items + 1,) training counts
     decay: float = 0.0
+    window: int = 1
 
     @classmethod
-    def fit(cls, split: LeaveOneOutSplit, decay: float = 0.0) -> TransitionModel:
+    def fit(cls, split: LeaveOneOutSplit, decay: float = 0.0, window: int = 1) -> TransitionModel:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
         size = split.num_items + 1  # dense ids start at 1; 0 is padding
-        pairs = [np.stack([seq[:-1], seq[1:]], 1) for seq in split.train_sequences if len(seq) > 1]
-        edges = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-        keys, counts = np.unique(edges[:, 0] * size + edges[:, 1], return_counts=True)  # sorted by (row, column)
-        rows, columns = keys // size, keys % size
+        keys, weights = [np.zeros(0, np.int64)], [np.zeros(0)]
+        for distance in range(1, window + 1):
+            for seq in split.train_sequences:
+                if len(seq) > distance:
+                    keys.append(seq[:-distance] * size + seq[distance:])
+                    weights.append(np.full(len(seq) - distance, 1.0 / distance))
+        key, weight = np.concatenate(keys), np.concatenate(weights)
+        order = np.argsort(key, kind="stable")  # by (row, column)
+        key, weight = key[order], weight[order]
+        unique, first = np.unique(key, return_index=True)
+        counts = np.add.reduceat(weight, first) if len(key) else np.zeros(0)
+        rows, columns = unique // size, unique % size
         indptr = np.zeros(size + 1, np.int64)
         np.add.at(indptr, rows + 1, 1)
         popularity = np.zeros(size, np.float64)
         for seq in split.train_sequences:
             np.add.at(popularity, seq, 1)
-        return cls(np.cumsum(indptr), columns, counts.astype(np.float64), popularity, decay)
+        return cls(np.cumsum(indptr), columns, counts, popularity, decay, window)
 
     def with_decay(self, decay: float) -> TransitionModel:
-        return TransitionModel(self.indptr, self.indices, self.counts, self.popularity, decay)
+        return TransitionModel(self.indptr, self.indices, self.counts, self.popularity, decay, self.window)
 
     def scores(self, histories: np.ndarray) -> np.ndarray:
         """(users, num_items + 1) scores of left-padded histories (users, max_history); padding scores -inf."""
@@ -84,10 +98,10 @@ class TransitionModel:
         return out
 
     def tie_break(self, width: int) -> np.ndarray:
-        """Popularity scaled below half the smallest weight a history of ``width`` items can carry: it orders what
-        the transitions leave tied (above all, the items no history item ever led to), never outweighs one whole
-        transition count, and depends on nothing but the item (a user's ranking is the same in any batch)."""
-        smallest = self.decay ** (width - 1) if self.decay else 1.0
+        """Popularity scaled below half the smallest weight one transition can carry in a history of ``width``
+        items: it orders what the transitions leave tied (above all, the items no history item ever led to), never
+        outweighs one transition, and depends on nothing but the item (a user's ranking is the same in any batch)."""
+        smallest = (self.decay ** (width - 1) if self.decay else 1.0) / self.window
         return self.popularity * (0.5 * smallest / (self.popularity.max() + 1.0))
 
     def longest_row(self) -> int:
@@ -99,16 +113,30 @@ class TransitionModel:
 
 
 def fit_transitions(
-    split: LeaveOneOutSplit, decays: Sequence[float] = DECAYS, exclude_history: bool = False
+    split: LeaveOneOutSplit,
+    decays: Sequence[float] = DECAYS,
+    windows: Sequence[int] = WINDOWS,
+    exclude_history: bool = False,
 ) -> tuple[TransitionModel, dict]:
-    """The model with the decay that scores the best validation NDCG@10, and every decay's validation metrics."""
-    base = TransitionModel.fit(split)
-    tried = {
-        d: evaluate_scorer(base.with_decay(d).score_batch, split.validation, exclude_history=exclude_history)
-        for d in decays
-    }
-    best = max(decays, key=lambda d: tried[d]["ndcg@10"])
-    return base.with_decay(best), {"decay": best, "validation": {str(d): m for d, m in tried.items()}}
+    """The model with the window and decay that score the best validation NDCG@10, and the validation metrics of
+    every pair tried (keyed ``"window=W decay=D"``)."""
+    tried: dict[str, dict[str, float]] = {}
+    best: tuple[float, TransitionModel] | None = None
+    for window in windows:
+        counted = TransitionModel.fit(split, window=window)
+        for decay in decays:
+            model = counted.with_decay(decay)
+            metrics = evaluate_scorer(model.score_batch, split.validation, exclude_history=exclude_history)
+            tried[setting_name(model)] = metrics
+            if best is None or metrics["ndcg@10"] > best[0]:
+                best = (metrics["ndcg@10"], model)
+    assert best is not None, "no window or decay to try"
+    model = best[1]
+    return model, {"window": model.window, "decay": model.decay, "validation": tried}
+
+
+def setting_name(model: TransitionModel) -> str:
+    return f"window={model.window} decay={model.decay}"
 
 
 def evaluate_transitions(
@@ -168,8 +196,9 @@ class TransitionScorer(nn.Module):
 
 VARIANT = "transitions"
 # Float32-sized cells the graph's gather holds per gathered entry (int64 positions and columns count twice): measured
-# 40 bytes per entry at the peak of a Beauty run of 817 users (198 MB, 2026-12-04).
-GATHER_TEMPORARIES = 10
+# 40 to 49 bytes per entry at the peak of Beauty runs (817 users, window 1: 198 MB; 600 users, window 10: 587 MB;
+# 2026-12-04).
+GATHER_TEMPORARIES = 12
 COUNTS_FILE = "transitions.npz"
 
 
@@ -188,20 +217,21 @@ class TransitionsRun:
 def train_transitions_run(
     dataset: str, sequences: dict[int, list[int]], titles: dict[int, str] | None = None, max_history: int = 20
 ) -> TransitionsRun:
-    """Counts from every training sequence, the decay chosen on validation NDCG@10; metrics on every validation
-    and test user, full ranking, the history not masked (the published protocol)."""
+    """Counts from every training sequence, the window and decay chosen on validation NDCG@10; metrics on every
+    validation and test user, full ranking, the history not masked (the published protocol)."""
     started = time.monotonic()
     split = leave_one_out(sequences, max_history=max_history)
     model, chosen = fit_transitions(split)
     fitted = time.monotonic()
     test = evaluate_scorer(model.score_batch, split.test, ks=EVAL_KS)
-    validation = chosen["validation"][str(model.decay)]
+    validation = chosen["validation"][setting_name(model)]
     info = {
         "dataset": dataset,
         "variant": VARIANT,
         "max_history": max_history,
+        "window": model.window,
         "decay": model.decay,
-        "validation_by_decay": chosen["validation"],
+        "validation_by_setting": chosen["validation"],
         "data_fingerprint": sequences_fingerprint(sequences),
         "users": len(split.test),
         "n_items": split.num_items,
@@ -249,7 +279,12 @@ def load_transitions_run(folder: Path | str) -> TransitionsRun:
     info = json.loads((folder / RUN_FILE).read_text())
     with np.load(folder / COUNTS_FILE) as arrays:
         model = TransitionModel(
-            arrays["indptr"], arrays["indices"], arrays["counts"], arrays["popularity"], float(info["decay"])
+            arrays["indptr"],
+            arrays["indices"],
+            arrays["counts"],
+            arrays["popularity"],
+            float(info["decay"]),
+            int(info["window"]),
         )
     titles = json.loads((folder / TITLES_FILE).read_text()) if (folder / TITLES_FILE).is_file() else None
     return TransitionsRun(model, np.load(folder / ITEM_IDS_FILE), info, titles)
@@ -294,7 +329,8 @@ def export_transitions_run(
     return publish_item_scores(
         TransitionScorer(run.model, run.max_history),
         VARIANT,
-        f"decayed item-to-item transition counts over the history (decay {run.model.decay}), popularity for ties",
+        f"item-to-item transitions within {run.model.window} steps (1/distance each), decayed over the history "
+        f"(decay {run.model.decay}), popularity for ties",
         run.item_ids,
         run.titles,
         run.info,
@@ -304,7 +340,7 @@ def export_transitions_run(
         version,
         histories,
         top_k,
-        facts={"decay": run.model.decay, "model_size": run.info.get("model_size")},
+        facts={"window": run.model.window, "decay": run.model.decay, "model_size": run.info.get("model_size")},
         # The gather: each history item's row at the longest row's width.
         cells_per_user=GATHER_TEMPORARIES * run.max_history * max(run.model.longest_row(), 1),
     )

@@ -104,3 +104,10 @@ def test_score_matrix_and_ranked_list_paths_agree() -> None:
     from_lists = np.minimum(target_ranks_from_ranked_lists(top, targets, max_k=20), 20)
     assert from_scores.tolist() == from_lists.tolist()
     assert metrics_from_ranks(from_scores) == metrics_from_ranks(from_lists)
+
+
+def test_float64_scores_keep_differences_below_float32_resolution() -> None:
+    # Item 2 beats item 1 by 1e-12 (a tie-break term): in float32 they tie and the target would count second.
+    scores = np.array([[-np.inf, 1.0, 1.0 + 1e-12, 0.5]])
+    assert target_ranks_from_scores(scores, np.array([2])).tolist() == [0]
+    assert target_ranks_from_scores(scores.astype(np.float32), np.array([2])).tolist() == [1]  # pessimistic tie

@@ -3,7 +3,6 @@ popularity, the decay chosen on validation, and on real Beauty users it beats po
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from recsys.split import PADDING_ID, LeaveOneOutSplit, leave_one_out
 from recsys.transitions import (
     DECAYS,
     GATHER_TEMPORARIES,
+    WINDOWS,
     TransitionModel,
     TransitionScorer,
     evaluate_transitions,
@@ -25,13 +25,14 @@ from recsys.transitions import (
 )
 
 
-def reference_scores(split: LeaveOneOutSplit, histories: np.ndarray, decay: float) -> np.ndarray:
+def reference_scores(split: LeaveOneOutSplit, histories: np.ndarray, decay: float, window: int = 1) -> np.ndarray:
     """The transition part of the scores, by plain loops over the training sequences."""
     size = split.num_items + 1
     counts = np.zeros((size, size))
     for seq in split.train_sequences:
-        for a, b in itertools.pairwise(seq):
-            counts[a, b] += 1
+        for i, a in enumerate(seq):
+            for distance, b in enumerate(seq[i + 1 : i + 1 + window], start=1):
+                counts[a, b] += 1 / distance
     out = np.zeros((len(histories), size))
     for u, row in enumerate(histories):
         items = [int(i) for i in row if i != PADDING_ID]
@@ -47,19 +48,19 @@ def small_split() -> LeaveOneOutSplit:
     return leave_one_out(sequences, max_history=6)
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize(("decay", "window"), [(0.0, 1), (0.6, 1), (1.0, 1), (0.6, 3), (0.0, 5)])
 def test_scores_are_decayed_transition_counts_with_popularity_only_breaking_ties(
-    small_split: LeaveOneOutSplit, decay: float
+    small_split: LeaveOneOutSplit, decay: float, window: int
 ) -> None:
-    model = TransitionModel.fit(small_split, decay)
+    model = TransitionModel.fit(small_split, decay, window)
     histories = small_split.test.histories
     scores = model.scores(histories)
-    expected = reference_scores(small_split, histories, decay)
+    expected = reference_scores(small_split, histories, decay, window)
     assert np.isneginf(scores[:, PADDING_ID]).all()
-    smallest_weight = decay ** (histories.shape[1] - 1) if decay else 1.0
+    smallest_weight = (decay ** (histories.shape[1] - 1) if decay else 1.0) / window
     tie_break = scores[:, 1:] - expected[:, 1:]
     np.testing.assert_allclose(tie_break, np.broadcast_to(model.tie_break(histories.shape[1])[1:], tie_break.shape))
-    assert np.all(tie_break >= 0) and np.all(tie_break < 0.5 * smallest_weight)  # never one whole count
+    assert np.all(tie_break >= 0) and np.all(tie_break < 0.5 * smallest_weight)  # never one transition's weight
     # A user's scores are the same alone as in any batch.
     np.testing.assert_array_equal(model.scores(histories[3:4]), scores[3:4])
     # The tie-break is popularity: among items with equal transition scores, the more popular ranks higher.
@@ -71,9 +72,9 @@ def test_scores_are_decayed_transition_counts_with_popularity_only_breaking_ties
 
 
 def test_counts_come_from_training_sequences_only() -> None:
-    # User 1's validation and test transitions (7 -> 8 -> 9) appear nowhere in training.
+    # User 1's validation and test transitions (7 -> 8 -> 9) appear nowhere in training, at any distance.
     split = leave_one_out({1: [5, 6, 7, 8, 9], 2: [5, 6, 5, 6, 5]}, max_history=4)
-    model = TransitionModel.fit(split)
+    model = TransitionModel.fit(split, window=3)
     dense = split.item_map.dense_of_raw()
     scores = model.scores(split.test.histories)  # neither a transition count nor popularity for 8 and 9
     assert scores[:, dense[9]].max() == 0 and scores[:, dense[8]].max() == 0
@@ -81,11 +82,12 @@ def test_counts_come_from_training_sequences_only() -> None:
     assert model.popularity[dense[5]] == 3  # 5, 6, 7 of user 1 and 5, 6, 5 of user 2
 
 
-def test_the_decay_is_the_one_that_scores_best_on_validation(small_split: LeaveOneOutSplit) -> None:
+def test_the_window_and_decay_are_the_pair_that_scores_best_on_validation(small_split: LeaveOneOutSplit) -> None:
     model, chosen = fit_transitions(small_split)
-    scores = {float(d): m["ndcg@10"] for d, m in chosen["validation"].items()}
-    assert set(scores) == set(DECAYS)
-    assert model.decay == chosen["decay"] == max(DECAYS, key=lambda d: scores[d])
+    scores = {name: m["ndcg@10"] for name, m in chosen["validation"].items()}
+    assert set(scores) == {f"window={w} decay={d}" for w in WINDOWS for d in DECAYS}
+    assert scores[f"window={model.window} decay={model.decay}"] == max(scores.values())
+    assert (model.window, model.decay) == (chosen["window"], chosen["decay"])
 
 
 def test_on_real_beauty_users_transitions_beat_popularity(beauty: InteractionData) -> None:
@@ -93,14 +95,14 @@ def test_on_real_beauty_users_transitions_beat_popularity(beauty: InteractionDat
     split = leave_one_out(sequences)
     metrics, chosen = evaluate_transitions(split, split.test)
     popularity = evaluate_popularity(split, split.test)
-    assert chosen["decay"] in DECAYS
+    assert chosen["decay"] in DECAYS and chosen["window"] in WINDOWS
     assert metrics["ndcg@10"] > 2 * popularity["ndcg@10"]
     assert metrics["recall@10"] > popularity["recall@10"]
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.6])
-def test_the_served_graph_scores_as_the_model_does(small_split: LeaveOneOutSplit, decay: float) -> None:
-    model = TransitionModel.fit(small_split, decay)
+@pytest.mark.parametrize(("decay", "window"), [(0.0, 1), (0.6, 5)])
+def test_the_served_graph_scores_as_the_model_does(small_split: LeaveOneOutSplit, decay: float, window: int) -> None:
+    model = TransitionModel.fit(small_split, decay, window)
     histories = np.concatenate([small_split.test.histories, np.zeros((1, 6), np.int64)])  # and an empty history
     expected = model.scores(histories)
     with torch.no_grad():
@@ -119,7 +121,7 @@ def test_cli_fits_exports_and_evaluates_transitions(
     train = ["train", "--variant", "transitions", "--dataset", "toys", *data, "--slice-items", "300"]
     assert recsys_main([*train, "--slice-users", "1500", "--out", str(run)]) == 0
     info = json.loads((run / "run.json").read_text())
-    assert info["variant"] == "transitions" and info["decay"] in DECAYS
+    assert info["variant"] == "transitions" and info["decay"] in DECAYS and info["window"] in WINDOWS
     assert recsys_main(["export", "--run", str(run), "--store", str(store), "--name", "toys-tr", *data]) == 0
     assert "parity (onnxruntime vs torch ranking)" in capsys.readouterr().out
     manifest = json.loads((store / "toys-tr" / "1" / "manifest.json").read_text())
@@ -132,7 +134,9 @@ def test_cli_fits_exports_and_evaluates_transitions(
     fitted = evaluate_transitions_run(run, data_dir=str(data_dir))  # what `evaluate --run` reports
     assert served["users"] == fitted["users"] > 0 and fitted["data_matches_training"]
     assert fitted["metrics"] == pytest.approx(info["metrics"]["test"])
-    np.testing.assert_allclose(served["metrics"]["recall@10"], fitted["metrics"]["recall@10"], atol=2e-3)
+    # The served graph scores in float32, where the popularity term that breaks the fitted model's ties is below the
+    # resolution of a scored item's score: such ties fall to the runner's dense-id order (a few users of 1,500 here).
+    np.testing.assert_allclose(served["metrics"]["recall@10"], fitted["metrics"]["recall@10"], atol=5e-3)
     beam = ["export", "--run", str(run), "--store", str(store), "--name", "x", "--beam-width", "4"]
     assert recsys_main(beam) == 2
     assert "--beam-width: this run ranks every item" in capsys.readouterr().err
