@@ -52,7 +52,7 @@ from forecasting.export import export_run
 from forecasting.runs import Run, train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from informer import HORIZONS, PAPER_TRAIN, PUBLISHED, SCRIPT_FREQ, SCRIPT_SETTINGS
+from informer import HORIZONS, PAPER_TRAIN, PUBLISHED, SCRIPT_SETTINGS, script_calendar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "leaderboard.json"
@@ -86,7 +86,6 @@ class Task:
     horizon: int
     lookback: int
     label_len: int = 0
-    calendar_freq: str | None = None  # the official scripts' calendar, where it differs from the data's
     train_horizon: int | None = None  # one-for-all: the step a model is trained for, rolled out to ``horizon``
 
     def data(self, data_dir: str | None, model: str, horizon: int | None = None) -> DataConfig:
@@ -97,8 +96,8 @@ class Task:
             lookback=self.lookback,
             horizon=horizon or self.train_horizon or self.horizon,
             label_len=self.label_len if informer else 0,
-            freq=self.calendar_freq if informer else None,
             data_dir=data_dir,
+            **(script_calendar(self.dataset) if informer else {}),  # type: ignore[arg-type]
         )
 
 
@@ -108,7 +107,7 @@ def protocol_tasks(protocol: str) -> list[Task]:
         for dataset, features in INFORMER_PLAN:
             for horizon in HORIZONS[dataset]:
                 s = SCRIPT_SETTINGS[(dataset, features)][horizon]
-                out.append(Task(protocol, dataset, features, horizon, s.seq_len, s.label_len, SCRIPT_FREQ.get(dataset)))
+                out.append(Task(protocol, dataset, features, horizon, s.seq_len, s.label_len))
         return out
     if protocol == "autotimes":
         return [

@@ -43,6 +43,19 @@ def test_protocol_cells_follow_the_papers(leaderboard) -> None:
     assert ettm1.data(None, "linear").label_len == 0
 
 
+def test_informer_reads_ettm1_on_the_scripts_hourly_calendar(leaderboard, data_dir: Path) -> None:
+    """The official ETTm1 script made hourly features from 15-minute rows: every row is kept (not refused as off the
+    hourly grid, as the loader's gap check did to the first ETTm1 run) and the calendar has the hourly 4 features."""
+    from forecasting.data import prepare_data
+
+    ettm1 = next(t for t in leaderboard.protocol_tasks("informer") if t.dataset == "ETTm1")
+    prepared = prepare_data(ettm1.data(str(data_dir), "informer"))
+    assert prepared.freq == "1h" and prepared.train.marks.shape[1] == 4
+    assert len(prepared.table) == 69_680  # every 15-minute row, none merged or inserted
+    plain = prepare_data(ettm1.data(str(data_dir), "linear"))
+    assert len(plain.table) == 69_680 and plain.freq != "1h"
+
+
 def test_rows_file_replaces_by_key_and_keeps_other_writers_rows(leaderboard, tmp_path: Path) -> None:
     path = tmp_path / "board.json"
     first, second = leaderboard.Leaderboard(path), leaderboard.Leaderboard(path)  # two runs sharing one file
