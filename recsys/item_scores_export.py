@@ -29,6 +29,7 @@ from serving.runners.item_scores import ItemScoresModel, top_k_allowed
 
 log = logging.getLogger(__name__)
 SCORER_FILE = "scorer.onnx"
+TIE_ORDER_FILE = "tie_order.npy"
 
 
 def export_scorer(graph: nn.Module, n_items: int, max_history: int, path: Path, opset: int = 18) -> None:
@@ -53,16 +54,17 @@ def export_scorer(graph: nn.Module, n_items: int, max_history: int, path: Path, 
 
 
 def parity_report(graph: nn.Module, served: ItemScoresModel, histories: np.ndarray, k: int) -> dict[str, Any]:
-    """onnxruntime's top-k against the torch graph's on ``histories`` (dense ids), excluding seen items or not;
-    raises when a list differs beyond a tie (scores equal within SCORE_TOLERANCE)."""
+    """onnxruntime's top-k against the torch graph's on ``histories`` (dense ids), excluding seen items or not, both
+    ranked as served (ties by the artifact's tie order); raises when a list differs beyond a tie (scores equal within
+    SCORE_TOLERANCE)."""
     report: dict[str, Any] = {"users": len(histories), "k": k}
     with torch.no_grad():
         expected_scores = graph.cpu().eval()(torch.from_numpy(histories)).numpy()
     actual_scores = served.scores(histories)
     for exclude_seen in (False, True):
         excluded = [row[row != 0] for row in histories] if exclude_seen else None
-        expected = top_k_allowed(expected_scores, k, excluded)
-        actual = top_k_allowed(actual_scores, k, excluded)
+        expected = top_k_allowed(expected_scores, k, excluded, served.tie_order)
+        actual = top_k_allowed(actual_scores, k, excluded, served.tie_order)
         gap = np.abs(actual.scores - expected.scores)
         same = tie_flips = 0
         for a, e, g in zip(actual.items, expected.items, gap, strict=True):
@@ -93,11 +95,13 @@ def publish_item_scores(
     opset: int = 18,
     facts: dict[str, Any] | None = None,
     cells_per_user: int = 0,
+    tie_order: np.ndarray | None = None,
 ) -> Artifact:
     """Publish ``graph`` (history -> scores) as ``store/name/<version>``; refuses when onnxruntime's top-k differ
     from the graph's in torch. ``histories``: (n, H) left-padded dense ids for the parity check (real users are
     best; default: random ones); ``score``: what the scores mean, for the manifest; ``cells_per_user``: the graph's
-    working cells per user beside its scores (bounds the users per run, ``ItemScoresRollout``)."""
+    working cells per user beside its scores (bounds the users per run, ``ItemScoresRollout``); ``tie_order``: each
+    dense id's place among equal scores (default: dense-id order)."""
     n_items = len(item_ids) - 1
     if histories is None:
         histories = sample_histories(n_items, max_history, PARITY_USERS)
@@ -107,12 +111,16 @@ def publish_item_scores(
     tables: dict[str, Any] = {"item_ids": {"file": ITEM_IDS_FILE}}
     if titles is not None:
         tables["titles"] = {"file": TITLES_FILE}
+    if tie_order is not None:
+        tables["tie_order"] = {"file": TIE_ORDER_FILE}
 
     def write(folder: Path) -> None:
         export_scorer(graph, n_items, max_history, folder / SCORER_FILE, opset)
         np.save(folder / ITEM_IDS_FILE, np.asarray(item_ids, dtype=np.int64), allow_pickle=False)
         if titles is not None:
             atomic_write_text(folder / TITLES_FILE, json.dumps(titles))
+        if tie_order is not None:
+            np.save(folder / TIE_ORDER_FILE, np.asarray(tie_order, dtype=np.int64), allow_pickle=False)
 
     def parity(staged: Artifact) -> Parity:
         served = ItemScoresModel.load(staged, intra_op_threads=1)

@@ -104,6 +104,14 @@ class TransitionModel:
         smallest = (self.decay ** (width - 1) if self.decay else 1.0) / self.window
         return self.popularity * (0.5 * smallest / (self.popularity.max() + 1.0))
 
+    def tie_order(self) -> np.ndarray:
+        """Each dense id's place among equal scores, most popular first (then by dense id): what the served graph's
+        float32 scores cannot carry of ``tie_break`` (below a scored item's resolution), the runner applies."""
+        order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
+        places = np.empty(len(order), np.int64)
+        places[order] = np.arange(len(order))
+        return places
+
     def longest_row(self) -> int:
         """The most items any one item was ever followed by (the width the served graph gathers per history item)."""
         return int(np.diff(self.indptr).max(initial=0))
@@ -343,4 +351,5 @@ def export_transitions_run(
         facts={"window": run.model.window, "decay": run.model.decay, "model_size": run.info.get("model_size")},
         # The gather: each history item's row at the longest row's width.
         cells_per_user=GATHER_TEMPORARIES * run.max_history * max(run.model.longest_row(), 1),
+        tie_order=run.model.tie_order(),
     )

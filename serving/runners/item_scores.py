@@ -34,10 +34,13 @@ SCORE_CELLS_PER_RUN = 1 << 25
 
 @dataclass(frozen=True)
 class ScoreTables:
-    """The raw id of each dense id and, when known, each item's title."""
+    """The raw id of each dense id, when known each item's title, and when given the order that breaks ties."""
 
     item_ids: TableFile
     titles: TableFile | None = None
+    # (n_items + 1,) int64: each dense id's place among equal scores (lower first), e.g. by popularity for a model
+    # whose own tie-break is below float32's resolution; without it ties go in dense-id order.
+    tie_order: TableFile | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,11 @@ class ItemScoresRollout(RolloutSpec):
     cells_per_user: int = 0
 
 
-def top_k_allowed(scores: np.ndarray, k: int, excluded: Sequence[np.ndarray] | None = None) -> SearchResult:
-    """The ``k`` best of (B, n_items + 1) scores, excluded dense ids and column 0 never returned, ties by dense id.
+def top_k_allowed(
+    scores: np.ndarray, k: int, excluded: Sequence[np.ndarray] | None = None, tie_order: np.ndarray | None = None
+) -> SearchResult:
+    """The ``k`` best of (B, n_items + 1) scores, excluded dense ids and column 0 never returned, ties by
+    ``tie_order`` (each dense id's place, lower first), else by dense id.
 
     Where fewer than ``k`` items are allowed the rest is item 0 with score -inf (as a beam search answers)."""
     scores = np.array(scores, dtype=np.float32, copy=True)
@@ -70,7 +76,8 @@ def top_k_allowed(scores: np.ndarray, k: int, excluded: Sequence[np.ndarray] | N
         # every item at or above the k-th score, by (score descending, dense id): ties at the k-th place do not
         # depend on how argpartition split them
         candidates = np.flatnonzero(line >= kth[row])
-        order = candidates[np.lexsort((candidates, -line[candidates]))[:k]]
+        places = candidates if tie_order is None else tie_order[candidates]
+        order = candidates[np.lexsort((candidates, places, -line[candidates]))[:k]]
         items[row], values[row] = order, line[order]
     items[~np.isfinite(values)] = 0
     return SearchResult(items, values, np.zeros((len(scores), k, 0), dtype=np.int64))
@@ -88,6 +95,7 @@ class ItemScoresModel(ItemCatalogue):
     scorer: ort.InferenceSession
     item_ids: np.ndarray  # (n_items + 1,) raw id per dense id, [0] = -1
     titles: list[str] | None
+    tie_order: np.ndarray | None = None  # (n_items + 1,) each dense id's place among equal scores
 
     @classmethod
     def load(
@@ -105,8 +113,13 @@ class ItemScoresModel(ItemCatalogue):
         titles = None
         if tables.titles is not None:
             titles = json.loads((artifact.path / tables.titles.file).read_text())
+        tie_order = None
+        if tables.tie_order is not None:
+            tie_order = np.load(artifact.path / tables.tie_order.file, allow_pickle=False)
+            if tie_order.shape != item_ids.shape or tie_order.dtype.kind not in "iu":
+                raise ValueError(f"{artifact.path}: tie_order must be {item_ids.shape} integers, not {tie_order.shape}")
         session = create_session(artifact.graph_path("scorer"), providers, intra_op_threads)
-        return cls(artifact, session, item_ids, titles)
+        return cls(artifact, session, item_ids, titles, tie_order)
 
     @property
     def spec(self) -> ItemScoresRollout:
@@ -173,4 +186,4 @@ class ItemScoresModel(ItemCatalogue):
     ) -> SearchResult:
         """Top ``k`` for (B, S) left-padded dense-id histories; the signature of the beam search's, which
         evaluation calls (``beam_width`` does not apply)."""
-        return top_k_allowed(self.scores(histories), k, excluded)
+        return top_k_allowed(self.scores(histories), k, excluded, self.tie_order)

@@ -84,6 +84,9 @@ def test_top_k_never_returns_excluded_or_padding_and_pads_with_item_zero() -> No
     assert np.isneginf(result.scores[0, 1:]).all()
     assert result.items[1].tolist() == [1, 2, 3, 4]  # ties in dense-id order
     assert result.codes.shape == (2, 4, 0)
+    # A tie order (each dense id's place, lower first) decides among equal scores instead of the dense id.
+    places = np.array([0, 4, 3, 2, 1])
+    assert top_k_allowed(scores, 4, tie_order=places).items[1].tolist() == [4, 3, 2, 1]
 
 
 def test_one_server_answers_both_kinds_over_grpc(client: ArcastClient, served) -> None:
