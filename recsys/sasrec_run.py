@@ -18,18 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from arcast_core.files import atomic_write, atomic_write_text
+from arcast_core.files import atomic_write
+from recsys.catalogue_run import (
+    evaluation_report,
+    is_run_of,
+    load_catalogue_run,
+    save_catalogue_run,
+    titles_by_dense_id,
+)
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.prorec_training import (
     EVAL_KS,
-    ITEM_IDS_FILE,
-    RUN_FILE,
-    TITLES_FILE,
     Stage1Config,
-    binary_writer,
     content_key,
     fit_stage1_sasrec,
-    run_examples,
     sequences_fingerprint,
 )
 from recsys.split import EvalExamples, leave_one_out
@@ -102,39 +104,32 @@ def train_sasrec_run(
         "model_size": {"parameters": sum(p.numel() for p in model.parameters())},
         "protocol": "leave-one-out, full ranking over all items, history not masked",
     }
-    title_list = None
-    if titles is not None:
-        title_list = ["", *(titles.get(int(raw), "") for raw in split.item_map.raw_ids[1:])]
-    return SASRecRun(model, split.item_map.raw_ids.copy(), info, title_list)
+    raw_ids = split.item_map.raw_ids.copy()
+    return SASRecRun(model, raw_ids, info, titles_by_dense_id(titles, raw_ids))
 
 
 def is_sasrec_run(folder: Path | str) -> bool:
-    path = Path(folder) / RUN_FILE
-    return path.is_file() and json.loads(path.read_text()).get("variant") == VARIANT
+    return is_run_of(folder, VARIANT)
 
 
 def save_sasrec_run(run: SASRecRun, folder: Path | str) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     payload = {"config": asdict(run.model.config), "state_dict": run.model.state_dict()}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: torch.save(payload, tmp))
-    atomic_write(folder / ITEM_IDS_FILE, binary_writer(lambda handle: np.save(handle, run.item_ids)))
-    if run.titles is not None:
-        atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))
-    atomic_write_text(folder / RUN_FILE, json.dumps(run.info, indent=2, default=float))  # last: marks it complete
-    return folder
+
+    def write_weights(folder: Path) -> None:
+        atomic_write(folder / WEIGHTS_FILE, lambda tmp: torch.save(payload, tmp))
+
+    return save_catalogue_run(folder, write_weights, run.item_ids, run.titles, run.info)
 
 
 def load_sasrec_run(folder: Path | str) -> SASRecRun:
     folder = Path(folder)
     if not is_sasrec_run(folder):
         raise FileNotFoundError(f"{folder} is not a SASRec run folder (`python -m recsys train --variant sasrec`)")
-    info = json.loads((folder / RUN_FILE).read_text())
+    info, item_ids, titles = load_catalogue_run(folder)
     payload = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model = SASRec(SASRecConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
-    titles = json.loads((folder / TITLES_FILE).read_text()) if (folder / TITLES_FILE).is_file() else None
-    return SASRecRun(model.eval(), np.load(folder / ITEM_IDS_FILE), info, titles)
+    return SASRecRun(model.eval(), item_ids, info, titles)
 
 
 def evaluate_sasrec_run(
@@ -146,16 +141,11 @@ def evaluate_sasrec_run(
 ) -> dict[str, Any]:
     """Metrics of a SASRec run folder (torch, full ranking) on the data it records; the report of ``evaluate``."""
     run = load_sasrec_run(folder)
-    examples, facts = run_examples(run.info, run.item_ids, run.model.config.max_len, split, data_dir)
-    if limit is not None:
-        n = min(limit, len(examples))
-        examples = EvalExamples(examples.user_ids[:n], examples.histories[:n], examples.targets[:n])
-    return {
-        "model": str(folder),
-        "engine": "torch",
-        **facts,
-        "split": split,
-        "users": len(examples),
-        "exclude_seen": exclude_seen,
-        "metrics": evaluate_sasrec(run.model, examples, ks=EVAL_KS, exclude_history=exclude_seen),
-    }
+
+    def metrics(examples: EvalExamples, exclude: bool) -> dict[str, float]:
+        return evaluate_sasrec(run.model, examples, ks=EVAL_KS, exclude_history=exclude)
+
+    max_history = run.model.config.max_len
+    return evaluation_report(
+        folder, run.info, run.item_ids, max_history, "torch", metrics, split, data_dir, limit, exclude_seen
+    )

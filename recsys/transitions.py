@@ -11,7 +11,6 @@ training part of the split only, so neither validation nor test targets leak int
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,16 +21,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from arcast_core.files import atomic_write, atomic_write_text
+from arcast_core.files import atomic_write
+from recsys.catalogue_run import (
+    evaluation_report,
+    is_run_of,
+    load_catalogue_run,
+    save_catalogue_run,
+    titles_by_dense_id,
+)
 from recsys.evaluation import evaluate_scorer
 from recsys.metrics import DEFAULT_KS
 from recsys.prorec_training import (
     EVAL_KS,
-    ITEM_IDS_FILE,
-    RUN_FILE,
-    TITLES_FILE,
     binary_writer,
-    run_examples,
     sequences_fingerprint,
 )
 from recsys.split import PADDING_ID, EvalExamples, LeaveOneOutSplit, leave_one_out
@@ -251,31 +253,24 @@ def train_transitions_run(
         "model_size": {"transitions": len(model.indices), "longest_row": model.longest_row()},
         "protocol": "leave-one-out, full ranking over all items, history not masked",
     }
-    title_list = None
-    if titles is not None:
-        title_list = ["", *(titles.get(int(raw), "") for raw in split.item_map.raw_ids[1:])]
-    return TransitionsRun(model, split.item_map.raw_ids.copy(), info, title_list)
+    raw_ids = split.item_map.raw_ids.copy()
+    return TransitionsRun(model, raw_ids, info, titles_by_dense_id(titles, raw_ids))
 
 
 def is_transitions_run(folder: Path | str) -> bool:
-    path = Path(folder) / RUN_FILE
-    return path.is_file() and json.loads(path.read_text()).get("variant") == VARIANT
+    return is_run_of(folder, VARIANT)
 
 
 def save_transitions_run(run: TransitionsRun, folder: Path | str) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     m = run.model
 
     def write_counts(handle: Any) -> None:
         np.savez(handle, indptr=m.indptr, indices=m.indices, counts=m.counts, popularity=m.popularity)
 
-    atomic_write(folder / COUNTS_FILE, binary_writer(write_counts))
-    atomic_write(folder / ITEM_IDS_FILE, binary_writer(lambda handle: np.save(handle, run.item_ids)))
-    if run.titles is not None:
-        atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))
-    atomic_write_text(folder / RUN_FILE, json.dumps(run.info, indent=2, default=float))  # last: marks it complete
-    return folder
+    def write_model(folder: Path) -> None:
+        atomic_write(folder / COUNTS_FILE, binary_writer(write_counts))
+
+    return save_catalogue_run(folder, write_model, run.item_ids, run.titles, run.info)
 
 
 def load_transitions_run(folder: Path | str) -> TransitionsRun:
@@ -284,7 +279,7 @@ def load_transitions_run(folder: Path | str) -> TransitionsRun:
         raise FileNotFoundError(
             f"{folder} is not a transitions run folder (`python -m recsys train --variant transitions`)"
         )
-    info = json.loads((folder / RUN_FILE).read_text())
+    info, item_ids, titles = load_catalogue_run(folder)
     with np.load(folder / COUNTS_FILE) as arrays:
         model = TransitionModel(
             arrays["indptr"],
@@ -294,8 +289,7 @@ def load_transitions_run(folder: Path | str) -> TransitionsRun:
             float(info["decay"]),
             int(info["window"]),
         )
-    titles = json.loads((folder / TITLES_FILE).read_text()) if (folder / TITLES_FILE).is_file() else None
-    return TransitionsRun(model, np.load(folder / ITEM_IDS_FILE), info, titles)
+    return TransitionsRun(model, item_ids, info, titles)
 
 
 def evaluate_transitions_run(
@@ -307,19 +301,13 @@ def evaluate_transitions_run(
 ) -> dict[str, Any]:
     """Metrics of a transitions run folder (numpy, full ranking) on the data it records; the report of ``evaluate``."""
     run = load_transitions_run(folder)
-    examples, facts = run_examples(run.info, run.item_ids, run.max_history, split, data_dir)
-    if limit is not None:
-        n = min(limit, len(examples))
-        examples = EvalExamples(examples.user_ids[:n], examples.histories[:n], examples.targets[:n])
-    return {
-        "model": str(folder),
-        "engine": "numpy",
-        **facts,
-        "split": split,
-        "users": len(examples),
-        "exclude_seen": exclude_seen,
-        "metrics": evaluate_scorer(run.model.score_batch, examples, ks=EVAL_KS, exclude_history=exclude_seen),
-    }
+
+    def metrics(examples: EvalExamples, exclude: bool) -> dict[str, float]:
+        return evaluate_scorer(run.model.score_batch, examples, ks=EVAL_KS, exclude_history=exclude)
+
+    return evaluation_report(
+        folder, run.info, run.item_ids, run.max_history, "numpy", metrics, split, data_dir, limit, exclude_seen
+    )
 
 
 def export_transitions_run(
