@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             test, chosen = evaluate_transitions(split, split.test)
             rows[name] = {
                 "test": test,
-                "validation": chosen["validation"][f"window={chosen['window']} decay={chosen['decay']}"],
+                "validation": chosen["validation"][chosen["setting"]],
                 "window": chosen["window"],
                 "decay": chosen["decay"],
                 "validation_by_setting": chosen["validation"],

@@ -4,7 +4,7 @@
         --hidden 64 --layers 2 --epochs 30 --max-minutes 10
 
 SASRec is selected on validation NDCG@10 and reported on test; popularity has nothing to select; transitions
-(``recsys.transitions``) chooses its history decay on validation NDCG@10. All metrics use
+(``recsys.transitions``) chooses its window and history decay on validation NDCG@10. All metrics use
 full ranking over every item without masking the history (the published tables' protocol, shared/ANCHORS.md).
 """
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from recsys.prorec_training import (
     sequences_fingerprint,
 )
 from recsys.split import PADDING_ID, EvalExamples, LeaveOneOutSplit, leave_one_out
+
+if TYPE_CHECKING:
+    from serving.artifact import Artifact
 
 DECAYS = (0.0, 0.3, 0.6, 1.0)  # 0: the last item alone; 1: every history item counts alike
 WINDOWS = (1, 2, 5, 10)  # how far ahead a following item still counts (1: direct successors only)
@@ -127,9 +130,9 @@ def fit_transitions(
     decays: Sequence[float] = DECAYS,
     windows: Sequence[int] = WINDOWS,
     exclude_history: bool = False,
-) -> tuple[TransitionModel, dict]:
+) -> tuple[TransitionModel, dict[str, Any]]:
     """The model with the window and decay that score the best validation NDCG@10, and the validation metrics of
-    every pair tried (keyed ``"window=W decay=D"``)."""
+    every pair tried (keyed ``"window=W decay=D"``, the chosen one's key in ``"setting"``)."""
     tried: dict[str, dict[str, float]] = {}
     best: tuple[float, TransitionModel] | None = None
     for window in windows:
@@ -142,7 +145,7 @@ def fit_transitions(
                 best = (metrics["ndcg@10"], model)
     assert best is not None, "no window or decay to try"
     model = best[1]
-    return model, {"window": model.window, "decay": model.decay, "validation": tried}
+    return model, {"window": model.window, "decay": model.decay, "setting": setting_name(model), "validation": tried}
 
 
 def setting_name(model: TransitionModel) -> str:
@@ -154,8 +157,9 @@ def evaluate_transitions(
     examples: EvalExamples,
     ks: Sequence[int] = DEFAULT_KS,
     exclude_history: bool = False,
-) -> tuple[dict[str, float], dict]:
-    """Fit on the split's training part (decay chosen on validation) and evaluate on ``examples``, full ranking."""
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit on the split's training part (window and decay chosen on validation) and evaluate on ``examples``, full
+    ranking; and what ``fit_transitions`` chose."""
     model, chosen = fit_transitions(split, exclude_history=exclude_history)
     return evaluate_scorer(model.score_batch, examples, ks=ks, exclude_history=exclude_history), chosen
 
@@ -193,7 +197,8 @@ class TransitionScorer(nn.Module):
         position = start[..., None] + self.offsets  # (B, S, M)
         inside = self.offsets < length[..., None]
         position = torch.where(inside, position, torch.zeros_like(position))
-        values = torch.where(inside, self.counts[position], torch.zeros_like(self.counts[position]))
+        gathered = self.counts[position]
+        values = torch.where(inside, gathered, torch.zeros_like(gathered))
         values = values * self.weights[None, :, None]
         scores = self.tie_break.expand(users, -1).scatter_add(
             1, self.indices[position].reshape(users, -1), values.reshape(users, -1)
@@ -234,7 +239,7 @@ def train_transitions_run(
     model, chosen = fit_transitions(split)
     fitted = time.monotonic()
     test = evaluate_scorer(model.score_batch, split.test, ks=EVAL_KS)
-    validation = chosen["validation"][setting_name(model)]
+    validation = chosen["validation"][chosen["setting"]]
     info = {
         "dataset": dataset,
         "variant": VARIANT,
@@ -317,7 +322,7 @@ def export_transitions_run(
     version: str | None = None,
     histories: np.ndarray | None = None,
     top_k: int = 10,
-) -> Any:
+) -> Artifact:
     """Publish ``run`` as an ``item_scores`` artifact (``TransitionScorer``) at ``store/name/<version>``; refused
     when onnxruntime's top-k differ from the torch graph's beyond ties (``recsys.item_scores_export``)."""
     from recsys.item_scores_export import publish_item_scores  # onnx and the serving side: only when exporting

@@ -76,8 +76,12 @@ def top_k_allowed(
         # every item at or above the k-th score, by (score descending, dense id): ties at the k-th place do not
         # depend on how argpartition split them
         candidates = np.flatnonzero(line >= kth[row])
-        places = candidates if tie_order is None else tie_order[candidates]
-        order = candidates[np.lexsort((candidates, places, -line[candidates]))[:k]]
+        keys = (
+            (candidates, -line[candidates])
+            if tie_order is None
+            else (candidates, tie_order[candidates], -line[candidates])
+        )
+        order = candidates[np.lexsort(keys)[:k]]
         items[row], values[row] = order, line[order]
     items[~np.isfinite(values)] = 0
     return SearchResult(items, values, np.zeros((len(scores), k, 0), dtype=np.int64))
