@@ -12,12 +12,14 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from serving import wire
 from serving.interval_service import fill_intervals, interval_support, plan_intervals
-from serving.proto.arcast.v1 import forecast_pb2, forecast_pb2_grpc, models_pb2, models_pb2_grpc
+from serving.proto.arcast.v1 import forecast_pb2_grpc, models_pb2, models_pb2_grpc
 from serving.registry import LoadedModel, ModelRegistry
 from serving.rpc import Calls, Limits, RequestError, await_result, deadline, exhausted, invalid, observed, served_model
 from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastRunner
 from serving.time_features import future_from_history, parse_freq
+from serving.wire import doubles, packed
 
 log = logging.getLogger(__name__)
 # A history whose sum of squares is below this has every value finite and within float32 (each square is at most
@@ -39,7 +41,7 @@ class ValidatedRequest:
     history_stamps: list[np.ndarray | None] = field(default_factory=list)  # and its timestamps, if given
 
 
-def _timestamps(series: forecast_pb2.Series, index: int, steps: int) -> np.ndarray | None:
+def _timestamps(series: wire.Series, index: int, steps: int) -> np.ndarray | None:
     if not series.timestamps:
         return None
     field = f"series[{index}].timestamps"
@@ -78,7 +80,7 @@ def _monthly(freq: str | None) -> bool:
     return parse_freq(freq)[1] == "mo" if freq else False
 
 
-def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, limits: Limits) -> ValidatedRequest:
+def validate(request: wire.Request, registry: ModelRegistry, limits: Limits) -> ValidatedRequest:
     model = served_model(registry, request.model, request.version, "forecast")
     runner = cast(ForecastRunner, model.runner)
     if request.horizon <= 0:
@@ -91,7 +93,7 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
         raise exhausted(
             f"series: {len(request.series)} series exceed the limit of {limits.max_series} per request (--max-series)"
         )
-    total = sum(len(s.values) for s in request.series)
+    total = sum(len(chunk) for s in request.series for chunk in s.values) // wire.DOUBLE.itemsize
     if total > limits.max_values:
         raise exhausted(f"series: {total} history values exceed the limit of {limits.max_values} per request")
     channels, length, freq = runner.n_channels, runner.context_length, runner.artifact.manifest.freq
@@ -109,9 +111,12 @@ def validate(request: forecast_pb2.ForecastRequest, registry: ModelRegistry, lim
     context_stamps = np.empty((len(request.series), length), dtype="datetime64[us]") if calendar else None
     for i, series in enumerate(request.series):
         field = f"series[{i}].values"
-        if not series.values:
+        try:
+            values = doubles(series.values, field)
+        except ValueError as err:
+            raise invalid(str(err)) from None
+        if not len(values):
             raise invalid(f"{field}: empty history")
-        values = np.asarray(series.values, dtype=np.float64)
         if len(values) % channels:
             raise invalid(f"{field}: {len(values)} values are not a whole number of steps of {channels} channels")
         steps = len(values) // channels
@@ -152,9 +157,7 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
     def __init__(self, registry: ModelRegistry, calls: Calls, limits: Limits) -> None:
         self.registry, self.calls, self.limits = registry, calls, limits
 
-    def Forecast(
-        self, request: forecast_pb2.ForecastRequest, context: grpc.ServicerContext
-    ) -> forecast_pb2.ForecastResponse:
+    def Forecast(self, request: wire.Request, context: grpc.ServicerContext) -> wire.Response:
         with observed(self.calls, "Forecast", self.registry.label(request.model), context):
             until = deadline(context, self.limits)
             started = time.perf_counter()  # stage timing: validate, then build (serving.observability.STAGES)
@@ -176,10 +179,9 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                     f"series[{bad}]: {NON_FINITE_FORECAST}",
                 )
             started = time.perf_counter()
-            response = forecast_pb2.ForecastResponse(model=checked.model.name, version=checked.model.version)
+            response = wire.ForecastResponse(model=checked.model.name, version=checked.model.version)
             for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):
-                # float32 to Python float is exact: the same doubles as an astype(float64) first, one copy less
-                item = response.forecasts.add(id=series.id, values=values.reshape(-1).tolist())
+                item = response.forecasts.add(id=series.id, values=packed(values))
                 if future_stamps is not None:
                     item.timestamps.extend(_to_timestamp(t) for t in future_stamps)
             if plan:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 import grpc
 import numpy as np
 
+from serving import wire
 from serving.intervals import (
     DEFAULT_GAMMA,
     DEFAULT_ORIGINS,
@@ -34,6 +35,7 @@ from serving.quantile_head import (
 )
 from serving.rpc import Limits, RequestError, exhausted, invalid
 from serving.runners.forecast import ForecastRunner
+from serving.wire import packed
 
 KNOWN_METHODS = frozenset(forecast_pb2.IntervalMethod.values())  # the enum's numbers, once
 
@@ -103,9 +105,7 @@ class IntervalPlan:
         return point, point[None] + lo, point[None] + hi, adapted
 
 
-def plan_intervals(
-    request: forecast_pb2.ForecastRequest, checked: ValidatedRequest, limits: Limits
-) -> IntervalPlan | None:
+def plan_intervals(request: wire.Request, checked: ValidatedRequest, limits: Limits) -> IntervalPlan | None:
     """None for a request without levels (nothing extra is done); else the checked plan, or the precise error."""
     if not request.levels:
         return None
@@ -174,21 +174,19 @@ def _quantile_plan(levels: np.ndarray, checked: ValidatedRequest, calibrated: bo
 
 
 def fill_intervals(
-    response: forecast_pb2.ForecastResponse,
+    response: wire.Response,
     plan: IntervalPlan,
     lower: np.ndarray,
     upper: np.ndarray,
     adapted: np.ndarray | None,
 ) -> None:
     """Add each requested level's bounds to every series' forecast, in request order."""
-    k, b = lower.shape[:2]
-    lows, highs = lower.reshape(k, b, -1).tolist(), upper.reshape(k, b, -1).tolist()  # one conversion each
     levels = plan.levels.tolist()
     for i, item in enumerate(response.forecasts):
         for j, level in enumerate(levels):
-            interval = item.intervals.add(level=level, lower=lows[j][i], upper=highs[j][i])
+            interval = item.intervals.add(level=level, lower=packed(lower[j, i]), upper=packed(upper[j, i]))
             if adapted is not None and plan.origins is not None:
-                interval.adapted_levels.extend(adapted[j, i].reshape(-1).tolist())
+                interval.adapted_levels.extend(packed(adapted[j, i]))
                 interval.origins = len(plan.origins[i])
 
 

@@ -20,7 +20,6 @@ from serving.forecast_service import ForecastServicer, ModelServicer
 from serving.observability import ServerMetrics
 from serving.proto.arcast.v1 import (
     forecast_pb2,
-    forecast_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     recommend_pb2,
@@ -31,10 +30,12 @@ from serving.reflection import enable_server_reflection
 from serving.registry import ModelRegistry
 from serving.rpc import Calls, Limits
 from serving.security import TokenAuthInterceptor, is_loopback, server_credentials
+from serving.wire import forecast_handlers
 
 log = logging.getLogger(__name__)
+FORECAST_SERVICE = forecast_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name
 SERVICE_NAMES = (
-    forecast_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name,
+    FORECAST_SERVICE,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name,
 )
@@ -97,9 +98,8 @@ class ForecastServer:
         logging.getLogger("grpc._common").addFilter(_one_line_for_undecodable_requests)
         calls = Calls(self.metrics, self._drain)
         timed = _TimedCodecs(self._server, self.metrics)  # protobuf parse and serialize: the decode/encode stages
-        forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
-            ForecastServicer(self.registry, calls, config.limits), timed
-        )
+        forecast = ForecastServicer(self.registry, calls, config.limits)  # reads and writes the wire twins
+        timed.add_registered_method_handlers(FORECAST_SERVICE, forecast_handlers(forecast.Forecast))
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
             RecommendServicer(self.registry, calls, config.limits), timed
         )
@@ -188,8 +188,8 @@ class ForecastServer:
 
 
 class _TimedCodecs:
-    """Stands in for the server while a generated ``add_*Servicer_to_server`` registers a service: the handlers it
-    hands over are registered with their protobuf parse and serialize timed (``ServerMetrics.timed_codec``)."""
+    """Stands in for the server while a service's handlers are registered (by a generated ``add_*Servicer_to_server``
+    or directly): they are registered with their protobuf parse and serialize timed (``ServerMetrics.timed_codec``)."""
 
     def __init__(self, server: grpc.Server, metrics: ServerMetrics) -> None:
         self._server, self._metrics = server, metrics

@@ -1,0 +1,122 @@
+"""The Forecast messages as the server and the Python client read and write them: values as raw bytes.
+
+A packed ``repeated double`` on the wire is its tag, a length and the IEEE 754 doubles themselves, which is exactly
+what a ``bytes`` field of the same number carries. The "wire twins" below are the public messages of
+``protos/arcast/v1/forecast.proto`` with the per-value fields (``RAW_FIELDS``) declared ``repeated bytes``, so numpy
+reads and writes each of them in one call (``np.frombuffer``, ``tobytes``) instead of one Python float per value,
+and the bytes on the wire stay the same (tests/serving/test_wire.py). They are built at import from the public
+descriptors, so they cannot drift from the proto, and nothing outside this process sees them: reflection, other
+clients and the published API keep the public messages.
+
+Two encodings that the public parser accepts and a ``bytes`` field does not read alike are handled here: a packed
+field split into several chunks (each chunk is one ``bytes`` entry; ``doubles`` joins them) and doubles written
+unpacked, one tagged value each (they land in the twin's unknown fields; the message is then read by the public
+parser and re-encoded packed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from serving.proto.arcast.v1 import forecast_pb2
+
+# Per message of forecast.proto: its repeated double fields that carry one value per step (read and written as
+# bytes). Every other repeated double field is listed in KEPT_DOUBLES: a new one must be put in one or the other
+# (a test checks), since a field missing from both would silently keep the slow path.
+RAW_FIELDS: dict[str, tuple[str, ...]] = {
+    "Series": ("values",),
+    "SeriesForecast": ("values",),
+    "Interval": ("lower", "upper", "adapted_levels"),
+}
+KEPT_DOUBLES: dict[str, tuple[str, ...]] = {"ForecastRequest": ("levels",)}  # a few numbers, checked one by one
+FORECAST_METHOD = "/arcast.v1.ForecastService/Forecast"
+DOUBLE = np.dtype("<f8")  # protobuf doubles are little-endian on every platform
+
+
+def _twin_file() -> Any:
+    """forecast.proto with RAW_FIELDS as ``repeated bytes``, under the package ``<package>.wire``, no services."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    forecast_pb2.DESCRIPTOR.CopyToProto(proto)
+    public = f".{proto.package}."
+    proto.name = proto.name.replace(".proto", "_wire.proto")
+    proto.package = f"{proto.package}.wire"
+    del proto.service[:]
+    for message in proto.message_type:
+        for field in message.field:
+            if field.name in RAW_FIELDS.get(message.name, ()):
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+            if field.type_name.startswith(public):  # its own messages and enums: the twins
+                field.type_name = f".{proto.package}.{field.type_name[len(public) :]}"
+    # The default pool, so that google.protobuf.Timestamp is the class every other module uses.
+    return descriptor_pool.Default().AddSerializedFile(proto.SerializeToString())
+
+
+_FILE = _twin_file()
+ForecastRequest: Any = message_factory.GetMessageClass(_FILE.message_types_by_name["ForecastRequest"])
+ForecastResponse: Any = message_factory.GetMessageClass(_FILE.message_types_by_name["ForecastResponse"])
+# What the twins' instances are, for type hints (dynamic classes have no stubs): the public messages' fields, with
+# RAW_FIELDS as lists of bytes.
+Request = Series = Response = Any
+
+
+def doubles(chunks: Sequence[bytes], field: str) -> np.ndarray:
+    """A raw field's values (read-only float64 array); ValueError naming ``field`` when its bytes are not whole
+    doubles (a packed field of another length is malformed: the public parser refuses the whole message)."""
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) % DOUBLE.itemsize:
+        raise ValueError(f"{field}: {len(data)} bytes are not a whole number of 8-byte doubles (malformed message)")
+    return np.frombuffer(data, DOUBLE)
+
+
+def packed(values: np.ndarray) -> list[bytes]:
+    """``values`` as a raw field's entries: the packed encoding's payload; none for no values (proto3 writes no
+    empty packed field, so the bytes match the public message's)."""
+    if values.size == 0:
+        return []
+    return [np.ascontiguousarray(values, DOUBLE).tobytes()]
+
+
+def parse_request(raw: bytes) -> Any:
+    """A ForecastRequest's bytes as its twin (what the server's Forecast handler reads)."""
+    request = ForecastRequest.FromString(raw)
+    if any(len(UnknownFieldSet(series)) for series in request.series):
+        return ForecastRequest.FromString(forecast_pb2.ForecastRequest.FromString(raw).SerializeToString())
+    return request
+
+
+def parse_response(raw: bytes) -> Any:
+    """A ForecastResponse's bytes as its twin (what the Python client reads)."""
+    response = ForecastResponse.FromString(raw)
+    if any(
+        len(UnknownFieldSet(item)) or any(len(UnknownFieldSet(band)) for band in item.intervals)
+        for item in response.forecasts
+    ):
+        return ForecastResponse.FromString(forecast_pb2.ForecastResponse.FromString(raw).SerializeToString())
+    return response
+
+
+def serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+def forecast_handlers(forecast: Any) -> dict[str, grpc.RpcMethodHandler]:
+    """The ForecastService's method handlers, as the generated ``add_ForecastServiceServicer_to_server`` builds
+    them, reading and writing the twins."""
+    return {
+        "Forecast": grpc.unary_unary_rpc_method_handler(
+            forecast, request_deserializer=parse_request, response_serializer=serialize
+        )
+    }
+
+
+def forecast_callable(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """The client side of Forecast on ``channel``: send a twin request, get a twin response."""
+    return channel.unary_unary(  # _registered_method: as the generated stubs call it (grpcio's stubs omit it)
+        FORECAST_METHOD, request_serializer=serialize, response_deserializer=parse_response, _registered_method=True
+    )
