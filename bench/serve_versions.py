@@ -7,6 +7,7 @@ The ``--before`` commit's ``serving`` package (``git archive``) and this checkou
 ``bench/serve_forecast.py`` one series per request. Both versions must answer byte for byte the same.
 
     .venv/bin/python bench/serve_versions.py --before e41c9fe        # -> bench/results/serve_versions.json
+    .venv/bin/python bench/serve_versions.py --before e41c9fe --series 64 --steps 672 --out ...  # a larger request
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=16.0, help="load per server, in --rounds slices")
     parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--series", type=int, default=1, help="series per request")
+    parser.add_argument("--steps", type=int, default=200, help="history values per series")
     parser.add_argument("--out", default="bench/results/serve_versions.json")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -75,7 +78,7 @@ def main() -> int:
         "versions": {"before": args.before, "after": head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")},
         "setup": {
             "scenario": SCENARIO,
-            "request": "one series of 200 values, horizon 24",
+            "request": f"{args.series} series of {args.steps} values, horizon {SCENARIOS[SCENARIO]['horizon']}",
             "clients": args.clients,
             "load": f"h2load, {args.seconds} s per server in {args.rounds} alternating slices",
             "server": "serve --max-batch 256 --max-wait-ms 0 --max-workers 256 (batching on, default threads)",
@@ -86,8 +89,9 @@ def main() -> int:
         build_store(store, {SCENARIO: SCENARIOS[SCENARIO]})
         trees = {"before": export_tree(args.before, Path(tmp) / "before"), "after": ROOT}
         servers = {version: start_version(tree, store) for version, tree in trees.items()}
+        waves = [10 + 3 * np.sin(np.arange(args.steps) / 5.0 + i) for i in range(args.series)]
         request = ArcastClient.forecast_request(
-            f"etth1-{SCENARIO}", [10 + 3 * np.sin(np.arange(200) / 5.0)], SCENARIOS[SCENARIO]["horizon"]
+            f"etth1-{SCENARIO}", waves, SCENARIOS[SCENARIO]["horizon"]
         ).SerializeToString()
         loader = H2Load(FORECAST_METHOD, request)
         floor = None

@@ -163,9 +163,8 @@ class ArcastClient:
         )
         response = self._forecast(request, timeout=timeout_s or self.timeout_s)
         out = []
-        for i, item in enumerate(response.forecasts):
-            field = f"forecasts[{i}]"
-            values = wire.doubles(item.values, f"{field}.values").reshape(horizon, -1)
+        for item in response.forecasts:
+            values = wire.doubles(item.values, "forecasts.values").reshape(horizon, -1)
             stamps = None
             if item.timestamps:
                 stamps = np.array(
@@ -174,14 +173,14 @@ class ArcastClient:
             bands = [
                 Interval(
                     band.level,
-                    wire.doubles(band.lower, f"{field}.intervals[{j}].lower").reshape(horizon, -1),
-                    wire.doubles(band.upper, f"{field}.intervals[{j}].upper").reshape(horizon, -1),
-                    wire.doubles(band.adapted_levels, f"{field}.intervals[{j}].adapted_levels").reshape(horizon, -1)
+                    wire.doubles(band.lower, "intervals.lower").reshape(horizon, -1),
+                    wire.doubles(band.upper, "intervals.upper").reshape(horizon, -1),
+                    wire.doubles(band.adapted_levels, "intervals.adapted_levels").reshape(horizon, -1)
                     if band.adapted_levels
                     else None,
                     band.origins,
                 )
-                for j, band in enumerate(item.intervals)
+                for band in item.intervals
             ]
             out.append(Forecast(item.id, values, stamps, bands))
         return ForecastResult(response.model, response.version, out)

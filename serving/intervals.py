@@ -163,7 +163,7 @@ class Calibration:
 
     def split_offsets(self, levels: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """``offsets`` of fixed levels (K,) -> (K, horizon, C) each, cached: a split-conformal request reads them."""
-        key = (tuple(float(v) for v in levels), horizon)
+        key = (np.asarray(levels, np.float64).tobytes(), horizon)
         cached = self._split.get(key)
         if cached is None:
             if len(self._split) > 256:
