@@ -7,8 +7,10 @@ Needs a recommender trained on full Beauty (a run folder from ``python -m recsys
     .venv/bin/python bench/serve_recommend.py --run runs/beauty-prorec    # writes bench/results/serve_recommend.json
 
 The run is exported to a temporary store (with the usual onnxruntime-vs-torch parity check) and served by two
-servers in their own processes, batching on and off. Everything is measured side by side in one run and reported
-as ratios too, since the machine is shared and absolute numbers drift:
+servers in their own processes, batching on and off. ``--artifact STORE/NAME/VERSION`` benchmarks an exported
+recommender of any kind instead (SASRec and transitions too, exported by ``python -m recsys export``): load and
+accuracy, no decoding comparison (that needs the generator's run). Everything is measured side by side in one run
+and reported as ratios too, since the machine is shared and absolute numbers drift:
 
 - load: 1, 8 and 64 closed-loop clients sending one-user Recommend requests (real test histories, k 10, the
   artifact's default beam width) for ``--seconds`` each: recommendations per second, p50/p99 latency, from arcast
@@ -38,7 +40,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 # The repository first on the import path: bench/recsys.py would otherwise shadow the recsys package (bench/ stays
 # on the path for bench/serving_load.py).
@@ -74,7 +76,9 @@ from recsys.prorec_training import EVAL_KS, load_run, load_sequences
 from recsys.split import leave_one_out
 from serving.artifact import read_artifact
 from serving.proto.arcast.v1 import recommend_pb2, recommend_pb2_grpc
+from serving.runners import load_runner
 from serving.runners.constrained_beam import ConstrainedBeamModel
+from serving.runners.recommender import ItemCatalogue
 from serving.sessions import create_session
 
 MODEL = "beauty-prorec"
@@ -182,7 +186,7 @@ def kv_cache_vs_recompute(
     return out
 
 
-def grpc_accuracy(target: str, served: ConstrainedBeamModel, examples: Any, beam_width: int) -> dict[str, Any]:
+def grpc_accuracy(target: str, name: str, served: ItemCatalogue, examples: Any, beam_width: int) -> dict[str, Any]:
     """Every test user through RecommendBatch (in the offline evaluation's chunks), ranked lists -> metrics."""
     histories, k = examples.histories, max(EVAL_KS)
     order = np.argsort((histories != 0).sum(axis=1), kind="stable")  # as evaluate_artifact: similar lengths together
@@ -192,7 +196,7 @@ def grpc_accuracy(target: str, served: ConstrainedBeamModel, examples: Any, beam
         stub = recommend_pb2_grpc.RecommendServiceStub(channel)
         for start in tqdm(range(0, len(order), ACCURACY_CHUNK), desc="test users over gRPC", unit="chunk"):
             chunk = order[start : start + ACCURACY_CHUNK]
-            request = recommend_pb2.RecommendBatchRequest(model=MODEL, k=k, beam_width=beam_width, include_seen=True)
+            request = recommend_pb2.RecommendBatchRequest(model=name, k=k, beam_width=beam_width, include_seen=True)
             for user in chunk:
                 history = served.item_ids[histories[user][histories[user] != 0]]
                 request.users.add(user_id=str(user), history=history.tolist())
@@ -205,9 +209,37 @@ def grpc_accuracy(target: str, served: ConstrainedBeamModel, examples: Any, beam
     return {"metrics": metrics_from_ranks(ranks, EVAL_KS), "seconds": seconds, "users_per_second": len(order) / seconds}
 
 
+def _model_facts(run: Any, folder: str) -> dict[str, Any]:
+    return {
+        "run": folder,
+        "variant": run.variant,
+        "dataset": run.info["data"]["dataset"],
+        "items": int(len(run.item_ids) - 1),
+        "serving_parameters": run.model.serving_parameters(),
+        "config": run.model.config.as_dict(),
+        "timings": run.info.get("timings"),
+    }
+
+
+def _artifact_facts(artifact: Any, folder: Path) -> dict[str, Any]:
+    manifest = artifact.manifest
+    return {
+        "artifact": str(folder),
+        "model_kind": manifest.model_kind,
+        "rollout_kind": manifest.rollout.kind,
+        "dataset": manifest.data.dataset,
+        "metrics": manifest.metrics,
+        "export_parity": manifest.parity,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder of a recommender trained on full Beauty")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder of a generative recommender trained on full Beauty")
+    source.add_argument(
+        "--artifact", type=Path, help="an exported recommender of any kind, its version folder (STORE/NAME/VERSION)"
+    )
     parser.add_argument("--data-dir", help="benchmark data folder")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load phase (default 6)")
     parser.add_argument("--repeats", type=int, default=40, help="searches per KV-cache/recompute comparison")
@@ -223,11 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    run = load_run(args.run)
-    spec = run.info["data"]
+    run = load_run(args.run) if args.run else None
+    given = read_artifact(args.artifact) if args.artifact else None
+    if run is not None:
+        spec, max_history, name = run.info["data"], run.model.config.max_history, MODEL
+    else:
+        assert given is not None and given.manifest.data is not None
+        spec = {"dataset": given.manifest.data.dataset, "slice": given.manifest.data.slice}
+        # every recommender's rollout spec carries max_history (ConstrainedBeamRollout, ItemScoresRollout)
+        max_history, name = int(given.manifest.rollout.max_history), given.manifest.name  # type: ignore[attr-defined]
     if spec.get("slice"):
-        raise SystemExit(f"--run: {args.run} was trained on a slice of {spec['dataset']}; the benchmark needs it all")
-    split = leave_one_out(load_sequences(spec, args.data_dir), max_history=run.model.config.max_history)
+        raise SystemExit(
+            f"{args.run or args.artifact} was trained on a slice of {spec['dataset']}; the benchmark needs it all"
+        )
+    split = leave_one_out(load_sequences(spec, args.data_dir), max_history=max_history)
     results: dict[str, Any] = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -238,15 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "onnxruntime": ort.__version__,
         },
-        "model": {
-            "run": str(args.run),
-            "variant": run.variant,
-            "dataset": spec["dataset"],
-            "items": int(len(run.item_ids) - 1),
-            "serving_parameters": run.model.serving_parameters(),
-            "config": run.model.config.as_dict(),
-            "timings": run.info.get("timings"),
-        },
+        "model": _model_facts(run, args.run) if run is not None else _artifact_facts(given, args.artifact),
         "setup": {
             "server": f"max-batch 256, max-wait {MAX_WAIT_MS} ms, 256 workers; modes on, off, workers2 (--workers 2)",
             "floors": "bench/bare_server.py: floor (thread pool), floor_workers2 (2 processes), floor_aio (grpc.aio)",
@@ -259,17 +292,23 @@ def main(argv: list[str] | None = None) -> int:
         store = Path(tmp) / "store"
         rng = np.random.default_rng(0)
         parity = split.test.histories[np.sort(rng.choice(len(split.test), 64, replace=False))]
-        artifact = export_run(run, store, MODEL, histories=parity)
-        served = ConstrainedBeamModel.load(read_artifact(artifact.path), intra_op_threads=1)
-        results["model"]["export_parity"] = artifact.manifest.parity
+        if run is not None:
+            artifact = export_run(run, store, name, histories=parity)
+            beam = ConstrainedBeamModel.load(read_artifact(artifact.path), intra_op_threads=1)
+            results["model"]["export_parity"] = artifact.manifest.parity
+            export_prefix_decoder(run.model, Path(tmp) / "prefix_decoder.onnx")
+            prefix = create_session(Path(tmp) / "prefix_decoder.onnx", intra_op_threads=1)
+            results["decoding"] = kv_cache_vs_recompute(beam, prefix, split.test.histories, args.repeats)
+            copied = artifact.path
+        else:  # served from a store of its own, as the run's export is
+            assert given is not None
+            copied = store / name / given.path.name
+            shutil.copytree(given.path, copied)
+        served = cast(ItemCatalogue, load_runner(read_artifact(copied), intra_op_threads=1))
         results["model"]["beam_width"], results["model"]["top_k"] = served.default_beam_width, served.default_k
 
-        export_prefix_decoder(run.model, Path(tmp) / "prefix_decoder.onnx")
-        prefix = create_session(Path(tmp) / "prefix_decoder.onnx", intra_op_threads=1)
-        results["decoding"] = kv_cache_vs_recompute(served, prefix, split.test.histories, args.repeats)
-
         raw = [served.item_ids[h[h != 0]].tolist() for h in split.test.histories[:2000]]
-        requests = [recommend_pb2.RecommendRequest(model=MODEL, history=h, k=10).SerializeToString() for h in raw]
+        requests = [recommend_pb2.RecommendRequest(model=name, history=h, k=10).SerializeToString() for h in raw]
         arcast = {
             "on": start_arcast(store, True, 1, MAX_WAIT_MS, args.providers),
             "off": start_arcast(store, False, 1, MAX_WAIT_MS, args.providers),
@@ -278,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = {mode: (proc, target) for mode, (proc, target, _) in arcast.items()}
         bare: dict[str, Any] = {}
         try:
-            replies = {MODEL: raw_call(servers["on"][1], RECOMMEND_METHOD, requests[0])}
+            replies = {name: raw_call(servers["on"][1], RECOMMEND_METHOD, requests[0])}
             bare = {
                 "floor": start_bare(RECOMMEND_METHOD, replies, Path(tmp)),
                 "floor_workers2": start_bare(RECOMMEND_METHOD, replies, Path(tmp), workers=2),
@@ -304,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             if not args.skip_accuracy:
                 width = max(EVAL_KS)
-                offline = evaluate_artifact(store, MODEL, data_dir=args.data_dir, beam_width=width)
-                over_grpc = grpc_accuracy(servers["on"][1], served, split.test, width)
+                offline = evaluate_artifact(store, name, data_dir=args.data_dir, beam_width=width)
+                over_grpc = grpc_accuracy(servers["on"][1], name, served, split.test, width)
                 gaps = {m: abs(over_grpc["metrics"][m] - offline["metrics"][m]) for m in offline["metrics"]}
                 results["accuracy"] = {
                     "protocol": "Beauty leave-one-out test split, every user, full ranking by constrained beam search "
@@ -314,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                     "grpc": over_grpc,
                     "offline_artifact": offline["metrics"],
                     "max_abs_gap_grpc_vs_offline": max(gaps.values()),
-                    "torch_run": run.info.get("metrics", {}).get("test"),
+                    "torch_run": run.info.get("metrics", {}).get("test") if run is not None else None,
                 }
         finally:
             for proc, *_ in (*arcast.values(), *bare.values()):
@@ -342,9 +381,11 @@ def print_tables(results: dict[str, Any]) -> None:
     for clients, row in results["load"].items():
         for mode in ARCAST_MODES:
             print(stage_row([clients, mode], row["stages_ms"][mode], row[mode]["mean_ms"]))
-    print("\n| users per search | KV cache ms | recompute ms | speed-up | identical items |")
-    print("|---|---|---|---|---|")
-    for users, row in results["decoding"].items():
+    decoding = results.get("decoding") or {}  # none for an --artifact run
+    if decoding:
+        print("\n| users per search | KV cache ms | recompute ms | speed-up | identical items |")
+        print("|---|---|---|---|---|")
+    for users, row in decoding.items():
         ms = row["median_ms"]
         print(
             f"| {users.split('_')[0]} | {ms['kv_cache']:.2f} | {ms['recompute']:.2f} | {row['speedup_kv_cache']:.2f}x"
@@ -355,10 +396,10 @@ def print_tables(results: dict[str, Any]) -> None:
         gap = acc["max_abs_gap_grpc_vs_offline"]
         print(f"\naccuracy on {acc['users']} test users (largest gap gRPC vs offline: {gap:.2g})")
         for metric in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20"):
-            torch_value = (acc["torch_run"] or {}).get(metric, float("nan"))
+            torch_value = f", torch {acc['torch_run'][metric]:.4f}" if acc["torch_run"] else ""  # --run only
             print(
-                f"{metric}: grpc {acc['grpc']['metrics'][metric]:.4f}, offline {acc['offline_artifact'][metric]:.4f},"
-                f" torch {torch_value:.4f}"
+                f"{metric}: grpc {acc['grpc']['metrics'][metric]:.4f}, offline {acc['offline_artifact'][metric]:.4f}"
+                + torch_value
             )
 
 
