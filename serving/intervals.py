@@ -98,7 +98,7 @@ class Calibration:
     quantiles: np.ndarray
     windows: np.ndarray
     facts: dict[str, Any]
-    _split: dict[tuple[tuple[float, ...], int], tuple[np.ndarray, np.ndarray]] = field(
+    _split: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -278,18 +278,18 @@ def adapt_needed(
     else:
         alpha = np.broadcast_to(target, (len(levels), b, horizon, channels)).copy()
     # A miss at level l is clip(l, 0, MAX_LEVEL) < need, i.e. l < threshold: -inf where need <= 0 (never a miss),
-    # inf beyond MAX_LEVEL (always); unseen residuals get step 0. Origins first, buffers reused: the loop over
-    # origins is sequential, so each of its numpy calls is kept to one pass without allocations.
+    # inf beyond MAX_LEVEL (always); unseen residuals get step 0. Each origin adds step * (target - miss): both
+    # outcomes' changes are made before the loop (origins first), which is sequential, so each origin costs four
+    # numpy calls.
     threshold = np.where(need <= 0, -np.inf, np.where(need > MAX_LEVEL, np.inf, need))
     threshold = np.ascontiguousarray(np.moveaxis(threshold, 1, 0))  # (O, B, h, C)
-    step = np.ascontiguousarray(np.moveaxis(gamma * ~np.isnan(need), 1, 0))
-    level, miss, change = np.empty_like(alpha), np.empty(alpha.shape, bool), np.empty_like(alpha)
+    step = np.ascontiguousarray(np.moveaxis(gamma * ~np.isnan(need), 1, 0))[:, None]  # (O, 1, B, h, C)
+    covered, missed = target * step, (target - 1.0) * step  # (O, K, B, h, C)
+    level, miss = np.empty_like(alpha), np.empty(alpha.shape, bool)
     for o in range(n_origins):
         np.subtract(1.0, alpha, out=level)
         np.less(level, threshold[o], out=miss)
-        np.subtract(target, miss, out=change)
-        change *= step[o]
-        alpha += change
+        alpha += np.where(miss, missed[o], covered[o])
     return np.clip(1 - alpha, 0.0, MAX_LEVEL)
 
 
