@@ -32,10 +32,16 @@ SCORER_FILE = "scorer.onnx"
 TIE_ORDER_FILE = "tie_order.npy"
 
 
-def export_scorer(graph: nn.Module, n_items: int, max_history: int, path: Path, opset: int = 18) -> None:
-    """``graph`` with a dynamic batch; the history is always ``max_history`` wide (the runner pads it)."""
+def export_scorer(
+    graph: nn.Module, n_items: int, max_history: int, path: Path, opset: int = 18, narrow_history: bool = False
+) -> None:
+    """``graph`` with a dynamic batch; the history ``max_history`` wide (the runner pads it), or with
+    ``narrow_history`` any width up to it (the batch's longest history)."""
     history = torch.randint(1, n_items + 1, (2, max_history), generator=torch.Generator().manual_seed(0))
     history[0, : max_history // 2] = 0  # a padded row among the examples
+    axes = {0: torch.export.Dim("B", min=1, max=1 << 16)}
+    if narrow_history:
+        axes[1] = torch.export.Dim("S", min=1, max=max_history)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         torch.onnx.export(
@@ -44,7 +50,7 @@ def export_scorer(graph: nn.Module, n_items: int, max_history: int, path: Path, 
             str(path),
             input_names=["history"],
             output_names=["scores"],
-            dynamic_shapes={"history": {0: torch.export.Dim("B", min=1, max=1 << 16)}},
+            dynamic_shapes={"history": axes},
             opset_version=opset,
             dynamo=True,
             external_data=False,
@@ -96,12 +102,14 @@ def publish_item_scores(
     facts: dict[str, Any] | None = None,
     cells_per_user: int = 0,
     tie_order: np.ndarray | None = None,
+    narrow_history: bool = False,
 ) -> Artifact:
     """Publish ``graph`` (history -> scores) as ``store/name/<version>``; refuses when onnxruntime's top-k differ
     from the graph's in torch. ``histories``: (n, H) left-padded dense ids for the parity check (real users are
     best; default: random ones); ``score``: what the scores mean, for the manifest; ``cells_per_user``: the graph's
     working cells per user beside its scores (bounds the users per run, ``ItemScoresRollout``); ``tie_order``: each
-    dense id's place among equal scores (default: dense-id order)."""
+    dense id's place among equal scores (default: dense-id order); ``narrow_history``: the graph takes histories of
+    any width up to ``max_history`` (the runner sends the batch's longest, not ``max_history``)."""
     n_items = len(item_ids) - 1
     if histories is None:
         histories = sample_histories(n_items, max_history, PARITY_USERS)
@@ -115,7 +123,7 @@ def publish_item_scores(
         tables["tie_order"] = {"file": TIE_ORDER_FILE}
 
     def write(folder: Path) -> None:
-        export_scorer(graph, n_items, max_history, folder / SCORER_FILE, opset)
+        export_scorer(graph, n_items, max_history, folder / SCORER_FILE, opset, narrow_history)
         np.save(folder / ITEM_IDS_FILE, np.asarray(item_ids, dtype=np.int64), allow_pickle=False)
         if titles is not None:
             atomic_write_text(folder / TITLES_FILE, json.dumps(titles))
@@ -130,9 +138,9 @@ def publish_item_scores(
         "scorer": {
             "file": SCORER_FILE,
             "opset": opset,
-            "inputs": [{"name": "history", "dtype": "int64", "shape": ["B", max_history]}],
+            "inputs": [{"name": "history", "dtype": "int64", "shape": ["B", "S" if narrow_history else max_history]}],
             "outputs": [{"name": "scores", "dtype": "float32", "shape": ["B", n_items + 1]}],
-            "dynamic_axes": {"B": "users"},
+            "dynamic_axes": {"B": "users", **({"S": "history length"} if narrow_history else {})},
         }
     }
     rollout = {
@@ -144,6 +152,7 @@ def publish_item_scores(
         "exclude_seen": True,
         "score": score,
         "cells_per_user": cells_per_user,
+        "narrow_history": narrow_history,
     }
     export = Export(
         model_kind=model_kind,

@@ -165,9 +165,9 @@ def evaluate_transitions(
 
 
 class TransitionScorer(nn.Module):
-    """The served graph: history (B, S) left-padded dense ids -> scores (B, n_items + 1), column 0 -inf; the same
-    scores as ``TransitionModel.scores`` in float32 (the counts kept as CSR; each history item gathers its row at a
-    fixed width, the longest row, masked beyond its own length)."""
+    """The served graph: history (B, S) left-padded dense ids, S up to ``max_history`` -> scores (B, n_items + 1),
+    column 0 -inf; the same scores as ``TransitionModel.scores`` in float32 (the counts kept as CSR; each history item
+    gathers its row at the width of the batch's longest one, masked beyond its own length)."""
 
     indptr: torch.Tensor
     indices: torch.Tensor
@@ -191,15 +191,21 @@ class TransitionScorer(nn.Module):
         self.register_buffer("tie_break", torch.as_tensor(model.tie_break(max_history), dtype=torch.float32))
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        users = history.shape[0]
+        users, width = history.shape  # width: any up to max_history (the history's most recent items, left-padded)
         start = self.indptr[history]  # (B, S)
         length = self.indptr[history + 1] - start
-        position = start[..., None] + self.offsets  # (B, S, M)
-        inside = self.offsets < length[..., None]
+        # Gather at the longest row among this batch's history items, not the catalogue's: the same scores, and a
+        # user of mid-popular items gathers a fraction of the cells (Beauty's longest row is 991, the median 25).
+        longest = int(torch.clamp(length.max(), min=1).item())
+        torch._check(longest >= 1)
+        torch._check(longest <= self.offsets.shape[0])
+        offsets = self.offsets[:longest]
+        position = start[..., None] + offsets  # (B, S, M)
+        inside = offsets < length[..., None]
         position = torch.where(inside, position, torch.zeros_like(position))
         gathered = self.counts[position]
         values = torch.where(inside, gathered, torch.zeros_like(gathered))
-        values = values * self.weights[None, :, None]
+        values = values * self.weights[self.weights.shape[0] - width :][None, :, None]
         scores = self.tie_break.expand(users, -1).scatter_add(
             1, self.indices[position].reshape(users, -1), values.reshape(users, -1)
         )
@@ -342,7 +348,8 @@ def export_transitions_run(
         histories,
         top_k,
         facts={"window": run.model.window, "decay": run.model.decay, "model_size": run.info.get("model_size")},
-        # The gather: each history item's row at the longest row's width.
+        # The gather, at its widest: every history item's row at the longest row's width.
         cells_per_user=GATHER_TEMPORARIES * run.max_history * max(run.model.longest_row(), 1),
         tie_order=run.model.tie_order(),
+        narrow_history=True,  # a request's own history length, not max_history: fewer cells gathered
     )

@@ -54,6 +54,9 @@ class ItemScoresRollout(RolloutSpec):
     # Working cells one user's run holds beside its scores (a graph that gathers per history item, as the
     # transitions one does); users per run are bounded by both. 0: the scores alone (SASRec).
     cells_per_user: int = 0
+    # The scorer takes histories of any width up to max_history, and is sent the batch's longest (its work grows
+    # with the width). False: always max_history wide (SASRec's positions; manifests written before the field).
+    narrow_history: bool = False
 
 
 def top_k_allowed(
@@ -172,13 +175,16 @@ class ItemScoresModel(ItemCatalogue):
             raise ValueError("queries: no users given")
         if diversity:
             raise ValueError("diversity: this model ranks every item by one score; it has no beams to diversify")
-        padded = left_padded(queries, self.max_history, width=self.max_history)  # the graph's fixed width
+        width = self.max_history
+        if self.spec.narrow_history:  # the batch's longest history (one column at least)
+            width = max(1, min(max(len(q.history) for q in queries), self.max_history))
+        padded = left_padded(queries, self.max_history, width=width)
         return self.search_dense(padded, k, excluded=[q.excluded for q in queries])
 
     def scores(self, histories: np.ndarray) -> np.ndarray:
         """(B, S) left-padded dense ids (S <= max_history) -> (B, n_items + 1) log-probabilities as the graph gives."""
         histories = np.asarray(histories, dtype=np.int64)[:, -self.max_history :]
-        if histories.shape[1] < self.max_history:  # only a caller's narrower rows need widening
+        if histories.shape[1] < self.max_history and not self.spec.narrow_history:  # the graph's fixed width
             histories = np.pad(histories, ((0, 0), (self.max_history - histories.shape[1], 0)))
         scores = np.asarray(self.scorer.run(["scores"], {"history": histories})[0])
         if np.isnan(scores).any() or np.isposinf(scores).any():

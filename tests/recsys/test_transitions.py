@@ -111,6 +111,30 @@ def test_the_served_graph_scores_as_the_model_does(small_split: LeaveOneOutSplit
     np.testing.assert_allclose(got[:, 1:], expected[:, 1:], rtol=1e-6, atol=1e-6)
 
 
+def test_the_served_graph_takes_a_history_at_any_width_and_gathers_at_the_batchs_longest_row(
+    small_split: LeaveOneOutSplit,
+) -> None:
+    """A batch sent at its own longest history (narrower than max_history) scores as at full width, and a batch
+    whose items' rows are all shorter than the catalogue's longest (so the gather is narrower) scores as the model."""
+    model = TransitionModel.fit(small_split, 0.6, 5)
+    graph = TransitionScorer(model, 6)
+    histories = small_split.test.histories.copy()
+    histories[:, :3] = PADDING_ID  # at most the last three items: a width of 3 holds every history
+    with torch.no_grad():
+        full = graph(torch.from_numpy(histories)).numpy()
+        narrow = graph(torch.from_numpy(np.ascontiguousarray(histories[:, 3:]))).numpy()
+    np.testing.assert_array_equal(narrow, full)
+    np.testing.assert_allclose(full[:, 1:], model.scores(histories)[:, 1:], rtol=1e-6, atol=1e-6)
+    rows = np.diff(model.indptr)[: model.popularity.shape[0]]
+    short = [int(i) for i in np.flatnonzero((rows > 1) & (rows < rows.max()))[:5]]
+    assert short, "the fixture has items whose rows are shorter than the longest"
+    for item in short:  # each alone, one column wide: the gather as wide as its own row
+        with torch.no_grad():
+            got = graph(torch.tensor([[item]])).numpy()
+        padded = np.array([[PADDING_ID] * 5 + [item]])  # the model's tie-break is scaled for max_history's width
+        np.testing.assert_allclose(got[:, 1:], model.scores(padded)[:, 1:], rtol=1e-6, atol=1e-6)
+
+
 def test_cli_fits_exports_and_evaluates_transitions(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
