@@ -55,7 +55,8 @@ class ItemScoresRollout(RolloutSpec):
     # transitions one does); users per run are bounded by both. 0: the scores alone (SASRec).
     cells_per_user: int = 0
     # The scorer takes histories of any width up to max_history, and is sent the batch's longest (its work grows
-    # with the width). False: always max_history wide (SASRec's positions; manifests written before the field).
+    # with the width). False: always max_history wide (SASRec's graph is exported at that width; manifests written
+    # before the field).
     narrow_history: bool = False
 
 
