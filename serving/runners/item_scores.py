@@ -30,6 +30,7 @@ from serving.sessions import create_session
 # Users per onnxruntime run: its output is users x (n_items + 1) float32 (48 KB per user at Beauty's 12k items), plus
 # the rollout's ``cells_per_user`` of working memory.
 SCORE_CELLS_PER_RUN = 1 << 25
+SELECT_BLOCK = 64  # items per block in the top-k selection (top_k_allowed)
 
 
 @dataclass(frozen=True)
@@ -67,19 +68,32 @@ def top_k_allowed(
     ``tie_order`` (each dense id's place, lower first), else by dense id.
 
     Where fewer than ``k`` items are allowed the rest is item 0 with score -inf (as a beam search answers)."""
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    scores[:, 0] = -np.inf
+    scores = np.asarray(scores)
+    users, columns = scores.shape
+    blocks = -(-columns // SELECT_BLOCK)
+    padded = np.full((users, blocks * SELECT_BLOCK), -np.inf, dtype=np.float32)  # the copy the masking needs
+    padded[:, :columns] = scores
+    padded[:, 0] = -np.inf
     for row, dense in enumerate(excluded or ()):
-        scores[row, dense] = -np.inf
-    k = min(k, scores.shape[1] - 1)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
-    items = np.zeros((len(scores), k), dtype=np.int64)
-    values = np.zeros((len(scores), k), dtype=np.float32)
-    for row, line in enumerate(scores):
+        padded[row, dense] = -np.inf
+    k = min(k, columns - 1)
+    # The k-th best score without a selection over every item (argpartition costs ~0.1 ms per 12k-item row here):
+    # the k blocks with the highest maxima hold k items at least that high, so the k-th score is at least the k-th
+    # highest block maximum, tau, and every item at or above the k-th score lies in a block whose maximum reaches
+    # tau. Selecting among those blocks' items gives the exact k-th score.
+    block_max = padded.reshape(users, blocks, SELECT_BLOCK).max(axis=2)
+    tau = np.partition(block_max, blocks - k, axis=1)[:, blocks - k] if blocks >= k else np.full(users, -np.inf)
+    items = np.zeros((users, k), dtype=np.int64)
+    values = np.zeros((users, k), dtype=np.float32)
+    for row, line in enumerate(padded[:, :columns]):
+        near = np.flatnonzero(block_max[row] >= tau[row])
+        pool = (near[:, None] * SELECT_BLOCK + np.arange(SELECT_BLOCK)).ravel()
+        pool = pool[pool < columns]
+        pooled = line[pool]
+        kth = np.partition(pooled, len(pooled) - k)[len(pooled) - k]
         # every item at or above the k-th score, by (score descending, dense id): ties at the k-th place do not
-        # depend on how argpartition split them
-        candidates = np.flatnonzero(line >= kth[row])
+        # depend on how the selection split them
+        candidates = pool[pooled >= kth]
         keys = (
             (candidates, -line[candidates])
             if tie_order is None

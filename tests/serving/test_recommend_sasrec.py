@@ -89,6 +89,31 @@ def test_top_k_never_returns_excluded_or_padding_and_pads_with_item_zero() -> No
     assert top_k_allowed(scores, 4, tie_order=places).items[1].tolist() == [4, 3, 2, 1]
 
 
+@pytest.mark.parametrize("kind", ["distinct", "ties", "mostly -inf", "three allowed"])
+def test_top_k_over_many_blocks_is_the_full_sort(kind: str) -> None:
+    """Over rows many selection blocks long, the top k equal the first k of every allowed item sorted by (score
+    descending, tie order, dense id), whatever the ties, exclusions and -inf scores."""
+    rng = np.random.default_rng(len(kind))
+    users, columns = 6, 1000
+    scores = rng.standard_normal((users, columns)).astype(np.float32)
+    if kind == "ties":
+        scores = np.round(scores, 1)
+    elif kind == "mostly -inf":
+        scores[rng.random((users, columns)) < 0.9] = -np.inf
+    elif kind == "three allowed":
+        scores[:, 4:] = -np.inf
+    excluded = [rng.choice(columns, 30, replace=False) for _ in range(users)]
+    places = rng.permutation(columns)
+    for k in (1, 10, 37):
+        got = top_k_allowed(scores, k, excluded, places)
+        for row in range(users):
+            allowed = np.setdiff1d(np.arange(1, columns), excluded[row])
+            allowed = allowed[np.isfinite(scores[row, allowed])]
+            best = allowed[np.lexsort((allowed, places[allowed], -scores[row, allowed]))][:k]
+            assert got.items[row, : len(best)].tolist() == best.tolist()
+            assert (got.items[row, len(best) :] == 0).all()
+
+
 def test_one_server_answers_both_kinds_over_grpc(client: ArcastClient, served) -> None:
     model, histories = served
     kinds = {m.name: (m.model_kind, m.rollout_kind) for m in client.list_models()}
