@@ -19,7 +19,6 @@ from serving.registry import LoadedModel, ModelRegistry
 from serving.rpc import Calls, Limits, RequestError, await_result, deadline, exhausted, invalid, observed, served_model
 from serving.runners.forecast import FLOAT32_MAX, NON_FINITE_FORECAST, ForecastRunner
 from serving.time_features import future_from_history, parse_freq
-from serving.wire import doubles, packed
 
 log = logging.getLogger(__name__)
 # A history whose sum of squares is below this has every value finite and within float32 (each square is at most
@@ -112,7 +111,7 @@ def validate(request: wire.Request, registry: ModelRegistry, limits: Limits) -> 
     for i, series in enumerate(request.series):
         field = f"series[{i}].values"
         try:
-            values = doubles(series.values, field)
+            values = wire.doubles(series.values, field)
         except ValueError as err:
             raise invalid(str(err)) from None
         if not len(values):
@@ -181,7 +180,7 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             started = time.perf_counter()
             response = wire.ForecastResponse(model=checked.model.name, version=checked.model.version)
             for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):
-                item = response.forecasts.add(id=series.id, values=packed(values))
+                item = response.forecasts.add(id=series.id, values=wire.packed(values))
                 if future_stamps is not None:
                     item.timestamps.extend(_to_timestamp(t) for t in future_stamps)
             if plan:

@@ -35,7 +35,6 @@ from serving.quantile_head import (
 )
 from serving.rpc import Limits, RequestError, exhausted, invalid
 from serving.runners.forecast import ForecastRunner
-from serving.wire import packed
 
 KNOWN_METHODS = frozenset(forecast_pb2.IntervalMethod.values())  # the enum's numbers, once
 
@@ -184,9 +183,9 @@ def fill_intervals(
     levels = plan.levels.tolist()
     for i, item in enumerate(response.forecasts):
         for j, level in enumerate(levels):
-            interval = item.intervals.add(level=level, lower=packed(lower[j, i]), upper=packed(upper[j, i]))
+            interval = item.intervals.add(level=level, lower=wire.packed(lower[j, i]), upper=wire.packed(upper[j, i]))
             if adapted is not None and plan.origins is not None:
-                interval.adapted_levels.extend(packed(adapted[j, i]))
+                interval.adapted_levels.extend(wire.packed(adapted[j, i]))
                 interval.origins = len(plan.origins[i])
 
 

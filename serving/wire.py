@@ -101,16 +101,12 @@ def parse_response(raw: bytes) -> Any:
     return response
 
 
-def serialize(message: Any) -> bytes:
-    return message.SerializeToString()
-
-
 def forecast_handlers(forecast: Any) -> dict[str, grpc.RpcMethodHandler]:
     """The ForecastService's method handlers, as the generated ``add_ForecastServiceServicer_to_server`` builds
     them, reading and writing the twins."""
     return {
         "Forecast": grpc.unary_unary_rpc_method_handler(
-            forecast, request_deserializer=parse_request, response_serializer=serialize
+            forecast, request_deserializer=parse_request, response_serializer=ForecastResponse.SerializeToString
         )
     }
 
@@ -118,5 +114,8 @@ def forecast_handlers(forecast: Any) -> dict[str, grpc.RpcMethodHandler]:
 def forecast_callable(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
     """The client side of Forecast on ``channel``: send a twin request, get a twin response."""
     return channel.unary_unary(  # _registered_method: as the generated stubs call it (grpcio's stubs omit it)
-        FORECAST_METHOD, request_serializer=serialize, response_deserializer=parse_response, _registered_method=True
+        FORECAST_METHOD,
+        request_serializer=ForecastRequest.SerializeToString,
+        response_deserializer=parse_response,
+        _registered_method=True,
     )
