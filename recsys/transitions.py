@@ -196,7 +196,7 @@ class TransitionScorer(nn.Module):
         length = self.indptr[history + 1] - start
         # Gather at the longest row among this batch's history items, not the catalogue's: the same scores, and a
         # user of mid-popular items gathers a fraction of the cells (Beauty's longest row is 991, the median 25).
-        longest = int(torch.clamp(length.max(), min=1).item())
+        longest = torch.clamp(length.max(), min=1).item()  # no int(): non-strict export keeps it symbolic
         torch._check(longest >= 1)
         torch._check(longest <= self.offsets.shape[0])
         offsets = self.offsets[:longest]

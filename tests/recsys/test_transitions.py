@@ -147,7 +147,10 @@ def test_cli_fits_exports_and_evaluates_transitions(
     info = json.loads((run / "run.json").read_text())
     assert info["variant"] == "transitions" and info["decay"] in DECAYS and info["window"] in WINDOWS
     assert recsys_main(["export", "--run", str(run), "--store", str(store), "--name", "toys-tr", *data]) == 0
-    assert "parity (onnxruntime vs torch ranking)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "parity (onnxruntime vs torch ranking)" in printed.out
+    # The graph exports on the exporter's first strategy (non-strict): a failed one prints its partial graph.
+    assert "def forward" not in printed.err
     manifest = json.loads((store / "toys-tr" / "1" / "manifest.json").read_text())
     assert (manifest["model_kind"], manifest["rollout"]["kind"]) == ("transitions", "item_scores")
     # Its gather's working memory bounds the users per onnxruntime run beside the scores themselves.
