@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from serving.tables import TableError
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra 'ray' (pip install 'arcast[ray]')")
 MODEL = "etth1-arnet"
+GCS_WAIT = "RAY_gcs_server_port_wait_time_s"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,9 @@ def ray_cluster() -> Iterator[None]:
     """Two CPUs; 8 KiB blocks, so that this small input is read in several blocks, as a large one would be."""
     from ray.data.context import DataContext
 
+    # Ray waits 30 s for its GCS server's port by default: once too few on a loaded 2-core host (this one's override)
+    waited = os.environ.get(GCS_WAIT)
+    os.environ[GCS_WAIT] = "120"
     try:
         ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
     except Exception as err:  # Ray gives its raylet a fixed 30 s to register: once too few on a loaded 2-core host
@@ -32,6 +37,11 @@ def ray_cluster() -> Iterator[None]:
             raise
         ray.shutdown()
         ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    finally:
+        if waited is None:
+            os.environ.pop(GCS_WAIT)
+        else:
+            os.environ[GCS_WAIT] = waited
     context = DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, 8 * 1024
     yield
