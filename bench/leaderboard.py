@@ -417,6 +417,7 @@ def informer(
         max_seconds=max_seconds,
         budget_clock="cpu",
         eval_batch_size=PAPER_TRAIN.batch_size,
+        progress=True,  # a row trains for up to hours: each epoch's bar on stderr (the width search stays quiet)
         # a row killed mid-way (an epoch at ETTm1 672 is most of an hour) goes on from its last epoch
         checkpoint=str(
             work_dir / "checkpoints" / f"{informer_name(revin)}-{task.dataset}-{task.features}-h{task.horizon}.pt"
