@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from arcast_core.checkpoint import selected_weights  # noqa: E402
 from arcast_core.files import atomic_write_text  # noqa: E402
-from arcast_core.runtime import seed_everything  # noqa: E402
+from arcast_core.runtime import pick_device, seed_everything  # noqa: E402
 from arcast_core.training import TrainConfig  # noqa: E402
 from forecasting.data import DataConfig, PreparedData, WindowDataset, data_facts, prepare_data  # noqa: E402
 from forecasting.llm_backbone import DEFAULT_BACKBONE, shared_backbone  # noqa: E402
@@ -53,7 +53,7 @@ from forecasting.metrics import error_metrics  # noqa: E402
 from forecasting.models import build_model  # noqa: E402
 from forecasting.models.autotimes import ROLLOUTS, AutoTimes, check_rollout  # noqa: E402
 from forecasting.runs import Run  # noqa: E402
-from forecasting.training import fit  # noqa: E402
+from forecasting.training import fit, model_device  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "autotimes.json"
 LOOKBACK, SEGMENT = 672, 96
@@ -144,16 +144,22 @@ def interleaved(kv_cache, recompute, repeats: int) -> dict[str, list[float]]:
 
 
 def speed_torch(model: AutoTimes, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    """KV cache against recompute at horizon 720, on the GPU where there is one (``device`` in the result)."""
     n_blocks = -(-720 // SEGMENT)
-    model.eval()
+    device = pick_device("auto")  # the rollout's cost where training runs: the GPU where there is one
+    model.to(device).eval()
+    x = x.to(device)
+
+    def rollout(use_cache: bool) -> torch.Tensor:
+        out = model.forecast(x, n_blocks, use_cache=use_cache)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels run asynchronously: time them to their end
+        return out
+
     with torch.no_grad():
-        times = interleaved(
-            lambda: model.forecast(x, n_blocks, use_cache=True),
-            lambda: model.forecast(x, n_blocks, use_cache=False),
-            repeats,
-        )
+        times = interleaved(lambda: rollout(True), lambda: rollout(False), repeats)
         gap = float((model.forecast(x, n_blocks) - model.forecast(x, n_blocks, use_cache=False)).abs().max())
-    return summarise(times) | {"max_abs_diff_scaled": gap}
+    return summarise(times) | {"max_abs_diff_scaled": gap, "device": str(device)}
 
 
 def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
@@ -217,12 +223,14 @@ def evaluate(
     n_blocks = -(-max(HORIZONS) // SEGMENT)
     mode = check_rollout(rollout)
     preds = []
+    device = model_device(model)  # trained on the GPU where there is one: the windows go where the weights are
     model.eval()
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             batch = windows.batch(index[start : start + batch_size])
-            prompts = None if prompt is None else torch.from_numpy(prompt).expand(len(batch["x"]), -1, -1)
-            preds.append(model.forecast(batch["x"], n_blocks, batch["x_mark"], rollout=mode, prompt=prompts).numpy())
+            prompts = None if prompt is None else torch.from_numpy(prompt).expand(len(batch["x"]), -1, -1).to(device)
+            x, x_mark = batch["x"].to(device), batch["x_mark"].to(device)
+            preds.append(model.forecast(x, n_blocks, x_mark, rollout=mode, prompt=prompts).cpu().numpy())
     return score(np.concatenate(preds), windows.values, index)
 
 
@@ -662,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if not (args.skip_test and variant in result["training"]):  # keep the finished run's own record
                 result["training"][variant] = info
+                save(result, out)  # the training's record survives whatever happens to the test pass
             if args.val_stride:
                 chosen = choose_rollout(model, prepared, args, variant, result, out)
                 model.config = replace(model.config, rollout=chosen)  # what the --onnx export serves

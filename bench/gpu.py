@@ -41,11 +41,13 @@ PARITY_TOLERANCE = {"CUDAExecutionProvider": 1e-3, "TensorrtExecutionProvider": 
 
 def device_providers(dry_run: bool) -> list[str]:
     """The GPU providers that load here (``serving.sessions.usable_providers`` probes each); CPU on a dry run."""
-    from serving.sessions import usable_providers
+    from serving.sessions import PROBE_FAILURES, usable_providers
 
     if dry_run:
         return [CPU]
     found = [p for p in usable_providers() if p in DEVICE_PROVIDERS]
+    for provider, why in PROBE_FAILURES.items():
+        print(f"{provider} does not load here: {why}", file=sys.stderr)
     if not found:
         raise SystemExit("no GPU provider loads here (CUDA or TensorRT): run with --dry-run on a CPU machine")
     return found

@@ -344,7 +344,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
 
 

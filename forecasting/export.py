@@ -26,7 +26,7 @@ from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
 from serving.runners.kv_cache import KVCacheModel
 from serving.runners.window_shift import ROWS_PER_RUN, CalendarInputs, WindowShiftModel, window_shift
-from serving.sessions import create_session
+from serving.sessions import REFERENCE_PROVIDERS, create_session
 from serving.time_features import feature_names, freq_step, parse_freq, regular_timestamps
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,9 @@ def export_window_shift_run(
         onnx.checker.check_model(str(folder / GRAPH_FILE))
 
     def parity(staged: Artifact) -> Parity:
-        report = parity_report(graph, create_session(staged.graph_path("forecast")), run, max_horizon)
+        report = parity_report(
+            graph, create_session(staged.graph_path("forecast"), REFERENCE_PROVIDERS), run, max_horizon
+        )
         failures = parity_failures(report)
         if failures:
             raise RuntimeError(
@@ -663,7 +665,9 @@ def export_kv_cache_run(
             np.save(folder / TIMESTAMP_TABLE_FILE, table.astype(np.float32), allow_pickle=False)
 
     def parity(staged: Artifact) -> Parity:
-        details = kv_parity_report(run, KVCacheModel.load(staged), min(KV_DEFAULT_MAX_HORIZON, max_horizon))
+        details = kv_parity_report(
+            run, KVCacheModel.load(staged, REFERENCE_PROVIDERS), min(KV_DEFAULT_MAX_HORIZON, max_horizon)
+        )
         failures = kv_parity_failures(details, tolerance)
         if failures:
             raise RuntimeError(f"onnxruntime parity fails: {'; '.join(failures)}; report: {details}")

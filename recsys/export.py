@@ -27,6 +27,7 @@ from recsys.prorec_training import PRORecRun
 from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
 from serving.runners.constrained_beam import MAX_BEAM_WIDTH, ConstrainedBeamModel
+from serving.sessions import REFERENCE_PROVIDERS
 
 log = logging.getLogger(__name__)
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -252,7 +253,7 @@ def export_run(
             atomic_write_text(folder / TITLES_FILE, json.dumps(run.titles))
 
     def parity(staged: Artifact) -> Parity:
-        served = ConstrainedBeamModel.load(staged, intra_op_threads=1)
+        served = ConstrainedBeamModel.load(staged, REFERENCE_PROVIDERS, intra_op_threads=1)
         return Parity(parity_report(run, served, histories, top_k, beam_width))
 
     graphs = graph_specs(model)

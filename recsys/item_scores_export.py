@@ -26,6 +26,7 @@ from recsys.export import ITEM_IDS_FILE, PARITY_USERS, SCORE_TOLERANCE, TITLES_F
 from serving.artifact import Artifact
 from serving.publish import Export, Parity, publish
 from serving.runners.item_scores import ItemScoresModel, top_k_allowed
+from serving.sessions import REFERENCE_PROVIDERS
 
 log = logging.getLogger(__name__)
 SCORER_FILE = "scorer.onnx"
@@ -131,7 +132,7 @@ def publish_item_scores(
             np.save(folder / TIE_ORDER_FILE, np.asarray(tie_order, dtype=np.int64), allow_pickle=False)
 
     def parity(staged: Artifact) -> Parity:
-        served = ItemScoresModel.load(staged, intra_op_threads=1)
+        served = ItemScoresModel.load(staged, REFERENCE_PROVIDERS, intra_op_threads=1)
         return Parity(parity_report(graph, served, histories, top_k))
 
     graphs = {

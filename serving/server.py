@@ -30,6 +30,7 @@ from serving.reflection import enable_server_reflection
 from serving.registry import ModelRegistry
 from serving.rpc import Calls, Limits
 from serving.security import TokenAuthInterceptor, is_loopback, server_credentials
+from serving.sessions import PROBE_FAILURES
 from serving.wire import forecast_handlers
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ def serve_until_signal(config: ServerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     port = server.start()
+    for provider, why in PROBE_FAILURES.items():  # a GPU build on a machine without its libraries says which
+        log.info("%s is not used: it does not load here", provider, extra={"provider": provider, "reason": why})
     metrics = f"metrics on {config.metrics_host}:{server.metrics_port}" if server.metrics_port is not None else ""
     if metrics and config.worker is not None:  # a worker of serve --workers: its supervisor reads this first
         print(metrics, flush=True)

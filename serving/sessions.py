@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
 import onnxruntime as ort
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# Where export-time parity checks run: whether a graph equals its torch model is a property of the graph, checked
+# where float32 is exact; what a GPU provider does to the numbers is bench/gpu.py's parity (its own tolerance).
+REFERENCE_PROVIDERS = ("CPUExecutionProvider",)
+# The CUDA provider multiplies float32 matrices in TF32 by default. On an H200 the export check saw the same graph
+# answer 1e-3 to 3e-3 away from torch at batch 32 (4e-6 at batch 1), which TF32's 10-bit mantissa explains: a
+# served forecast should not depend on which replica answered it, so sessions run in full float32.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+# Why each listed provider that did not load was refused (``usable_providers``): what a GPU machine's operator
+# needs to see when CUDA is absent from the list (a missing library, a version mismatch).
+PROBE_FAILURES: dict[str, str] = {}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # onnxruntime colours its log lines
 
 
 @cache
@@ -30,7 +45,6 @@ def usable_providers() -> tuple[str, ...]:
 
 
 def _provider_loads(provider: str) -> bool:
-    import onnx
     from onnx import TensorProto, helper
 
     node = helper.make_node("Identity", ["x"], ["y"])
@@ -41,13 +55,37 @@ def _provider_loads(provider: str) -> bool:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 4  # the probe's failure is expected on CPU-only machines: keep it quiet
-        session = ort.InferenceSession(onnx._serialize(model), options, providers=[provider])
-        return provider in session.get_providers()
-    except Exception:
-        return False
+    with _captured_output() as printed:
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), providers=[provider])
+            loaded = provider in session.get_providers()
+            failure = "" if loaded else f"the session fell back to {session.get_providers()}"
+        except Exception as error:  # any failure means the provider is not usable
+            loaded, failure = False, f"{type(error).__name__}: {error}"
+    if not loaded:
+        # onnxruntime's own log says which library is missing: the operator's first question
+        cause = [ANSI.sub("", s).strip() for s in printed if "Failed to load library" in s or "Require " in s]
+        PROBE_FAILURES[provider] = "; ".join([failure, *cause])[:1000]
+    return loaded
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[list[str]]:
+    """What onnxruntime prints while a provider is probed, kept instead of shown: its C++ log (file descriptor 2)
+    and its Python fallback's "EP Error" (stdout) are expected noise on a machine without the GPU libraries."""
+    printed: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as sink, contextlib.redirect_stdout(sink):
+        sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield printed
+        finally:
+            sink.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            printed.extend(sink.read().splitlines())
 
 
 def default_threads() -> int:
@@ -69,4 +107,5 @@ def create_session(
     # workers, and spinning took their CPU (bench/results/serve_forecast.json, "spinning"); no effect on results.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     chosen = list(providers) if providers else list(usable_providers())
-    return ort.InferenceSession(str(path), options, providers=chosen)
+    configured = [(p, PROVIDER_OPTIONS[p]) if p in PROVIDER_OPTIONS else p for p in chosen]
+    return ort.InferenceSession(str(path), options, providers=configured)

@@ -32,8 +32,9 @@ def ray_cluster() -> Iterator[None]:
     os.environ[GCS_WAIT] = "120"
     try:
         ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    except Exception as err:  # Ray gives its raylet a fixed 30 s to register: once too few on a loaded 2-core host
-        if "timed out during startup" not in str(err):
+    except Exception as err:  # a loaded 2-core host: the raylet missed its fixed 30 s to register, or (seen twice
+        # under make test's workers, never alone) the GCS server wrote no port file, nor any log, within the wait
+        if "timed out during startup" not in str(err) and "Timed out waiting for file" not in str(err):
             raise
         ray.shutdown()
         ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)

@@ -30,3 +30,32 @@ def test_providers_are_those_that_load() -> None:
 
     for provider in providers:
         assert provider in ort.get_available_providers()
+
+
+def test_the_gpu_probe_runs_onnxruntime_and_keeps_its_noise_as_the_reason(capfd: pytest.CaptureFixture[str]) -> None:
+    """The probe once failed before it reached onnxruntime (a private onnx function that is gone), so no server
+    ever chose CUDA by itself, GPU or not. It must get as far as onnxruntime, print nothing, and keep the reason."""
+    import onnxruntime as ort
+
+    from serving.sessions import PROBE_FAILURES, _provider_loads
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDA provider to probe")
+    capfd.readouterr()
+    loads = _provider_loads("CUDAExecutionProvider")
+    printed = capfd.readouterr()
+    if loads:  # a machine with a GPU and its libraries
+        assert "CUDAExecutionProvider" not in PROBE_FAILURES
+        return
+    reason = PROBE_FAILURES["CUDAExecutionProvider"]
+    assert "fell back" in reason or "Failed to load library" in reason, reason  # onnxruntime itself refused it
+    assert (printed.out, printed.err) == ("", ""), printed
+
+
+def test_cuda_sessions_ask_for_full_float32_and_still_fall_back_on_a_cpu_machine(model_store: Path) -> None:
+    from serving.sessions import PROVIDER_OPTIONS, create_session
+
+    assert PROVIDER_OPTIONS["CUDAExecutionProvider"] == {"use_tf32": "0"}
+    artifact = read_artifact(resolve(model_store, "etth1-arnet"))
+    session = create_session(artifact.graph_path("forecast"), ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert session.get_providers()[-1] == "CPUExecutionProvider"  # the options do not stop the session loading
