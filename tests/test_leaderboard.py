@@ -76,6 +76,18 @@ def test_paper_rows_carry_every_field_and_their_source(leaderboard) -> None:
     assert {r["model"] for r in rows} == {"informer-paper", "autotimes-paper", "dlinear-paper"}
 
 
+def test_gpu_rows_are_every_finished_paper_recipe_run(leaderboard, tmp_path: Path) -> None:
+    rows = leaderboard.gpu_rows()  # the committed runs of bench/results/gpu/
+    informer = json.loads(leaderboard.GPU_INFORMER_RUN.read_text())["accuracy"]
+    assert all(set(r) >= ROW_FIELDS for r in rows)
+    assert len([r for r in rows if r["model"] == "informer-gpu"]) == len(informer)
+    first = next(r for r in rows if r["model"] == "informer-gpu")
+    assert first["mse"] == informer[0]["test"]["scaled"]["mse"] and not first["reduced"]
+    autotimes = [r for r in rows if r["model"] == "autotimes-gpu"]
+    assert sorted(r["horizon"] for r in autotimes) == [96, 192, 336, 720] and all(r["reduced"] for r in autotimes)
+    assert leaderboard.gpu_rows(tmp_path / "none.json", tmp_path / "none.json") == []  # no GPU run yet: no rows
+
+
 def test_table_marks_our_best_and_the_reduced_rows(leaderboard, tmp_path: Path) -> None:
     base = {"protocol": "arnet", "dataset": "ETTh1", "features": "S", "reduced": False}
     rows = [
