@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from torch import nn
+from tqdm.auto import tqdm
 
 from arcast_core.training import Replica, StepLoss, TrainConfig, fit, shuffled_index_batches
 
@@ -294,6 +295,9 @@ class RQVAETask:
         self.generator = torch.Generator().manual_seed(self.config.seed)  # shuffling and code re-seeding
         self.size = len(self.data)
         self.codes_reset = 0
+        # One bar over the whole fit (its epochs are many and short: 20,000 steps took 13 minutes of one core, and
+        # per-epoch bars would be thousands); refreshed at most every 10 s so that logs stay short.
+        self.bar = tqdm(total=self.config.epochs_for(self.size), desc="rq-vae epochs", mininterval=10, leave=False)
 
     def batches(self, batch_size: int, shard: tuple[int, int]) -> Iterator[torch.Tensor]:
         return shuffled_index_batches(self.size, batch_size, self.generator, shard)
@@ -303,6 +307,8 @@ class RQVAETask:
         return StepLoss(loss, len(idx), {})
 
     def end_epoch(self, epoch: int, train_loss: float) -> None:
+        self.bar.update()
+        self.bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False)
         epochs = self.config.epochs_for(self.size)
         every = max(1, epochs // 50)  # a full pass over the items: at most ~50 times however long the training
         if self.config.reset_dead_codes and epoch < int(epochs * self.config.reset_until) and epoch % every == 0:
@@ -331,6 +337,7 @@ def train_rqvae(x: np.ndarray, config: RQVAEConfig) -> RQVAEFit:
         progress=False,
     )
     task, report = fit(build, train)
+    task.bar.close()
     steps = train.epochs * math.ceil(len(data) / config.batch_size)
     return RQVAEFit(task.model, [r.train_loss for r in report.history], task.codes_reset, steps, report.seconds)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -28,21 +27,16 @@ def ray_cluster() -> Iterator[None]:
     from ray.data.context import DataContext
 
     # Ray waits 30 s for its GCS server's port by default: once too few on a loaded 2-core host (this one's override)
-    waited = os.environ.get(GCS_WAIT)
-    os.environ[GCS_WAIT] = "120"
-    try:
-        ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    except Exception as err:  # a loaded 2-core host: the raylet missed its fixed 30 s to register, or (seen twice
-        # under make test's workers, never alone) the GCS server wrote no port file, nor any log, within the wait
-        if "timed out during startup" not in str(err) and "Timed out waiting for file" not in str(err):
-            raise
-        ray.shutdown()
-        ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    finally:
-        if waited is None:
-            os.environ.pop(GCS_WAIT)
-        else:
-            os.environ[GCS_WAIT] = waited
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(GCS_WAIT, "120")
+        try:
+            ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+        except Exception as err:  # a loaded 2-core host: the raylet missed its fixed 30 s to register, or (seen
+            # twice under make test's workers, never alone) the GCS server wrote no port file, nor any log, in time
+            if "timed out during startup" not in str(err) and "Timed out waiting for file" not in str(err):
+                raise
+            ray.shutdown()
+            ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
     context = DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, 8 * 1024
     yield
