@@ -8,7 +8,7 @@
 #   informer.json         Informer with the paper's configuration on ETTh1, M and S (issue 14, bench/informer.py)
 #   autotimes.json        AutoTimes with the paper's recipe on ETTh1: 10 epochs, batch 256 (issue 15)
 #   recsys-tiger.json     a TIGER-sized PRORec generator on Beauty, codes from $RECSYS_WORK (issue 16)
-#   gpu.log, train-*.log  everything printed
+#   gpu.log, train-*.log  everything printed; gpu-memory.csv: the device's memory and load every 2 s of the checks
 #
 #   bench/gpu.sh                  # on the GPU machine: the trainings in the background, parity meanwhile, the
 #                                 # serving benchmarks once the trainings have ended (quiet device)
@@ -111,6 +111,9 @@ checks() {
   "$PY" -c "import onnxruntime as o, torch; print(o.__version__, o.get_available_providers(), torch.cuda.is_available())" \
     2>&1 | tee -a "$LOG"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
+  # the device's memory every 2 s, beside the steps: one serving run failed creating a cuBLAS handle (2026-12-04)
+  nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 2 >"$RESULTS/gpu-memory.csv" 2>&1 &
+  local sampler=$!
   step parity 210 "$PY" bench/gpu.py --out "$RESULTS/gpu.json"
   wait_for_trainings
   step serve_forecast 170 "$PY" bench/serve_forecast.py --seconds 2 --providers CUDAExecutionProvider,CPUExecutionProvider \
@@ -119,6 +122,7 @@ checks() {
     step serve_recommend 60 "$PY" bench/serve_recommend.py --run "$RESULTS/work/beauty-prorec" --seconds 2 --repeats 10 \
       --skip-accuracy --providers CUDAExecutionProvider,CPUExecutionProvider --out "$RESULTS/serve_recommend.json"
   fi
+  kill "$sampler" 2>/dev/null
 }
 
 case "$MODE" in

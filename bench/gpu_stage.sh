@@ -10,8 +10,8 @@
 #   bench/gpu_stage.sh final              # there, with the last piece's call: bench/gpu.sh checks, results to $OUT
 #
 # The pieces: A (wheels of polars, optuna, gguf, grpcio, protobuf and their needs for the machine's Python 3.12;
-# ETTh1 and Beauty), B (SmolLM2's GGUF, Beauty's cached title embeddings, $RECSYS_WORK's stage-1 embeddings and
-# semantic IDs), C (onnxruntime-gpu, of the .venv's version). The informer training starts once A is in, the others
+# ETTh1 and Beauty), B (SmolLM2's GGUF, Beauty's cached title embeddings, $RECSYS_WORK's stage-1 embeddings, kept
+# semantic side and semantic IDs), C (onnxruntime-gpu, of the .venv's version). The informer training starts once A is in, the others
 # once B is; parity and serving wait for C. TRAINS_A / TRAINS_B override which trainings start (names as gpu.sh's).
 # The trainings run from a copy of the code taken at the first call: each call rewrites the working tree, and a
 # Python process importing from it meanwhile can fail (seen: a circular-import error in a file being rewritten).
@@ -52,8 +52,10 @@ pack() {
   cp .arcast-cache/text_embeddings/*.npy "$work/b/arcast-cache/text_embeddings/" 2>/dev/null
   local recsys_work=${RECSYS_WORK:-runs/bench-recsys}
   mkdir -p "$work/b/bench-recsys/resume"
-  cp "$recsys_work/aligned.npy" "$work/b/bench-recsys/" && cp "$recsys_work"/resume/semantic-ids-*.npz \
-    "$work/b/bench-recsys/resume/" || echo "no $recsys_work stage-1 files: the TIGER-sized training will fail" >&2
+  # the kept semantic side too: without its very bytes the semantic IDs' key differs there and the RQ-VAE reruns
+  cp "$recsys_work/aligned.npy" "$recsys_work"/semantic-*.npy "$work/b/bench-recsys/" &&
+    cp "$recsys_work"/resume/semantic-ids-*.npz "$work/b/bench-recsys/resume/" ||
+    echo "no $recsys_work stage-1 files: the TIGER-sized training will fail" >&2
   tar -cf - -C "$work/a" . | xz -T0 -6 >"$work/A.tar.xz"
   tar -cf "$work/B.tar" -C "$work/b" .
   tar -cf - -C "$work/c" . | xz -T0 -6 >"$work/C.tar.xz"
@@ -111,7 +113,7 @@ final() {  # results reach $OUT as they land: what is there survives a kill at t
     for f in gpu.json serve_forecast.json serve_recommend.json informer.json autotimes.json recsys-tiger.json gpu.log; do
       [[ -f "$results/$f" ]] && cp "$results/$f" "$OUT/"
     done
-    (cd "$results" && tar -czf "$OUT/logs.tar.gz" train-*.log ./*.done 2>/dev/null)
+    (cd "$results" && tar -czf "$OUT/logs.tar.gz" train-*.log ./*.done gpu-memory.csv 2>/dev/null)
   }
   (while sleep 10; do collect; done) &
   local copier=$!

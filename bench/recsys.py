@@ -43,7 +43,7 @@ import threadpoolctl  # noqa: E402
 import torch  # noqa: E402
 
 from arcast_core.data_dir import find_data_dir  # noqa: E402
-from arcast_core.files import atomic_write_text  # noqa: E402
+from arcast_core.files import atomic_write, atomic_write_text  # noqa: E402
 from arcast_core.training import TrainConfig  # noqa: E402
 from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec  # noqa: E402
 from recsys.data import load_beauty_titles, load_dataset, load_item_attributes  # noqa: E402
@@ -54,6 +54,7 @@ from recsys.prorec_training import (  # noqa: E402
     GeneratorTrainConfig,
     PipelineConfig,
     Stage1Config,
+    binary_writer,
     evaluate_generator,
     stage1_train_config,
     train_pipeline,
@@ -180,8 +181,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def semantic_side(args: argparse.Namespace, titles: dict | None, split: Any) -> np.ndarray | None:
-    """The items' semantic embedding from ``--text-fields`` (dense-id order), or None where there is none."""
+    """The items' semantic embedding from ``--text-fields`` (dense-id order), or None where there is none; kept in
+    the work folder, so that a run on another machine (another BLAS, another scikit-learn: other float bits in the
+    attributes' SVD) reads the very bytes the stage-1 embeddings and the kept semantic IDs were made from."""
     raw_ids = split.item_map.raw_ids[1:]
+    kept = args.work_dir / f"semantic-{'-'.join(sorted(args.text_fields))}-seed{args.seed}.npy"
+    if kept.is_file():
+        vectors = np.load(kept)
+        if len(vectors) == len(raw_ids):
+            return vectors
+    vectors = _semantic_vectors(args, titles, raw_ids)
+    if vectors is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(kept, binary_writer(lambda handle: np.save(handle, vectors)))
+    return vectors
+
+
+def _semantic_vectors(args: argparse.Namespace, titles: dict | None, raw_ids: np.ndarray) -> np.ndarray | None:
     parts = []
     if "title" in args.text_fields and titles:
         parts.append(embed_item_titles(titles, raw_ids).vectors)
