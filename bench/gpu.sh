@@ -5,7 +5,8 @@
 #                         window-shift rollout with its state on the device against through the host (bench/gpu.py)
 #   serve_forecast.json   bench/serve_forecast.py, servers on CUDA (short load phases)
 #   serve_recommend.json  bench/serve_recommend.py on a PRORec model trained here for a minute (no accuracy pass)
-#   informer.json         Informer with the paper's configuration on ETTh1, M and S (issue 14, bench/informer.py)
+#   informer.json         Informer with the paper's configuration on ETTh1 M and S, ETTh2 M, ETTm1 M (issue 14,
+#                         bench/informer.py), resuming bench/results/gpu/informer.json
 #   autotimes.json        AutoTimes with the paper's recipe on ETTh1: 10 epochs, batch 256 (issue 15)
 #   recsys-tiger.json     a TIGER-sized PRORec generator on Beauty, codes from $RECSYS_WORK (issue 16)
 #   gpu.log, train-*.log  everything printed; gpu-memory.csv: the device's memory and load every 2 s of the checks
@@ -65,8 +66,10 @@ left() { echo $((DEADLINE - $(date +%s))); }  # seconds to the trainings' deadli
 training_command() {  # the command line of one training, its time limit taken from the deadline
   local name=$1
   case "$name" in
-    informer)  # the paper's configuration (InformerConfig defaults, 6 epochs, batch 32), M and S, every test window
-      quoted "$PY" bench/informer.py --only accuracy --datasets ETTh1 --threads 2 --out "$RESULTS/informer.json" ;;
+    informer)  # the paper's configuration (InformerConfig defaults, 6 epochs, batch 32), every test window: ETTh1 M
+      # and S, ETTh2 M, ETTm1 M, resuming after the configurations earlier GPU runs finished (start_training)
+      quoted "$PY" bench/informer.py --only accuracy --datasets ETTh1 ETTh2 ETTm1 --threads 2 --resume \
+        --out "$RESULTS/informer.json" ;;
     autotimes)  # the paper's recipe: every window, 10 epochs, batch 256, lr 5e-4 cosine; the plain variant
       quoted "$PY" bench/autotimes.py --variants plain --epochs 10 --batch-size 256 --eval-batch-size 256 --threads 4 --progress \
         --work-dir "$RESULTS/work/autotimes" --out "$RESULTS/autotimes.json" ;;
@@ -89,6 +92,9 @@ training_command() {  # the command line of one training, its time limit taken f
 start_training() {  # in the background, in its own session; a .done file marks its end
   local name=$1 cmd
   cmd=$(training_command "$name") || return 1
+  if [[ $name == informer && ! -f "$RESULTS/informer.json" && -f bench/results/gpu/informer.json ]]; then
+    cp bench/results/gpu/informer.json "$RESULTS/"  # what earlier runs finished is skipped (--resume)
+  fi
   : >"$RESULTS/$name.started"
   echo "== train $name (until the deadline, $(left) s): $cmd" | tee -a "$LOG"
   setsid bash -c "timeout --signal=TERM --kill-after=20 $(left) $cmd; echo \"exit \$? at \$(date +%s)\" >'$RESULTS/$name.done'" \
