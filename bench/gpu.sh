@@ -7,7 +7,8 @@
 #   serve_recommend.json  bench/serve_recommend.py on a PRORec model trained here for a minute (no accuracy pass)
 #   informer.json         Informer with the paper's configuration on ETTh1 M and S, ETTh2 M, ETTm1 M (issue 14,
 #                         bench/informer.py), resuming bench/results/gpu/informer.json
-#   autotimes.json        AutoTimes with the paper's recipe on ETTh1: 10 epochs, batch 256 (issue 15)
+#   autotimes-mlp.json    AutoTimes on ETTh1 with the paper's schedule (10 epochs, batch 256) and MLP segment maps
+#                         (issue 15; autotimes.json holds the LLaMA script's linear maps, run 2026-12-04)
 #   recsys-tiger.json     a TIGER-sized PRORec generator on Beauty, codes from $RECSYS_WORK (issue 16)
 #   gpu.log, train-*.log  everything printed; gpu-memory.csv: the device's memory and load every 2 s of the checks
 #
@@ -20,8 +21,9 @@
 #                                 # command line parsed (what the tests run)
 #
 # GPU_DEADLINE: epoch seconds by which every training ends (default: TRAIN_SECONDS, 420, from the first start);
-# the TIGER generator's budget is what is left of it less four minutes for its codes (rebuilt where the carried ones do not match) and test pass. RECSYS_WORK: a
-# bench/recsys.py work folder with Beauty's stage-1 embeddings and semantic IDs (default runs/bench-recsys).
+# the TIGER generator's budget is what is left of it less four minutes for its codes (rebuilt where the carried
+# ones do not match) and test pass. RECSYS_WORK: a bench/recsys.py work folder with Beauty's stage-1 embeddings,
+# kept semantic side and semantic IDs (default runs/bench-recsys).
 # PYTHON: the interpreter with arcast importable (default .venv/bin/python, else python3); data from
 # $ARCAST_DATA_DIR as everywhere. A step that fails is recorded and the next one still runs; the exit status is
 # the number of failed steps.
@@ -70,9 +72,12 @@ training_command() {  # the command line of one training, its time limit taken f
       # and S, ETTh2 M, ETTm1 M, resuming after the configurations earlier GPU runs finished (start_training)
       quoted "$PY" bench/informer.py --only accuracy --datasets ETTh1 ETTh2 ETTm1 --threads 2 --resume \
         --out "$RESULTS/informer.json" ;;
-    autotimes)  # the paper's recipe: every window, 10 epochs, batch 256, lr 5e-4 cosine; the plain variant
-      quoted "$PY" bench/autotimes.py --variants plain --epochs 10 --batch-size 256 --eval-batch-size 256 --threads 4 --progress \
-        --work-dir "$RESULTS/work/autotimes" --out "$RESULTS/autotimes.json" ;;
+    autotimes)  # the paper's schedule (every window, 10 epochs, batch 256, lr 5e-4 cosine) with the MLP segment maps
+      # of our CPU row (the LLaMA script's linear maps underfit SmolLM2 there: bench/results/gpu/autotimes.json); the
+      # rollout chosen on validation
+      quoted "$PY" bench/autotimes.py --variants plain --epochs 10 --batch-size 256 --eval-batch-size 256 --threads 4 \
+        --mlp-hidden-layers 2 --mlp-hidden-dim 512 --rollouts growing sliding --val-stride 1 --progress \
+        --work-dir "$RESULTS/work/autotimes" --out "$RESULTS/autotimes-mlp.json" ;;
     tiger)  # TIGER's generator size (4+4 layers, width 128, MLP 1024), Beauty's recipe otherwise
       local minutes
       minutes=$(awk -v s="$(($(left) - 240))" 'BEGIN { printf "%.1f", (s < 60 ? 60 : s) / 60 }')

@@ -11,8 +11,9 @@
 #
 # The pieces: A (wheels of polars, optuna, gguf, grpcio, protobuf and their needs for the machine's Python 3.12;
 # ETTh1 and Beauty), B (SmolLM2's GGUF, Beauty's cached title embeddings, $RECSYS_WORK's stage-1 embeddings, kept
-# semantic side and semantic IDs), C (onnxruntime-gpu, of the .venv's version). The informer training starts once A is in, the others
-# once B is; parity and serving wait for C. TRAINS_A / TRAINS_B override which trainings start (names as gpu.sh's).
+# semantic side and semantic IDs), C (onnxruntime-gpu, of the .venv's version). The informer training starts once
+# A is in, the others once B is; parity and serving wait for C. TRAINS_A / TRAINS_B override which trainings start
+# (names as gpu.sh's).
 # The trainings run from a copy of the code taken at the first call: each call rewrites the working tree, and a
 # Python process importing from it meanwhile can fail (seen: a circular-import error in a file being rewritten).
 set -uo pipefail
@@ -110,7 +111,9 @@ final() {  # results reach $OUT as they land: what is there survives a kill at t
   environment
   local results="$STAGE/results"
   collect() {
-    for f in gpu.json serve_forecast.json serve_recommend.json informer.json autotimes.json recsys-tiger.json gpu.log; do
+    local f
+    for f in gpu.json serve_forecast.json serve_recommend.json informer.json autotimes-mlp.json recsys-tiger.json \
+      gpu.log; do
       [[ -f "$results/$f" ]] && cp "$results/$f" "$OUT/"
     done
     (cd "$results" && tar -czf "$OUT/logs.tar.gz" train-*.log ./*.done gpu-memory.csv 2>/dev/null)
