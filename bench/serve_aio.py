@@ -35,8 +35,6 @@ from serving_load import FORECAST_METHOD, H2Load, side_by_side  # bench/serving_
 
 from arcast_core.files import atomic_write_text
 from serving.client import ArcastClient
-from serving.forecast_service import ForecastServicer
-from serving.rpc import Calls
 from serving.server import FORECAST_SERVICE, ForecastServer, ServerConfig
 from serving.wire import forecast_handlers
 
@@ -56,7 +54,7 @@ class _ProbeContext:
 
 def start_aio(server: ForecastServer, inline: bool) -> int:
     """A grpc.aio server on its own event loop thread, answering Forecast with ``server``'s registry; its port."""
-    servicer = ForecastServicer(server.registry, Calls(server.metrics, server._drain), server.config.limits)
+    servicer = server.forecast_servicer
     started: dict[str, int] = {}
     ready = threading.Event()
 

@@ -41,7 +41,6 @@ from arcast_core.files import atomic_write_text
 from serving import wire
 from serving.client import ArcastClient
 from serving.forecast_service import ForecastServicer, validate
-from serving.rpc import Calls
 from serving.server import ForecastServer, ServerConfig
 
 MODEL = "etth1-linear_h24"
@@ -88,7 +87,7 @@ def in_process_us(store: Path, body: bytes, canned: wire.Response, calls: int, r
     """Each staged handler called directly, back to back: the median over ``rounds`` of its mean microseconds."""
     server = ForecastServer(ServerConfig(store=store, port=0))
     server.registry.refresh()
-    servicer = ForecastServicer(server.registry, Calls(server.metrics, server._drain), server.config.limits)
+    servicer = server.forecast_servicer
     request, context = wire.ForecastRequest.FromString(body), _Context()
     handlers = {stage: staged(stage, canned) for stage in STAGES}
     means: dict[str, list[float]] = {stage: [] for stage in STAGES}

@@ -99,8 +99,9 @@ class ForecastServer:
         logging.getLogger("grpc._common").addFilter(_one_line_for_undecodable_requests)
         calls = Calls(self.metrics, self._drain)
         timed = _TimedCodecs(self._server, self.metrics)  # protobuf parse and serialize: the decode/encode stages
-        forecast = ForecastServicer(self.registry, calls, config.limits)  # reads and writes the wire twins
-        timed.add_registered_method_handlers(FORECAST_SERVICE, forecast_handlers(forecast.Forecast))
+        # reads and writes the wire twins; public for the benchmarks that call it in process or on other servers
+        self.forecast_servicer = ForecastServicer(self.registry, calls, config.limits)
+        timed.add_registered_method_handlers(FORECAST_SERVICE, forecast_handlers(self.forecast_servicer.Forecast))
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
             RecommendServicer(self.registry, calls, config.limits), timed
         )
