@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
+
 ROW_FIELDS = {"protocol", "dataset", "features", "horizon", "model", "mse", "mae", "windows"}
 ROW_FIELDS |= {"train_seconds", "budget", "reduced", "command"}
 
 
 @pytest.fixture(scope="module")
 def leaderboard() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("leaderboard", REPO / "bench" / "leaderboard.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["leaderboard"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/leaderboard.py", "leaderboard")
 
 
 def test_protocol_cells_follow_the_papers(leaderboard) -> None:

@@ -7,7 +7,6 @@ folder outside the repository, so what answers is the installed package, not the
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from serving.client import ArcastClient
+from tests.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "arcast_core", "forecasting", "recsys", "serving")
@@ -117,10 +117,7 @@ def test_constraints_pin_every_dependency() -> None:
 
 
 def test_freeze_rewrites_torch_label_and_pins_onnxruntime_for_every_platform() -> None:
-    spec = importlib.util.spec_from_file_location("freeze_constraints", REPO_ROOT / "scripts/freeze_constraints.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/freeze_constraints.py", "freeze_constraints")
     frozen = ["torch==2.13.0+cpu", "onnxruntime-gpu==1.31.1", "numpy==2.4.6", "arcast @ file:///somewhere"]
     assert module.constraint_lines(frozen) == [
         "torch==2.13.0",

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench_recsys() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_recsys", REPO / "bench" / "recsys.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_recsys"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/recsys.py", "bench_recsys")
 
 
 def test_the_semantic_side_is_kept_and_read_back(bench_recsys: ModuleType, data_dir: Path, tmp_path: Path) -> None:
