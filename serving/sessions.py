@@ -19,12 +19,15 @@ PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 REFERENCE_PROVIDERS = ("CPUExecutionProvider",)
 # The CUDA provider multiplies float32 matrices in TF32 by default. On an H200 the export check saw the same graph
 # answer 1e-3 to 3e-3 away from torch at batch 32 (4e-6 at batch 1), which TF32's 10-bit mantissa explains: a
-# served forecast should not depend on which replica answered it, so sessions run in full float32.
+# served forecast should not depend on which replica answered it, so sessions ask for full float32 (not yet seen
+# on a GPU).
 PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 # Why each listed provider that did not load was refused (``usable_providers``): what a GPU machine's operator
 # needs to see when CUDA is absent from the list (a missing library, a version mismatch).
 PROBE_FAILURES: dict[str, str] = {}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # onnxruntime colours its log lines
+LIBRARY_FAILURE = re.compile(r"Failed to load library (\S+) with error: (.*)")
+REQUIREMENT = re.compile(r"Require [^.]*\.\*[^.]*\.\*")  # e.g. "Require cuDNN 9.* and CUDA 13.*"
 
 
 @cache
@@ -64,15 +67,27 @@ def _provider_loads(provider: str) -> bool:
             loaded, failure = False, f"{type(error).__name__}: {error}"
     if not loaded:
         # onnxruntime's own log says which library is missing: the operator's first question
-        cause = [ANSI.sub("", s).strip() for s in printed if "Failed to load library" in s or "Require " in s]
-        PROBE_FAILURES[provider] = "; ".join([failure, *cause])[:1000]
+        PROBE_FAILURES[provider] = "; ".join([failure, *_causes(printed)])[:1000]
     return loaded
+
+
+def _causes(printed: list[str]) -> list[str]:
+    """The lines of onnxruntime's log that say why a provider did not load, each cut to its point."""
+    causes = []
+    for line in (ANSI.sub("", text) for text in printed):
+        if found := LIBRARY_FAILURE.search(line):
+            causes.append(f"cannot load {Path(found[1]).name}: {found[2].strip()}")
+        elif found := REQUIREMENT.search(line):
+            causes.append(found[0])
+    return causes
 
 
 @contextlib.contextmanager
 def _captured_output() -> Iterator[list[str]]:
     """What onnxruntime prints while a provider is probed, kept instead of shown: its C++ log (file descriptor 2)
-    and its Python fallback's "EP Error" (stdout) are expected noise on a machine without the GPU libraries."""
+    and its Python fallback's "EP Error" (stdout) are expected noise on a machine without the GPU libraries. The
+    probe runs once, when the first session is made (at start, before the server's threads): the process's
+    stderr is redirected meanwhile."""
     printed: list[str] = []
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+") as sink, contextlib.redirect_stdout(sink):
