@@ -3,7 +3,7 @@
 # 64 MiB (this workplace's device tool): what is missing travels in pieces, and the trainings start as soon as what
 # they need has arrived, while the next pieces travel.
 #
-#   bench/gpu_stage.sh pack               # here: .gpu/p1 .. .gpu/pN and .gpu/sizes.sh (about 370 MB in 6 pieces)
+#   bench/gpu_stage.sh pack               # here: .gpu/p1 .. .gpu/pN and .gpu/sizes.sh (about 390 MB in 7 pieces)
 #   bench/gpu_stage.sh recv N [SECONDS]   # there, one call per piece in order, carrying .gpu/pN and .gpu/sizes.sh:
 #                                         # appends it, unpacks what is complete, starts the trainings it allows;
 #                                         # SECONDS (first call): until the trainings' deadline
