@@ -87,9 +87,11 @@ training_command() {  # the command line of one training, its time limit taken f
         --eval-users 5000 --test-only --text-fields title attributes --encoder-unit item --d-model 128 --d-ff 1024 \
         --heads 4 --encoder-layers 4 --decoder-layers 4 --threads 2 --work-dir "$RECSYS_WORK" \
         --out "$RESULTS/recsys-tiger.json" ;;
-    recommender)  # the model serve_recommend serves: a PRORec generator trained for a minute
+    recommender)  # the model serve_recommend serves: a PRORec generator trained for a minute; residual k-means
+      # codes, since the RQ-VAE's 20,000 CPU steps outlasted the whole lease there (3 minutes in all on this CPU)
       quoted "$PY" -m recsys train --variant prorec --dataset beauty --sasrec-minutes 0.4 --minutes 0.6 --d-model 64 \
-        --d-ff 256 --encoder-unit item --lr 2e-3 --eval-users 1000 --out "$RESULTS/work/beauty-prorec" ;;
+        --d-ff 256 --encoder-unit item --lr 2e-3 --eval-users 1000 --quantizer rkmeans \
+        --out "$RESULTS/work/beauty-prorec" ;;
     *) echo "unknown training '$name' (informer autotimes tiger recommender)" >&2 && return 1 ;;
   esac
 }
