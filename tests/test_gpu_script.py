@@ -74,3 +74,28 @@ def test_the_staged_transfer_unpacks_each_archive_once_its_last_byte_has_arrived
     assert ["a"] in expected  # a piece that leaves B half-arrived: it waits, whole, for the next
     assert (stage / "c" / "payload.bin").stat().st_size == 2_000_000
     assert (stage / "repo" / "serving").is_dir()  # the trainings' private copy of the code
+
+
+def test_trainings_run_in_the_background_until_the_deadline_and_the_checks_wait_for_them(tmp_path: Path) -> None:
+    """bench/gpu.sh train / checks with a stand-in interpreter: a training past the deadline is cut (exit 124, which
+    is how a long one ends, not a failure), and the checks start their serving steps only after it has ended."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        '#!/bin/bash\necho "$(date +%s.%N) $*" >>"$GPU_RESULTS/calls.txt"\n'
+        '[[ "$*" == *bench/informer.py* ]] && exec sleep 30\nexit 0\n'
+    )
+    fake.chmod(0o755)
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHON": str(fake), "GPU_RESULTS": str(results), "GPU_DEADLINE": "", "TRAIN_SECONDS": "3"}
+    script = str(REPO / "bench" / "gpu.sh")
+    started = subprocess.run(["bash", script, "train", "informer"], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stdout + started.stderr
+    checks = subprocess.run(["bash", script, "checks"], env=env, capture_output=True, text=True, timeout=120)
+    log = (results / "gpu.log").read_text()
+    assert (results / "informer.done").read_text().startswith("exit 124 ")  # cut by its deadline
+    assert "== train informer: exit 124" in log and "failed steps: 0" in log, log
+    calls = [line.split(" ", 1) for line in (results / "calls.txt").read_text().splitlines()]
+    ended = float((results / "informer.done").read_text().split()[-1])
+    serving = [float(t) for t, args in calls if "serve_forecast.py" in args]
+    assert serving and serving[0] >= ended  # the serving benchmark waited for the training to end
+    assert checks.returncode == 0, checks.stdout + checks.stderr
