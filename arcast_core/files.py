@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -38,6 +39,17 @@ def git_blob_sha1(path: Path, chunk: int = 1 << 20) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def binary_writer(write: Callable[[Any], None]) -> Callable[[Path], None]:
+    """For ``atomic_write``: write through an open binary handle (numpy would otherwise append a suffix to a
+    temporary file's name)."""
+
+    def to_path(path: Path) -> None:
+        with open(path, "wb") as handle:
+            write(handle)
+
+    return to_path
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

@@ -566,21 +566,29 @@ def autotimes_rows(paths: Sequence[Path] = AUTOTIMES_RUNS) -> list[dict[str, Any
             f"fine-tuned ({training['train_segments']} segments of the {training['train_rollout']} rollout) from the "
             f"run of {repo_path(base['path'])} ({base['train_seconds']:.0f} s of training, counted)"
         )
+    budget = f"{bounds['epochs']} epochs on 1 core ({seconds / 3600:.1f} h)"
+    return autotimes_cells("autotimes", accuracy, seconds, budget, reasons, doc["command"])
+
+
+def autotimes_cells(
+    model: str, accuracy: dict[str, Any], seconds: float, budget: str, reasons: list[str], command: str
+) -> list[dict[str, Any]]:
+    """One reduced row per horizon of a bench/autotimes.py rollout's ``accuracy`` (ETTh1 M, the AutoTimes protocol)."""
     return [
         {
             "protocol": "autotimes",
             "dataset": "ETTh1",
             "features": "M",
             "horizon": int(horizon),
-            "model": "autotimes",
+            "model": model,
             "mse": cell["mse"],
             "mae": cell["mae"],
             "windows": cell["windows"],
             "train_seconds": round(seconds, 2),
-            "budget": f"{bounds['epochs']} epochs on 1 core ({seconds / 3600:.1f} h)",
+            "budget": budget,
             "reduced": True,
             "reduced_reasons": reasons,
-            "command": doc["command"],
+            "command": command,
         }
         for horizon, cell in accuracy["per_horizon"].items()
     ]
@@ -621,25 +629,12 @@ def gpu_rows(informer: Path = GPU_INFORMER_RUN, autotimes: Path = GPU_AUTOTIMES_
     if autotimes.is_file():
         doc = json.loads(autotimes.read_text())
         accuracy, training = doc["accuracy"][f"{AUTOTIMES_VARIANT}, sliding"], doc["training"][AUTOTIMES_VARIANT]
-        for horizon, cell in accuracy["per_horizon"].items():
-            rows.append(
-                {
-                    "protocol": "autotimes",
-                    "dataset": "ETTh1",
-                    "features": "M",
-                    "horizon": int(horizon),
-                    "model": "autotimes-gpu",
-                    "mse": cell["mse"],
-                    "mae": cell["mae"],
-                    "windows": cell["windows"],
-                    "train_seconds": round(training["train_seconds"], 2),
-                    "budget": f"the official LLaMA script's: {doc['bounds']['epochs']} epochs over every window, "
-                    f"batch 256, lr {training['lr']:g} cosine (one H200)",
-                    "reduced": True,
-                    "reduced_reasons": [f"SmolLM2-135M instead of LLaMA-7B; collected from {repo_path(autotimes)}"],
-                    "command": doc["command"],
-                }
-            )
+        budget = (
+            f"the official LLaMA script's: {doc['bounds']['epochs']} epochs over every window, batch 256, "
+            f"lr {training['lr']:g} cosine (one H200)"
+        )
+        reasons = [f"SmolLM2-135M instead of LLaMA-7B; collected from {repo_path(autotimes)}"]
+        rows += autotimes_cells("autotimes-gpu", accuracy, training["train_seconds"], budget, reasons, doc["command"])
     return rows
 
 

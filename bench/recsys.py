@@ -43,7 +43,7 @@ import threadpoolctl  # noqa: E402
 import torch  # noqa: E402
 
 from arcast_core.data_dir import find_data_dir  # noqa: E402
-from arcast_core.files import atomic_write, atomic_write_text  # noqa: E402
+from arcast_core.files import atomic_write, atomic_write_text, binary_writer  # noqa: E402
 from arcast_core.training import TrainConfig  # noqa: E402
 from recsys.alignment import AlignmentConfig, alignment_report, collaborative_embeddings, train_aligned_sasrec  # noqa: E402
 from recsys.data import load_beauty_titles, load_dataset, load_item_attributes  # noqa: E402
@@ -54,7 +54,6 @@ from recsys.prorec_training import (  # noqa: E402
     GeneratorTrainConfig,
     PipelineConfig,
     Stage1Config,
-    binary_writer,
     evaluate_generator,
     stage1_train_config,
     train_pipeline,

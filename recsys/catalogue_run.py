@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from arcast_core.files import atomic_write, atomic_write_text
-from recsys.prorec_training import ITEM_IDS_FILE, RUN_FILE, TITLES_FILE, binary_writer, run_examples
+from arcast_core.files import atomic_write, atomic_write_text, binary_writer
+from recsys.prorec_training import ITEM_IDS_FILE, RUN_FILE, TITLES_FILE, run_examples
 from recsys.split import EvalExamples
 
 

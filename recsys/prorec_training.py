@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from arcast_core.checkpoint import MAY_CHANGE
-from arcast_core.files import atomic_write, atomic_write_text
+from arcast_core.files import atomic_write, atomic_write_text, binary_writer
 from arcast_core.runtime import pick_device
 from arcast_core.training import Replica, Selection, StepLoss, TrainConfig, fit
 from arcast_core.trie import PrefixTrie
@@ -921,16 +921,6 @@ def run_examples(
     examples = data_split.validation if split == "val" else data_split.test
     matches = sequences_fingerprint(sequences) == info["data_fingerprint"]
     return examples, {"dataset": spec["dataset"], "data_matches_training": matches}
-
-
-def binary_writer(write: Callable[[Any], None]) -> Callable[[Path], None]:
-    """Write through an open binary handle (numpy would otherwise append a suffix to a temporary file's name)."""
-
-    def to_path(path: Path) -> None:
-        with open(path, "wb") as handle:
-            write(handle)
-
-    return to_path
 
 
 def _json_default(value: Any) -> Any:

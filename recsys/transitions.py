@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arcast_core.files import atomic_write
+from arcast_core.files import atomic_write, binary_writer
 from recsys.catalogue_run import (
     evaluation_report,
     is_run_of,
@@ -33,7 +33,6 @@ from recsys.evaluation import evaluate_scorer
 from recsys.metrics import DEFAULT_KS
 from recsys.prorec_training import (
     EVAL_KS,
-    binary_writer,
     sequences_fingerprint,
 )
 from recsys.split import PADDING_ID, EvalExamples, LeaveOneOutSplit, leave_one_out
