@@ -26,8 +26,7 @@ pack() {
   local py=.venv/bin/python work
   work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
-  local version
-  version() { "$py" -c "import importlib.metadata as m; print(m.version('$1'))"; }
+  version() { "$py" -c "import importlib.metadata as m; print(m.version('$1'))"; }  # as installed in the .venv
   local wheels=(polars polars-runtime-32 optuna alembic colorlog gguf grpcio grpcio-health-checking grpcio-reflection
     protobuf Mako SQLAlchemy)
   local pinned=()
