@@ -164,13 +164,13 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             plan = plan_intervals(request, checked, self.limits)  # None without levels: nothing extra
             self.calls.metrics.stage("forecast", "validate", started)
             if plan and plan.head:  # learnt quantiles: one run of the graph, not merged, gives both outputs
-                out, lower, upper, adapted = plan.quantile_forecast()
+                out, intervals = plan.quantile_forecast()
             else:
                 inputs, input_stamps = plan.inputs() if plan else (checked.context, checked.context_stamps)
                 future = checked.model.forecast(inputs, checked.horizon, input_stamps, until)
                 out = await_result(future, until, "forecast")
                 if plan:
-                    out, lower, upper, adapted = plan.bounds(out)
+                    out, intervals = plan.bounds(out)
             if not np.isfinite(out).all():  # a NaN is never an answer
                 bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
                 raise RequestError(
@@ -184,7 +184,7 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                 if future_stamps is not None:
                     item.timestamps.extend(_to_timestamp(t) for t in future_stamps)
             if plan:
-                fill_intervals(response, plan, lower, upper, adapted)
+                fill_intervals(response, intervals)
             self.calls.metrics.stage("forecast", "build", started)
             return response
 

@@ -4,6 +4,7 @@ forecast itself, and the bounds filled into the response (see ``serving.interval
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
@@ -30,7 +31,6 @@ from serving.quantile_head import (
     QuantileHead,
     check_quantile_horizon,
     load_quantile_head,
-    quantile_bounds,
     run_quantiles,
 )
 from serving.rpc import Limits, RequestError, exhausted, invalid
@@ -50,6 +50,7 @@ class IntervalPlan:
 
     calibration: Calibration | None
     levels: np.ndarray  # (K,)
+    key: tuple[float, ...]  # the same levels, as the reply's layout is cached by them
     checked: ValidatedRequest
     origins: list[np.ndarray] | None  # adaptive: per series, the history rows t of its backtest origins
     gamma: float
@@ -63,9 +64,8 @@ class IntervalPlan:
     def inputs(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The forecast's contexts (and timestamps) followed by every backtest origin's, for one batched run."""
         checked = self.checked
-        if not self.extra_rows:
+        if self.origins is None or not self.extra_rows:
             return checked.context, checked.context_stamps
-        assert self.origins is not None
         length = checked.context.shape[1]
         contexts, stamps = [checked.context], [checked.context_stamps]
         for history, past, origins in zip(checked.histories, checked.history_stamps, self.origins, strict=True):
@@ -77,39 +77,54 @@ class IntervalPlan:
             return context, None
         return context, np.concatenate(cast(list[np.ndarray], stamps))
 
-    def quantile_forecast(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]:
-        """QUANTILE: (point (B, h, C), lower (K, B, h, C), upper, None) from one run of the graph, both of its
+    def quantile_forecast(self) -> tuple[np.ndarray, list[memoryview]]:
+        """QUANTILE: (point (B, h, C), each series' intervals encoded) from one run of the graph, both of its
         outputs (the merged runs of the batcher return the point forecast only)."""
         assert self.head is not None and self.picks is not None
         head, model, context, horizon = self.head, self.checked.model, self.checked.context, self.checked.horizon
         point, quantiles = model.run_now(len(context), lambda: run_quantiles(model.runner, head, context))
-        lower, upper = quantile_bounds(quantiles, self.picks, horizon)
-        return point[:, :horizon].astype(np.float64), lower, upper, None
+        bands = quantiles[:, np.stack(self.picks, axis=1), :horizon]  # (B, K, 2: lower and upper, horizon, C)
+        encoded, values = wire.interval_layout(self.key, bands[0, 0, 0].size).buffer(len(bands))
+        values[...] = bands.reshape(values.shape)
+        return point[:, :horizon], encoded
 
-    def bounds(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(point (B, h, C), lower (K, B, h, C), upper, adapted levels (K, B, h, C) or None) from the run's output."""
+    def bounds(self, out: np.ndarray) -> tuple[np.ndarray, list[memoryview]]:
+        """(point (B, h, C), each series' intervals encoded for its SeriesForecast) from the run's output."""
         n = len(self.checked.context)
+        assert self.calibration is not None
+        if self.origins is None:  # split conformal: the same offsets for every series, added in the reply's bytes
+            point = out[:n]
+            offsets = self.calibration.split_offsets(self.key, point.shape[1])
+            encoded, values = wire.interval_layout(self.key, offsets.shape[-1]).buffer(n)
+            np.add(point.reshape(n, 1, 1, -1), offsets, out=values)  # in float64, as a forecast goes on the wire
+            return point, encoded
         point = out[:n].astype(np.float64)
         horizon = point.shape[1]
-        assert self.calibration is not None
-        if self.origins is None:  # split conformal: the same offsets for every series
-            lo, hi = self.calibration.split_offsets(self.levels, horizon)
-            return point, point[None] + lo[:, None], point[None] + hi[:, None], None
         sizes = np.cumsum([n, *(len(o) for o in self.origins)])
         forecasts = [out[a:b].astype(np.float64) for a, b in itertools.pairwise(sizes)]
-        levels = adapted = adapted_levels(
+        levels = adapted_levels(
             self.calibration, self.levels, self.checked.histories, self.origins, forecasts, self.gamma
         )
         lo, hi = self.calibration.offsets(levels, horizon)
-        return point, point[None] + lo, point[None] + hi, adapted
+        origins = [len(o) for o in self.origins]
+        return point, encode_adaptive(self.key, point[None] + lo, point[None] + hi, levels, origins)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_levels(levels: tuple[float, ...]) -> np.ndarray:
+    """``check_levels`` once per distinct request levels (callers send the same few): read-only, it is shared."""
+    checked = check_levels(levels)
+    checked.flags.writeable = False
+    return checked
 
 
 def plan_intervals(request: wire.Request, checked: ValidatedRequest, limits: Limits) -> IntervalPlan | None:
     """None for a request without levels (nothing extra is done); else the checked plan, or the precise error."""
     if not request.levels:
         return None
+    key = tuple(request.levels)
     try:
-        levels = check_levels(request.levels)
+        levels = _checked_levels(key)
     except ValueError as err:
         raise invalid(str(err)) from None
     if request.interval_method not in KNOWN_METHODS:
@@ -117,7 +132,7 @@ def plan_intervals(request: wire.Request, checked: ValidatedRequest, limits: Lim
     model = checked.model
     calibration = load_calibration(model.runner.artifact)
     if request.interval_method == forecast_pb2.QUANTILE:
-        return _quantile_plan(levels, checked, calibration is not None)
+        return _quantile_plan(levels, key, checked, calibration is not None)
     if calibration is None:
         learnt = load_quantile_head(model.runner.artifact) is not None
         raise RequestError(
@@ -132,7 +147,7 @@ def plan_intervals(request: wire.Request, checked: ValidatedRequest, limits: Lim
             "for: intervals need a horizon within them"
         )
     if request.interval_method != forecast_pb2.ADAPTIVE:
-        return IntervalPlan(calibration, levels, checked, None, 0.0)
+        return IntervalPlan(calibration, levels, key, checked, None, 0.0)
     wanted = request.adaptive_origins or DEFAULT_ORIGINS
     if wanted > MAX_ORIGINS:
         raise invalid(f"adaptive_origins: {wanted} exceeds the limit of {MAX_ORIGINS}")
@@ -141,7 +156,7 @@ def plan_intervals(request: wire.Request, checked: ValidatedRequest, limits: Lim
         raise invalid(f"adaptive_gamma: {gamma!r} is outside [0, 1]")
     length = checked.context.shape[1]
     origins = [backtest_origins(len(h), length, wanted) for h in checked.histories]
-    plan = IntervalPlan(calibration, levels, checked, origins, float(gamma))
+    plan = IntervalPlan(calibration, levels, key, checked, origins, float(gamma))
     channels = checked.context.shape[2]
     answer = (len(checked.context) + plan.extra_rows) * checked.horizon * channels
     if answer > limits.max_forecast_values:
@@ -153,7 +168,9 @@ def plan_intervals(request: wire.Request, checked: ValidatedRequest, limits: Lim
     return plan
 
 
-def _quantile_plan(levels: np.ndarray, checked: ValidatedRequest, calibrated: bool) -> IntervalPlan:
+def _quantile_plan(
+    levels: np.ndarray, key: tuple[float, ...], checked: ValidatedRequest, calibrated: bool
+) -> IntervalPlan:
     """The plan of a QUANTILE request, or INVALID_ARGUMENT naming the field (method, levels or horizon)."""
     model = checked.model
     head = load_quantile_head(model.runner.artifact)
@@ -169,24 +186,28 @@ def _quantile_plan(levels: np.ndarray, checked: ValidatedRequest, calibrated: bo
         check_quantile_horizon(head, checked.horizon, model.name)
     except ValueError as err:
         raise invalid(f"{err}{others}") from None
-    return IntervalPlan(None, levels, checked, None, 0.0, head, picks)
+    return IntervalPlan(None, levels, key, checked, None, 0.0, head, picks)
 
 
-def fill_intervals(
-    response: wire.Response,
-    plan: IntervalPlan,
-    lower: np.ndarray,
-    upper: np.ndarray,
-    adapted: np.ndarray | None,
-) -> None:
-    """Add each requested level's bounds to every series' forecast, in request order."""
-    levels = plan.levels.tolist()
-    for i, item in enumerate(response.forecasts):
-        for j, level in enumerate(levels):
-            interval = item.intervals.add(level=level, lower=wire.packed(lower[j, i]), upper=wire.packed(upper[j, i]))
-            if adapted is not None and plan.origins is not None:
-                interval.adapted_levels.extend(wire.packed(adapted[j, i]))
-                interval.origins = len(plan.origins[i])
+def encode_adaptive(
+    levels: tuple[float, ...], lower: np.ndarray, upper: np.ndarray, adapted: np.ndarray, origins: list[int]
+) -> list[memoryview]:
+    """Each series' adaptive intervals encoded (``wire.interval_layout``) from bounds and adapted levels
+    (K, B, h, C), with its count of origins (in its bytes: one layout per series)."""
+    k, b = lower.shape[:2]
+    stacked = np.stack([lower, upper, adapted], axis=2).reshape(k, b, 3, -1).swapaxes(0, 1)  # (B, K, 3, h * C)
+    encoded = []
+    for series, count in zip(stacked, origins, strict=True):
+        one, values = wire.interval_layout(levels, stacked.shape[-1], True, count).buffer(1)
+        values[0] = series
+        encoded += one
+    return encoded
+
+
+def fill_intervals(response: wire.Response, encoded: list[memoryview]) -> None:
+    """Add each series' encoded intervals to its forecast (in request order, one Interval per requested level)."""
+    for item, intervals in zip(response.forecasts, encoded, strict=True):
+        item.MergeFromString(intervals)
 
 
 def interval_support(model: LoadedModel) -> models_pb2.IntervalSupport | None:

@@ -98,9 +98,7 @@ class Calibration:
     quantiles: np.ndarray
     windows: np.ndarray
     facts: dict[str, Any]
-    _split: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    _split: dict[tuple[tuple[float, ...], int], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def horizon(self) -> int:
@@ -161,14 +159,17 @@ class Calibration:
         need[np.isnan(flat)] = np.nan
         return need.reshape(residuals.shape)
 
-    def split_offsets(self, levels: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """``offsets`` of fixed levels (K,) -> (K, horizon, C) each, cached: a split-conformal request reads them."""
-        key = (np.asarray(levels, np.float64).tobytes(), horizon)
+    def split_offsets(self, levels: tuple[float, ...], horizon: int) -> np.ndarray:
+        """``offsets`` of fixed levels as (K, 2: lower and upper, horizon * C), time-major like a forecast's
+        values, cached: a split-conformal request reads them."""
+        key = (levels, horizon)
         cached = self._split.get(key)
         if cached is None:
             if len(self._split) > 256:
                 self._split.clear()
-            cached = self._split[key] = self.offsets(np.asarray(levels)[:, None, None], horizon)
+            lo, hi = self.offsets(np.asarray(levels, np.float64)[:, None, None], horizon)
+            cached = self._split[key] = np.stack([lo, hi], axis=1).reshape(len(lo), 2, -1)
+            cached.flags.writeable = False
         return cached
 
     def offsets(self, levels: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,9 @@ parser and re-encoded packed).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -80,6 +82,80 @@ def packed(values: np.ndarray) -> list[bytes]:
     if values.size == 0:
         return []
     return [np.ascontiguousarray(values, DOUBLE).tobytes()]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(message: Any, name: str, wire_type: int) -> bytes:
+    """A field's key from the public descriptor (its number cannot drift from the proto)."""
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | wire_type)
+
+
+_INTERVALS = _tag(forecast_pb2.SeriesForecast, "intervals", 2)
+_LEVEL, _ORIGINS = _tag(forecast_pb2.Interval, "level", 1), _tag(forecast_pb2.Interval, "origins", 0)
+_LOWER, _UPPER, _ADAPTED = (_tag(forecast_pb2.Interval, name, 2) for name in ("lower", "upper", "adapted_levels"))
+
+
+@dataclass(frozen=True)
+class IntervalLayout:
+    """One series' ``SeriesForecast.intervals`` encoded with every byte but the values in place: an Interval per
+    level (its level, then ``bands`` runs of ``values`` doubles: lower, upper and, adaptive, adapted_levels; then the
+    origins), the same bytes as the messages added one by one (tests/serving/test_wire.py). Every Interval has the
+    same length, so the values of all series, levels and bands sit at a regular stride: ``buffer`` gives them as one
+    strided array that numpy fills in a call (a split-conformal request's bands cost about what its forecast's do)."""
+
+    template: bytes
+    offset: int  # of the first value
+    level_stride: int  # bytes from one Interval to the next
+    band_stride: int  # bytes from one run of values to the next within an Interval
+    shape: tuple[int, int, int]  # (levels, bands, values)
+
+    def buffer(self, series: int) -> tuple[list[memoryview], np.ndarray]:
+        """``series`` copies of the template (each series' bytes, for ``MergeFromString``) and the float64 view
+        of their values, (series, levels, bands, values), to write the bounds into."""
+        size = len(self.template)
+        data = bytearray(self.template * series)
+        strides = (size, self.level_stride, self.band_stride, DOUBLE.itemsize)
+        values = np.ndarray((series, *self.shape), DOUBLE, data, self.offset, strides)
+        whole = memoryview(data)
+        if series == 1:  # the usual request
+            return [whole], values
+        return [whole[i * size : (i + 1) * size] for i in range(series)], values
+
+
+@functools.lru_cache(maxsize=1024)
+def interval_layout(levels: tuple[float, ...], values: int, adapted: bool = False, origins: int = 0) -> IntervalLayout:
+    """The layout of ``levels`` (each in (0, 1]) with bands of ``values`` doubles, adaptive ones with their
+    adapted levels and ``origins``."""
+    if any(not level > 0 for level in levels):  # proto3 writes no zero double: the layout would not hold
+        raise ValueError(f"levels: {levels} are not all above 0")
+    size = _varint(values * DOUBLE.itemsize)
+    keys = (_LOWER, _UPPER, _ADAPTED) if adapted else (_LOWER, _UPPER)
+    if len({len(key) for key in keys}) != 1:
+        raise AssertionError("Interval's value fields need keys of one length for a regular stride")
+    blank = bytes(values * DOUBLE.itemsize)
+    tail = _ORIGINS + _varint(origins) if origins else b""
+    body = [b"".join(key + size + blank for key in keys) + tail for _ in levels]
+    intervals = [
+        _INTERVALS + _varint(len(_LEVEL) + DOUBLE.itemsize + len(b)) + _LEVEL + np.array(level, DOUBLE).tobytes() + b
+        for level, b in zip(levels, body, strict=True)
+    ]
+    head = len(_INTERVALS) + len(_varint(len(_LEVEL) + DOUBLE.itemsize + len(body[0]))) + len(_LEVEL)
+    band_stride = len(_LOWER) + len(size) + len(blank)
+    return IntervalLayout(
+        template=b"".join(intervals),
+        offset=head + DOUBLE.itemsize + len(_LOWER) + len(size),
+        level_stride=len(intervals[0]) if intervals else 0,
+        band_stride=band_stride,
+        shape=(len(levels), len(keys), values),
+    )
 
 
 def parse_request(raw: bytes) -> Any:

@@ -78,6 +78,34 @@ def test_twins_write_and_read_the_public_messages_bytes() -> None:
     np.testing.assert_array_equal(wire.doubles(back.forecasts[0].intervals[1].adapted_levels, "v"), adapted)
 
 
+@pytest.mark.parametrize(
+    ("levels", "values", "series", "origins"),
+    [((0.8, 0.9, 0.95), 24, 1, None), ((0.5,), 1, 3, None), ((0.8, 0.99), 200, 2, 336), ((0.1, 0.2), 2000, 2, 70000)],
+)
+def test_interval_layouts_write_the_public_messages_bytes(
+    levels: tuple[float, ...], values: int, series: int, origins: int | None
+) -> None:
+    """Every series' intervals written through the layout's value view (split conformal and quantile: lower and
+    upper; adaptive: adapted levels and origins too; one- to three-byte lengths) are the bytes of the public
+    Interval messages added one by one, and the twin takes them as such."""
+    adaptive = origins is not None
+    encoded, view = wire.interval_layout(levels, values, adaptive, origins or 0).buffer(series)
+    numbers = RNG.normal(size=view.shape)
+    view[...] = numbers
+    for i in range(series):
+        public = forecast_pb2.SeriesForecast()
+        for j, level in enumerate(levels):
+            band = public.intervals.add(level=level, lower=numbers[i, j, 0].tolist(), upper=numbers[i, j, 1].tolist())
+            if adaptive:
+                band.adapted_levels.extend(numbers[i, j, 2].tolist())
+                band.origins = origins
+        assert bytes(encoded[i]) == public.SerializeToString()
+        twin = wire.ForecastResponse().forecasts.add()
+        twin.MergeFromString(encoded[i])
+        assert twin.SerializeToString() == public.SerializeToString()
+        np.testing.assert_array_equal(wire.doubles(twin.intervals[-1].upper, "upper"), numbers[i, -1, 1])
+
+
 def test_every_repeated_double_of_the_proto_is_raw_or_kept_on_purpose() -> None:
     doubles = {
         (message.name, field.name)
