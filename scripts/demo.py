@@ -1,4 +1,5 @@
-"""The main job: train AR-Net on real ETTh1 data, export it, serve it over gRPC, call it, run a batch job.
+"""The main job: train AR-Net on real ETTh1 data, export it, serve it over gRPC, call it (prediction intervals
+included), run a batch job and check its intervals against what happened.
 
 Run with `make demo`. Everything it writes goes to demo-output/ (runs, model store, batch files), recreated on every
 run so that a second run starts from the same empty store as the first.
@@ -24,6 +25,7 @@ from recsys.prorec_training import popular_items_slice
 from recsys.quick_recipe import QUICK_SLICE, quick_sasrec_args, quick_train_args, quick_transitions_args
 from serving.batch import run_batch
 from serving.client import ArcastClient
+from serving.intervals import coverage, level_name
 from serving.server import spawn_server
 
 OUT = Path("demo-output")
@@ -33,6 +35,7 @@ SASREC = "beauty-sasrec"  # the other kind, behind the same Recommend API
 TRANSITIONS = "beauty-transitions"  # item-to-item transition counts: the bar the trained ones must clear
 HORIZONS = (24, 48, 168)
 BASELINES = ("naive", "seasonal_naive", "linear")
+LEVELS = (0.8, 0.95)  # the prediction intervals asked for (any levels in (0, 0.998] are served)
 
 
 def show_recommendations(client: ArcastClient) -> None:
@@ -122,17 +125,19 @@ def main() -> int:
                 24,
                 ids=[str(stamps[o])[:16] for o in origins],
                 timestamps=[stamps[o - 168 : o] for o in origins],
+                levels=LEVELS,  # prediction intervals: split conformal, calibrated on the validation split
             )
         print(
-            f"\n    {'forecast from':<17} {'+1h pred':>9} {'actual':>7}"
-            f" {'+24h pred':>10} {'actual':>7} {'MSE (°C²)':>10}"
+            f"\n    {'forecast from':<17} {'+1h pred':>9} {'95% interval':>15} {'actual':>7}"
+            f" {'+24h pred':>10} {'95% interval':>15} {'actual':>7} {'MSE (°C²)':>10}"
         )
         for o, forecast in zip(origins, result.forecasts, strict=True):
             pred, actual = forecast.values[:, 0], values[o : o + 24]
             mse = float(np.mean((pred - actual) ** 2))
+            lower, upper = forecast.intervals[-1].lower[:, 0], forecast.intervals[-1].upper[:, 0]  # the 95% one
             print(
-                f"    {forecast.id:<17} {pred[0]:>9.2f} {actual[0]:>7.2f}"
-                f" {pred[-1]:>10.2f} {actual[-1]:>7.2f} {mse:>10.3f}"
+                f"    {forecast.id:<17} {pred[0]:>9.2f} {f'{lower[0]:.2f}..{upper[0]:.2f}':>15} {actual[0]:>7.2f}"
+                f" {pred[-1]:>10.2f} {f'{lower[-1]:.2f}..{upper[-1]:.2f}':>15} {actual[-1]:>7.2f} {mse:>10.3f}"
             )
         with ArcastClient(target) as client:
             show_recommendations(client)
@@ -141,7 +146,7 @@ def main() -> int:
         code = proc.wait(timeout=60)
     print(f"    server stopped on SIGTERM (exit code {code})\n")
 
-    print("6/6 batch scoring: every 24th test origin as a series, parquet in, parquet out")
+    print("6/6 batch scoring: every 24th test origin as a series, parquet in, parquet out, with 80% and 95% intervals")
     frames = [
         pl.DataFrame({"series_id": str(stamps[o])[:13], "timestamp": stamps[o - 168 : o], "value": values[o - 168 : o]})
         for o in range(start + 168, prepared.borders.test[1] - 24, 24)
@@ -149,9 +154,21 @@ def main() -> int:
     (OUT / "batch").mkdir(parents=True, exist_ok=True)
     pl.concat(frames).write_parquet(OUT / "batch" / "series.parquet")
     summary = run_batch(
-        OUT / "models", MODEL, OUT / "batch" / "series.parquet", OUT / "batch" / "forecasts.parquet", 24
+        OUT / "models",
+        MODEL,
+        OUT / "batch" / "series.parquet",
+        OUT / "batch" / "forecasts.parquet",
+        24,
+        levels=list(LEVELS),
     )
     print(f"    {summary.scored} series scored, {summary.failed} failed, {summary.seconds:.1f} s -> {summary.output}")
+    # The intervals against what happened: every forecast row joined to the actual value at its timestamp.
+    actuals = pl.DataFrame({"timestamp": stamps, "actual": values}).cast({"timestamp": pl.Datetime("us")})
+    scored = pl.read_parquet(summary.output).cast({"timestamp": pl.Datetime("us")}).join(actuals, on="timestamp")
+    column = {name: scored[name].to_numpy() for name in scored.columns}
+    bounds = {level: (column[f"lo_{level_name(level)}"], column[f"hi_{level_name(level)}"]) for level in LEVELS}
+    shares = [f"{level:.0%} interval {coverage(*bounds[level], column['actual']):.1%}" for level in LEVELS]
+    print(f"    share of the {len(scored)} forecast values inside their intervals: {', '.join(shares)}")
     return 0
 
 
