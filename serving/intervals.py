@@ -48,6 +48,7 @@ DEFAULT_ORIGINS = 336  # adaptive: backtest origins used (extra actuals beyond t
 MAX_ORIGINS = 1024
 DEFAULT_GAMMA = 0.0  # adaptive: the step size of the alpha update (0: the warm level as it is)
 DEFAULT_WARM = True  # adaptive: start from the level covering the window's own residuals (``warm_levels``)
+CACHED_OFFSET_BYTES = 64 * 1024  # split-conformal offsets kept per calibration and levels (Calibration.split_offsets)
 
 
 # --- calibration (export side) --------------------------------------------------------------------------------
@@ -161,15 +162,18 @@ class Calibration:
 
     def split_offsets(self, levels: tuple[float, ...], horizon: int) -> np.ndarray:
         """``offsets`` of fixed levels as (K, 2: lower and upper, horizon * C), time-major like a forecast's
-        values, cached: a split-conformal request reads them."""
+        values: a split-conformal request reads them. Cached up to 256 of ``CACHED_OFFSET_BYTES`` at most (the
+        usual request's is under 1 kB; a larger one is computed per request, whatever the callers send)."""
         key = (levels, horizon)
         cached = self._split.get(key)
         if cached is None:
-            if len(self._split) > 256:
-                self._split.clear()
             lo, hi = self.offsets(np.asarray(levels, np.float64)[:, None, None], horizon)
-            cached = self._split[key] = np.stack([lo, hi], axis=1).reshape(len(lo), 2, -1)
+            cached = np.stack([lo, hi], axis=1).reshape(len(lo), 2, -1)
             cached.flags.writeable = False
+            if cached.nbytes <= CACHED_OFFSET_BYTES:
+                if len(self._split) >= 256:
+                    self._split.clear()
+                self._split[key] = cached
         return cached
 
     def offsets(self, levels: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:

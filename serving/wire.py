@@ -130,10 +130,25 @@ class IntervalLayout:
         return [whole[i * size : (i + 1) * size] for i in range(series)], values
 
 
-@functools.lru_cache(maxsize=1024)
+# Layouts up to this size are kept (the usual request's is about 1 kB): the cache stays within 256 of them, whatever
+# levels, horizons and origins callers send; a larger one is built per request, next to the work its values cost.
+CACHED_LAYOUT_BYTES = 64 * 1024
+
+
 def interval_layout(levels: tuple[float, ...], values: int, adapted: bool = False, origins: int = 0) -> IntervalLayout:
     """The layout of ``levels`` (each in (0, 1]) with bands of ``values`` doubles, adaptive ones with their
     adapted levels and ``origins``."""
+    if len(levels) * (3 if adapted else 2) * values * DOUBLE.itemsize <= CACHED_LAYOUT_BYTES:
+        return _cached_layout(levels, values, adapted, origins)
+    return _layout(levels, values, adapted, origins)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_layout(levels: tuple[float, ...], values: int, adapted: bool, origins: int) -> IntervalLayout:
+    return _layout(levels, values, adapted, origins)
+
+
+def _layout(levels: tuple[float, ...], values: int, adapted: bool, origins: int) -> IntervalLayout:
     if any(not level > 0 for level in levels):  # proto3 writes no zero double: the layout would not hold
         raise ValueError(f"levels: {levels} are not all above 0")
     size = _varint(values * DOUBLE.itemsize)

@@ -13,6 +13,7 @@ import pytest
 from serving.artifact import list_artifacts, read_artifact
 from serving.client import ArcastClient
 from serving.intervals import (
+    CACHED_OFFSET_BYTES,
     MAX_LEVEL,
     PROBS,
     Calibration,
@@ -59,6 +60,22 @@ def test_conformal_quantiles_match_a_numpy_reference() -> None:
         seen = ~np.isnan(residuals)
         inside = (residuals >= lo) & (residuals <= hi)
         assert inside[seen].mean() >= level
+
+
+def test_split_offsets_are_the_offsets_and_only_small_ones_are_kept() -> None:
+    """The cached split-conformal offsets equal ``offsets`` (lower, upper) per level; a table beyond
+    ``CACHED_OFFSET_BYTES`` (a long horizon of many channels) is computed per request, not kept: whatever levels and
+    horizons callers send, the cache stays small."""
+    rng = np.random.default_rng(3)
+    table = np.sort(rng.normal(size=(len(PROBS), 200, 50)), axis=0)
+    calibration = Calibration(PROBS, table, np.full(200, 100), {})
+    small = calibration.split_offsets((0.8, 0.95), 4)
+    lo, hi = calibration.offsets(np.array([0.8, 0.95])[:, None, None], 4)
+    np.testing.assert_array_equal(small, np.stack([lo, hi], axis=1).reshape(2, 2, -1))
+    assert calibration.split_offsets((0.8, 0.95), 4) is small
+    large = calibration.split_offsets((0.9,), 200)  # 1 x 2 x 200 x 50 doubles: 160 kB
+    assert large.nbytes > CACHED_OFFSET_BYTES and list(calibration._split) == [((0.8, 0.95), 4)]
+    np.testing.assert_array_equal(calibration.split_offsets((0.9,), 200), large)
 
 
 def test_adaptive_update_matches_a_scalar_loop() -> None:

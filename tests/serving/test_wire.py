@@ -106,6 +106,18 @@ def test_interval_layouts_write_the_public_messages_bytes(
         np.testing.assert_array_equal(wire.doubles(twin.intervals[-1].upper, "upper"), numbers[i, -1, 1])
 
 
+def test_only_small_interval_layouts_are_kept() -> None:
+    """The usual layouts are cached (the hot path reads them); one beyond ``CACHED_LAYOUT_BYTES`` is built per
+    request, so a caller varying levels, horizons or origins cannot grow the server's memory."""
+    wire._cached_layout.cache_clear()
+    small = wire.interval_layout((0.8, 0.9), 24)
+    assert wire.interval_layout((0.8, 0.9), 24) is small
+    values = wire.CACHED_LAYOUT_BYTES // (2 * wire.DOUBLE.itemsize) + 1
+    large = wire.interval_layout((0.9,), values)
+    assert wire.interval_layout((0.9,), values) == large and wire.interval_layout((0.9,), values) is not large
+    assert wire._cached_layout.cache_info().currsize == 1
+
+
 def test_every_repeated_double_of_the_proto_is_raw_or_kept_on_purpose() -> None:
     doubles = {
         (message.name, field.name)
