@@ -282,6 +282,8 @@ def adapt_needed(
         alpha = 1 - warm_levels(levels, need)
     else:
         alpha = np.broadcast_to(target, (len(levels), b, horizon, channels)).copy()
+    if gamma == 0:  # every step below would add 0 (the default: the warm level as it is): half the adaptive request
+        return np.clip(1 - alpha, 0.0, MAX_LEVEL)
     # A miss at level l is clip(l, 0, MAX_LEVEL) < need, i.e. l < threshold: -inf where need <= 0 (never a miss),
     # inf beyond MAX_LEVEL (always); unseen residuals get step 0. Each origin adds step * (target - miss): both
     # outcomes' changes are made before the loop (origins first), which is sequential, so each origin costs four
