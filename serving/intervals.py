@@ -136,11 +136,16 @@ class Calibration:
         cells = np.arange(horizon * channels).reshape(horizon, channels)
         flat = residuals.reshape(-1, horizon, channels)
         need = np.empty(flat.shape)
-        below, upto = np.empty(flat.shape, np.int64), np.empty(flat.shape, np.int64)
+        below = np.empty(flat.shape, np.int64)
         for j in range(horizon):
             for c in range(channels):
                 below[:, j, c] = np.searchsorted(table[j, c], flat[:, j, c], side="left")  # first index: Q >= r
-                upto[:, j, c] = np.searchsorted(table[j, c], flat[:, j, c], side="right")  # first index: Q > r
+        # The first index with Q > r is that one unless Q there equals r: a residual tied with a table value (rare
+        # for measured ones) is searched again, in its cell only; the rest need half the binary searches.
+        upto = below.copy()
+        tied = (below < n) & (flat_table[cells[None], np.minimum(below, n - 1)] == flat)
+        for j, c in zip(*np.nonzero(tied.any(axis=0)), strict=True):
+            upto[:, j, c] = np.searchsorted(table[j, c], flat[:, j, c], side="right")
         rows = max(1, 4_000_000 // (horizon * channels))
         for lo in range(0, len(flat), rows):
             r = flat[lo : lo + rows]

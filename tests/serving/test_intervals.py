@@ -78,6 +78,38 @@ def test_split_offsets_are_the_offsets_and_only_small_ones_are_kept() -> None:
     np.testing.assert_array_equal(calibration.split_offsets((0.9,), 200), large)
 
 
+def test_needed_levels_of_residuals_tied_with_the_table() -> None:
+    """Each residual's needed level equals the two-sided search's (first index with Q >= r, first with Q > r), also
+    for residuals equal to table values and in a table with repeated values (few calibration windows), and NaN
+    stays NaN."""
+    rng = np.random.default_rng(4)
+    table, counts = conformal_quantiles(rng.normal(size=(7, 5, 2)).round(1))  # 7 windows: many equal quantiles
+    calibration = Calibration(PROBS, table, counts, {})
+    residuals = rng.normal(size=(3, 40, 5, 2))
+    residuals[:, :10] = table[rng.integers(0, len(PROBS), size=(3, 10, 5, 2)), np.arange(5)[:, None], np.arange(2)]
+    residuals[0, 0, 0, 0] = np.nan
+    need = calibration.needed_levels(residuals)
+    probs, n = PROBS, len(PROBS)
+    ties = 0
+    for index in np.ndindex(residuals.shape):
+        r, cell = residuals[index], calibration.cells[index[2], index[3]]
+        if np.isnan(r):
+            assert np.isnan(need[index])
+            continue
+
+        def level_at(i: int, r: float = r, cell: np.ndarray = cell) -> float:
+            k = min(max(i, 1), n - 1)
+            q0, q1 = cell[k - 1], cell[k]
+            return probs[k - 1] + (r - q0) / (q1 - q0 if q1 > q0 else 1.0) * (probs[k] - probs[k - 1])
+
+        first, last = int(np.searchsorted(cell, r, "left")), int(np.searchsorted(cell, r, "right"))
+        ties += last > first
+        up = probs[0] if first == 0 else np.inf if first >= n else level_at(first)
+        down = probs[-1] if last >= n else -np.inf if last == 0 else level_at(last)
+        assert need[index] == max(2 * up - 1, 1 - 2 * down)
+    assert ties > 100  # the tied case is exercised, not only the usual one
+
+
 def test_adaptive_update_matches_a_scalar_loop() -> None:
     rng = np.random.default_rng(1)
     table, counts = conformal_quantiles(rng.standard_normal((400, 3, 1)))
