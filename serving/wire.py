@@ -149,8 +149,8 @@ def _cached_layout(levels: tuple[float, ...], values: int, adapted: bool, origin
 
 
 def _layout(levels: tuple[float, ...], values: int, adapted: bool, origins: int) -> IntervalLayout:
-    if any(not level > 0 for level in levels):  # proto3 writes no zero double: the layout would not hold
-        raise ValueError(f"levels: {levels} are not all above 0")
+    if not levels or any(not level > 0 for level in levels):  # proto3 writes no zero double: no fixed layout
+        raise ValueError(f"levels: {levels} are not one or more levels above 0")
     size = _varint(values * DOUBLE.itemsize)
     keys = (_LOWER, _UPPER, _ADAPTED) if adapted else (_LOWER, _UPPER)
     if len({len(key) for key in keys}) != 1:
