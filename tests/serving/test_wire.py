@@ -116,6 +116,9 @@ def test_only_small_interval_layouts_are_kept() -> None:
     large = wire.interval_layout((0.9,), values)
     assert wire.interval_layout((0.9,), values) == large and wire.interval_layout((0.9,), values) is not large
     assert wire._cached_layout.cache_info().currsize == 1
+    for levels in ((), (0.0,), (0.9, -0.5)):  # proto3 writes no zero level: no fixed layout to fill
+        with pytest.raises(ValueError, match="not one or more levels above 0"):
+            wire.interval_layout(levels, 24)
 
 
 def test_every_repeated_double_of_the_proto_is_raw_or_kept_on_purpose() -> None:
