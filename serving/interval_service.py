@@ -31,6 +31,7 @@ from serving.quantile_head import (
     QuantileHead,
     check_quantile_horizon,
     load_quantile_head,
+    quantile_bands,
     run_quantiles,
 )
 from serving.rpc import Limits, RequestError, exhausted, invalid
@@ -83,7 +84,7 @@ class IntervalPlan:
         assert self.head is not None and self.picks is not None
         head, model, context, horizon = self.head, self.checked.model, self.checked.context, self.checked.horizon
         point, quantiles = model.run_now(len(context), lambda: run_quantiles(model.runner, head, context))
-        bands = quantiles[:, np.stack(self.picks, axis=1), :horizon]  # (B, K, 2: lower and upper, horizon, C)
+        bands = quantile_bands(quantiles, self.picks, horizon)  # (B, K, 2: lower and upper, horizon, C)
         encoded, values = wire.interval_layout(self.key, bands[0, 0, 0].size).buffer(len(bands))
         values[...] = bands.reshape(values.shape)
         return point[:, :horizon], encoded

@@ -84,13 +84,18 @@ def run_quantiles(runner: Any, head: QuantileHead, context: np.ndarray) -> tuple
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def quantile_bands(quantiles: np.ndarray, picks: tuple[np.ndarray, np.ndarray], horizon: int) -> np.ndarray:
+    """The picked levels' bounds (B, K, 2: lower and upper, horizon, C) from quantiles (B, Q, step, C), as the
+    server writes them into a reply (one gather)."""
+    return quantiles[:, np.stack(picks, axis=1), :horizon]
+
+
 def quantile_bounds(
     quantiles: np.ndarray, picks: tuple[np.ndarray, np.ndarray], horizon: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds (K, B, horizon, C) of the picked levels from quantiles (B, Q, step, C)."""
-    lower, upper = picks
-    q = quantiles[:, :, :horizon]
-    return q[:, lower].swapaxes(0, 1).astype(np.float64), q[:, upper].swapaxes(0, 1).astype(np.float64)
+    bands = np.moveaxis(quantile_bands(quantiles, picks, horizon), 2, 0).swapaxes(1, 2).astype(np.float64)
+    return bands[0], bands[1]
 
 
 def check_quantile_horizon(head: QuantileHead, horizon: int, name: str) -> None:
