@@ -33,3 +33,14 @@ def test_the_semantic_side_is_kept_and_read_back(bench_recsys: ModuleType, data_
     np.testing.assert_array_equal(bench_recsys.semantic_side(args, None, split), first * 2)
     np.save(kept, first[:10])  # kept for another item set: recomputed
     np.testing.assert_allclose(bench_recsys.semantic_side(args, None, split), first, rtol=0, atol=1e-6)
+
+
+def test_each_dataset_is_compared_with_its_own_published_figures(bench_recsys: ModuleType) -> None:
+    """Sports' and Toys' results files once carried Beauty's published TIGER (.0648) and Beauty's colleague SASRec."""
+    tiger = {
+        d: bench_recsys.published_figures(d)["published"]["TIGER (paper)"]["recall@10"]
+        for d in ("beauty", "sports", "toys")
+    }
+    assert tiger == {"beauty": 0.0648, "sports": 0.0400, "toys": 0.0712}  # shared/ANCHORS.md
+    assert "colleague_sasrec" in bench_recsys.published_figures("beauty")
+    assert "colleague_sasrec" not in bench_recsys.published_figures("sports")
