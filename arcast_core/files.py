@@ -1,11 +1,14 @@
-"""Atomic writes and checksums: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes, checksums and locks: a reader sees the old file or the new one, never half of one, and writers
+that read, change and write a shared file take turns."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,21 @@ def binary_writer(write: Callable[[Any], None]) -> Callable[[Path], None]:
             write(handle)
 
     return to_path
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing; its content is never read) for the ``with`` block:
+    processes, and threads that open it on their own, wait for each other. Released when the block ends or the
+    process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

@@ -59,9 +59,12 @@ def save(results: dict[str, Any]) -> None:
 def append_rows(results: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Add ``rows`` to the results file as it is now (a run in parallel may have added its own since this one read
     it: two model kinds can train at once), save, and return what was saved."""
-    current = json.loads(RESULTS.read_text()) if RESULTS.exists() else results
-    current["rows"].extend(rows)
-    save(current)
+    from arcast_core.files import exclusive_lock
+
+    with exclusive_lock(RESULTS.with_name(RESULTS.name + ".lock")):
+        current = json.loads(RESULTS.read_text()) if RESULTS.exists() else results
+        current["rows"].extend(rows)
+        save(current)
     return current
 
 

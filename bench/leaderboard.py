@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import math
 import re
@@ -43,7 +42,7 @@ import numpy as np
 import optuna
 import torch
 
-from arcast_core.files import atomic_write_text
+from arcast_core.files import atomic_write_text, exclusive_lock
 from arcast_core.training import TrainConfig
 from arcast_core.tuning import resumed_sampler_seed
 from forecasting.data import DataConfig, prepare_data
@@ -135,14 +134,8 @@ class Leaderboard:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                doc = json.loads(self.path.read_text()) if self.path.is_file() else {"rows": []}
-                yield doc
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self.lock_path):
+            yield json.loads(self.path.read_text()) if self.path.is_file() else {"rows": []}
 
     def rows(self) -> list[dict[str, Any]]:
         with self._locked() as doc:

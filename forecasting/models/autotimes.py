@@ -66,7 +66,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from arcast_core.files import atomic_write
+from arcast_core.files import atomic_write, binary_writer, exclusive_lock
 from forecasting.data import DataFacts
 from forecasting.llm_backbone import (
     DEFAULT_BACKBONE,
@@ -235,7 +235,9 @@ class TimestampEmbeddings:
 
     Rows are grid indices relative to ``start``. Entries are computed on demand by ``embed`` and kept in
     chunk files of ``CHUNK`` rows under ``folder`` (each rewritten atomically when it gains rows), so a second
-    run, or another model on the same backbone and grid, reads them instead of running the LLM.
+    run, or another model on the same backbone and grid, reads them instead of running the LLM. Runs at the same
+    time (two trainings, parallel tuning trials) take turns per chunk: each computes only the rows that no other
+    has written by then, and never writes a chunk without the rows another wrote.
     """
 
     CHUNK = 2048
@@ -261,17 +263,21 @@ class TimestampEmbeddings:
 
     def _chunk(self, chunk: int) -> np.ndarray:
         if chunk not in self._chunks:
-            path = self._path(chunk)
-            data = None
-            if path.is_file():
-                try:
-                    data = np.load(path)
-                except (OSError, ValueError, EOFError):
-                    log.warning("unreadable timestamp cache file %s: recomputing it", path)
-            if data is None or data.shape != (self.CHUNK, self.dim + 1):
-                data = np.zeros((self.CHUNK, self.dim + 1), dtype=np.float32)
-            self._chunks[chunk] = data
+            self._chunks[chunk] = self._read(chunk)
         return self._chunks[chunk]
+
+    def _read(self, chunk: int) -> np.ndarray:
+        """The chunk as on disk; all rows not computed where there is no readable file of this shape."""
+        path = self._path(chunk)
+        data = None
+        if path.is_file():
+            try:
+                data = np.load(path)
+            except (OSError, ValueError, EOFError):
+                log.warning("unreadable timestamp cache file %s: recomputing it", path)
+        if data is None or data.shape != (self.CHUNK, self.dim + 1):
+            data = np.zeros((self.CHUNK, self.dim + 1), dtype=np.float32)
+        return data
 
     def texts(self, rows: np.ndarray) -> list[str]:
         step = freq_step(self.freq).astype("timedelta64[s]")
@@ -285,23 +291,23 @@ class TimestampEmbeddings:
         for chunk in np.unique(chunks):
             data = self._chunk(int(chunk))
             wanted = np.unique(offsets[chunks == chunk])
-            missing = wanted[data[wanted, -1] == 0]
-            if len(missing):
-                data[missing, :-1] = self._embed(self.texts(int(chunk) * self.CHUNK + missing))
-                data[missing, -1] = 1.0
-                self.computed += len(missing)
-                self.folder.mkdir(parents=True, exist_ok=True)
-                atomic_write(self._path(int(chunk)), lambda tmp, data=data: _save_npy(tmp, data))
+            if not (data[wanted, -1] == 0).any():
+                continue
+            with exclusive_lock(self._path(int(chunk)).with_suffix(".lock")):
+                disk = self._read(int(chunk))  # rows other runs wrote since this one read the chunk (its own kept)
+                data[:] = np.where((disk[:, -1:] > 0) & (data[:, -1:] == 0), disk, data)
+                missing = wanted[data[wanted, -1] == 0]
+                if len(missing):
+                    data[missing, :-1] = self._embed(self.texts(int(chunk) * self.CHUNK + missing))
+                    data[missing, -1] = 1.0
+                    self.computed += len(missing)
+                    save = binary_writer(lambda handle, data=data: np.save(handle, data, allow_pickle=False))
+                    atomic_write(self._path(int(chunk)), save)
         out = np.empty((len(flat), self.dim), dtype=np.float32)
         for chunk in np.unique(chunks):
             mask = chunks == chunk
             out[mask] = self._chunks[int(chunk)][offsets[mask], :-1]
         return out.reshape(*rows.shape, self.dim)
-
-
-def _save_npy(path: Path, data: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a handle: np.save would append ".npy" to a temporary file's name
-        np.save(handle, data, allow_pickle=False)
 
 
 def embed_texts(backbone: Backbone, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

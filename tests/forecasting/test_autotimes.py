@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -699,3 +701,35 @@ def test_real_smollm2_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     with torch.no_grad():
         out = model(x)
     assert out.shape == (2, SEGMENT, 1) and torch.isfinite(out).all()
+
+
+def test_timestamp_caches_running_at_once_compute_each_text_once(tmp_path: Path) -> None:
+    """Two runs on one grid (two trainings, parallel tuning trials) each computed the texts the other had not
+    written yet and overwrote each other's chunk files; now they take turns per chunk and merge what is on disk."""
+    calls: list[list[str]] = []
+    started = threading.Event()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        started.set()
+        time.sleep(0.2)  # the LLM's time: the other run arrives while this one computes
+        return np.stack([np.full(3, float(len(t))) for t in texts]).astype(np.float32)
+
+    def cache() -> TimestampEmbeddings:
+        return TimestampEmbeddings(tmp_path, "2016-07-01T00:00:00", "1h", 96, "{start} to {end}", 3, embed)
+
+    early, late = cache(), cache()
+    late.get(np.array([8]))
+    early.get(np.array([7]))  # reads row 8 from disk; late's chunk in memory lacks row 7
+    rows = np.arange(10)
+    started.clear()
+    other = threading.Thread(target=lambda: early.get(rows))
+    other.start()
+    assert started.wait(5)
+    values = late.get(rows)  # waits for the other run, then reads its rows and row 7
+    other.join()
+    assert late.computed + early.computed == 10  # every row once (before: 19, the two runs both computing)
+    np.testing.assert_array_equal(values, early.get(rows))
+    fresh = cache()  # the file holds every row either run computed
+    np.testing.assert_array_equal(fresh.get(np.arange(10)), values)
+    assert fresh.computed == 0
