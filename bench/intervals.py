@@ -115,7 +115,7 @@ def past_needs(need: np.ndarray, origins: np.ndarray, windows: np.ndarray, origi
 
 
 def score(
-    kind: str, features: str, artifact_path: Path, origins_k: int, gamma: float, warm: bool
+    kind: str, features: str, artifact_path: Path, origins_k: int, gamma: float, warm: bool, decay: float
 ) -> list[dict[str, Any]]:
     from forecasting.data import DataConfig, prepare_data
     from serving.artifact import read_artifact
@@ -147,7 +147,7 @@ def score(
         adapted = np.empty((len(levels), len(windows), horizon, std.size))
         need = calibration.needed_levels(residuals[:, :horizon])
         for lo, past in past_needs(need, origins, windows, origins_k):
-            adapted[:, lo : lo + len(past)] = adapt_needed(levels, past, gamma, warm)
+            adapted[:, lo : lo + len(past)] = adapt_needed(levels, past, gamma, warm, decay)
         for method, level_grid in (("split_conformal", split), ("adaptive", adapted)):
             lo_off, hi_off = calibration.offsets(level_grid, horizon)
             quantiles = [point + calibration.at(np.full((horizon, 1), 0.5), horizon) / std]
@@ -194,7 +194,7 @@ def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) ->
             trained = time.perf_counter() - t0
             artifact = export_run(run, work / "store", f"{kind}-{features}", max_horizon=MAX_HORIZON)
             calibrated = artifact.manifest.facts["calibration"]
-            rows = score(kind, features, artifact.path, args.origins, args.gamma, args.warm)
+            rows = score(kind, features, artifact.path, args.origins, args.gamma, args.warm, args.decay)
             for row in rows:
                 row.update(
                     reduced=kind in REDUCED,
@@ -204,6 +204,7 @@ def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) ->
                     adaptive_origins=args.origins,
                     adaptive_gamma=args.gamma,
                     adaptive_warm=args.warm,
+                    adaptive_decay=args.decay,
                     seconds=round(time.perf_counter() - t0, 1),
                     train_seconds=round(trained, 1),
                 )
@@ -229,19 +230,26 @@ def rescore(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
         if kind not in args.models or features not in args.features:
             continue
         t0 = time.perf_counter()
-        fresh = score(kind, features, latest_artifact(work, f"{kind}-{features}"), args.origins, args.gamma, args.warm)
+        artifact = latest_artifact(work, f"{kind}-{features}")
+        fresh = score(kind, features, artifact, args.origins, args.gamma, args.warm, args.decay)
         new = {(r["horizon"], r["method"], r["level"]): r for r in fresh}
         for row in results["rows"]:
             if (row["model"], row["features"]) == (kind, features) and row["method"] != "quantile":
                 row.update(new[row["horizon"], row["method"], row["level"]])
                 row.update(adaptive_origins=args.origins, adaptive_gamma=args.gamma, adaptive_warm=args.warm)
+                row.update(adaptive_decay=args.decay)
         save(results)
         short = [(r["horizon"], r["level"], round(r["coverage"], 3)) for r in fresh if r["method"] == "adaptive"]
         print(f"rescored {kind} {features}: {time.perf_counter() - t0:.0f}s adaptive {short}", flush=True)
 
 
-# Adaptive settings compared on the validation split (``--adaptive-study``): (gamma, warm start).
-CANDIDATES = ((0.01, False), (0.02, False), (0.05, False), (0.0, True), (0.005, True), (0.01, True), (0.02, True))
+# Adaptive settings compared on the validation split (``--adaptive-study``): (gamma, warm start, decay of the warm
+# start's weights).
+CANDIDATES = (
+    *((gamma, False, 1.0) for gamma in (0.01, 0.02, 0.05)),
+    *((gamma, True, 1.0) for gamma in (0.0, 0.005, 0.01, 0.02)),
+    *((0.0, True, decay) for decay in (0.995, 0.99, 0.98, 0.97, 0.95)),
+)
 
 
 def adaptive_study(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
@@ -279,12 +287,13 @@ def adaptive_study(args: argparse.Namespace, results: dict[str, Any], work: Path
             need = calibration.needed_levels(residuals[:, :horizon])
             own = need[windows]  # each window's own needed levels: covered when its level reaches them
             cells = {"split_conformal": (levels[:, None, None, None] >= own[None]).mean(axis=(1, 2, 3))}
-            for gamma, warm in CANDIDATES:
+            for gamma, warm, decay in CANDIDATES:
                 covered = np.zeros(len(levels))
                 for lo, past in past_needs(need, origins, windows, args.origins):
-                    adapted = adapt_needed(levels, past, gamma, warm)
+                    adapted = adapt_needed(levels, past, gamma, warm, decay)
                     covered += (adapted >= own[None, lo : lo + len(past)]).sum(axis=(1, 2, 3))
-                cells[f"gamma {gamma:g}{', warm' if warm else ''}"] = covered / own.size
+                name = f"gamma {gamma:g}{', warm' if warm else ''}{f', decay {decay:g}' if decay != 1 else ''}"
+                cells[name] = covered / own.size
             for method, cov in cells.items():
                 for k, level in enumerate(LEVELS):
                     study.append(
@@ -626,6 +635,7 @@ def main() -> int:
     parser.add_argument("--readme", action="store_true", help="print the README table from the results")
     parser.add_argument("--fresh", action="store_true", help="start the results over")
     parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None, help="adaptive: warm start")
+    parser.add_argument("--decay", type=float, default=None, help="adaptive: warm start's weights (default: server's)")
     parser.add_argument("--rescore", action="store_true", help="score the conformal rows again (exported models)")
     parser.add_argument("--adaptive-study", action="store_true", help="compare adaptive settings on validation")
     parser.add_argument(
@@ -640,11 +650,12 @@ def main() -> int:
         results = json.loads(RESULTS.read_text())
     work = Path(os.environ.get("ARCAST_BENCH_WORK") or tempfile.mkdtemp(prefix="intervals-"))
     print(f"work folder {work}", flush=True)
-    from serving.intervals import DEFAULT_GAMMA, DEFAULT_ORIGINS, DEFAULT_WARM
+    from serving.intervals import DEFAULT_DECAY, DEFAULT_GAMMA, DEFAULT_ORIGINS, DEFAULT_WARM
 
     args.warm = DEFAULT_WARM if args.warm is None else args.warm
     args.origins = DEFAULT_ORIGINS if args.origins is None else args.origins
     args.gamma = DEFAULT_GAMMA if args.gamma is None else args.gamma
+    args.decay = DEFAULT_DECAY if args.decay is None else args.decay
     only = [
         mode
         for flag, mode in (

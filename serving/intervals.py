@@ -12,11 +12,12 @@ Adaptive conformal inference (Gibbs and Candes, 2021), stateless: the caller sen
 model's context; the server rolls the model out from each of the last ``origins`` origins inside it (one batched
 run with the forecast itself), and for each horizon step, channel and requested level runs the update
 ``alpha <- alpha + gamma * (target_alpha - miss)`` over the misses it sees in time order. It starts warm: at the
-level that covers the nominal share of the window's own residuals (``warm_levels``: their needed levels' conformal
-quantile), not at the nominal one: from the nominal level the update moves at most ``gamma * target_alpha`` per
-origin while it sees no miss (0.084 over 168 origins at 95% and gamma 0.01), too little for a regime that moved
-since calibration (ETTh1's test period is narrower than its validation period); gamma 0, the default, serves the
-warm level itself. The forecast's interval is then served at the adapted level ``1 - alpha`` (clamped to
+level that covers the nominal share of the window's own residuals (``warm_levels``: their needed levels' weighted
+conformal quantile, Barber et al. 2023, an origin ``a`` rows back weighing ``DEFAULT_DECAY ** a``), not at the
+nominal one: from the nominal level the update moves at most ``gamma * target_alpha`` per origin while it sees no
+miss (0.084 over 168 origins at 95% and gamma 0.01), too little for a regime that moved since calibration (ETTh1's
+test period is narrower than its validation period); gamma 0, the default, serves the warm level itself. The
+forecast's interval is then served at the adapted level ``1 - alpha`` (clamped to
 ``0 .. MAX_LEVEL``: where alpha falls below ``1 - MAX_LEVEL`` the widest calibrated interval is served).
 """
 
@@ -48,6 +49,7 @@ DEFAULT_ORIGINS = 336  # adaptive: backtest origins used (extra actuals beyond t
 MAX_ORIGINS = 1024
 DEFAULT_GAMMA = 0.0  # adaptive: the step size of the alpha update (0: the warm level as it is)
 DEFAULT_WARM = True  # adaptive: start from the level covering the window's own residuals (``warm_levels``)
+DEFAULT_DECAY = 1.0  # adaptive: the weight of an origin a rows before the forecast's in ``warm_levels``, decay ** a
 CACHED_OFFSET_BYTES = 64 * 1024  # split-conformal offsets kept per calibration and levels (Calibration.split_offsets)
 
 
@@ -254,37 +256,52 @@ def adapt(
     residuals: np.ndarray,
     gamma: float = DEFAULT_GAMMA,
     warm: bool = DEFAULT_WARM,
+    decay: float = DEFAULT_DECAY,
 ) -> np.ndarray:
     """Adapted levels (K, B, h, C) after the Gibbs-Candes update over ``residuals`` (B, O, h, C), origins in time
     order, NaN where not observed; ``levels`` (K,) the nominal ones, each adapted on its own."""
-    return adapt_needed(levels, calibration.needed_levels(residuals), gamma, warm)
+    return adapt_needed(levels, calibration.needed_levels(residuals), gamma, warm, decay)
 
 
-def warm_levels(levels: np.ndarray, need: np.ndarray) -> np.ndarray:
-    """The levels (K, B, h, C) that cover a nominal share of the window's own residuals: the conformal quantile
-    (the ceil((n + 1) l)-th smallest of n) of the needed levels (B, O, h, C) seen at each step and channel;
-    ``levels`` where none is seen, ``MAX_LEVEL`` where the rank passes n or the needed level the widest."""
+def warm_levels(levels: np.ndarray, need: np.ndarray, decay: float = DEFAULT_DECAY) -> np.ndarray:
+    """The levels (K, B, h, C) that cover a nominal share of the window's own residuals: the weighted conformal
+    quantile (Barber et al., 2023) of the needed levels (B, O, h, C, origins in time order, the last one the row
+    before the forecast's) seen at each step and channel. The origin ``a`` rows before the forecast's weighs
+    ``decay ** a``, the forecast itself 1: the level is the smallest needed level whose seen weight reaches ``l``
+    of the total; at decay 1 the ceil((n + 1) l)-th smallest of n. ``levels`` where none is seen, ``MAX_LEVEL``
+    where the weight does not reach or the needed level is the widest."""
     levels = np.asarray(levels, np.float64)
-    if need.shape[1] == 0:  # no origin backtested: the nominal levels
-        return np.broadcast_to(levels[:, None, None, None], (len(levels), need.shape[0], *need.shape[2:])).copy()
-    ordered = np.sort(np.where(np.isnan(need), np.inf, need), axis=1)  # unseen last
-    n = (~np.isnan(need)).sum(axis=1)  # (B, h, C)
-    rank = np.ceil((n[None] + 1) * levels[:, None, None, None]).astype(np.int64)  # (K, B, h, C)
-    picked = np.take_along_axis(ordered[None], np.clip(rank - 1, 0, ordered.shape[1] - 1)[:, :, None], axis=2)[:, :, 0]
-    warm = np.where(rank > n[None], MAX_LEVEL, np.minimum(picked, MAX_LEVEL))
-    return np.where(n[None] == 0, levels[:, None, None, None], warm)
+    b, n_origins, horizon, channels = need.shape
+    if n_origins == 0:  # no origin backtested: the nominal levels
+        return np.broadcast_to(levels[:, None, None, None], (len(levels), b, horizon, channels)).copy()
+    columns = np.moveaxis(need, 1, -1).reshape(-1, n_origins)  # (B h C, O): a row per series, step and channel
+    order = np.argsort(np.where(np.isnan(columns), np.inf, columns), axis=1)  # unseen last
+    ordered = np.take_along_axis(columns, order, axis=1)
+    weight = (decay ** np.arange(n_origins, 0, -1, dtype=np.float64))[order]
+    weight[np.isnan(ordered)] = 0.0
+    reached = np.cumsum(weight, axis=1)
+    wanted = levels[:, None] * (reached[:, -1] + 1.0)[None]  # (K, rows): the forecast's own weight is 1
+    index = (reached[None] < wanted[:, :, None]).sum(axis=2)  # the first origin whose weight reaches it
+    picked = ordered[np.arange(len(ordered))[None], np.minimum(index, n_origins - 1)]
+    warm = np.where(index >= n_origins, MAX_LEVEL, np.minimum(picked, MAX_LEVEL))
+    warm = np.where(np.isnan(ordered[:, 0])[None], levels[:, None], warm)  # none seen: nominal
+    return warm.reshape(len(levels), b, horizon, channels)
 
 
 def adapt_needed(
-    levels: np.ndarray, need: np.ndarray, gamma: float = DEFAULT_GAMMA, warm: bool = DEFAULT_WARM
+    levels: np.ndarray,
+    need: np.ndarray,
+    gamma: float = DEFAULT_GAMMA,
+    warm: bool = DEFAULT_WARM,
+    decay: float = DEFAULT_DECAY,
 ) -> np.ndarray:
     """``adapt`` from each residual's needed level (``Calibration.needed_levels``) (B, O, h, C), NaN: not seen.
-    ``warm``: start the update from ``warm_levels`` instead of the nominal levels."""
+    ``warm``: start the update from ``warm_levels`` (with ``decay``) instead of the nominal levels."""
     levels = np.asarray(levels, np.float64)
     b, n_origins, horizon, channels = need.shape
     target = (1 - levels)[:, None, None, None]  # (K, 1, 1, 1)
     if warm:
-        alpha = 1 - warm_levels(levels, need)
+        alpha = 1 - warm_levels(levels, need, decay)
     else:
         alpha = np.broadcast_to(target, (len(levels), b, horizon, channels)).copy()
     if gamma == 0:  # every step below would add 0 (the default: the warm level as it is): half the adaptive request

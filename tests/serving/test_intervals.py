@@ -140,14 +140,44 @@ def test_warm_start_begins_at_the_windows_own_conformal_level() -> None:
     residuals = 0.5 * rng.standard_normal((1, 40, 2, 1))  # narrower than calibrated: the level must fall
     residuals[0, -1, 1] = np.nan  # the last origin's second step not yet observed
     need = calibration.needed_levels(residuals)
-    warm = warm_levels(np.array([0.8]), need)
+    warm = warm_levels(np.array([0.8]), need, decay=1.0)  # every origin weighs alike: a rank
     for j in range(2):
         seen = np.sort(need[0, :, j, 0][~np.isnan(need[0, :, j, 0])])
         rank = int(np.ceil((len(seen) + 1) * 0.8))
         assert warm[0, 0, j, 0] == pytest.approx(min(seen[rank - 1], MAX_LEVEL))
         assert (seen <= warm[0, 0, j, 0]).mean() >= 0.8 and warm[0, 0, j, 0] < 0.8
     # gamma 0: the warm level itself; otherwise the update runs on from it
-    np.testing.assert_allclose(adapt_needed(np.array([0.8]), need, 0.0, warm=True), warm)
+    np.testing.assert_allclose(adapt_needed(np.array([0.8]), need, 0.0, warm=True, decay=1.0), warm)
+
+
+def test_warm_start_weighs_recent_origins_more() -> None:
+    """The weighted conformal quantile (Barber et al., 2023): origin a rows before the forecast weighs decay ** a,
+    the forecast itself 1; the level is the smallest needed level whose weight reaches l of the total."""
+    oldest_first = np.array([0.1, 0.2, 0.3, 0.4])[None, :, None, None]  # weights 1/16, 1/8, 1/4, 1/2: total 1 15/16
+    # level 0.4 wants 0.775 of the total weight: 1/16 + 1/8 + 1/4 + 1/2 = 0.9375 reaches it only with 0.4
+    assert warm_levels(np.array([0.4]), oldest_first, decay=0.5).item() == 0.4
+    # the same needs, the newest smallest: 1/2 + 1/4 = 0.75, + 1/8 = 0.875 reaches it at 0.3
+    assert warm_levels(np.array([0.4]), oldest_first[:, ::-1], decay=0.5).item() == 0.3
+    # level 0.5 wants 0.96875: all four weigh 0.9375, short of it: the widest level
+    assert warm_levels(np.array([0.5]), oldest_first, decay=0.5).item() == MAX_LEVEL
+    # an unseen origin weighs nothing; none seen: the nominal level
+    unseen = oldest_first.copy()
+    unseen[0, 3] = np.nan  # the newest: 1/16 + 1/8 + 1/4 = 0.4375 of 1.4375, level 0.3 wants 0.43125: 0.3
+    assert warm_levels(np.array([0.3]), unseen, decay=0.5).item() == 0.3
+    assert warm_levels(np.array([0.3]), np.full((1, 4, 1, 1), np.nan), decay=0.5).item() == 0.3
+    # decay 1 is the ceil((n + 1) l)-th smallest, whatever the order
+    rng = np.random.default_rng(3)
+    need = np.round(rng.random((2, 50, 3, 2)), 2)  # ties
+    need[rng.random(need.shape) < 0.2] = np.nan
+    levels = np.array([0.5, 0.8, 0.95])
+    got = warm_levels(levels, need, decay=1.0)
+    for index in np.ndindex(2, 3, 2):
+        seen = np.sort(need[index[0], :, index[1], index[2]])
+        seen = seen[~np.isnan(seen)]
+        for k, level in enumerate(levels):
+            rank = int(np.ceil((len(seen) + 1) * level))
+            expected = MAX_LEVEL if rank > len(seen) else min(seen[rank - 1], MAX_LEVEL)
+            assert got[k, index[0], index[1], index[2]] == expected
 
 
 def test_backtest_residuals_and_scores() -> None:
