@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,21 @@ def save(results: dict[str, Any]) -> None:
     atomic_write_text(RESULTS, json.dumps(results, indent=1))
 
 
-def append_rows(results: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add ``rows`` to the results file as it is now (a run in parallel may have added its own since this one read
-    it: two model kinds can train at once), save, and return what was saved."""
+def changed_results(results: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Apply ``change`` to the results file as it is now (a run in parallel may have written since this one read
+    it: two model kinds can train at once, a rescore can run beside a training), save, and return what was saved."""
     from arcast_core.files import exclusive_lock
 
     with exclusive_lock(RESULTS.with_name(RESULTS.name + ".lock")):
         current = json.loads(RESULTS.read_text()) if RESULTS.exists() else results
-        current["rows"].extend(rows)
+        change(current)
         save(current)
     return current
+
+
+def append_rows(results: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add ``rows`` to the results file as it is now, save, and return what was saved."""
+    return changed_results(results, lambda current: current["rows"].extend(rows))
 
 
 def model_setup(kind: str, folder: Path, features: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
@@ -233,12 +239,15 @@ def rescore(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
         artifact = latest_artifact(work, f"{kind}-{features}")
         fresh = score(kind, features, artifact, args.origins, args.gamma, args.warm, args.decay)
         new = {(r["horizon"], r["method"], r["level"]): r for r in fresh}
-        for row in results["rows"]:
-            if (row["model"], row["features"]) == (kind, features) and row["method"] != "quantile":
-                row.update(new[row["horizon"], row["method"], row["level"]])
-                row.update(adaptive_origins=args.origins, adaptive_gamma=args.gamma, adaptive_warm=args.warm)
-                row.update(adaptive_decay=args.decay)
-        save(results)
+
+        def rescored(current: dict[str, Any], kind: str = kind, features: str = features, new: dict = new) -> None:
+            for row in current["rows"]:
+                if (row["model"], row["features"]) == (kind, features) and row["method"] != "quantile":
+                    row.update(new[row["horizon"], row["method"], row["level"]])
+                    row.update(adaptive_origins=args.origins, adaptive_gamma=args.gamma, adaptive_warm=args.warm)
+                    row.update(adaptive_decay=args.decay)
+
+        changed_results(results, rescored)
         short = [(r["horizon"], r["level"], round(r["coverage"], 3)) for r in fresh if r["method"] == "adaptive"]
         print(f"rescored {kind} {features}: {time.perf_counter() - t0:.0f}s adaptive {short}", flush=True)
 
@@ -320,15 +329,16 @@ def adaptive_study(args: argparse.Namespace, results: dict[str, Any], work: Path
             "max_abs_gap": float(gaps.max()),
         }
         print(setting, summary[setting], flush=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else results
-    results.setdefault("adaptive_study", {})[f"origins_{args.origins}"] = {
+    entry = {
         "protocol": "validation split only: calibrated on its first half, adapted and scored on its second half",
         "origins": args.origins,
         "rows": study,
         "summary": summary,
         "command": " ".join(sys.argv),
     }
-    save(results)
+    changed_results(
+        results, lambda current: current.setdefault("adaptive_study", {}).update({f"origins_{args.origins}": entry})
+    )
 
 
 QUANTILE_KINDS = ("linear", "arnet")  # the kinds with a quantile (pinball) training option
