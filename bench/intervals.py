@@ -219,6 +219,31 @@ def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) ->
             print(f"{kind} {features}: {time.perf_counter() - t0:.0f}s {short}", flush=True)
 
 
+def export_models(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
+    """Train and export, without scoring, every model of ``--models`` and ``--features`` (with ``--quantile`` their
+    quantile-trained variants) that the work folder lacks: a new work folder for ``--rescore``, ``--adaptive-study``
+    and ``--latency-only`` when the one that made the rows is gone (same settings as the rows' runs)."""
+    from forecasting.data import DataConfig
+    from forecasting.export import export_run
+    from forecasting.runs import train_run
+    from serving.artifact import list_artifacts
+
+    have = {p.parent.name for p in list_artifacts(work / "store")} if (work / "store").is_dir() else set()
+    for features in args.features:
+        for kind in args.models:
+            quantile = args.quantile and kind in QUANTILE_KINDS
+            name = f"{kind}-quantile-{features}" if quantile else f"{kind}-{features}"
+            if name in have or (args.quantile and not quantile):
+                continue
+            t0 = time.perf_counter()
+            data, params, train = model_setup(kind, work, features)
+            params = {**params, "quantile_levels": LEVELS} if quantile else params
+            config = DataConfig(dataset="ETTh1", features=features, target="OT", **data)
+            run = train_run(kind, config, params, train, evaluate_test=False)
+            export_run(run, work / "store", name, max_horizon=MAX_HORIZON)
+            print(f"exported {name}: {time.perf_counter() - t0:.0f}s", flush=True)
+
+
 def latest_artifact(work: Path, name: str) -> Path:
     from serving.artifact import list_artifacts
 
@@ -647,6 +672,9 @@ def main() -> int:
     parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None, help="adaptive: warm start")
     parser.add_argument("--decay", type=float, default=None, help="adaptive: warm start's weights (default: server's)")
     parser.add_argument("--rescore", action="store_true", help="score the conformal rows again (exported models)")
+    parser.add_argument(
+        "--export-only", action="store_true", help="train and export the models the work folder lacks, no rows"
+    )
     parser.add_argument("--adaptive-study", action="store_true", help="compare adaptive settings on validation")
     parser.add_argument(
         "--quantile", action="store_true", help="only the quantile-trained linear and AR-Net: method quantile rows"
@@ -669,7 +697,8 @@ def main() -> int:
     only = [
         mode
         for flag, mode in (
-            (args.quantile, run_quantile_models),
+            (args.export_only, export_models),
+            (args.quantile and not args.export_only, run_quantile_models),
             (args.rescore, rescore),
             (args.adaptive_study, adaptive_study),
         )
