@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcast_core.diverse_beam import diverse_order, rank_final
+from arcast_core.dropout import Dropout  # nn.Dropout with a cheaper CPU mask
 from arcast_core.trie import PrefixTrie
 from recsys.alignment import info_nce
 
@@ -139,7 +140,7 @@ class Attention(nn.Module):
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key, value = self.key_value(x).chunk(2, dim=-1)
@@ -158,7 +159,7 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
-        super().__init__(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        super().__init__(nn.Linear(d_model, d_ff), nn.GELU(), Dropout(dropout), nn.Linear(d_ff, d_model))
 
 
 class EncoderLayer(nn.Module):
@@ -168,7 +169,7 @@ class EncoderLayer(nn.Module):
         self.attn = Attention(config.d_model, config.heads, config.dropout)
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.d_ff, config.dropout)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         h = self.attn_norm(x)
@@ -185,7 +186,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = Attention(config.d_model, config.heads, config.dropout)
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.d_ff, config.dropout)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def _cross_and_ffn(
         self, x: torch.Tensor, cross_key: torch.Tensor, cross_value: torch.Tensor, memory_allowed: torch.Tensor
@@ -235,7 +236,7 @@ class Generator(nn.Module):
         self.encoder_position = nn.Embedding(config.encoder_positions, d)
         self.decoder_position = nn.Embedding(config.levels, d)
         self.user_embedding = nn.Embedding(config.user_buckets, d) if config.user_buckets else None
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_dropout = Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
         self.encoder_norm = nn.LayerNorm(d)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcast_core.dropout import Dropout  # nn.Dropout with a cheaper CPU mask
+
 PADDING_ID = 0
 Loss = Literal["ce", "bce"]
 
@@ -80,9 +82,9 @@ class SASRecBlock(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(config.hidden, config.hidden),
             nn.ReLU(),
-            nn.Dropout(config.dropout),
+            Dropout(config.dropout),
             nn.Linear(config.hidden, config.hidden),
-            nn.Dropout(config.dropout),
+            Dropout(config.dropout),
         )
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -99,7 +101,7 @@ class SASRec(nn.Module):
         self.config = config
         self.item_embedding = nn.Embedding(config.num_items + 1, config.hidden, padding_idx=PADDING_ID)
         self.position_embedding = nn.Embedding(config.max_len, config.hidden)
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden, eps=1e-8)
         self.register_buffer(

@@ -73,7 +73,8 @@ def test_tune_then_retrain_with_the_best_settings(run_dir: Path, tmp_path: Path)
     assert best["n_trials"] == 2 and best["model"] == "prorec" and best["variant"] == "collab"
     assert best["storage"].startswith("sqlite:///") and (tuned / "optuna.db").is_file()
     assert main(argv) == 0  # the same command resumes the study
-    assert json.loads((tuned / "best_params.json").read_text())["n_trials"] == 4
+    best = json.loads((tuned / "best_params.json").read_text())  # trials 3 and 4 may have found a better setting
+    assert best["n_trials"] == 4
     # Many workers share a study as forecasting's do, which needs a server database: SQLite is refused up front.
     assert main([*argv[:-1], str(tmp_path / "parallel"), "--workers", "2"]) == 2
     retrained = tmp_path / "retrained"
