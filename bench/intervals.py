@@ -183,22 +183,32 @@ def score(
     return out
 
 
-def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
+def train_and_export(kind: str, features: str, work: Path, quantile: bool = False) -> tuple[Any, Any, float]:
+    """Train ``kind`` on ETTh1 ``features`` with this benchmark's settings (``quantile``: with the quantile levels)
+    and export it to the work folder's store as ``kind[-quantile]-features``: the run, the artifact and the
+    training seconds."""
     from forecasting.data import DataConfig
     from forecasting.export import export_run
     from forecasting.runs import train_run
 
+    t0 = time.perf_counter()
+    data, params, train = model_setup(kind, work, features)
+    params = {**params, "quantile_levels": LEVELS} if quantile else params
+    config = DataConfig(dataset="ETTh1", features=features, target="OT", **data)
+    run = train_run(kind, config, params, train, evaluate_test=False)
+    trained = time.perf_counter() - t0
+    name = f"{kind}-quantile-{features}" if quantile else f"{kind}-{features}"
+    return run, export_run(run, work / "store", name, max_horizon=MAX_HORIZON), trained
+
+
+def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
     done = {(r["model"], r["features"]) for r in results["rows"]}
     for features in args.features:
         for kind in args.models:
             if (kind, features) in done:
                 continue
             t0 = time.perf_counter()
-            data, params, train = model_setup(kind, work, features)
-            config = DataConfig(dataset="ETTh1", features=features, target="OT", **data)
-            run = train_run(kind, config, params, train, evaluate_test=False)
-            trained = time.perf_counter() - t0
-            artifact = export_run(run, work / "store", f"{kind}-{features}", max_horizon=MAX_HORIZON)
+            run, artifact, trained = train_and_export(kind, features, work)
             calibrated = artifact.manifest.facts["calibration"]
             rows = score(kind, features, artifact.path, args.origins, args.gamma, args.warm, args.decay)
             for row in rows:
@@ -223,9 +233,6 @@ def export_models(args: argparse.Namespace, results: dict[str, Any], work: Path)
     """Train and export, without scoring, every model of ``--models`` and ``--features`` (with ``--quantile`` their
     quantile-trained variants) that the work folder lacks: a new work folder for ``--rescore``, ``--adaptive-study``
     and ``--latency-only`` when the one that made the rows is gone (same settings as the rows' runs)."""
-    from forecasting.data import DataConfig
-    from forecasting.export import export_run
-    from forecasting.runs import train_run
     from serving.artifact import list_artifacts
 
     have = {p.parent.name for p in list_artifacts(work / "store")} if (work / "store").is_dir() else set()
@@ -236,11 +243,7 @@ def export_models(args: argparse.Namespace, results: dict[str, Any], work: Path)
             if name in have or (args.quantile and not quantile):
                 continue
             t0 = time.perf_counter()
-            data, params, train = model_setup(kind, work, features)
-            params = {**params, "quantile_levels": LEVELS} if quantile else params
-            config = DataConfig(dataset="ETTh1", features=features, target="OT", **data)
-            run = train_run(kind, config, params, train, evaluate_test=False)
-            export_run(run, work / "store", name, max_horizon=MAX_HORIZON)
+            train_and_export(kind, features, work, quantile)
             print(f"exported {name}: {time.perf_counter() - t0:.0f}s", flush=True)
 
 
@@ -437,21 +440,13 @@ def score_quantiles(kind: str, features: str, artifact_path: Path) -> list[dict[
 
 def run_quantile_models(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
     """Train the quantile variant of each kind (quantile_levels 0.8/0.9/0.95), export, score: method "quantile"."""
-    from forecasting.data import DataConfig
-    from forecasting.export import export_run
-    from forecasting.runs import train_run
-
     done = {(r["model"], r["features"]) for r in results["rows"] if r["method"] == "quantile"}
     for features in args.features:
         for kind in QUANTILE_KINDS:
             if (kind, features) in done or kind not in args.models:
                 continue
             t0 = time.perf_counter()
-            data, params, train = model_setup(kind, work, features)
-            config = DataConfig(dataset="ETTh1", features=features, target="OT", **data)
-            run = train_run(kind, config, {**params, "quantile_levels": LEVELS}, train, evaluate_test=False)
-            trained = time.perf_counter() - t0
-            artifact = export_run(run, work / "store", f"{kind}-quantile-{features}", max_horizon=MAX_HORIZON)
+            run, artifact, trained = train_and_export(kind, features, work, quantile=True)
             rows = score_quantiles(kind, features, artifact.path)
             for row in rows:
                 row.update(
