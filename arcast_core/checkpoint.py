@@ -5,9 +5,9 @@ optimiser's and the schedule's state, the early-stopping record (best weights, b
 improvement), the epoch history, the budget already spent, the random states (torch's and the task's shuffling
 order) and, for a task that has them, its own position (``resume_state`` / ``resume_from``: e.g. how far into a
 pass over the data a round shorter than a pass stopped). Started again with the same file and the same settings, it
-goes on from the next epoch, as if it had never stopped; the budget counts the time spent before the stop. Settings
-that change the result (rate, schedule, epochs, batch size, seed...) must match: a mismatch is refused, naming the
-fields.
+goes on from the next epoch, as if it had never stopped; the budget counts the time spent before the stop, and a run
+that its budget stopped goes on when restarted with a larger one. Settings that change the result (rate, schedule,
+epochs, batch size, seed...) must match: a mismatch is refused, naming the fields.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class LoopState:
     stale: int = 0
     history: list[Any] = field(default_factory=list)  # EpochRecord
     spent_seconds: float = 0.0  # of the budget's clock
-    stopped_by: str | None = None  # "early_stopping" or "time_budget": the run is over, a restart only restores it
+    # "early_stopping" or "time_budget": the run is over, a restart only restores it (but one given a larger budget)
+    stopped_by: str | None = None
 
 
 def _settings(cfg: Any) -> dict[str, Any]:

@@ -372,6 +372,8 @@ def fit(
     scheduler = make_scheduler(optimizer, cfg, loop.steps_per_epoch)
     saved = None if cfg.checkpoint is None else Checkpoint(Path(cfg.checkpoint), cfg, model, optimizer, scheduler, task)
     state = LoopState() if saved is None else saved.load(EpochRecord)
+    if state.stopped_by == "time_budget" and (cfg.max_seconds is None or state.spent_seconds < cfg.max_seconds):
+        state.stopped_by = None  # restarted with a larger budget than the one that stopped it: train on
     best_state, best_value, best_epoch = state.best_state, state.best_value, state.best_epoch
     best_validation, stale, history = state.best_validation, state.stale, state.history
     stopped_by = state.stopped_by or "epochs"

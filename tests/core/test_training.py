@@ -90,6 +90,41 @@ def test_a_cpu_budget_counts_this_process_cpu_time(monkeypatch: pytest.MonkeyPat
     assert report.stopped_by == "time_budget" and report.epochs_run == 2
 
 
+def test_a_run_its_budget_stopped_goes_on_with_a_larger_budget(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restarted with the budget that stopped it, a run only returns its result; with a larger one it trains on from
+    its next epoch, the budget counting the CPU time spent before."""
+    clock = {"now": 0}
+
+    def tick() -> int:  # every reading of the CPU clock 10 s later
+        clock["now"] += 10
+        return clock["now"]
+
+    monkeypatch.setattr("arcast_core.training.time.process_time", tick)
+    path = str(tmp_path / "run.pt")
+
+    def run(budget: float):
+        cfg = TrainConfig(
+            epochs=50,
+            batch_size=8,
+            lr=0.05,
+            max_seconds=budget,
+            budget_clock="cpu",
+            checkpoint=path,
+            progress=False,
+            device="cpu",
+        )
+        return fit(lambda device: LineTask(nn.Linear(1, 1)), cfg, Selection("mse"))
+
+    task, first = run(15.0)
+    assert first.stopped_by == "time_budget" and task.ended == [0, 1]
+    task, same = run(15.0)
+    assert task.ended == [] and same.epochs_run == 2
+    task, longer = run(60.0)
+    assert longer.stopped_by == "time_budget" and task.ended == [2, 3]
+    assert [r.epoch for r in longer.history] == [0, 1, 2, 3]
+    assert [r.train_loss for r in longer.history[:2]] == [r.train_loss for r in first.history]
+
+
 def test_without_validation_the_final_weights_are_kept() -> None:
     cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, lr_schedule="constant", progress=False, device="cpu")
     task, report = fit(lambda device: LineTask(nn.Linear(1, 1), validate_every_epoch=False), cfg)
