@@ -66,6 +66,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from arcast_core.dropout import Dropout  # nn.Dropout with a cheaper CPU mask
 from arcast_core.files import atomic_write, binary_writer, exclusive_lock
 from forecasting.data import DataFacts
 from forecasting.llm_backbone import (
@@ -342,7 +343,7 @@ def segment_map(f_in: int, f_out: int, cfg: AutoTimesConfig) -> nn.Module:
     layers: list[nn.Module] = []
     width = f_in
     for _ in range(cfg.mlp_hidden_layers):
-        layers += [nn.Linear(width, cfg.mlp_hidden_dim), _activation(cfg.mlp_activation), nn.Dropout(cfg.dropout)]
+        layers += [nn.Linear(width, cfg.mlp_hidden_dim), _activation(cfg.mlp_activation), Dropout(cfg.dropout)]
         width = cfg.mlp_hidden_dim
     return nn.Sequential(*layers, nn.Linear(width, f_out))
 

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from arcast_core.dropout import Dropout  # nn.Dropout with a cheaper CPU mask
 from forecasting.data import DataFacts
 from forecasting.models.base import ForecastModel, ModelSpec, TinySetup
 from forecasting.time_features import feature_names
@@ -156,7 +157,7 @@ class DataEmbedding(nn.Module):
         self.value_embedding = TokenEmbedding(c_in, d_model)
         self.register_buffer("position", sinusoidal_table(max_len, d_model).unsqueeze(0), persistent=False)
         self.temporal_embedding = nn.Linear(n_marks, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, x_mark: torch.Tensor) -> torch.Tensor:
         out = self.value_embedding(x) + self.position[:, : x.shape[1]] + self.temporal_embedding(x_mark)
@@ -185,7 +186,7 @@ class FullAttention(nn.Module):
         super().__init__()
         self.mask_flag = mask_flag
         self.output_attention = output_attention
-        self.dropout = nn.Dropout(attention_dropout)
+        self.dropout = Dropout(attention_dropout)
 
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
@@ -313,7 +314,7 @@ class EncoderLayer(nn.Module):
         self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.activation = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -381,7 +382,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.activation = _activation(activation)
 
     def forward(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
