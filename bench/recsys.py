@@ -30,6 +30,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(delete resume/ to start over)",
     )
     parser.add_argument("--out", type=Path, help="default bench/results/recsys.json (recsys_DATASET.json elsewhere)")
+    parser.add_argument(
+        "--collect",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="train nothing: merge the rows of results files that runs wrote elsewhere (their --out, e.g. in runs/) "
+        "into --out and bench/results/recsys.json, with each row's machine facts but not the files' headers",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     s1 = parser.add_argument_group("SASRec (baseline rows and stage 1)")
@@ -195,11 +204,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     suffix = "" if args.dataset == "beauty" else f"_{args.dataset}"
     # The gathered rows of every dataset live in recsys.json; a run writing elsewhere (--out) leaves it alone.
-    args.index = REPO_ROOT / "bench" / "results" / "recsys.json" if args.out is None else None
+    args.index = REPO_ROOT / "bench" / "results" / "recsys.json" if args.out is None or args.collect else None
     args.out = args.out or REPO_ROOT / "bench" / "results" / f"recsys{suffix}.json"
     args.work_dir = args.work_dir or REPO_ROOT / "runs" / f"bench-recsys{suffix.replace('_', '-')}"
     if (
-        args.dataset != "beauty"
+        not args.collect
+        and args.dataset != "beauty"
         and "title" in args.text_fields
         and (needing := [m for m in args.only if m in NEED_TITLES])
     ):
@@ -445,6 +455,21 @@ def merge(out: Path, rows: dict[str, Any], extra: dict[str, Any], index: Path | 
     return report
 
 
+def collect(files: Sequence[Path], dataset: str, out: Path, index: Path | None) -> dict[str, Any]:
+    """Merge the rows of results files written elsewhere into ``out`` (and ``index``): their rows and the machine
+    facts of the runs that made them, not their headers (a file written by older code carried Beauty's published
+    figures whatever its dataset)."""
+    rows: dict[str, Any] = {}
+    machines: dict[str, Any] = {}
+    for path in files:
+        report = json.loads(path.read_text())
+        if report.get("dataset", "beauty") != dataset:
+            raise SystemExit(f"--collect {path}: its rows are {report.get('dataset')!r}'s, not --dataset {dataset}'s")
+        rows.update(report["results"])
+        machines.update({k: v for k, v in report.items() if k.startswith("machine_")})
+    return merge(out, rows, {"dataset": dataset, **machines}, index=index)
+
+
 def _replaced(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with each (dataset, model) that ``new`` has replaced by it: rows other runs put there are kept."""
     fresh = {(r["dataset"], r["model"]) for r in new}
@@ -469,6 +494,9 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.collect:
+        print(collect(args.collect, args.dataset, args.out, args.index)["table"])
+        return 0
     torch.set_num_threads(args.threads)
     threadpoolctl.threadpool_limits(limits=args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -44,3 +45,24 @@ def test_each_dataset_is_compared_with_its_own_published_figures(bench_recsys: M
     assert tiger == {"beauty": 0.0648, "sports": 0.0400, "toys": 0.0712}  # shared/ANCHORS.md
     assert "colleague_sasrec" in bench_recsys.published_figures("beauty")
     assert "colleague_sasrec" not in bench_recsys.published_figures("sports")
+
+
+def test_collect_merges_a_runs_rows_but_not_its_header(bench_recsys: ModuleType, tmp_path: Path) -> None:
+    """A background run writes its own file (--out in runs/); --collect brings its rows and machine facts into the
+    dataset's results file and recsys.json, and keeps the dataset's own header (published figures)."""
+    metrics = {k: 0.01 for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")}
+    run, out, index = tmp_path / "run.json", tmp_path / "recsys_sports.json", tmp_path / "recsys.json"
+    beauty = bench_recsys.published_figures("beauty")  # what older code wrote into every dataset's file
+    bench_recsys.merge(run, {"prorec (long)": {"test": metrics}}, {"dataset": "sports", **beauty, "machine_prorec": 1})
+    sports = bench_recsys.published_figures("sports")
+    bench_recsys.merge(out, {"popularity": {"test": metrics}}, {"dataset": "sports", **sports}, index=index)
+    args = bench_recsys.parse_args(["--dataset", "sports", "--collect", str(run), "--out", str(out)])
+    assert args.index is not None  # collecting always updates the gathered rows
+    bench_recsys.collect(args.collect, "sports", out, index)
+    merged = json.loads(out.read_text())
+    assert list(merged["results"]) == ["popularity", "prorec (long)"] and merged["machine_prorec"] == 1
+    assert merged["published"] == sports["published"] and "colleague_sasrec" not in merged
+    gathered = {(r["dataset"], r["model"]) for r in json.loads(index.read_text())["rows"]}
+    assert gathered == {("sports", "popularity"), ("sports", "prorec (long)")}
+    with pytest.raises(SystemExit, match="'sports''s, not --dataset toys"):
+        bench_recsys.collect([run], "toys", tmp_path / "recsys_toys.json", index)
