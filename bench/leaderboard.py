@@ -51,11 +51,13 @@ from forecasting.export import export_run
 from forecasting.runs import Run, train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from charts import leaderboard_chart
 from informer import HORIZONS, PAPER_TRAIN, PUBLISHED, SCRIPT_SETTINGS, script_calendar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "leaderboard.json"
 README = REPO_ROOT / "README.md"
+CHART = REPO_ROOT / "bench" / "results" / "leaderboard.svg"
 README_START, README_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 ROWS_PER_DAY = {"ETTh1": 24, "ETTh2": 24, "ETTm1": 96, "ETTm2": 96}
 INFORMER_PLAN = (("ETTh1", "M"), ("ETTh2", "M"), ("ETTm1", "M"), ("ETTh1", "S"))
@@ -687,11 +689,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_readme(rows: list[dict[str, Any]], readme: Path = README) -> None:
+def write_readme(rows: list[dict[str, Any]], readme: Path = README, chart: Path = CHART) -> None:
+    """The README's tables, and the chart above them (``chart``, drawn from the same rows)."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to fill")
-    block = f"{README_START}\n{markdown(rows)}\n{README_END}"
+    leaderboard_chart(rows, chart)
+    image = f"![Test MSE by horizon for every model kind and protocol]({chart.relative_to(readme.parent).as_posix()})"
+    block = f"{README_START}\n{image}\n\n{markdown(rows)}\n{README_END}"
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     atomic_write_text(readme, pattern.sub(lambda _: block, text))
 
@@ -733,7 +738,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Optuna studies (resumable; not committed)",
     )
     parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: as the product finds it)")
-    parser.add_argument("--readme", action="store_true", help="only rewrite the README table from --out")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="only rewrite the README tables and bench/results/leaderboard.svg from --out",
+    )
     return parser.parse_args(argv)
 
 

@@ -93,9 +93,17 @@ def test_table_marks_our_best_and_the_reduced_rows(leaderboard, tmp_path: Path) 
     assert "| linear | **0.0270** / 0.120 * |" in table and "| naive | 0.0340 / 0.140 |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{leaderboard.README_START}\nold\n{leaderboard.README_END}\nrest\n")
-    leaderboard.write_readme(rows, readme)
+    chart = tmp_path / "results" / "leaderboard.svg"
+    leaderboard.write_readme(rows, readme, chart)
     text = readme.read_text()
     assert "old" not in text and "**0.0270**" in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "](results/leaderboard.svg)" in text  # the chart above the tables, from the same rows
+    svg = chart.read_text()
+    assert svg.startswith("<?xml") and "arnet protocol: ETTh1 S" in svg and "seasonal naive" not in svg
+    assert "last value" in svg and "linear (ridge)" in svg and "informer-paper" in svg
+    first = chart.read_bytes()
+    leaderboard.write_readme(rows, readme, chart)
+    assert chart.read_bytes() == first  # the same rows, the same file
 
 
 def test_a_row_is_trained_served_evaluated_and_not_rerun(leaderboard, tmp_path: Path, data_dir: Path) -> None:
