@@ -81,3 +81,51 @@ def save_svg(fig: Any, path: Path) -> None:
     with plt.rc_context({"svg.hashsalt": "arcast", "svg.fonttype": "none"}):
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="svg", metadata={"Date": None}))
     plt.close(fig)
+
+
+def coverage_chart(
+    rows: list[dict[str, Any]], kinds: tuple[str, ...], levels: tuple[float, ...], horizons: tuple[int, ...], path: Path
+) -> None:
+    """Prediction intervals: each model's test coverage minus the nominal level, in points, split conformal (open
+    markers) beside adaptive (filled), one panel per features and horizon; the band is the ±2-point goal."""
+    features = sorted({r["features"] for r in rows})
+    fig, axes = plt.subplots(len(features), len(horizons), figsize=(5.2 * len(horizons), 3.3 * len(features)))
+    colours = dict(zip(levels, ("tab:blue", "tab:orange", "tab:green"), strict=False))
+    for ax, (feature, horizon) in zip(axes.flat, [(f, h) for f in features for h in horizons], strict=True):
+        ax.axhspan(-2, 2, color="0.9", zorder=0)
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        shown = [k for k in kinds if any((r["model"], r["features"]) == (k, feature) for r in rows)]
+        for i, kind in enumerate(shown):
+            for j, level in enumerate(levels):
+                for method, fill in (("split_conformal", "none"), ("adaptive", colours[level])):
+                    cell = [
+                        r
+                        for r in rows
+                        if (r["model"], r["features"], r["horizon"], r["method"], r["level"])
+                        == (kind, feature, horizon, method, level)
+                    ]
+                    if not cell:
+                        continue
+                    ax.plot(
+                        i + (j - 1) * 0.22 + (0.07 if method == "adaptive" else -0.07),
+                        100 * (cell[0]["coverage"] - level),
+                        marker="o",
+                        markersize=5,
+                        markerfacecolor=fill,
+                        markeredgecolor=colours[level],
+                        linestyle="none",
+                    )
+        ax.set_xticks(range(len(shown)), shown, fontsize=8, rotation=20)
+        ax.set_title(f"ETTh1 {feature}, horizon {horizon}", fontsize=10)
+        ax.set_ylabel("coverage - nominal (points)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(True, axis="y", alpha=0.25)
+    legend = [
+        plt.Line2D([], [], marker="o", linestyle="none", color=c, markerfacecolor=fill, label=f"{label}, {level:.0%}")
+        for level, c in colours.items()
+        for label, fill in (("split conformal", "none"), ("adaptive", c))
+    ]
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
+    fig.suptitle("Interval coverage on every test window, minus the nominal level (grey band: within 2 points)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    save_svg(fig, path)

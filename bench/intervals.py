@@ -11,7 +11,7 @@ latency per request, side by side over real gRPC (a server process, one client):
 levels, adaptive levels.
 
     python bench/intervals.py                 # everything: bench/results/intervals.json
-    python bench/intervals.py --readme        # print the README table from the results
+    python bench/intervals.py --readme        # print the README tables, draw bench/results/intervals.svg
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "intervals.json"
+CHART = ROOT / "bench" / "results" / "intervals.svg"
 LEVELS = (0.8, 0.9, 0.95)
 CRPS_PROBS = np.array([0.025, 0.05, 0.1, 0.5, 0.9, 0.95, 0.975])
 LOOKBACK, STEP, MAX_HORIZON, HORIZONS = 96, 24, 48, (24, 48)
@@ -662,7 +663,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="latency: requests per variant")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-only", action="store_true", help="only the latency run (models already exported)")
-    parser.add_argument("--readme", action="store_true", help="print the README table from the results")
+    parser.add_argument(
+        "--readme", action="store_true", help="print the README tables and draw bench/results/intervals.svg"
+    )
     parser.add_argument("--fresh", action="store_true", help="start the results over")
     parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None, help="adaptive: warm start")
     parser.add_argument("--decay", type=float, default=None, help="adaptive: warm start's weights (default: server's)")
@@ -676,7 +679,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.readme:
-        print(readme_table(json.loads(RESULTS.read_text())))
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from charts import coverage_chart  # matplotlib only for the chart
+
+        results = json.loads(RESULTS.read_text())
+        coverage_chart(results["rows"], KINDS, LEVELS, HORIZONS, CHART)
+        print(readme_table(results))
         return 0
     results: dict[str, Any] = {"rows": [], "commands": []}
     if RESULTS.exists() and not args.fresh:

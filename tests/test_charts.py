@@ -1,0 +1,29 @@
+"""bench/charts.py: the README's coverage chart is drawn from the rows it is given, and the same rows give the
+same file (the leaderboard's chart is checked in tests/test_leaderboard.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.scripts import load_script
+
+
+def test_the_coverage_chart_draws_each_panel_and_repeats(tmp_path: Path) -> None:
+    charts = load_script("bench/charts.py", "charts")
+    rows = [
+        {"model": model, "features": features, "horizon": horizon, "method": method, "level": level, "coverage": c}
+        for model, features, c in (("naive", "S", 0.91), ("linear", "S", 0.88), ("linear", "M", 0.9))
+        for horizon in (24, 48)
+        for method in ("split_conformal", "adaptive")
+        for level in (0.8, 0.9, 0.95)
+    ]
+    path = tmp_path / "intervals.svg"
+    charts.coverage_chart(rows, ("naive", "seasonal_naive", "linear"), (0.8, 0.9, 0.95), (24, 48), path)
+    svg = path.read_text()
+    for title in ("ETTh1 M, horizon 24", "ETTh1 M, horizon 48", "ETTh1 S, horizon 24", "ETTh1 S, horizon 48"):
+        assert title in svg
+    assert "split conformal, 80%" in svg and "adaptive, 95%" in svg
+    assert "seasonal_naive" not in svg  # a kind without rows gets no column
+    first = path.read_bytes()
+    charts.coverage_chart(rows, ("naive", "seasonal_naive", "linear"), (0.8, 0.9, 0.95), (24, 48), path)
+    assert path.read_bytes() == first
