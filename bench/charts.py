@@ -129,3 +129,46 @@ def coverage_chart(
     fig.suptitle("Interval coverage on every test window, minus the nominal level (grey band: within 2 points)")
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     save_svg(fig, path)
+
+
+GENERATORS = ("tiger", "collab", "concat", "prorec")  # the code-writing kinds: the service's generative recommender
+
+
+def recsys_chart(
+    rows: list[dict[str, Any]],
+    published: dict[str, dict[str, float]],
+    curves: dict[str, list[tuple[int, float]]],
+    path: Path,
+) -> None:
+    """Recommenders: every row's test Recall@10 per dataset beside the published figures (dashed), and the
+    validation Recall@10 of the generator runs by training step (``curves``: label -> (step, recall) points)."""
+    datasets = [d for d in ("beauty", "sports", "toys") if any(r["dataset"] == d for r in rows)]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        ranked = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["recall@10"])
+        colours = [
+            "tab:blue" if r["model"].startswith(GENERATORS) else "tab:orange" if "sasrec" in r["model"] else "0.6"
+            for r in ranked
+        ]
+        ax.barh(range(len(ranked)), [r["recall@10"] for r in ranked], color=colours)
+        ax.set_yticks(range(len(ranked)), [r["model"] for r in ranked], fontsize=7)
+        for (name, value), style in zip(published.get(dataset, {}).items(), ("--", ":"), strict=False):
+            ax.axvline(value, color="k", linestyle=style, linewidth=1, label=f"{name} {value:.4f}")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{dataset.capitalize()}: test Recall@10, every test user", fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(True, axis="x", alpha=0.25)
+    for ax in axes.flat[len(datasets) : -1]:
+        ax.axis("off")
+    ax = axes.flat[-1]
+    for label, points in curves.items():
+        ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=label)
+    ax.set_title("Generators: validation Recall@10 by training step", fontsize=10)
+    ax.set_xlabel("generator training steps", fontsize=8)
+    ax.set_ylabel("validation Recall@10 (sampled users)", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=6)
+    fig.suptitle("Recommenders: generators (blue), SASRec (orange), no training (grey); the papers' figures dashed")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    save_svg(fig, path)

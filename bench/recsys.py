@@ -67,6 +67,7 @@ from recsys.training import evaluate_sasrec, train_sasrec  # noqa: E402
 from recsys.transitions import evaluate_transitions  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
 MODELS = ("popularity", "transitions", "sasrec-ce", "sasrec-bce", "stage1", "tiger", "collab", "concat", "prorec")
 NEED_TITLES = ("stage1", "tiger", "concat", "prorec")
 # shared/ANCHORS.md (the TIGER paper's table), per dataset: a results file carries its own dataset's figures.
@@ -135,6 +136,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="train nothing: merge the rows of results files that runs wrote elsewhere (their --out, e.g. in runs/) "
         "into --out and bench/results/recsys.json, with each row's machine facts but not the files' headers",
+    )
+    parser.add_argument(
+        "--chart",
+        action="store_true",
+        help="train nothing: draw bench/results/recsys.svg (every dataset's test Recall@10 beside the published "
+        "figures, and the long generator runs' validation curves) from the results files (--collect draws it too)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -470,6 +477,33 @@ def collect(files: Sequence[Path], dataset: str, out: Path, index: Path | None) 
     return merge(out, rows, {"dataset": dataset, **machines}, index=index)
 
 
+LONG_RUN_STEPS = 10_000  # the validation curves drawn: generator runs of at least this many steps
+
+
+def draw_chart(results: Path, path: Path) -> None:
+    """``charts.recsys_chart`` from the results files in ``results``: the gathered rows of recsys.json, each
+    dataset's published TIGER and SASRec, and the validation curves of every long generator run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from charts import GENERATORS, recsys_chart  # matplotlib only for the chart
+
+    published = {
+        dataset: {name: row["recall@10"] for name, row in figures.items() if isinstance(row, dict)}
+        for dataset, figures in PUBLISHED.items()
+    }
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for file in sorted(results.glob("recsys*.json")):
+        report = json.loads(file.read_text())
+        for name, row in report.get("results", {}).items():
+            history = [h for h in row.get("history") or [] if (h.get("validation") or {}).get("recall@10")]
+            if not history or (row.get("steps") or 0) < LONG_RUN_STEPS or not name.startswith(GENERATORS):
+                continue
+            per_round = row["steps"] / len(row["history"])
+            label = f"{report.get('dataset', 'beauty')}: {name}"
+            curves[label] = [(round(per_round * (i + 1)), h["validation"]["recall@10"]) for i, h in enumerate(history)]
+    rows = json.loads((results / "recsys.json").read_text())["rows"]
+    recsys_chart(rows, published, curves, path)
+
+
 def _replaced(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with each (dataset, model) that ``new`` has replaced by it: rows other runs put there are kept."""
     fresh = {(r["dataset"], r["model"]) for r in new}
@@ -496,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.collect:
         print(collect(args.collect, args.dataset, args.out, args.index)["table"])
+    if args.collect or args.chart:
+        draw_chart(RESULTS_DIR, RESULTS_DIR / "recsys.svg")
         return 0
     torch.set_num_threads(args.threads)
     threadpoolctl.threadpool_limits(limits=args.threads)

@@ -27,3 +27,23 @@ def test_the_coverage_chart_draws_each_panel_and_repeats(tmp_path: Path) -> None
     first = path.read_bytes()
     charts.coverage_chart(rows, ("naive", "seasonal_naive", "linear"), (0.8, 0.9, 0.95), (24, 48), path)
     assert path.read_bytes() == first
+
+
+def test_the_recommender_chart_shows_each_dataset_and_the_long_runs_curves(tmp_path: Path) -> None:
+    bench_recsys = load_script("bench/recsys.py", "bench_recsys_charts")
+    metrics = {"recall@5": 0.01, "ndcg@5": 0.01, "recall@10": 0.05, "ndcg@10": 0.02}
+    history = [{"validation": {"recall@10": 0.04 + i / 100}} for i in range(4)]
+    results = {
+        "prorec (long)": {"test": metrics, "steps": 12_000, "history": history},  # 3,000 steps a round
+        "collab (short)": {"test": metrics, "steps": 4_000, "history": history},  # too short for a curve
+        "sasrec-ce": {"test": metrics, "steps": 20_000, "history": history},  # not a generator
+    }
+    bench_recsys.merge(tmp_path / "recsys_sports.json", results, {"dataset": "sports"}, index=tmp_path / "recsys.json")
+    path = tmp_path / "recsys.svg"
+    bench_recsys.draw_chart(tmp_path, path)
+    svg = path.read_text()
+    assert "Sports: test Recall@10" in svg and "Beauty" not in svg and "TIGER (paper) 0.0400" in svg
+    assert "sports: prorec (long)" in svg and "sports: collab (short)" not in svg and "sports: sasrec-ce" not in svg
+    first = path.read_bytes()
+    bench_recsys.draw_chart(tmp_path, path)
+    assert path.read_bytes() == first
