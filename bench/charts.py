@@ -172,3 +172,44 @@ def recsys_chart(
     fig.suptitle("Recommenders: generators (blue), SASRec (orange), no training (grey); the papers' figures dashed")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     save_svg(fig, path)
+
+
+SERVERS = {  # the serving benchmarks' servers, as their results name them
+    "on": ("arcast, batching on", "tab:blue"),
+    "off": ("arcast, batching off", "tab:cyan"),
+    "workers2": ("arcast, 2 workers", "tab:green"),
+    "floor": ("bare gRPC floor", "0.35"),
+    "floor_workers2": ("floor, 2 processes", "0.6"),
+    "floor_aio": ("floor, grpc.aio", "0.8"),
+}
+
+
+def serving_chart(panels: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) -> None:
+    """Requests per second by concurrent clients for each server of a serving benchmark, one panel per scenario
+    (``panels``: title -> the results' ``load``, clients -> server -> figures); over arcast's batching-on bar, its
+    fraction of the bare floor."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (name, load) in zip(axes.flat, panels.items(), strict=True):
+        clients = sorted(load, key=int)
+        servers = [s for s in SERVERS if any(s in load[c] for c in clients)]
+        width = 0.8 / len(servers)
+        for j, server in enumerate(servers):
+            label, colour = SERVERS[server]
+            xs = [i + (j - (len(servers) - 1) / 2) * width for i in range(len(clients))]
+            ys = [load[c].get(server, {}).get("rps", 0.0) for c in clients]
+            ax.bar(xs, ys, width, color=colour, label=label)
+            if server == "on":
+                for x, y, c in zip(xs, ys, clients, strict=True):
+                    if "floor_fraction" in load[c]["on"]:
+                        fraction = f"{load[c]['on']['floor_fraction']:.2f}"
+                        ax.annotate(fraction, (x, y), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(clients)), [f"{c} client{'s' if c != '1' else ''}" for c in clients])
+        ax.set_ylabel("requests / s", fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, axis="y", alpha=0.25)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: requests/s side by side (over arcast's bars: its fraction of the bare floor)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    save_svg(fig, path)

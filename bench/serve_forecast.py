@@ -128,7 +128,11 @@ def main() -> int:
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--repeats", type=int, default=2000, help="batch-1 rollouts, onnxruntime vs torch eager")
     parser.add_argument("--out", default="bench/results/serve_forecast.json")
+    parser.add_argument("--chart", action="store_true", help="run nothing: redraw the chart (--out as .svg) from --out")
     args = parser.parse_args()
+    if args.chart:
+        draw_chart(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".svg"))
+        return 0
     seconds = 1.0 if args.quick else args.seconds
     concurrency = (1, 8, 64)
     scenarios = {name: SCENARIOS[name] for name in args.scenarios}
@@ -237,8 +241,16 @@ def main() -> int:
     out = Path(args.out)
     atomic_write_text(out, json.dumps(results, indent=2))
     print_table(results)
-    print(f"wrote {out}")
+    draw_chart(results, out.with_suffix(".svg"))
+    print(f"wrote {out} and its chart")
     return 0
+
+
+def draw_chart(results: dict, path: Path) -> None:
+    from charts import serving_chart  # bench/charts.py; matplotlib only for the chart
+
+    panels = {f"{name}, horizon {s['horizon']}": s["load"] for name, s in results["scenarios"].items()}
+    serving_chart(panels, "Forecast service, one series a request", path)
 
 
 def print_table(results: dict) -> None:

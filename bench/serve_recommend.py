@@ -251,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator: h2load (C; default when installed) or Python grpc.aio client processes",
     )
     parser.add_argument("--providers", help="the servers' onnxruntime providers (serve --providers; default: theirs)")
+    source.add_argument("--chart", action="store_true", help="run nothing: redraw the chart (--out as .svg) from --out")
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve_recommend.json"))
     args = parser.parse_args(argv)
+    if args.chart:
+        draw_chart(json.loads(args.out.read_text()), args.out.with_suffix(".svg"))
+        return 0
     torch.set_num_threads(1)
 
     run = load_run(args.run) if args.run else None
@@ -363,8 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_text(args.out, json.dumps(results, indent=2, default=float))
     print_tables(results)
-    print(f"wrote {args.out}")
+    draw_chart(results, args.out.with_suffix(".svg"))
+    print(f"wrote {args.out} and its chart")
     return 0
+
+
+def draw_chart(results: dict[str, Any], path: Path) -> None:
+    from charts import serving_chart  # bench/charts.py; matplotlib only for the chart
+
+    model = results["model"]
+    title = f"{model.get('variant', 'recommender')} on {model.get('dataset', '?')}, one user a request"
+    serving_chart({title: results["load"]}, "Recommend service", path)
 
 
 def print_tables(results: dict[str, Any]) -> None:

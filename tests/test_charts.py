@@ -47,3 +47,18 @@ def test_the_recommender_chart_shows_each_dataset_and_the_long_runs_curves(tmp_p
     first = path.read_bytes()
     bench_recsys.draw_chart(tmp_path, path)
     assert path.read_bytes() == first
+
+
+def test_the_serving_chart_draws_every_server_and_the_floor_fraction(tmp_path: Path) -> None:
+    charts = load_script("bench/charts.py", "charts_serving")
+    load = {
+        c: {"on": {"rps": 100.0 * int(c), "floor_fraction": 0.5}, "off": {"rps": 90.0}, "floor": {"rps": 200.0}}
+        for c in ("1", "8", "64")
+    }
+    path = tmp_path / "serve.svg"
+    charts.serving_chart({"linear, horizon 24": load}, "Forecast service", path)
+    svg = path.read_text()
+    assert "linear, horizon 24" in svg and "arcast, batching on" in svg and "bare gRPC floor" in svg
+    assert "2 workers" not in svg  # a server without figures gets no bars
+    assert svg.count(">0.50</text>") == 3  # arcast's fraction of the floor over each of its bars
+    assert all(f">{label}</text>" in svg for label in ("1 client", "8 clients", "64 clients"))
