@@ -1,7 +1,9 @@
 """Charts of the benchmark results for the README: what a reader would rather look at than read in a table.
 
 Written as SVG (text stays text, so the file diffs and renders on GitHub) with a fixed hash salt and no date, so
-the same results give the same bytes. Used by ``bench/leaderboard.py --readme``.
+the same results give the same bytes. Drawn by the scripts that write those results: ``leaderboard.py --readme``,
+``intervals.py --readme``, ``recsys.py --chart`` (and ``--collect``), ``serve_forecast.py`` and
+``serve_recommend.py`` (after a run, or ``--chart``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import matplotlib.pyplot as plt
 
 from arcast_core.files import atomic_write
 
-BASELINES = ("naive", "seasonal_naive", "linear")
 # What a user would pick instead in greys, the papers' figures dashed, ours in colour.
 STYLE: dict[str, dict[str, Any]] = {
     "naive": {"color": "0.65", "marker": "v", "label": "last value"},
     "seasonal_naive": {"color": "0.45", "marker": "s", "label": "seasonal naive"},
     "linear": {"color": "0.1", "marker": "o", "label": "linear (ridge)"},
 }
+BASELINES = tuple(STYLE)
 OURS_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:cyan")
 
 
@@ -45,8 +47,8 @@ def leaderboard_chart(rows: list[dict[str, Any]], path: Path) -> None:
     keys = sorted(groups)
     ours = sorted({r["model"] for r in rows if r["model"] not in STYLE and not r["model"].endswith("-paper")})
     columns = 3
-    lines = -(-len(keys) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.2 * lines), squeeze=False)
+    panel_rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(4.2 * columns, 3.2 * panel_rows), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
         group = groups[key]
         horizons = sorted({r["horizon"] for r in group})
@@ -89,7 +91,9 @@ def coverage_chart(
     """Prediction intervals: each model's test coverage minus the nominal level, in points, split conformal (open
     markers) beside adaptive (filled), one panel per features and horizon; the band is the ±2-point goal."""
     features = sorted({r["features"] for r in rows})
-    fig, axes = plt.subplots(len(features), len(horizons), figsize=(5.2 * len(horizons), 3.3 * len(features)))
+    fig, axes = plt.subplots(
+        len(features), len(horizons), figsize=(5.2 * len(horizons), 3.3 * len(features)), squeeze=False
+    )
     colours = dict(zip(levels, ("tab:blue", "tab:orange", "tab:green"), strict=False))
     for ax, (feature, horizon) in zip(axes.flat, [(f, h) for f in features for h in horizons], strict=True):
         ax.axhspan(-2, 2, color="0.9", zorder=0)
@@ -107,7 +111,7 @@ def coverage_chart(
                     if not cell:
                         continue
                     ax.plot(
-                        i + (j - 1) * 0.22 + (0.07 if method == "adaptive" else -0.07),
+                        i + (j - (len(levels) - 1) / 2) * 0.22 + (0.07 if method == "adaptive" else -0.07),
                         100 * (cell[0]["coverage"] - level),
                         marker="o",
                         markersize=5,
