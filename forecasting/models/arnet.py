@@ -72,8 +72,15 @@ class ARNetConfig:
 
 
 def sparsity_penalty(weights: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
-    """R(theta) = mean_i [2 / (1 + exp(-c1 * |theta_i|^(1/c2))) - 1]: ~|theta| near 0, saturating at 1."""
-    return (2.0 / (1.0 + torch.exp(-c1 * weights.abs().pow(1.0 / c2))) - 1.0).mean()
+    """R(theta) = mean_i [2 / (1 + exp(-c1 * |theta_i|^(1/c2))) - 1]: ~|theta| near 0, saturating at 1.
+
+    |theta|^(1/c2) has an infinite slope at 0 (c2 > 1), and a weight that is exactly 0 (the zero start, or a lag
+    that norm "last" makes 0 in every window) turned the whole gradient into NaN. Such a weight gets the
+    subgradient 0 instead; the value is unchanged."""
+    magnitude = weights.abs()
+    nonzero = magnitude > 0
+    root = torch.where(nonzero, torch.where(nonzero, magnitude, 1.0).pow(1.0 / c2), 0.0)
+    return (2.0 / (1.0 + torch.exp(-c1 * root)) - 1.0).mean()
 
 
 class ARNet(ForecastModel):
