@@ -4,7 +4,8 @@ Rows go to ``bench/results/leaderboard.json`` (a top-level ``rows`` list), one p
 horizon, model), each with ``mse``/``mae`` on the standardised scale over every test window, as the exported
 artifact is served (onnxruntime, the served rollout): ``forecasting.evaluate.evaluate_artifact``. A row is added
 the moment it is finished (atomically, under a file lock, so two runs may share the file) and a finished row is
-never rerun: run the same command again to resume. ``--readme`` rewrites the README's table from the file.
+never rerun (but with ``--rerun``): run the same command again to resume. ``--readme`` rewrites the README's table
+(and its chart) from the file.
 
 Protocols (see ../shared/ANCHORS.md):
 
@@ -739,6 +740,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: as the product finds it)")
     parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train the selected rows again and replace them (after a fix that changes them); give a fresh "
+        "--work-dir too, or the Optuna studies there resume with their old trials",
+    )
+    parser.add_argument(
         "--readme",
         action="store_true",
         help="only rewrite the README tables and bench/results/leaderboard.svg from --out",
@@ -777,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
                 if model.startswith("informer") and protocol != "informer":
                     continue
                 key = (task.protocol, task.dataset, task.features, task.horizon, model)
-                if board.has(key):
+                if board.has(key) and not args.rerun:
                     continue
                 print(f"{protocol}: {task.dataset} {task.features} h{task.horizon} {model}", flush=True)
                 trained = train_model(task, model, args)

@@ -120,6 +120,13 @@ def test_a_row_is_trained_served_evaluated_and_not_rerun(leaderboard, tmp_path: 
     assert leaderboard.main(argv) == 0  # resumed: the finished row is kept, not rerun
     again = [r for r in json.loads(out.read_text())["rows"] if r["model"] == "naive"]
     assert [r["finished_at"] for r in again] == [finished]
+    doc = json.loads(out.read_text())  # a row made by code since fixed: --rerun trains it again and replaces it
+    [stale] = [r for r in doc["rows"] if r["model"] == "naive"]
+    stale["mse"] = 9.0
+    out.write_text(json.dumps(doc))
+    assert leaderboard.main([*argv, "--rerun"]) == 0
+    rerun = [r for r in json.loads(out.read_text())["rows"] if r["model"] == "naive"]
+    assert len(rerun) == 1 and rerun[0]["mse"] == rows[0]["mse"]
 
 
 def test_the_width_search_starts_from_the_trials_finished_rows_record(leaderboard, tmp_path, monkeypatch) -> None:
