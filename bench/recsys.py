@@ -211,8 +211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     suffix = "" if args.dataset == "beauty" else f"_{args.dataset}"
     # The gathered rows of every dataset live in recsys.json; a run writing elsewhere (--out) leaves it alone.
-    args.index = REPO_ROOT / "bench" / "results" / "recsys.json" if args.out is None or args.collect else None
-    args.out = args.out or REPO_ROOT / "bench" / "results" / f"recsys{suffix}.json"
+    args.index = RESULTS_DIR / "recsys.json" if args.out is None or args.collect else None
+    args.out = args.out or RESULTS_DIR / f"recsys{suffix}.json"
     args.work_dir = args.work_dir or REPO_ROOT / "runs" / f"bench-recsys{suffix.replace('_', '-')}"
     if (
         not args.collect
@@ -494,12 +494,17 @@ def draw_chart(results: Path, path: Path) -> None:
     for file in sorted(results.glob("recsys*.json")):
         report = json.loads(file.read_text())
         for name, row in report.get("results", {}).items():
-            history = [h for h in row.get("history") or [] if (h.get("validation") or {}).get("recall@10")]
+            history = row.get("history") or []
             if not history or (row.get("steps") or 0) < LONG_RUN_STEPS or not name.startswith(GENERATORS):
                 continue
-            per_round = row["steps"] / len(row["history"])
-            label = f"{report.get('dataset', 'beauty')}: {name}"
-            curves[label] = [(round(per_round * (i + 1)), h["validation"]["recall@10"]) for i, h in enumerate(history)]
+            per_round = row["steps"] / len(history)  # every round the same number of steps
+            points = [
+                (round(per_round * (i + 1)), h["validation"]["recall@10"])
+                for i, h in enumerate(history)
+                if "recall@10" in (h.get("validation") or {})
+            ]
+            if points:
+                curves[f"{report.get('dataset', 'beauty')}: {name}"] = points
     rows = json.loads((results / "recsys.json").read_text())["rows"]
     recsys_chart(rows, published, curves, path)
 
