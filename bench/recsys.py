@@ -452,9 +452,7 @@ def merge(out: Path, rows: dict[str, Any], extra: dict[str, Any], index: Path | 
     report["rows"] = flat_rows(report["results"], dataset)
     report["table"] = table(report["results"])
     if index is not None and index.resolve() != out.resolve():
-        gathered: dict[str, Any] = json.loads(index.read_text()) if index.is_file() else {"results": {}}
-        gathered["rows"] = _replaced(gathered.get("rows", []), report["rows"])
-        atomic_write_text(index, json.dumps(gathered, indent=2, default=float))
+        gather(index, report["rows"])
     elif index is not None:  # the index itself: keep the other datasets' rows
         previous = json.loads(out.read_text()).get("rows", []) if out.is_file() else []
         report["rows"] = _replaced(previous, report["rows"])
@@ -474,7 +472,19 @@ def collect(files: Sequence[Path], dataset: str, out: Path, index: Path | None) 
             raise SystemExit(f"--collect {path}: its rows are {report.get('dataset')!r}'s, not --dataset {dataset}'s")
         rows.update(report["results"])
         machines.update({k: v for k, v in report.items() if k.startswith("machine_")})
-    return merge(out, rows, {"dataset": dataset, **machines}, index=index)
+    extra = {"dataset": dataset, **machines}
+    if index is None or index.resolve() == out.resolve():
+        return merge(out, rows, extra, index=index)
+    report = merge(out, rows, extra)
+    gather(index, flat_rows(rows, dataset))  # only the collected rows: out's others may differ from the index's
+    return report
+
+
+def gather(index: Path, rows: list[dict[str, Any]]) -> None:
+    """Put ``rows`` into the top-level ``rows`` of ``index`` (bench/results/recsys.json), replacing their namesakes."""
+    gathered: dict[str, Any] = json.loads(index.read_text()) if index.is_file() else {"results": {}}
+    gathered["rows"] = _replaced(gathered.get("rows", []), rows)
+    atomic_write_text(index, json.dumps(gathered, indent=2, default=float))
 
 
 LONG_RUN_STEPS = 10_000  # the validation curves drawn: generator runs of at least this many steps
