@@ -1,5 +1,5 @@
-"""bench/charts.py: the README's coverage chart is drawn from the rows it is given, and the same rows give the
-same file (the leaderboard's chart is checked in tests/test_leaderboard.py)."""
+"""bench/charts.py: the README's coverage, recommender and serving charts show what their rows hold, and the same
+rows give the same file (the leaderboard's chart is checked in tests/test_leaderboard.py)."""
 
 from __future__ import annotations
 
