@@ -198,8 +198,16 @@ def train_and_export(kind: str, features: str, work: Path, quantile: bool = Fals
     config = DataConfig(dataset="ETTh1", features=features, target="OT", **data)
     run = train_run(kind, config, params, train, evaluate_test=False)
     trained = time.perf_counter() - t0
-    name = f"{kind}-quantile-{features}" if quantile else f"{kind}-{features}"
-    return run, export_run(run, work / "store", name, max_horizon=MAX_HORIZON), trained
+    return (
+        run,
+        export_run(run, work / "store", artifact_name(kind, features, quantile), max_horizon=MAX_HORIZON),
+        trained,
+    )
+
+
+def artifact_name(kind: str, features: str, quantile: bool = False) -> str:
+    """The store name of this benchmark's model of ``kind`` on ``features`` (its quantile-trained variant)."""
+    return f"{kind}-quantile-{features}" if quantile else f"{kind}-{features}"
 
 
 def run_models(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
@@ -240,7 +248,7 @@ def export_models(args: argparse.Namespace, results: dict[str, Any], work: Path)
     for features in args.features:
         for kind in args.models:
             quantile = args.quantile and kind in QUANTILE_KINDS
-            name = f"{kind}-quantile-{features}" if quantile else f"{kind}-{features}"
+            name = artifact_name(kind, features, quantile)
             if name in have or (args.quantile and not quantile):
                 continue
             t0 = time.perf_counter()
@@ -265,7 +273,7 @@ def rescore(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
         if kind not in args.models or features not in args.features:
             continue
         t0 = time.perf_counter()
-        artifact = latest_artifact(work, f"{kind}-{features}")
+        artifact = latest_artifact(work, artifact_name(kind, features))
         fresh = score(kind, features, artifact, args.origins, args.gamma, args.warm, args.decay)
         new = {(r["horizon"], r["method"], r["level"]): r for r in fresh}
 
@@ -305,7 +313,7 @@ def adaptive_study(args: argparse.Namespace, results: dict[str, Any], work: Path
     ):
         if kind not in args.models or features not in args.features:
             continue
-        artifact = read_artifact(latest_artifact(work, f"{kind}-{features}"))
+        artifact = read_artifact(latest_artifact(work, artifact_name(kind, features)))
         runner = load_runner(artifact)
         prepared = prepare_data(DataConfig(**artifact.manifest.data.config))  # type: ignore[arg-type]
         table, (val_start, val_end) = prepared.table, prepared.borders.val
@@ -496,7 +504,7 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                 time.sleep(0.25)
             served = {m.name for m in client.list_models()}
             for kind in ("linear", "arnet"):
-                plain, learnt = f"{kind}-S", f"{kind}-quantile-S"
+                plain, learnt = artifact_name(kind, "S"), artifact_name(kind, "S", quantile=True)
                 # variant -> (model, request options, the variant it adds to)
                 variants: dict[str, tuple[str, dict[str, Any], str]] = {
                     "none": (plain, {}, "none"),
@@ -643,7 +651,11 @@ def readme_table(results: dict[str, Any]) -> str:
         ]
         for model in dict.fromkeys(r["model"] for r in results["latency"] if "quantile" not in r["variant"]):
             kind = model.rsplit("-", 1)[0]
-            got = {r["variant"]: r for r in results["latency"] if r["model"] in (model, f"{kind}-quantile-S")}
+            got = {
+                r["variant"]: r
+                for r in results["latency"]
+                if r["model"] in (model, artifact_name(kind, "S", quantile=True))
+            }
             cells = [f"{got['none']['median_ms']:.2f}"] + [
                 _with_extra(got[v]) if v in got else "-" for v in ("split_conformal", "adaptive")
             ]
