@@ -343,7 +343,8 @@ def _train_epoch(
     return train_loss, {name: value / max(seen, 1) for name, value in terms.items()}
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights on the CPU, to restore the best ones later whatever the device."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
@@ -397,7 +398,7 @@ def fit(
             if epoch / cfg.epochs >= selection.start:
                 if selection.better(validation[selection.metric], best_value):
                     best_value, best_epoch, best_validation, stale = validation[selection.metric], epoch, validation, 0
-                    best_state = _cpu_state(model)
+                    best_state = cpu_state(model)
                 else:
                     stale += 1
         lr = optimizer.param_groups[0]["lr"]

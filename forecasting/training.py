@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arcast_core.training import Replica, Selection, StepLoss, TrainConfig
+from arcast_core.training import Replica, Selection, StepLoss, TrainConfig, cpu_state
 from arcast_core.training import fit as fit_task
 from forecasting.data import WindowDataset
 from forecasting.models.base import ForecastModel
@@ -27,7 +27,7 @@ EpochCallback = Callable[[int, float], None]
 
 @dataclass
 class FitResult:
-    best_epoch: int
+    best_epoch: int  # -1: the warm start's weights, no epoch improved on them
     best_val_loss: float
     epochs_run: int
     seconds: float
@@ -127,6 +127,8 @@ def fit(
     if closed is not None:
         return closed
     started_from = model.warm_start(train, val)
+    # A warm start is a candidate like any epoch: SGD that only moves away from it on validation keeps it.
+    start = None if started_from is None else (validation_loss(model, val, cfg.eval_batch_size), cpu_state(model))
 
     def build(device: torch.device) -> ForecastTask:
         return ForecastTask(model.to(device), train, val, cfg, device)
@@ -139,8 +141,13 @@ def fit(
         for r in report.history
         if r.validation is not None
     ]
-    best_val_loss = report.best_validation["val_loss"]
-    return FitResult(report.best_epoch, best_val_loss, report.epochs_run, report.seconds, history, started_from)
+    best_epoch, best_val_loss = report.best_epoch, report.best_validation["val_loss"]
+    if start is not None:
+        history.insert(0, {"epoch": -1, "val_loss": start[0]})
+        if start[0] <= best_val_loss:
+            model.load_state_dict(start[1])
+            best_epoch, best_val_loss = -1, start[0]
+    return FitResult(best_epoch, best_val_loss, report.epochs_run, report.seconds, history, started_from)
 
 
 def _fit_closed_form(

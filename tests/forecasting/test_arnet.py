@@ -15,7 +15,7 @@ from forecasting.models.arnet import ARNet, ARNetConfig, sparsity_penalty
 from forecasting.models.input_norm import InputNorm
 from forecasting.models.linear import Linear, LinearConfig
 from forecasting.runs import train_run
-from forecasting.training import fit
+from forecasting.training import fit, validation_loss
 
 
 def simulate_ar(coefs: dict[int, float], n: int, seed: int, burn_in: int = 500) -> np.ndarray:
@@ -159,6 +159,25 @@ def test_ridge_start_is_the_linear_models_fit_then_sgd_refines_it(norm: InputNor
     optimum = min(h["val_loss"] for h in chosen["history"])
     assert ridge_run.warm_start == {"ridge_alpha": chosen["alpha"]} and zero_run.warm_start is None
     assert ridge_run.best_val_loss < optimum * 1.01 < zero_run.best_val_loss, (ridge_run, zero_run, optimum)
+
+
+def test_a_ridge_start_that_sgd_only_worsens_is_kept() -> None:
+    """The warm start is a candidate like any epoch: at a learning rate that wrecks it, the fit returns the ridge
+    weights (best epoch -1, its validation loss first in the history); at a sane one an epoch is selected."""
+    series = simulate_ar({1: 0.5, 2: -0.3, 3: 0.2}, 2000, seed=3) + 4.0
+    split = int(len(series) * 0.8)
+    train, val = windows(series[:split], 8), windows(series[split - 8 :], 8)
+    config = ARNetConfig(n_lags=8, n_forecasts=1, loss="mse", init="ridge")
+    start = ARNet(config)
+    start.warm_start(train, val)
+    start_loss = validation_loss(start, val)
+    wrecked = ARNet(config)
+    run = fit(wrecked, train, val, TrainConfig(epochs=2, batch_size=64, lr=5.0, patience=100, progress=False))
+    assert run.best_epoch == -1 and run.best_val_loss == pytest.approx(start_loss)
+    assert run.history[0] == {"epoch": -1, "val_loss": pytest.approx(start_loss)}
+    assert [h["val_loss"] > 2 * start_loss for h in run.history[1:]] == [True, True]  # SGD did wreck it
+    torch.testing.assert_close(wrecked.state_dict(), start.state_dict())
+    assert validation_loss(wrecked, val) == pytest.approx(start_loss)
 
 
 def test_ridge_start_needs_the_linear_model_with_a_bias() -> None:
