@@ -181,7 +181,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun every rank ends with the same model: rank 0 alone reports and saves it
     save_run(run, args.out)
     _print_metrics(run.metrics)
-    print(f"saved run to {args.out} (best epoch {run.fit['best_epoch']}, {run.fit['seconds']:.1f} s)")
+    best = "the warm start" if run.fit["best_epoch"] < 0 else f"best epoch {run.fit['best_epoch']}"
+    print(f"saved run to {args.out} ({best}, {run.fit['seconds']:.1f} s)")
     return 0
 
 

@@ -10,6 +10,7 @@ import torch
 from statsmodels.tsa.ar_model import AutoReg
 
 from arcast_core.training import TrainConfig
+from forecasting.cli import main as cli_main
 from forecasting.data import DataConfig, WindowDataset
 from forecasting.models.arnet import ARNet, ARNetConfig, sparsity_penalty
 from forecasting.models.input_norm import InputNorm
@@ -163,7 +164,7 @@ def test_ridge_start_is_the_linear_models_fit_then_sgd_refines_it(norm: InputNor
 
 def test_a_ridge_start_that_sgd_only_worsens_is_kept() -> None:
     """The warm start is a candidate like any epoch: at a learning rate that wrecks it, the fit returns the ridge
-    weights (best epoch -1, its validation loss first in the history); at a sane one an epoch is selected."""
+    weights (best epoch -1, its validation loss first in the history) and the CLI says so."""
     series = simulate_ar({1: 0.5, 2: -0.3, 3: 0.2}, 2000, seed=3) + 4.0
     split = int(len(series) * 0.8)
     train, val = windows(series[:split], 8), windows(series[split - 8 :], 8)
@@ -178,6 +179,14 @@ def test_a_ridge_start_that_sgd_only_worsens_is_kept() -> None:
     assert [h["val_loss"] > 2 * start_loss for h in run.history[1:]] == [True, True]  # SGD did wreck it
     torch.testing.assert_close(wrecked.state_dict(), start.state_dict())
     assert validation_loss(wrecked, val) == pytest.approx(start_loss)
+
+
+def test_the_cli_names_a_kept_warm_start(etth1_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``train`` reports "the warm start" where no epoch beat it, not a best epoch of -1."""
+    args = ["train", "--model", "arnet", "--dataset", str(etth1_slice), "--features", "S", "--lookback", "24"]
+    args += ["--horizon", "6", "--param", 'init="ridge"', "--param", 'loss="mse"', "--epochs", "1", "--lr", "50"]
+    assert cli_main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert "(the warm start," in capsys.readouterr().out
 
 
 def test_ridge_start_needs_the_linear_model_with_a_bias() -> None:
