@@ -127,8 +127,11 @@ def fit(
     if closed is not None:
         return closed
     started_from = model.warm_start(train, val)
-    # A warm start is a candidate like any epoch: SGD that only moves away from it on validation keeps it.
-    start = None if started_from is None else (validation_loss(model, val, cfg.eval_batch_size), cpu_state(model))
+    # A warm start is a candidate like any epoch (SGD that only moves away from it on validation keeps it), unless
+    # the model keeps checkpoints only later in training (a sparse AR-Net once its regulariser is in force).
+    start = None
+    if started_from is not None and model.selection_from() == 0:
+        start = validation_loss(model, val, cfg.eval_batch_size), cpu_state(model)
 
     def build(device: torch.device) -> ForecastTask:
         return ForecastTask(model.to(device), train, val, cfg, device)
