@@ -127,17 +127,17 @@ def fit(
     if closed is not None:
         return closed
     started_from = model.warm_start(train, val)
+    selection = Selection("val_loss", start=model.selection_from())
     # A warm start is a candidate like any epoch (SGD that only moves away from it on validation keeps it), unless
-    # the model keeps checkpoints only later in training (a sparse AR-Net once its regulariser is in force).
+    # the selection counts only later checkpoints (a sparse AR-Net once its regulariser is in force).
     start = None
-    if started_from is not None and model.selection_from() == 0:
+    if started_from is not None and selection.start == 0:
         start = validation_loss(model, val, cfg.eval_batch_size), cpu_state(model)
 
     def build(device: torch.device) -> ForecastTask:
         return ForecastTask(model.to(device), train, val, cfg, device)
 
     hook = None if on_epoch is None else lambda epoch, metrics: on_epoch(epoch, metrics["val_loss"])
-    selection = Selection("val_loss", start=model.selection_from())
     _, report = fit_task(build, cfg, selection, hook, name=f"train {model.kind}")
     history = [
         {"epoch": r.epoch, "train_loss": r.train_loss, "val_loss": r.validation["val_loss"], "lr": r.lr}
