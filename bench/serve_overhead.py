@@ -46,15 +46,15 @@ from serving.server import ForecastServer, ServerConfig
 MODEL = "etth1-linear_h24"
 STAGES = ("server", "validate", "run", "full")
 FLOOR_GOAL = 0.8  # issue 19: arcast at 1 client at least 0.8 of the bare floor
-Handler = Callable[[ForecastServicer, wire.Request, Any], wire.Response]
+Handler = Callable[[ForecastServicer, wire.Request, Any], bytes]
 
 
-def staged(stage: str, canned: wire.Response) -> Handler:
+def staged(stage: str, canned: bytes) -> Handler:
     """The Forecast handler cut after ``stage``, answering ``canned`` (``full``: the handler as served)."""
     if stage == "full":
         return ForecastServicer.Forecast
 
-    def answer(self: ForecastServicer, request: wire.Request, context: Any) -> wire.Response:
+    def answer(self: ForecastServicer, request: wire.Request, context: Any) -> bytes:
         if stage != "server":
             checked = validate(request, self.registry, self.limits)
             if stage == "run":
@@ -76,14 +76,14 @@ class _Context:
 
 def serve(store: Path, stage: str, canned_path: Path) -> None:
     """Child process: arcast's server with the staged handler; prints ``listening on`` like ``serve``."""
-    ForecastServicer.Forecast = staged(stage, wire.ForecastResponse.FromString(canned_path.read_bytes()))
+    ForecastServicer.Forecast = staged(stage, canned_path.read_bytes())
     server = ForecastServer(ServerConfig(store=store, port=0))
     server.start()
     print(f"listening on 127.0.0.1:{server.port}", flush=True)
     threading.Event().wait()  # until terminated
 
 
-def in_process_us(store: Path, body: bytes, canned: wire.Response, calls: int, rounds: int) -> dict[str, float]:
+def in_process_us(store: Path, body: bytes, canned: bytes, calls: int, rounds: int) -> dict[str, float]:
     """Each staged handler called directly, back to back: the median over ``rounds`` of its mean microseconds."""
     server = ForecastServer(ServerConfig(store=store, port=0))
     server.registry.refresh()
@@ -154,7 +154,7 @@ def main() -> int:
             for proc in servers.values():
                 proc.terminate()
                 proc.wait(timeout=30)
-        hot = in_process_us(store, body, wire.ForecastResponse.FromString(reply), calls=2000, rounds=5)
+        hot = in_process_us(store, body, reply, calls=2000, rounds=5)
     us = {mode: 1e6 / measured[mode]["rps"] for mode in measured}
     rows, previous = [], "bare"
     hot_previous = 0.0

@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from serving import wire
-from serving.interval_service import fill_intervals, interval_support, plan_intervals
+from serving.interval_service import interval_support, plan_intervals
 from serving.proto.arcast.v1 import forecast_pb2_grpc, models_pb2, models_pb2_grpc
 from serving.registry import LoadedModel, ModelRegistry
 from serving.rpc import Calls, Limits, RequestError, await_result, deadline, exhausted, invalid, observed, served_model
@@ -152,11 +152,19 @@ def _to_timestamp(value: np.datetime64) -> Timestamp:
     return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
+def _encoded_stamps(future: np.ndarray | None) -> bytes:
+    """A SeriesForecast's timestamps field, encoded (nothing for a series sent without timestamps)."""
+    if future is None:
+        return b""
+    return wire.SeriesForecast(timestamps=[_to_timestamp(t) for t in future]).SerializeToString()
+
+
 class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
     def __init__(self, registry: ModelRegistry, calls: Calls, limits: Limits) -> None:
         self.registry, self.calls, self.limits = registry, calls, limits
 
-    def Forecast(self, request: wire.Request, context: grpc.ServicerContext) -> wire.Response:
+    def Forecast(self, request: wire.Request, context: grpc.ServicerContext) -> bytes:
+        """The answer as its bytes (``wire.forecast_response``), or the request's precise error status."""
         with observed(self.calls, "Forecast", self.registry.label(request.model), context):
             until = deadline(context, self.limits)
             started = time.perf_counter()  # stage timing: validate, then build (serving.observability.STAGES)
@@ -178,13 +186,12 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                     f"series[{bad}]: {NON_FINITE_FORECAST}",
                 )
             started = time.perf_counter()
-            response = wire.ForecastResponse(model=checked.model.name, version=checked.model.version)
-            for series, values, future_stamps in zip(request.series, out, checked.future_stamps, strict=True):
-                item = response.forecasts.add(id=series.id, values=wire.packed(values))
-                if future_stamps is not None:
-                    item.timestamps.extend(_to_timestamp(t) for t in future_stamps)
-            if plan:
-                fill_intervals(response, intervals)
+            bands = intervals if plan else [b""] * len(out)
+            forecasts = [
+                wire.series_forecast(series.id, values, _encoded_stamps(future), band)
+                for series, values, future, band in zip(request.series, out, checked.future_stamps, bands, strict=True)
+            ]
+            response = wire.forecast_response(checked.model.name, checked.model.version, forecasts)
             self.calls.metrics.stage("forecast", "build", started)
             return response
 

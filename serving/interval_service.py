@@ -1,5 +1,5 @@
 """Prediction intervals over gRPC: a Forecast request's levels checked, the adaptive backtest batched with the
-forecast itself, and the bounds filled into the response (see ``serving.intervals`` for the conformal methods,
+forecast itself, and the bounds encoded for the answer (see ``serving.intervals`` for the conformal methods,
 ``serving.quantile_head`` for a model's own quantiles)."""
 
 from __future__ import annotations
@@ -203,12 +203,6 @@ def encode_adaptive(
         values[0] = series
         encoded += one
     return encoded
-
-
-def fill_intervals(response: wire.Response, encoded: list[memoryview]) -> None:
-    """Add each series' encoded intervals to its forecast (in request order, one Interval per requested level)."""
-    for item, intervals in zip(response.forecasts, encoded, strict=True):
-        item.MergeFromString(intervals)
 
 
 def interval_support(model: LoadedModel) -> models_pb2.IntervalSupport | None:

@@ -105,7 +105,8 @@ class FastHistogram(Collector):
 
 
 # Where a request's time goes on the server, in order: protobuf parsing, request checks, waiting for a batch run,
-# the run (onnxruntime and the rollout's numpy), the answer message built from the arrays, protobuf serialization.
+# the run (onnxruntime and the rollout's numpy), the answer built from the arrays (Forecast: its bytes), protobuf
+# serialization (Recommend; Forecast's answer is sent as built).
 STAGES = ("decode", "validate", "batch_wait", "run", "build", "encode")
 TASK_OF_METHOD = {"Forecast": "forecast", "Recommend": "recommend", "RecommendBatch": "recommend"}
 
@@ -144,8 +145,8 @@ class ServerMetrics:
         self.stages = FastHistogram(
             "arcast_stage_seconds",
             "Server time of one request by stage: decode (protobuf parse), validate, batch_wait (queued until its "
-            "run starts), run (onnxruntime and the rollout, the whole merged run), build (answer message), encode "
-            "(protobuf serialize)",
+            "run starts), run (onnxruntime and the rollout, the whole merged run), build (the answer: Forecast "
+            "writes its bytes), encode (protobuf serialize: Recommend's answer; Forecast's is sent as built)",
             ["task", "stage"],
             registry=self.registry,
             buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),

@@ -17,6 +17,7 @@ parser and re-encoded packed).
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,6 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from serving.proto.arcast.v1 import forecast_pb2
 
@@ -62,6 +62,7 @@ def _twin_file() -> Any:
 _FILE = _twin_file()
 ForecastRequest: Any = message_factory.GetMessageClass(_FILE.message_types_by_name["ForecastRequest"])
 ForecastResponse: Any = message_factory.GetMessageClass(_FILE.message_types_by_name["ForecastResponse"])
+SeriesForecast: Any = message_factory.GetMessageClass(_FILE.message_types_by_name["SeriesForecast"])
 # What the twins' instances are, for type hints (dynamic classes have no stubs): the public messages' fields, with
 # RAW_FIELDS as lists of bytes.
 Request = Series = Response = Any
@@ -98,7 +99,8 @@ def _tag(message: Any, name: str, wire_type: int) -> bytes:
     return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | wire_type)
 
 
-_INTERVALS = _tag(forecast_pb2.SeriesForecast, "intervals", 2)
+_MODEL, _VERSION, _FORECASTS = (_tag(forecast_pb2.ForecastResponse, n, 2) for n in ("model", "version", "forecasts"))
+_ID, _VALUES, _INTERVALS = (_tag(forecast_pb2.SeriesForecast, n, 2) for n in ("id", "values", "intervals"))
 _LEVEL, _ORIGINS = _tag(forecast_pb2.Interval, "level", 1), _tag(forecast_pb2.Interval, "origins", 0)
 _LOWER, _UPPER, _ADAPTED = (_tag(forecast_pb2.Interval, name, 2) for name in ("lower", "upper", "adapted_levels"))
 
@@ -173,31 +175,62 @@ def _layout(levels: tuple[float, ...], values: int, adapted: bool, origins: int)
     )
 
 
+def _field(key: bytes, data: bytes) -> bytes:
+    """A length-delimited field; none for empty data (proto3 writes no empty string, bytes or packed field)."""
+    return key + _varint(len(data)) + data if data else b""
+
+
+def series_forecast(
+    id: str, values: np.ndarray, timestamps: bytes = b"", intervals: bytes | memoryview = b""
+) -> list[bytes | memoryview]:
+    """A SeriesForecast's bytes, in parts (``forecast_response`` joins them): its id, ``values`` as float64, then
+    the already encoded ``timestamps`` (``SeriesForecast.timestamps`` alone, e.g. a twin holding only them) and
+    ``intervals`` (``IntervalLayout.buffer``'s bytes of one series), in field order."""
+    body = _field(_ID, id.encode()) + _field(_VALUES, np.ascontiguousarray(values, DOUBLE).tobytes()) + timestamps
+    return [_FORECASTS + _varint(len(body) + len(intervals)), body, intervals]
+
+
+def forecast_response(model: str, version: str, forecasts: Sequence[list[bytes | memoryview]]) -> bytes:
+    """A ForecastResponse's bytes, the public message's exactly (tests/serving/test_wire.py), built without one:
+    the server's answer is the same few fields every time, and protobuf's message objects cost the request more
+    than its bytes do (bench/README.md)."""
+    return b"".join([_field(_MODEL, model.encode()), _field(_VERSION, version.encode()), *itertools.chain(*forecasts)])
+
+
+def _read(twin: Any, public: Any, raw: bytes) -> Any:
+    """``raw`` as the ``twin`` message. Doubles written unpacked land in the twin's unknown fields: without them the
+    message encodes shorter than ``raw`` (an unknown field is at least two bytes; the only field that re-encodes
+    longer, a single ``levels`` value written unpacked, grows by one), so then ``raw`` is read by the public parser
+    and re-encoded packed. Another encoding that re-encodes shorter (``levels`` in chunks, a field written twice)
+    takes that path too: slower, the same message. Values in chunks stay chunks of the twin (``doubles`` joins them)."""
+    message = twin.FromString(raw)
+    message.DiscardUnknownFields()
+    if message.ByteSize() != len(raw):
+        return twin.FromString(public.FromString(raw).SerializeToString())
+    return message
+
+
 def parse_request(raw: bytes) -> Any:
     """A ForecastRequest's bytes as its twin (what the server's Forecast handler reads)."""
-    request = ForecastRequest.FromString(raw)
-    if any(len(UnknownFieldSet(series)) for series in request.series):
-        return ForecastRequest.FromString(forecast_pb2.ForecastRequest.FromString(raw).SerializeToString())
-    return request
+    return _read(ForecastRequest, forecast_pb2.ForecastRequest, raw)
 
 
 def parse_response(raw: bytes) -> Any:
     """A ForecastResponse's bytes as its twin (what the Python client reads)."""
-    response = ForecastResponse.FromString(raw)
-    if any(
-        len(UnknownFieldSet(item)) or any(len(UnknownFieldSet(band)) for band in item.intervals)
-        for item in response.forecasts
-    ):
-        return ForecastResponse.FromString(forecast_pb2.ForecastResponse.FromString(raw).SerializeToString())
+    return _read(ForecastResponse, forecast_pb2.ForecastResponse, raw)
+
+
+def _as_built(response: bytes) -> bytes:
+    """The Forecast answer is its bytes already (``forecast_response``): nothing left to serialize."""
     return response
 
 
 def forecast_handlers(forecast: Any) -> dict[str, grpc.RpcMethodHandler]:
     """The ForecastService's method handlers, as the generated ``add_ForecastServiceServicer_to_server`` builds
-    them, reading and writing the twins."""
+    them: the request read as its twin, the answer sent as the bytes the handler built."""
     return {
         "Forecast": grpc.unary_unary_rpc_method_handler(
-            forecast, request_deserializer=parse_request, response_serializer=ForecastResponse.SerializeToString
+            forecast, request_deserializer=parse_request, response_serializer=_as_built
         )
     }
 

@@ -106,6 +106,34 @@ def test_interval_layouts_write_the_public_messages_bytes(
         np.testing.assert_array_equal(wire.doubles(twin.intervals[-1].upper, "upper"), numbers[i, -1, 1])
 
 
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_the_answers_bytes_are_the_public_messages(timestamps: bool) -> None:
+    """``forecast_response`` writes exactly the public ForecastResponse's bytes: several series, an empty id and
+    version (proto3 writes neither), a series with no values, timestamps, and intervals from a layout; the public
+    parser reads it back field for field."""
+    levels = (0.8, 0.95)
+    encoded, view = wire.interval_layout(levels, 6).buffer(3)
+    view[...] = RNG.normal(size=view.shape)
+    public = forecast_pb2.ForecastResponse(model="etth1-linear é", version="")
+    parts = []
+    for i, (name, values) in enumerate((("a", RNG.normal(size=6)), ("", RNG.normal(size=6)), ("c", np.zeros(0)))):
+        item = public.forecasts.add(id=name, values=values.tolist())
+        stamps = b""
+        if timestamps:
+            item.timestamps.add(seconds=1_700_000_000 + i, nanos=5)
+            item.timestamps.add(seconds=0, nanos=0)
+            stamps = wire.SeriesForecast(timestamps=list(item.timestamps)).SerializeToString()
+        band = b""
+        if i < 2:
+            for j, level in enumerate(levels):
+                item.intervals.add(level=level, lower=view[i, j, 0].tolist(), upper=view[i, j, 1].tolist())
+            band = encoded[i]
+        parts.append(wire.series_forecast(name, values, stamps, band))
+    raw = wire.forecast_response(public.model, public.version, parts)
+    assert raw == public.SerializeToString()
+    assert forecast_pb2.ForecastResponse.FromString(raw) == public
+
+
 def test_only_small_interval_layouts_are_kept() -> None:
     """The usual layouts are cached (the hot path reads them); one beyond ``CACHED_LAYOUT_BYTES`` is built per
     request, so a caller varying levels, horizons or origins cannot grow the server's memory."""
@@ -172,3 +200,40 @@ def test_the_client_reads_unpacked_answers_like_packed_ones() -> None:
     read = wire.parse_response(raw)
     np.testing.assert_array_equal(wire.doubles(read.forecasts[0].values, "v"), values)
     np.testing.assert_array_equal(wire.doubles(read.forecasts[0].intervals[0].lower, "v"), lower)
+
+
+def test_the_client_reads_intervals_however_they_are_written() -> None:
+    """Bounds in one chunk each (arcast's server), in chunks, written unpacked, or beside adapted levels: the Python
+    client reads the same arrays every way (horizon 3, 2 channels, 2 levels)."""
+    point, bounds, adapted = RNG.normal(size=6), RNG.normal(size=(2, 2, 6)), RNG.uniform(size=6)
+
+    def doubles(values: np.ndarray) -> bytes:
+        return values.astype("<f8").tobytes()
+
+    def band(k: int, how: str) -> bytes:
+        level = bytes([1 << 3 | 1]) + struct.pack("<d", 0.8 + k / 10)
+        lower, upper = doubles(bounds[k, 0]), doubles(bounds[k, 1])
+        if how == "chunks":
+            return level + _field(2, lower[:16]) + _field(2, lower[16:]) + _field(3, upper)
+        if how == "unpacked":
+            return level + b"".join(bytes([2 << 3 | 1]) + struct.pack("<d", v) for v in bounds[k, 0]) + _field(3, upper)
+        extra = _field(4, doubles(adapted)) + bytes([5 << 3]) + _varint(9) if how == "adaptive" else b""
+        return level + _field(2, lower) + _field(3, upper) + extra
+
+    client = ArcastClient("127.0.0.1:1")
+    for how in ("one chunk", "chunks", "unpacked", "adaptive"):
+        series = _field(1, b"a") + _field(2, doubles(point)) + b"".join(_field(4, band(k, how)) for k in range(2))
+        raw = _field(1, b"m") + _field(3, series)
+        client._forecast = lambda request, timeout, raw=raw: wire.parse_response(raw)  # type: ignore[method-assign]
+        (forecast,) = client.forecast("m", [np.zeros(4)], horizon=3).forecasts
+        np.testing.assert_array_equal(forecast.values, point.reshape(3, 2))
+        assert [b.level for b in forecast.intervals] == [0.8, 0.9]
+        for k, interval in enumerate(forecast.intervals):
+            np.testing.assert_array_equal(interval.lower, bounds[k, 0].reshape(3, 2))
+            np.testing.assert_array_equal(interval.upper, bounds[k, 1].reshape(3, 2))
+            if how == "adaptive":
+                assert interval.origins == 9
+                np.testing.assert_array_equal(interval.adapted_levels, adapted.reshape(3, 2))
+            else:
+                assert interval.adapted_levels is None and interval.origins == 0
+    client.close()
