@@ -295,6 +295,7 @@ CANDIDATES = (
     *((gamma, False, 1.0) for gamma in (0.01, 0.02, 0.05)),
     *((gamma, True, 1.0) for gamma in (0.0, 0.005, 0.01, 0.02)),
     *((0.0, True, decay) for decay in (0.995, 0.99, 0.98, 0.97, 0.95)),
+    *((gamma, True, 0.99) for gamma in (0.002, 0.005, 0.01)),  # the update on top of the weighted warm start
 )
 
 
