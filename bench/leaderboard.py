@@ -497,6 +497,7 @@ AUTOTIMES_RUNS = tuple(
         "autotimes-mlp1.json",
         "autotimes-roll3.json",
         "autotimes-ep3.json",
+        "autotimes-seed1.json",  # the selected recipe (autotimes-mlp.json) with seed 1, added before it was scored
     )
 )
 AUTOTIMES_VARIANT = "plain"  # no timestamp embeddings: the variant those runs train
