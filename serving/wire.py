@@ -6,7 +6,8 @@ what a ``bytes`` field of the same number carries. The "wire twins" below are th
 reads and writes each of them in one call (``np.frombuffer``, ``tobytes``) instead of one Python float per value,
 and the bytes on the wire stay the same (tests/serving/test_wire.py). They are built at import from the public
 descriptors, so they cannot drift from the proto, and nothing outside this process sees them: reflection, other
-clients and the published API keep the public messages.
+clients and the published API keep the public messages. The server writes its answer's bytes itself
+(``forecast_response``), the same bytes the twin would.
 
 Two encodings that the public parser accepts and a ``bytes`` field does not read alike are handled here: a packed
 field split into several chunks (each chunk is one ``bytes`` entry; ``doubles`` joins them) and doubles written
@@ -65,7 +66,7 @@ ForecastResponse: Any = message_factory.GetMessageClass(_FILE.message_types_by_n
 SeriesForecast: Any = message_factory.GetMessageClass(_FILE.message_types_by_name["SeriesForecast"])
 # What the twins' instances are, for type hints (dynamic classes have no stubs): the public messages' fields, with
 # RAW_FIELDS as lists of bytes.
-Request = Series = Response = Any
+Request = Series = Any
 
 
 def doubles(chunks: Sequence[bytes], field: str) -> np.ndarray:
@@ -181,20 +182,22 @@ def _field(key: bytes, data: bytes) -> bytes:
 
 
 def series_forecast(
-    id: str, values: np.ndarray, timestamps: bytes = b"", intervals: bytes | memoryview = b""
+    series_id: str, values: np.ndarray, timestamps: bytes = b"", intervals: bytes | memoryview = b""
 ) -> list[bytes | memoryview]:
     """A SeriesForecast's bytes, in parts (``forecast_response`` joins them): its id, ``values`` as float64, then
     the already encoded ``timestamps`` (``SeriesForecast.timestamps`` alone, e.g. a twin holding only them) and
     ``intervals`` (``IntervalLayout.buffer``'s bytes of one series), in field order."""
-    body = _field(_ID, id.encode()) + _field(_VALUES, np.ascontiguousarray(values, DOUBLE).tobytes()) + timestamps
+    values_bytes = np.ascontiguousarray(values, DOUBLE).tobytes()
+    body = _field(_ID, series_id.encode()) + _field(_VALUES, values_bytes) + timestamps
     return [_FORECASTS + _varint(len(body) + len(intervals)), body, intervals]
 
 
 def forecast_response(model: str, version: str, forecasts: Sequence[list[bytes | memoryview]]) -> bytes:
     """A ForecastResponse's bytes, the public message's exactly (tests/serving/test_wire.py), built without one:
-    the server's answer is the same few fields every time, and protobuf's message objects cost the request more
-    than its bytes do (bench/README.md)."""
-    return b"".join([_field(_MODEL, model.encode()), _field(_VERSION, version.encode()), *itertools.chain(*forecasts)])
+    its fields are few and known, and its intervals are bytes already (``IntervalLayout``), which a message would
+    parse again only to write them out as they were."""
+    head = _field(_MODEL, model.encode()) + _field(_VERSION, version.encode())
+    return b"".join([head, *itertools.chain.from_iterable(forecasts)])
 
 
 def _read(twin: Any, public: Any, raw: bytes) -> Any:
