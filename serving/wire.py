@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from serving.proto.arcast.v1 import forecast_pb2
 
@@ -200,27 +201,23 @@ def forecast_response(model: str, version: str, forecasts: Sequence[list[bytes |
     return b"".join([head, *itertools.chain.from_iterable(forecasts)])
 
 
-def _read(twin: Any, public: Any, raw: bytes) -> Any:
-    """``raw`` as the ``twin`` message. Doubles written unpacked land in the twin's unknown fields: without them the
-    message encodes shorter than ``raw`` (an unknown field is at least two bytes; the only field that re-encodes
-    longer, a single ``levels`` value written unpacked, grows by one), so then ``raw`` is read by the public parser
-    and re-encoded packed. Another encoding that re-encodes shorter (``levels`` in chunks, a field written twice)
-    takes that path too: slower, the same message. Values in chunks stay chunks of the twin (``doubles`` joins them)."""
-    message = twin.FromString(raw)
-    message.DiscardUnknownFields()
-    if message.ByteSize() != len(raw):
-        return twin.FromString(public.FromString(raw).SerializeToString())
-    return message
-
-
 def parse_request(raw: bytes) -> Any:
     """A ForecastRequest's bytes as its twin (what the server's Forecast handler reads)."""
-    return _read(ForecastRequest, forecast_pb2.ForecastRequest, raw)
+    request = ForecastRequest.FromString(raw)
+    if any(len(UnknownFieldSet(series)) for series in request.series):
+        return ForecastRequest.FromString(forecast_pb2.ForecastRequest.FromString(raw).SerializeToString())
+    return request
 
 
 def parse_response(raw: bytes) -> Any:
     """A ForecastResponse's bytes as its twin (what the Python client reads)."""
-    return _read(ForecastResponse, forecast_pb2.ForecastResponse, raw)
+    response = ForecastResponse.FromString(raw)
+    if any(
+        len(UnknownFieldSet(item)) or any(len(UnknownFieldSet(band)) for band in item.intervals)
+        for item in response.forecasts
+    ):
+        return ForecastResponse.FromString(forecast_pb2.ForecastResponse.FromString(raw).SerializeToString())
+    return response
 
 
 def _as_built(response: bytes) -> bytes:
