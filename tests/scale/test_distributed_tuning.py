@@ -21,7 +21,10 @@ from arcast_core.tuning import SLOT_ATTR, WORKER_ATTR
 
 POSTGRES_ENV = "ARCAST_TEST_POSTGRES_URL"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-EPOCHS = 20  # long enough trials that a kill after the first epoch lands well inside one
+# Long enough trials that a kill after the first epoch lands well inside one: every trial runs all its epochs (no
+# early stopping: with the default patience a trial could end after ten, about 1 s here, and under load the poll
+# below saw no trial mid-way before both were done), ~0.1 s each, so half of them last seconds.
+EPOCHS = 60
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,8 @@ def postgres_url() -> str:
 def tune_command(data: Path, out: Path, storage: str, study: str, trials: int, workers: int) -> list[str]:
     return [
         sys.executable, "-m", "forecasting", "tune", "--dataset", str(data), "--lookback", "48", "--horizon", "12",
-        "--epochs", str(EPOCHS), "--trials", str(trials), "--workers", str(workers), "--storage", storage,
-        "--study", study, "--heartbeat", "1", "--grace", "5", "--out", str(out),
+        "--epochs", str(EPOCHS), "--patience", str(EPOCHS), "--trials", str(trials), "--workers", str(workers),
+        "--storage", storage, "--study", study, "--heartbeat", "1", "--grace", "5", "--out", str(out),
     ]  # fmt: skip
 
 
