@@ -4,6 +4,9 @@ arcast's own server process (``ForecastServer``, with its interceptors, metrics 
 its Forecast handler answering a canned reply (a real answer of the full handler) after:
 
 - ``server``: nothing (the server around the handler: interceptors, codecs, health and metrics);
+- ``onnx`` (a probe, not a stage of the handler): only what any handler must do, the model's lookup, the request's
+  values read and one onnxruntime run on them (no validation, batcher, rollout loop, metrics or reply): the least
+  a Forecast over onnxruntime can cost here;
 - ``validate``: the request's validation (``serving.forecast_service.validate``);
 - ``run``: validation and the model's run (the batcher, the rollout, onnxruntime);
 - ``full``: the whole handler as served (plus the finite check, the reply and the stage histograms).
@@ -30,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -41,10 +44,13 @@ from arcast_core.files import atomic_write_text
 from serving import wire
 from serving.client import ArcastClient
 from serving.forecast_service import ForecastServicer, validate
+from serving.rpc import served_model
+from serving.runners.window_shift import WindowShiftModel
 from serving.server import ForecastServer, ServerConfig
 
 MODEL = "etth1-linear_h24"
-STAGES = ("server", "validate", "run", "full")
+STAGES = ("server", "onnx", "validate", "run", "full")
+PROBES = ("onnx",)  # measured beside the stages, not one of the handler's consecutive cuts
 FLOOR_GOAL = 0.8  # issue 19: arcast at 1 client at least 0.8 of the bare floor
 Handler = Callable[[ForecastServicer, wire.Request, Any], bytes]
 
@@ -55,7 +61,13 @@ def staged(stage: str, canned: bytes) -> Handler:
         return ForecastServicer.Forecast
 
     def answer(self: ForecastServicer, request: wire.Request, context: Any) -> bytes:
-        if stage != "server":
+        if stage == "onnx":
+            model = served_model(self.registry, request.model, request.version, "forecast")
+            runner = cast(WindowShiftModel, model.runner)
+            values = wire.doubles(request.series[0].values, "series[0].values")
+            window = values[-runner.context_length :].astype(np.float32).reshape(1, -1, 1)
+            runner.session.run(None, {"context": window})
+        elif stage != "server":
             checked = validate(request, self.registry, self.limits)
             if stage == "run":
                 checked.model.forecast(checked.context, checked.horizon, checked.context_stamps).result()
@@ -159,20 +171,24 @@ def main() -> int:
     rows, previous = [], "bare"
     hot_previous = 0.0
     for stage in STAGES:
-        over_grpc, in_process = us[stage] - us[previous], hot[stage] - hot_previous
+        # a probe's cost is over the server around the handler; the stages are consecutive cuts of the handler
+        base = "server" if stage in PROBES else previous
+        over_grpc, in_process = us[stage] - us[base], hot[stage] - (hot["server"] if stage in PROBES else hot_previous)
         rows.append(
             {
                 "stage": stage,
                 **measured[stage],
                 "us_per_request": us[stage],
                 "extra_over_floor_us": us[stage] - us["bare"],
+                "floor_fraction": us["bare"] / us[stage],
                 "stage_over_grpc_us": over_grpc,
                 "stage_in_process_us": in_process,
                 # "server" answers at once in process: its cost is the server around the handler, not timed there
                 "ratio": over_grpc / in_process if stage != "server" and in_process > 0 else None,
             }
         )
-        previous, hot_previous = stage, hot[stage]
+        if stage not in PROBES:
+            previous, hot_previous = stage, hot[stage]
     floor_us = us["bare"]
     results: dict[str, Any] = {
         "command": command,
@@ -187,11 +203,12 @@ def main() -> int:
     }
     atomic_write_text(Path(args.out), json.dumps(results, indent=2))
     print(f"floor {measured['bare']['rps']:.0f} req/s ({floor_us:.0f} us a request)")
-    print("stage      req/s   +us over floor   stage over gRPC   stage in process   ratio")
+    print("stage      req/s   floor   +us over floor   stage over gRPC   stage in process   ratio")
     for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}x"
         print(
-            f"{row['stage']:8s} {row['rps']:7.0f} {row['extra_over_floor_us']:14.0f} {row['stage_over_grpc_us']:17.0f} "
+            f"{row['stage']:8s} {row['rps']:7.0f} {row['floor_fraction']:7.2f} {row['extra_over_floor_us']:14.0f} "
+            f"{row['stage_over_grpc_us']:17.0f} "
             f"{row['stage_in_process_us']:18.1f} {ratio:>7s}"
         )
     print(
