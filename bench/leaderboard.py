@@ -500,6 +500,8 @@ AUTOTIMES_RUNS = tuple(
         # the selected recipe (autotimes-mlp.json, seed 0) with seeds 1 and 2, each added before it was scored
         "autotimes-seed1.json",
         "autotimes-seed2.json",
+        # the every-window recipe (autotimes-full.json) trained 5 epochs from scratch, added before it was scored
+        "autotimes-ep5.json",
     )
 )
 AUTOTIMES_VARIANT = "plain"  # no timestamp embeddings: the variant those runs train
