@@ -1,6 +1,6 @@
 """Where a 1-client Forecast spends its time beyond the bare gRPC floor: the handler cut after each stage.
 
-arcast's own server process (``ForecastServer``, with its interceptors, metrics and codecs) is started four times,
+arcast's own server process (``ForecastServer``, with its interceptors, metrics and codecs) is started five times,
 its Forecast handler answering a canned reply (a real answer of the full handler) after:
 
 - ``server``: nothing (the server around the handler: interceptors, codecs, health and metrics);
@@ -14,9 +14,10 @@ its Forecast handler answering a canned reply (a real answer of the full handler
 beside the bare floor (bench/bare_server.py), on the linear AR-Net of bench/serve_forecast.py (``linear_h24``: one
 series of 168 values, 24 steps). h2load at 1 client loads each in alternating slices (bench/serving_load.py's
 ``side_by_side``). Each stage's cost over gRPC (the difference between consecutive servers' microseconds per
-request) is set beside the same stage timed in process (the staged handlers called directly, back to back): a
-stage's code that runs hot in a loop runs cold in a server that waits for the network between requests, and the
-ratio says by how much. 0.8 of the floor (issue 19) allows the extra given under ``goal``.
+request; the probe's, over ``server``) is set beside the same stage timed in process (the staged handlers called
+directly, back to back): a stage's code that runs hot in a loop runs cold in a server that waits for the network
+between requests, and the ratio says by how much. 0.8 of the floor (issue 19) allows the extra given under
+``goal``.
 
     .venv/bin/python bench/serve_overhead.py    # -> bench/results/serve_overhead.json
 """
