@@ -26,13 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from autotimes import DEFAULT_BACKBONE, LOOKBACK, REPO_ROOT, SEGMENT, choose, new_model, save
-from leaderboard import Task, linear_on_validation
+from leaderboard import CLOSED_FORM, Task, linear_on_validation, timed_train
 
 from arcast_core.checkpoint import selected_weights
 from forecasting.data import DataConfig, WindowDataset, prepare_data
 from forecasting.export import torch_forecast
 
-DAY = 24
 VAL_STRIDE, TEST_STRIDE = 4, 2  # bench/autotimes.py's --val-stride and --test-stride of the seed runs
 
 
@@ -60,13 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         "test": (prepared.test, choose(len(prepared.test), TEST_STRIDE, None, args.seed + 2)),
     }
     rows: dict[str, dict[str, list[float]]] = {"val": {}, "test": {}}
+    # the baselines as bench/autotimes.py's ``baselines`` fits them, rolled out by their torch models as served
     linear = linear_on_validation(Task("autotimes", "ETTh1", "M", SEGMENT, LOOKBACK, train_horizon=SEGMENT), data)
+    runs = {
+        "linear": linear.run,
+        "seasonal_naive": timed_train("seasonal_naive", data, {}, CLOSED_FORM, prepared=prepared)[0],
+    }
     for name, (split, index) in splits.items():
         raw = prepared.scaler.inverse(np.stack([split.values[i : i + LOOKBACK] for i in index]))
-        pred = np.concatenate([torch_forecast(linear.run, raw[i : i + 256], SEGMENT) for i in range(0, len(raw), 256)])
-        rows[name]["linear"] = channel_mse(prepared.scaler.transform(pred), split, index)
-        last_day = np.stack([split.values[i + LOOKBACK - DAY : i + LOOKBACK] for i in index])
-        rows[name]["seasonal_naive"] = channel_mse(np.tile(last_day, (1, SEGMENT // DAY, 1)), split, index)
+        for kind, run in runs.items():
+            pred = np.concatenate([torch_forecast(run, raw[i : i + 256], SEGMENT) for i in range(0, len(raw), 256)])
+            rows[name][kind] = channel_mse(prepared.scaler.transform(pred), split, index)
     model_args = argparse.Namespace(
         backbone=DEFAULT_BACKBONE,
         train_rollout="growing",
