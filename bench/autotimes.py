@@ -221,6 +221,19 @@ def evaluate(
     (in-context forecasting)."""
     windows: WindowDataset = getattr(prepared, split)
     n_blocks = -(-max(HORIZONS) // SEGMENT)
+    return score(predict(model, windows, index, batch_size, rollout, n_blocks, prompt), windows.values, index)
+
+
+def predict(
+    model: AutoTimes,
+    windows: WindowDataset,
+    index: np.ndarray,
+    batch_size: int,
+    rollout: str,
+    n_blocks: int,
+    prompt: np.ndarray | None = None,
+) -> np.ndarray:
+    """(windows, n_blocks * SEGMENT, C) scaled forecasts of ``rollout`` from each chosen window of ``windows``."""
     mode = check_rollout(rollout)
     preds = []
     device = model_device(model)  # trained on the GPU where there is one: the windows go where the weights are
@@ -231,7 +244,7 @@ def evaluate(
             prompts = None if prompt is None else torch.from_numpy(prompt).expand(len(batch["x"]), -1, -1).to(device)
             x, x_mark = batch["x"].to(device), batch["x_mark"].to(device)
             preds.append(model.forecast(x, n_blocks, x_mark, rollout=mode, prompt=prompts).cpu().numpy())
-    return score(np.concatenate(preds), windows.values, index)
+    return np.concatenate(preds)
 
 
 def score(pred: np.ndarray, values: np.ndarray, index: np.ndarray) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from autotimes import DEFAULT_BACKBONE, LOOKBACK, REPO_ROOT, SEGMENT, choose, new_model, save
+from autotimes import DEFAULT_BACKBONE, LOOKBACK, REPO_ROOT, SEGMENT, choose, new_model, predict, save
 from leaderboard import CLOSED_FORM, Task, linear_on_validation, timed_train
 
 from arcast_core.checkpoint import selected_weights
@@ -79,15 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     for checkpoint in args.checkpoints:
         model = new_model(model_args, data, prepared.n_channels, timestamps=False)
         model.load_state_dict(selected_weights(checkpoint))
-        model.eval()
         label = f"autotimes {checkpoint.parent.name}"
         for name, (split, index) in splits.items():
-            started, preds = time.perf_counter(), []
-            with torch.no_grad():
-                for start in range(0, len(index), 64):
-                    batch = split.batch(index[start : start + 64])
-                    preds.append(model.forecast(batch["x"], 1, batch["x_mark"], rollout="sliding").numpy())
-            rows[name][label] = channel_mse(np.concatenate(preds), split, index)
+            started = time.perf_counter()
+            pred = predict(model, split, index, 64, "sliding", 1)
+            rows[name][label] = channel_mse(pred, split, index)
             print(f"{label} {name}: {time.perf_counter() - started:.0f} s", flush=True)
     result: dict[str, Any] = {
         "command": shlex.join(["python", *sys.argv]),
