@@ -502,9 +502,15 @@ AUTOTIMES_RUNS = tuple(
         "autotimes-seed2.json",
         # the every-window recipe (autotimes-full.json) trained 5 epochs from scratch, added before it was scored
         "autotimes-ep5.json",
+        # the selected recipe with the paper's timestamp embeddings (variant "timestamps"), added before it was scored
+        "autotimes-ts.json",
     )
 )
-AUTOTIMES_VARIANT = "plain"  # no timestamp embeddings: the variant those runs train
+
+
+def variant_of(scored: str) -> str:
+    """The variant of an ``accuracy`` key such as ``"timestamps, sliding"``."""
+    return scored.split(", ")[0]
 
 
 def autotimes_choice(paths: Sequence[Path] = AUTOTIMES_RUNS) -> tuple[Path, str] | None:
@@ -515,10 +521,10 @@ def autotimes_choice(paths: Sequence[Path] = AUTOTIMES_RUNS) -> tuple[Path, str]
     runs = []
     for path in paths:
         doc = json.loads(path.read_text()) if path.is_file() else {}
-        choice = doc.get("rollout_choice", {}).get(AUTOTIMES_VARIANT)
-        scored = f"{AUTOTIMES_VARIANT}, {choice['chosen']}" if choice else ""
-        if scored in doc.get("accuracy", {}) and scored in doc.get("validation", {}):
-            runs.append((choice["val_stride"], doc["validation"][scored]["average"]["mse"], path, scored))
+        for variant, choice in doc.get("rollout_choice", {}).items():  # each variant the run trained and chose for
+            scored = f"{variant}, {choice['chosen']}"
+            if scored in doc.get("accuracy", {}) and scored in doc.get("validation", {}):
+                runs.append((choice["val_stride"], doc["validation"][scored]["average"]["mse"], path, scored))
     if len({r[0] for r in runs}) > 1:
         raise ValueError(f"AutoTimes runs chose on different validation windows (val_stride): {runs}")
     return min(runs)[2:] if runs else None
@@ -526,12 +532,14 @@ def autotimes_choice(paths: Sequence[Path] = AUTOTIMES_RUNS) -> tuple[Path, str]
 
 def started_from(checkpoint: Path, paths: Sequence[Path]) -> dict[str, Any]:
     """The run of ``paths`` whose ``--checkpoint-dir`` wrote ``checkpoint`` (a fine-tune's ``--init-from``): its
-    results file and training seconds; ValueError where none of them did."""
+    results file and training seconds (of the variant the checkpoint is named after: ``plain-k1....pt``);
+    ValueError where none of them did."""
+    variant = checkpoint.name.split("-")[0]
     for path in paths:
         doc = json.loads(path.read_text()) if path.is_file() else {}
         words = shlex.split(doc.get("command", ""))
         if "--checkpoint-dir" in words and Path(words[words.index("--checkpoint-dir") + 1]) == checkpoint.parent:
-            return {"path": path, "train_seconds": doc["training"][AUTOTIMES_VARIANT]["train_seconds"]}
+            return {"path": path, "train_seconds": doc["training"][variant]["train_seconds"]}
     raise ValueError(f"no AutoTimes run of {[str(p) for p in paths]} wrote {checkpoint} (--init-from)")
 
 
@@ -553,7 +561,7 @@ def autotimes_rows(paths: Sequence[Path] = AUTOTIMES_RUNS) -> list[dict[str, Any
         return []
     path, scored = choice
     doc = json.loads(path.read_text())
-    accuracy, training = doc["accuracy"][scored], doc["training"][AUTOTIMES_VARIANT]
+    accuracy, training = doc["accuracy"][scored], doc["training"][variant_of(scored)]
     bounds, seconds = doc["bounds"], training["train_seconds"]
     reasons = [
         f"collected from {repo_path(path)} ({scored}: of the runs, the lowest validation MSE): {bounds['epochs']} "
@@ -629,7 +637,7 @@ def gpu_rows(informer: Path = GPU_INFORMER_RUN, autotimes: Path = GPU_AUTOTIMES_
             )
     if autotimes.is_file():
         doc = json.loads(autotimes.read_text())
-        accuracy, training = doc["accuracy"][f"{AUTOTIMES_VARIANT}, sliding"], doc["training"][AUTOTIMES_VARIANT]
+        accuracy, training = doc["accuracy"]["plain, sliding"], doc["training"]["plain"]  # no timestamp embeddings
         budget = (
             f"the official LLaMA script's: {doc['bounds']['epochs']} epochs over every window, batch 256, "
             f"lr {training['lr']:g} cosine (one H200)"

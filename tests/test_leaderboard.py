@@ -175,10 +175,11 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
         choice: str | None,
         stride: int = 4,
         init_from: str | None = None,
+        variant: str = "plain",
     ) -> Path:
         def cells(mse: dict[str, float]) -> dict[str, Any]:
             return {
-                f"plain, {r}": {"per_horizon": {"96": {"mse": m, "mae": m, "windows": 10}}, "average": {"mse": m}}
+                f"{variant}, {r}": {"per_horizon": {"96": {"mse": m, "mae": m, "windows": 10}}, "average": {"mse": m}}
                 for r, m in mse.items()
             }
 
@@ -188,12 +189,12 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
         doc = {
             "command": f"bench/autotimes.py --checkpoint-dir work/{name[0]} --out {name}",
             "bounds": {"epochs": 3, "train_stride": 2, "test_stride": 1},
-            "training": {"plain": training},
+            "training": {variant: training},
             "accuracy": cells(test),
             "validation": cells(val),
         }
         if choice:
-            doc["rollout_choice"] = {"plain": {"chosen": choice, "val_stride": stride}}
+            doc["rollout_choice"] = {variant: {"chosen": choice, "val_stride": stride}}
         path = tmp_path / name
         path.write_text(json.dumps(doc))
         return path
@@ -216,6 +217,11 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
     orphan = run("g.json", {"sliding": 0.42}, {"sliding": 1.0}, "sliding", init_from="work/z/plain-k1.pt")
     with pytest.raises(ValueError, match=r"wrote work/z/plain-k1\.pt"):
         leaderboard.autotimes_rows([worse, orphan])
+    # a run of the other variant (timestamp embeddings) competes on the same validation rule
+    stamped = run("t.json", {"sliding": 0.44}, {"sliding": 1.05}, "sliding", variant="timestamps")
+    assert leaderboard.autotimes_choice([worse, better, stamped]) == (stamped, "timestamps, sliding")
+    (row,) = leaderboard.autotimes_rows([worse, better, stamped])
+    assert (row["mse"], row["train_seconds"]) == (0.44, 7200.0) and "(timestamps, sliding:" in row["reduced_reasons"][0]
     other_windows = run("e.json", {"growing": 0.3}, {"growing": 0.4}, "growing", stride=8)
     with pytest.raises(ValueError, match="different validation windows"):
         leaderboard.autotimes_choice([worse, other_windows])
