@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,19 @@ from serving.artifact import read_artifact
 from serving.runners import load_runner
 
 
-def evaluate_artifact(
+@dataclass
+class ServedForecasts:
+    """An artifact's forecasts on every window of a split as served, and the actuals, on the training scale."""
+
+    artifact: Any  # serving.artifact.Artifact
+    config: DataConfig  # the data the windows come from (horizon and lookback as evaluated)
+    prepared: Any  # forecasting.data.PreparedData
+    predictions: np.ndarray  # (windows, horizon, channels), scaled
+    actuals: np.ndarray  # (windows, horizon, channels), scaled
+    scaler: StandardScaler
+
+
+def served_forecasts(
     path: Path | str,
     horizon: int | None = None,
     split: str = "test",
@@ -24,8 +36,8 @@ def evaluate_artifact(
     dataset: str | None = None,
     batch_size: int = 512,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Metrics of the artifact at ``path`` on every window of ``split`` (published protocol: scaled)."""
+) -> ServedForecasts:
+    """The artifact at ``path`` run as served (onnxruntime, its rollout) from every window of ``split``."""
     artifact = read_artifact(path)
     model = load_runner(artifact)
     horizon = horizon or model.step
@@ -54,16 +66,37 @@ def evaluate_artifact(
         raise ValueError(f"{path}: the manifest records no training scaler")
     norm = manifest.normalization
     scaler = StandardScaler.from_dict({"mean": list(norm.mean), "std": list(norm.std)})
-    pred_scaled, true_scaled = scaler.transform(np.concatenate(preds)), scaler.transform(np.concatenate(trues))
+    return ServedForecasts(
+        artifact,
+        config,
+        prepared,
+        scaler.transform(np.concatenate(preds)),
+        scaler.transform(np.concatenate(trues)),
+        scaler,
+    )
+
+
+def evaluate_artifact(
+    path: Path | str,
+    horizon: int | None = None,
+    split: str = "test",
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of the artifact at ``path`` on every window of ``split`` (published protocol: scaled)."""
+    served = served_forecasts(path, horizon, split, data_dir, dataset, batch_size, progress)
+    artifact, config, prepared = served.artifact, served.config, served.prepared
     return {
         "model": artifact.name,
         "version": artifact.version,
         "dataset": config.dataset,
         "split": split,
-        "horizon": horizon,
-        "windows": len(windows),
+        "horizon": config.horizon,
+        "windows": len(served.predictions),
         "split_summary": prepared.split_summary(),
-        "data_matches_training": prepared.fingerprint == manifest.data.fingerprint,
-        "metrics": forecast_metrics(pred_scaled, true_scaled, scaler),
-        "mse_by_step": error_by_horizon(pred_scaled, true_scaled).tolist(),
+        "data_matches_training": prepared.fingerprint == artifact.manifest.data.fingerprint,
+        "metrics": forecast_metrics(served.predictions, served.actuals, served.scaler),
+        "mse_by_step": error_by_horizon(served.predictions, served.actuals).tolist(),
     }

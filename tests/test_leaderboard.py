@@ -225,3 +225,29 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
     other_windows = run("e.json", {"growing": 0.3}, {"growing": 0.4}, "growing", stride=8)
     with pytest.raises(ValueError, match="different validation windows"):
         leaderboard.autotimes_choice([worse, other_windows])
+
+
+def test_paired_rebuilds_two_rows_and_compares_them_window_by_window(tmp_path: Path, data_dir: Path) -> None:
+    """bench/paired.py refits the AR-Net protocol's naive and seasonal naive rows as the leaderboard did, scores
+    their served artifacts on every test window, and tests the difference; a rebuilt model that does not score its
+    row's MSE is refused."""
+    paired = load_script("bench/paired.py", "paired")
+    out = tmp_path / "paired.json"
+    argv = ["--protocol", "arnet", "--horizon", "24", "--models", "naive", "seasonal_naive", "--out", str(out)]
+    assert paired.main([*argv, "--data-dir", str(data_dir)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["mse_a"] == pytest.approx(row["row_mse_a"], rel=1e-3) and row["windows"] > 2500
+    assert row["mean_difference"] == pytest.approx(row["mse_a"] - row["mse_b"])
+    assert row["ci95"][1] < 0 and row["p_value"] < 0.01  # last value beats the daily season at 24 h on ETTh1 OT
+    assert row["check_lag_4h"]["se"] > row["se"] and row["lag"] == 24
+    assert paired.main([*argv, "--data-dir", str(data_dir)]) == 0  # a rerun replaces its row
+    assert len(json.loads(out.read_text())["rows"]) == 1
+    rows = json.loads(paired.leaderboard.DEFAULT_OUT.read_text())["rows"]
+    task = paired.leaderboard.protocol_tasks("arnet")[0]
+    wrong = {**paired.leaderboard_row(rows, task, "naive"), "mse": 0.05}
+    with pytest.raises(SystemExit, match="not the row's model"):
+        paired.compare(
+            task,
+            {"naive": wrong, "seasonal_naive": paired.leaderboard_row(rows, task, "seasonal_naive")},
+            str(data_dir),
+        )
