@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import leaderboard
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="the ETT folder (default: ../shared/data)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # as the leaderboard trains by default (--threads 1): the same AR-Net weights
     unknown = [m for m in args.models if m not in REBUILDABLE]
     if unknown or args.models[0] == args.models[1]:
         parser.error(f"--models: {args.models}: two different models of {', '.join(REBUILDABLE)}")
