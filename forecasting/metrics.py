@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def error_by_horizon(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.mean((pred.astype(np.float64) - true) ** 2, axis=(0, 2))
 
 
-def paired_difference(loss_a: np.ndarray, loss_b: np.ndarray, lag: int) -> dict[str, float]:
+def paired_difference(loss_a: np.ndarray, loss_b: np.ndarray, lag: int) -> dict[str, Any]:
     """Is forecast A's mean loss really below B's on the same windows? The Diebold-Mariano comparison (1995):
     ``d = loss_a - loss_b`` per window (in time order), its mean, and a standard error from the Newey-West (Bartlett)
     long-run variance over ``lag`` autocovariances, since neighbouring windows share most of their targets and their
