@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import leaderboard
 
 from arcast_core.files import atomic_write_text
 from arcast_core.training import TrainConfig
-from forecasting.data import DataConfig
+from forecasting.data import DataConfig, prepare_data
 from forecasting.evaluate import served_forecasts
 from forecasting.export import export_run
 from forecasting.metrics import paired_difference
@@ -39,6 +40,7 @@ RESULTS = leaderboard.REPO_ROOT / "bench" / "results" / "paired.json"
 REBUILDABLE = (*leaderboard.BASELINES, "arnet")  # refitted in seconds, or retrained in about a minute
 # A rebuilt model must score its row's MSE within this (relative): else it is not the row's model.
 REPRODUCED_RTOL = 1e-3
+AUTOTIMES_TEST_STRIDE = 2  # bench/autotimes.py's --test-stride of the selected run (every 2nd test window)
 
 
 def leaderboard_row(rows: list[dict[str, Any]], task: leaderboard.Task, model: str) -> dict[str, Any]:
@@ -100,18 +102,133 @@ def compare(task: leaderboard.Task, rows: dict[str, dict[str, Any]], data_dir: s
     }
 
 
+def autotimes_comparison(checkpoint: Path, baseline: str, seed: int) -> list[dict[str, Any]]:
+    """AutoTimes (a checkpoint of ``bench/autotimes.py --variants plain`` with the selected recipe's MLP maps) against
+    ``baseline`` on the windows its runs score (every 2nd test window), each rolled out to 720 h (AutoTimes: the
+    sliding rollout it serves; the baseline as the leaderboard fits it, its torch model rolled out as served), one
+    comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h."""
+    from autotimes import DEFAULT_BACKBONE, HORIZONS, LOOKBACK, SEGMENT, choose, new_model, predict
+
+    from arcast_core.checkpoint import selected_weights
+    from forecasting.export import torch_forecast
+
+    started = time.perf_counter()
+    task = leaderboard.Task("autotimes", "ETTh1", "M", SEGMENT, LOOKBACK, train_horizon=SEGMENT)
+    data = DataConfig(dataset="ETTh1", features="M", lookback=LOOKBACK, horizon=SEGMENT)
+    prepared = prepare_data(data)
+    split = prepared.test
+    index = choose(len(split), AUTOTIMES_TEST_STRIDE, None, seed + 2)  # bench/autotimes.py's test windows
+    model_args = argparse.Namespace(
+        backbone=DEFAULT_BACKBONE, train_rollout="growing", mlp_hidden_layers=2, mlp_hidden_dim=512
+    )
+    model = new_model(model_args, data, prepared.n_channels, timestamps=False)
+    model.load_state_dict(selected_weights(checkpoint))
+    blocks = -(-max(HORIZONS) // SEGMENT)
+    ours = predict(model, split, index, 64, "sliding", blocks).astype(np.float64)
+    run = leaderboard.baseline(task, baseline, None).run
+    raw = prepared.scaler.inverse(np.stack([split.values[i : i + LOOKBACK] for i in index]))
+    theirs = np.concatenate([torch_forecast(run, raw[i : i + 256], blocks * SEGMENT) for i in range(0, len(raw), 256)])
+    theirs = prepared.scaler.transform(theirs).astype(np.float64)
+    losses = horizon_losses(ours, theirs, split.values, index, HORIZONS, LOOKBACK)
+    out = []
+    for horizon, (a, b) in losses.items():
+        lag = -(-(max(HORIZONS) if horizon == "average" else int(horizon)) // AUTOTIMES_TEST_STRIDE)  # in windows
+        primary, wider = paired_difference(a, b, lag), paired_difference(a, b, 4 * lag)
+        out.append(
+            {
+                "protocol": "autotimes",
+                "dataset": "ETTh1",
+                "features": "M",
+                "horizon": horizon,
+                "a": "autotimes",
+                "b": baseline,
+                "checkpoint": str(checkpoint),
+                "test_stride": AUTOTIMES_TEST_STRIDE,
+                "mse_a": float(a.mean()),
+                "mse_b": float(b.mean()),
+                "relative_difference": primary["mean_difference"] / float(b.mean()),
+                **primary,
+                "check_lag_4h": {k: wider[k] for k in ("se", "ci95", "dm_statistic", "p_value", "lag")},
+                "seconds": round(time.perf_counter() - started, 1),
+                "command": " ".join(["bench/paired.py", *sys.argv[1:]]),
+            }
+        )
+    return out
+
+
+def horizon_losses(
+    ours: np.ndarray,
+    theirs: np.ndarray,
+    values: np.ndarray,
+    index: np.ndarray,
+    horizons: Sequence[int],
+    lookback: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per horizon, both forecasts' squared error per window (mean over steps and channels) on the windows of
+    ``index`` (sorted starts in ``values``, lookback first) whose horizon lies within ``values``; "average": the
+    horizons' mean loss on the windows that fit the longest."""
+    losses: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for h in horizons:
+        valid = index[index + lookback + h <= len(values)]
+        true = np.stack([values[i + lookback : i + lookback + h] for i in valid]).astype(np.float64)
+        a, b = ((pred[: len(valid), :h] - true) ** 2 for pred in (ours, theirs))  # index sorted: valid ones first
+        losses[str(h)] = (a.mean(axis=(1, 2)), b.mean(axis=(1, 2)))
+    fit_all = len(losses[str(max(horizons))][0])
+    losses["average"] = (
+        np.mean([losses[str(h)][0][:fit_all] for h in horizons], axis=0),
+        np.mean([losses[str(h)][1][:fit_all] for h in horizons], axis=0),
+    )
+    return losses
+
+
+def save_rows(out: Path, results: list[dict[str, Any]]) -> None:
+    """Add ``results`` to the file, replacing the rows of the same comparisons."""
+    done = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    same = ("protocol", "dataset", "features", "horizon", "a", "b")
+    keys = {tuple(r[k] for k in same) for r in results}
+    done["rows"] = [r for r in done["rows"] if tuple(r[k] for k in same) not in keys] + results
+    atomic_write_text(out, json.dumps(done, indent=1) + "\n")
+
+
+def report(result: dict[str, Any]) -> None:
+    print(
+        f"{result['protocol']} {result['dataset']} {result['features']} {result['horizon']}: {result['a']} "
+        f"{result['mse_a']:.5f} - {result['b']} {result['mse_b']:.5f} = {result['mean_difference']:+.5f} "
+        f"(95% [{result['ci95'][0]:+.5f}, {result['ci95'][1]:+.5f}], p {result['p_value']:.3f})",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", default="arnet", choices=("informer", "autotimes", "arnet"))
     parser.add_argument("--dataset", default="ETTh1")
     parser.add_argument("--features", default="S", choices=("S", "M"))
-    parser.add_argument("--horizon", type=int, nargs="+", required=True, help="one comparison per horizon")
+    parser.add_argument("--horizon", type=int, nargs="+", help="one comparison per horizon")
+    parser.add_argument("--models", nargs=2, metavar=("A", "B"), help=f"two of {', '.join(REBUILDABLE)}: is A below B?")
     parser.add_argument(
-        "--models", nargs=2, required=True, metavar=("A", "B"), help=f"two of {', '.join(REBUILDABLE)}: is A below B?"
+        "--autotimes-checkpoint",
+        type=Path,
+        help="instead of --models: AutoTimes from this checkpoint of bench/autotimes.py (the selected recipe: "
+        "--variants plain, MLP maps 2 x 512) against --baseline, at every horizon of the autotimes protocol",
     )
+    parser.add_argument("--baseline", default="linear", choices=leaderboard.BASELINES)
+    parser.add_argument("--seed", type=int, default=0, help="the AutoTimes run's --seed (its test window choice)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for AutoTimes' forecasts")
     parser.add_argument("--data-dir", default=None, help="the ETT folder (default: ../shared/data)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.autotimes_checkpoint is not None:
+        if not args.autotimes_checkpoint.is_file():
+            parser.error(f"--autotimes-checkpoint: {args.autotimes_checkpoint} is not a file")
+        torch.set_num_threads(args.threads)
+        results = autotimes_comparison(args.autotimes_checkpoint, args.baseline, args.seed)
+        save_rows(args.out, results)
+        for result in results:
+            report(result)
+        return 0
+    if not args.horizon or not args.models:
+        parser.error("--horizon and --models are required (or --autotimes-checkpoint)")
     torch.set_num_threads(1)  # as the leaderboard trains by default (--threads 1): the same AR-Net weights
     unknown = [m for m in args.models if m not in REBUILDABLE]
     if unknown or args.models[0] == args.models[1]:
@@ -124,16 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             where = f"the {args.protocol} protocol on {args.dataset} {args.features}"
             parser.error(f"--horizon: {horizon} is not a horizon of {where}")
         result = compare(task, {m: leaderboard_row(rows, task, m) for m in args.models}, args.data_dir)
-        done = json.loads(args.out.read_text()) if args.out.is_file() else {"rows": []}
-        same = ("protocol", "dataset", "features", "horizon", "a", "b")
-        done["rows"] = [r for r in done["rows"] if any(r[k] != result[k] for k in same)] + [result]
-        atomic_write_text(args.out, json.dumps(done, indent=1) + "\n")
-        print(
-            f"{task.protocol} {task.dataset} {task.features} {horizon}: {result['a']} {result['mse_a']:.5f} - "
-            f"{result['b']} {result['mse_b']:.5f} = {result['mean_difference']:+.5f} "
-            f"(95% [{result['ci95'][0]:+.5f}, {result['ci95'][1]:+.5f}], p {result['p_value']:.3f})",
-            flush=True,
-        )
+        save_rows(args.out, [result])
+        report(result)
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.scripts import load_script
@@ -251,3 +252,24 @@ def test_paired_rebuilds_two_rows_and_compares_them_window_by_window(tmp_path: P
             {"naive": wrong, "seasonal_naive": paired.leaderboard_row(rows, task, "seasonal_naive")},
             str(data_dir),
         )
+
+
+def test_paired_scores_each_horizon_on_the_windows_it_fits(tmp_path: Path) -> None:
+    """AutoTimes' comparison: a horizon's losses come from the windows whose targets lie within the split (as
+    bench/autotimes.py scores them), the average from the windows that fit the longest horizon; the CLI names a
+    missing checkpoint."""
+    paired = load_script("bench/paired.py", "paired")
+    values = np.arange(40.0).reshape(20, 2) / 10  # 20 steps x 2 channels
+    index = np.arange(0, 12, 2)  # window starts 0, 2, ..., 10; lookback 4
+    ours, theirs = np.zeros((6, 8, 2)), np.ones((6, 8, 2))
+    losses = paired.horizon_losses(ours, theirs, values, index, (4, 8), 4)
+    assert [len(losses[h][0]) for h in ("4", "8", "average")] == [6, 5, 5]  # start 10 + 4 + 8 > 20
+    true = values[2 + 4 : 2 + 4 + 8]
+    assert losses["8"][0][1] == pytest.approx(np.mean(true**2)) and losses["8"][1][1] == pytest.approx(
+        np.mean((1 - true) ** 2)
+    )
+    assert losses["average"][0][0] == pytest.approx((losses["4"][0][0] + losses["8"][0][0]) / 2)
+    with pytest.raises(SystemExit):
+        paired.main(["--autotimes-checkpoint", str(tmp_path / "none.pt")])
+    with pytest.raises(SystemExit):
+        paired.main(["--horizon", "24"])  # no --models
