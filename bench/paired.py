@@ -9,7 +9,13 @@ the rebuilt model scores the row's MSE, and compares the per-window losses with 
 as a check on that choice). Results go to ``bench/results/paired.json`` (a ``rows`` list, one per comparison,
 replaced when rerun).
 
+AutoTimes rows cost hours to rebuild, so that comparison takes a checkpoint of ``bench/autotimes.py`` instead
+(``--autotimes-checkpoint``; with ``--autotimes-run``, the results file of the run that wrote it, whose test MSE the
+checkpoint's forecasts are checked against) and scores it on the windows that script scores.
+
     .venv/bin/python bench/paired.py --protocol arnet --horizon 48 --models arnet linear
+    .venv/bin/python bench/paired.py --autotimes-run bench/results/autotimes-mlp.json --baseline linear \\
+        --autotimes-checkpoint bench/work/autotimes-mlp/plain-k1-mlp2x512-bf16-lr0.001.pt
 """
 
 from __future__ import annotations
@@ -102,11 +108,15 @@ def compare(task: leaderboard.Task, rows: dict[str, dict[str, Any]], data_dir: s
     }
 
 
-def autotimes_comparison(checkpoint: Path, baseline: str, seed: int) -> list[dict[str, Any]]:
+def autotimes_comparison(
+    checkpoint: Path, baseline: str, seed: int, run_file: Path | None = None
+) -> list[dict[str, Any]]:
     """AutoTimes (a checkpoint of ``bench/autotimes.py --variants plain`` with the selected recipe's MLP maps) against
     ``baseline`` on the windows its runs score (every 2nd test window), each rolled out to 720 h (AutoTimes: the
     sliding rollout it serves; the baseline as the leaderboard fits it, its torch model rolled out as served), one
-    comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h."""
+    comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h. ``run_file``: the
+    results of the run that wrote the checkpoint; each row then records that run's test MSE and whether the
+    checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
     from autotimes import DEFAULT_BACKBONE, HORIZONS, LOOKBACK, SEGMENT, choose, new_model, predict
 
     from arcast_core.checkpoint import selected_weights
@@ -130,6 +140,7 @@ def autotimes_comparison(checkpoint: Path, baseline: str, seed: int) -> list[dic
     theirs = np.concatenate([torch_forecast(run, raw[i : i + 256], blocks * SEGMENT) for i in range(0, len(raw), 256)])
     theirs = prepared.scaler.transform(theirs).astype(np.float64)
     losses = horizon_losses(ours, theirs, split.values, index, HORIZONS, LOOKBACK)
+    recorded = json.loads(run_file.read_text())["accuracy"]["plain, sliding"] if run_file else None
     out = []
     for horizon, (a, b) in losses.items():
         lag = -(-(max(HORIZONS) if horizon == "average" else int(horizon)) // AUTOTIMES_TEST_STRIDE)  # in windows
@@ -146,6 +157,7 @@ def autotimes_comparison(checkpoint: Path, baseline: str, seed: int) -> list[dic
                 "test_stride": AUTOTIMES_TEST_STRIDE,
                 "mse_a": float(a.mean()),
                 "mse_b": float(b.mean()),
+                **(reproduction(recorded, horizon, float(a.mean())) if recorded else {}),
                 "relative_difference": primary["mean_difference"] / float(b.mean()),
                 **primary,
                 "check_lag_4h": {k: wider[k] for k in ("se", "ci95", "dm_statistic", "p_value", "lag")},
@@ -154,6 +166,15 @@ def autotimes_comparison(checkpoint: Path, baseline: str, seed: int) -> list[dic
             }
         )
     return out
+
+
+def reproduction(recorded: dict[str, Any], horizon: str, mse: float) -> dict[str, Any]:
+    """The run's own test MSE at ``horizon`` (a horizon or "average", which the run averages over every horizon's
+    windows, not only those that fit the longest: no check) and whether ``mse`` reproduces it."""
+    if horizon == "average":
+        return {"row_mse_a": recorded["average"]["mse"]}
+    row = recorded["per_horizon"][horizon]["mse"]
+    return {"row_mse_a": row, "reproduced": bool(np.isclose(mse, row, rtol=REPRODUCED_RTOL, atol=0))}
 
 
 def horizon_losses(
@@ -212,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of --models: AutoTimes from this checkpoint of bench/autotimes.py (the selected recipe: "
         "--variants plain, MLP maps 2 x 512) against --baseline, at every horizon of the autotimes protocol",
     )
+    parser.add_argument("--autotimes-run", type=Path, help="the results file of the run that wrote the checkpoint")
     parser.add_argument("--baseline", default="linear", choices=leaderboard.BASELINES)
     parser.add_argument("--seed", type=int, default=0, help="the AutoTimes run's --seed (its test window choice)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for AutoTimes' forecasts")
@@ -222,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.autotimes_checkpoint.is_file():
             parser.error(f"--autotimes-checkpoint: {args.autotimes_checkpoint} is not a file")
         torch.set_num_threads(args.threads)
-        results = autotimes_comparison(args.autotimes_checkpoint, args.baseline, args.seed)
+        results = autotimes_comparison(args.autotimes_checkpoint, args.baseline, args.seed, args.autotimes_run)
         save_rows(args.out, results)
         for result in results:
             report(result)

@@ -269,6 +269,10 @@ def test_paired_scores_each_horizon_on_the_windows_it_fits(tmp_path: Path) -> No
         np.mean((1 - true) ** 2)
     )
     assert losses["average"][0][0] == pytest.approx((losses["4"][0][0] + losses["8"][0][0]) / 2)
+    recorded = {"per_horizon": {"96": {"mse": 0.4}}, "average": {"mse": 0.42}}
+    assert paired.reproduction(recorded, "96", 0.40001) == {"row_mse_a": 0.4, "reproduced": True}
+    assert not paired.reproduction(recorded, "96", 0.41)["reproduced"]
+    assert paired.reproduction(recorded, "average", 0.5) == {"row_mse_a": 0.42}  # other windows: no check
     with pytest.raises(SystemExit):
         paired.main(["--autotimes-checkpoint", str(tmp_path / "none.pt")])
     with pytest.raises(SystemExit):
