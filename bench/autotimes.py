@@ -265,22 +265,41 @@ def baselines(prepared: PreparedData, data: DataConfig, index: np.ndarray) -> di
     chosen on validation, 672 values to the next 96), each rolled out by its torch model as served."""
     from leaderboard import CLOSED_FORM, Task, linear_on_validation, timed_train
 
-    from forecasting.export import torch_forecast
-
     values = prepared.test.values
     horizon = max(HORIZONS)
-    raw = prepared.scaler.inverse(np.stack([values[i : i + LOOKBACK] for i in index]))  # (windows, 672, C)
     task = Task("autotimes", data.dataset, data.features, horizon, LOOKBACK, train_horizon=SEGMENT)
     out: dict[str, Any] = {}
     for kind in ("naive", "seasonal_naive", "linear"):
         started = time.perf_counter()
         trained = linear_on_validation(task, data) if kind == "linear" else None
         run = trained.run if trained else timed_train(kind, data, {}, CLOSED_FORM, prepared=prepared)[0]
-        pred = np.concatenate([torch_forecast(run, raw[i : i + 256], horizon) for i in range(0, len(raw), 256)])
-        out[kind] = {**score(prepared.scaler.transform(pred), values, index), "seconds": time.perf_counter() - started}
+        pred = baseline_forecast(run, prepared, prepared.test, index, horizon)
+        out[kind] = {**score(pred, values, index), "seconds": time.perf_counter() - started}
         if trained:
             out[kind].update(chosen=trained.details["chosen"], alpha=trained.details["alpha"])
     return out
+
+
+def baseline_forecast(
+    run: Run, prepared: PreparedData, windows: WindowDataset, index: np.ndarray, horizon: int
+) -> np.ndarray:
+    """(windows, horizon, C) scaled forecasts of a baseline's torch model, rolled out as served (in raw units, 256
+    windows a call) from each chosen window of ``windows``: what AutoTimes is compared with on the same windows."""
+    from forecasting.export import torch_forecast
+
+    raw = prepared.scaler.inverse(np.stack([windows.values[i : i + LOOKBACK] for i in index]))  # (windows, 672, C)
+    pred = np.concatenate([torch_forecast(run, raw[i : i + 256], horizon) for i in range(0, len(raw), 256)])
+    return prepared.scaler.transform(pred)
+
+
+def load_plain(checkpoint: Path, data: DataConfig, channels: int, hidden_layers: int, hidden_dim: int) -> AutoTimes:
+    """The selected weights of a ``--variants plain`` run's checkpoint, in a model of the given MLP map shape."""
+    args = argparse.Namespace(
+        backbone=DEFAULT_BACKBONE, train_rollout="growing", mlp_hidden_layers=hidden_layers, mlp_hidden_dim=hidden_dim
+    )
+    model = new_model(args, data, channels, timestamps=False)
+    model.load_state_dict(selected_weights(checkpoint))
+    return model
 
 
 def choose_rollout(

@@ -25,12 +25,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from autotimes import DEFAULT_BACKBONE, LOOKBACK, REPO_ROOT, SEGMENT, choose, new_model, predict, save
+from autotimes import LOOKBACK, REPO_ROOT, SEGMENT, baseline_forecast, choose, load_plain, predict, save
 from leaderboard import CLOSED_FORM, Task, linear_on_validation, timed_train
 
-from arcast_core.checkpoint import selected_weights
 from forecasting.data import DataConfig, WindowDataset, prepare_data
-from forecasting.export import torch_forecast
 
 VAL_STRIDE, TEST_STRIDE = 4, 2  # bench/autotimes.py's --val-stride and --test-stride of the seed runs
 
@@ -66,19 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         "seasonal_naive": timed_train("seasonal_naive", data, {}, CLOSED_FORM, prepared=prepared)[0],
     }
     for name, (split, index) in splits.items():
-        raw = prepared.scaler.inverse(np.stack([split.values[i : i + LOOKBACK] for i in index]))
         for kind, run in runs.items():
-            pred = np.concatenate([torch_forecast(run, raw[i : i + 256], SEGMENT) for i in range(0, len(raw), 256)])
-            rows[name][kind] = channel_mse(prepared.scaler.transform(pred), split, index)
-    model_args = argparse.Namespace(
-        backbone=DEFAULT_BACKBONE,
-        train_rollout="growing",
-        mlp_hidden_layers=args.mlp_hidden_layers,
-        mlp_hidden_dim=args.mlp_hidden_dim,
-    )
+            rows[name][kind] = channel_mse(baseline_forecast(run, prepared, split, index, SEGMENT), split, index)
     for checkpoint in args.checkpoints:
-        model = new_model(model_args, data, prepared.n_channels, timestamps=False)
-        model.load_state_dict(selected_weights(checkpoint))
+        model = load_plain(checkpoint, data, prepared.n_channels, args.mlp_hidden_layers, args.mlp_hidden_dim)
         label = f"autotimes {checkpoint.parent.name}"
         for name, (split, index) in splits.items():
             started = time.perf_counter()

@@ -117,10 +117,7 @@ def autotimes_comparison(
     comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h. ``run_file``: the
     results of the run that wrote the checkpoint; each row then records that run's test MSE and whether the
     checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
-    from autotimes import DEFAULT_BACKBONE, HORIZONS, LOOKBACK, SEGMENT, choose, new_model, predict
-
-    from arcast_core.checkpoint import selected_weights
-    from forecasting.export import torch_forecast
+    from autotimes import HORIZONS, LOOKBACK, SEGMENT, baseline_forecast, choose, load_plain, predict
 
     started = time.perf_counter()
     task = leaderboard.Task("autotimes", "ETTh1", "M", SEGMENT, LOOKBACK, train_horizon=SEGMENT)
@@ -128,17 +125,11 @@ def autotimes_comparison(
     prepared = prepare_data(data)
     split = prepared.test
     index = choose(len(split), AUTOTIMES_TEST_STRIDE, None, seed + 2)  # bench/autotimes.py's test windows
-    model_args = argparse.Namespace(
-        backbone=DEFAULT_BACKBONE, train_rollout="growing", mlp_hidden_layers=2, mlp_hidden_dim=512
-    )
-    model = new_model(model_args, data, prepared.n_channels, timestamps=False)
-    model.load_state_dict(selected_weights(checkpoint))
+    model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
     blocks = -(-max(HORIZONS) // SEGMENT)
     ours = predict(model, split, index, 64, "sliding", blocks).astype(np.float64)
     run = leaderboard.baseline(task, baseline, None).run
-    raw = prepared.scaler.inverse(np.stack([split.values[i : i + LOOKBACK] for i in index]))
-    theirs = np.concatenate([torch_forecast(run, raw[i : i + 256], blocks * SEGMENT) for i in range(0, len(raw), 256)])
-    theirs = prepared.scaler.transform(theirs).astype(np.float64)
+    theirs = baseline_forecast(run, prepared, split, index, blocks * SEGMENT).astype(np.float64)
     losses = horizon_losses(ours, theirs, split.values, index, HORIZONS, LOOKBACK)
     recorded = json.loads(run_file.read_text())["accuracy"]["plain, sliding"] if run_file else None
     out = []
