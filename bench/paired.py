@@ -66,46 +66,50 @@ def rebuild(task: leaderboard.Task, row: dict[str, Any], data_dir: str | None) -
     return run
 
 
-def per_window_losses(task: leaderboard.Task, row: dict[str, Any], data_dir: str | None) -> tuple[np.ndarray, float]:
-    """The rebuilt model's squared error per test window (mean over steps and channels, scaled) and its MSE."""
+def per_window_losses(task: leaderboard.Task, row: dict[str, Any], data_dir: str | None) -> np.ndarray:
+    """The rebuilt model's squared error per test window (mean over steps and channels, scaled; their mean is its
+    MSE)."""
     run = rebuild(task, row, data_dir)
     with tempfile.TemporaryDirectory(prefix="paired-") as store:
         artifact = export_run(run, store, "m", max_horizon=max(task.horizon, run.model.step))
         served = served_forecasts(artifact.path, horizon=task.horizon, data_dir=data_dir, progress=False)
-    losses = np.mean((served.predictions.astype(np.float64) - served.actuals) ** 2, axis=(1, 2))
-    return losses, float(losses.mean())
+    return np.mean((served.predictions.astype(np.float64) - served.actuals) ** 2, axis=(1, 2))
 
 
-def compare(task: leaderboard.Task, rows: dict[str, dict[str, Any]], data_dir: str | None) -> dict[str, Any]:
-    started = time.perf_counter()
-    (a, row_a), (b, row_b) = rows.items()
-    loss_a, mse_a = per_window_losses(task, row_a, data_dir)
-    loss_b, mse_b = per_window_losses(task, row_b, data_dir)
-    for name, row, mse, losses in ((a, row_a, mse_a, loss_a), (b, row_b, mse_b, loss_b)):
-        if len(losses) != row["windows"] or not np.isclose(mse, row["mse"], rtol=REPRODUCED_RTOL, atol=0):
-            raise SystemExit(
-                f"{name}: the rebuilt model scores {mse:.6g} on {len(losses)} windows, its row {row['mse']:.6g} on "
-                f"{row['windows']}: not the row's model"
-            )
-    primary = paired_difference(loss_a, loss_b, lag=task.horizon)
-    wider = paired_difference(loss_a, loss_b, lag=4 * task.horizon)
+def comparison_row(
+    cell: dict[str, Any], loss_a: np.ndarray, loss_b: np.ndarray, lag: int, started: float, **facts: Any
+) -> dict[str, Any]:
+    """A results row: the ``cell`` (protocol ... b), both mean losses, ``facts``, the paired difference at ``lag``
+    (windows) and the check at 4 x ``lag``."""
+    primary, wider = paired_difference(loss_a, loss_b, lag), paired_difference(loss_a, loss_b, 4 * lag)
+    mse_a, mse_b = float(loss_a.mean()), float(loss_b.mean())
     return {
-        "protocol": task.protocol,
-        "dataset": task.dataset,
-        "features": task.features,
-        "horizon": task.horizon,
-        "a": a,
-        "b": b,
+        **cell,
         "mse_a": mse_a,
         "mse_b": mse_b,
-        "row_mse_a": row_a["mse"],
-        "row_mse_b": row_b["mse"],
+        **facts,
         "relative_difference": primary["mean_difference"] / mse_b,
         **primary,
         "check_lag_4h": {k: wider[k] for k in ("se", "ci95", "dm_statistic", "p_value", "lag")},
         "seconds": round(time.perf_counter() - started, 1),
         "command": " ".join(["bench/paired.py", *sys.argv[1:]]),
     }
+
+
+def compare(task: leaderboard.Task, rows: dict[str, dict[str, Any]], data_dir: str | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    (a, row_a), (b, row_b) = rows.items()
+    loss_a, loss_b = (per_window_losses(task, row, data_dir) for row in (row_a, row_b))
+    for name, row, losses in ((a, row_a, loss_a), (b, row_b, loss_b)):
+        mse = float(losses.mean())
+        if len(losses) != row["windows"] or not np.isclose(mse, row["mse"], rtol=REPRODUCED_RTOL, atol=0):
+            raise SystemExit(
+                f"{name}: the rebuilt model scores {mse:.6g} on {len(losses)} windows, its row {row['mse']:.6g} on "
+                f"{row['windows']}: not the row's model"
+            )
+    cell = {"protocol": task.protocol, "dataset": task.dataset, "features": task.features, "horizon": task.horizon}
+    facts = {"row_mse_a": row_a["mse"], "row_mse_b": row_b["mse"]}
+    return comparison_row({**cell, "a": a, "b": b}, loss_a, loss_b, task.horizon, started, **facts)
 
 
 def autotimes_comparison(
@@ -135,27 +139,11 @@ def autotimes_comparison(
     out = []
     for horizon, (a, b) in losses.items():
         lag = -(-(max(HORIZONS) if horizon == "average" else int(horizon)) // AUTOTIMES_TEST_STRIDE)  # in windows
-        primary, wider = paired_difference(a, b, lag), paired_difference(a, b, 4 * lag)
-        out.append(
-            {
-                "protocol": "autotimes",
-                "dataset": "ETTh1",
-                "features": "M",
-                "horizon": horizon,
-                "a": "autotimes",
-                "b": baseline,
-                "checkpoint": str(checkpoint),
-                "test_stride": AUTOTIMES_TEST_STRIDE,
-                "mse_a": float(a.mean()),
-                "mse_b": float(b.mean()),
-                **(reproduction(recorded, horizon, float(a.mean())) if recorded else {}),
-                "relative_difference": primary["mean_difference"] / float(b.mean()),
-                **primary,
-                "check_lag_4h": {k: wider[k] for k in ("se", "ci95", "dm_statistic", "p_value", "lag")},
-                "seconds": round(time.perf_counter() - started, 1),
-                "command": " ".join(["bench/paired.py", *sys.argv[1:]]),
-            }
-        )
+        cell = {"protocol": "autotimes", "dataset": "ETTh1", "features": "M", "horizon": horizon}
+        facts = {"checkpoint": str(checkpoint), "test_stride": AUTOTIMES_TEST_STRIDE}
+        if recorded:
+            facts.update(reproduction(recorded, horizon, float(a.mean())))
+        out.append(comparison_row({**cell, "a": "autotimes", "b": baseline}, a, b, lag, started, **facts))
     return out
 
 
