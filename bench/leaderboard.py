@@ -507,6 +507,8 @@ AUTOTIMES_RUNS = tuple(
         # the every-window recipe (autotimes-full.json) trained again under the current code (its maps' dropout
         # draws from another generator since 7f58588, after that run), added before it was scored
         "autotimes-full2.json",
+        # and its one-epoch fine-tune at 3e-4 (autotimes-ep3.json's command from that run), added before it was scored
+        "autotimes-ep3b.json",
     )
 )
 
