@@ -7,8 +7,9 @@
 #   serve_recommend.json  bench/serve_recommend.py on a PRORec model trained here for a minute (no accuracy pass)
 #   informer.json         Informer with the paper's configuration on ETTh1 M and S, ETTh2 M, ETTm1 M (issue 14,
 #                         bench/informer.py), resuming bench/results/gpu/informer.json
-#   autotimes-mlp.json    AutoTimes on ETTh1 with the paper's schedule (10 epochs, batch 256) and MLP segment maps
-#                         (issue 15; autotimes.json holds the LLaMA script's linear maps, run 2026-12-04)
+#   autotimes-mlp.json    AutoTimes on ETTh1 with the paper's schedule (10 epochs, batches of 256 series: 37 windows)
+#                         and MLP segment maps (issue 15; autotimes.json holds the LLaMA script's linear maps, run
+#                         2026-12-04 with batches of 256 windows, 7 times the paper's)
 #   recsys-tiger.json     a TIGER-sized PRORec generator on Beauty, codes from $RECSYS_WORK (issue 16)
 #   gpu.log, train-*.log  everything printed; gpu-memory.csv: the device's memory and load every 2 s of the checks
 #
@@ -72,10 +73,10 @@ training_command() {  # the command line of one training, its time limit taken f
       # and S, ETTh2 M, ETTm1 M, resuming after the configurations earlier GPU runs finished (start_training)
       quoted "$PY" bench/informer.py --only accuracy --datasets ETTh1 ETTh2 ETTm1 --threads 2 --resume \
         --out "$RESULTS/informer.json" ;;
-    autotimes)  # the paper's schedule (every window, 10 epochs, batch 256, lr 5e-4 cosine) with the MLP segment maps
-      # of our CPU row (the LLaMA script's linear maps underfit SmolLM2 there: bench/results/gpu/autotimes.json); the
+    autotimes)  # the paper's schedule (every window, 10 epochs, lr 5e-4 cosine, batches of 256 single-channel series:
+      # 37 windows of 7 channels, as --batch-size counts windows) with the MLP segment maps of our CPU row; the
       # rollout chosen on validation
-      quoted "$PY" bench/autotimes.py --variants plain --epochs 10 --batch-size 256 --eval-batch-size 256 --threads 4 \
+      quoted "$PY" bench/autotimes.py --variants plain --epochs 10 --batch-size 37 --eval-batch-size 256 --threads 4 \
         --mlp-hidden-layers 2 --mlp-hidden-dim 512 --rollouts growing sliding --val-stride 1 --progress \
         --work-dir "$RESULTS/work/autotimes" --out "$RESULTS/autotimes-mlp.json" ;;
     tiger)  # TIGER's generator size (4+4 layers, width 128, MLP 1024), Beauty's recipe otherwise

@@ -645,8 +645,8 @@ def gpu_rows(informer: Path = GPU_INFORMER_RUN, autotimes: Path = GPU_AUTOTIMES_
         doc = json.loads(autotimes.read_text())
         accuracy, training = doc["accuracy"]["plain, sliding"], doc["training"]["plain"]  # no timestamp embeddings
         budget = (
-            f"the official LLaMA script's: {doc['bounds']['epochs']} epochs over every window, batch 256, "
-            f"lr {training['lr']:g} cosine (one H200)"
+            f"the official LLaMA script's: {doc['bounds']['epochs']} epochs over every window, lr {training['lr']:g} "
+            "cosine (one H200), but batches of 256 windows: 1,792 series, 7 times the script's 256 series"
         )
         reasons = [f"SmolLM2-135M instead of LLaMA-7B; collected from {repo_path(autotimes)}"]
         rows += autotimes_cells("autotimes-gpu", accuracy, training["train_seconds"], budget, reasons, doc["command"])
