@@ -644,9 +644,11 @@ def gpu_rows(informer: Path = GPU_INFORMER_RUN, autotimes: Path = GPU_AUTOTIMES_
     if autotimes.is_file():
         doc = json.loads(autotimes.read_text())
         accuracy, training = doc["accuracy"]["plain, sliding"], doc["training"]["plain"]  # no timestamp embeddings
-        budget = (
+        words = shlex.split(doc["command"])
+        windows = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else 32  # its default
+        budget = (  # the script's batch is 256 single-channel series; bench/autotimes.py's are windows of 7 channels
             f"the official LLaMA script's: {doc['bounds']['epochs']} epochs over every window, lr {training['lr']:g} "
-            "cosine (one H200), but batches of 256 windows: 1,792 series, 7 times the script's 256 series"
+            f"cosine (one H200), batches of {windows} windows ({windows * 7} series; the script's: 256 series)"
         )
         reasons = [f"SmolLM2-135M instead of LLaMA-7B; collected from {repo_path(autotimes)}"]
         rows += autotimes_cells("autotimes-gpu", accuracy, training["train_seconds"], budget, reasons, doc["command"])

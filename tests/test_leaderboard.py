@@ -80,6 +80,8 @@ def test_gpu_rows_are_every_finished_paper_recipe_run(leaderboard, tmp_path: Pat
     assert first["mse"] == informer[0]["test"]["scaled"]["mse"] and not first["reduced"]
     autotimes = [r for r in rows if r["model"] == "autotimes-gpu"]
     assert sorted(r["horizon"] for r in autotimes) == [96, 192, 336, 720] and all(r["reduced"] for r in autotimes)
+    # its command's --batch-size 256 counts windows of 7 channels: 7 times the script's 256 single-channel series
+    assert "batches of 256 windows (1792 series; the script's: 256 series)" in autotimes[0]["budget"]
     assert leaderboard.gpu_rows(tmp_path / "none.json", tmp_path / "none.json") == []  # no GPU run yet: no rows
 
 
