@@ -536,6 +536,12 @@ def autotimes_choice(paths: Sequence[Path] = AUTOTIMES_RUNS) -> tuple[Path, str]
     return min(runs)[2:] if runs else None
 
 
+def command_option(command: str, option: str) -> str | None:
+    """The value a recorded command line gave ``option`` (``--name value``), None where it did not give it."""
+    words = shlex.split(command)
+    return words[words.index(option) + 1] if option in words else None
+
+
 def started_from(checkpoint: Path, paths: Sequence[Path]) -> dict[str, Any]:
     """The run of ``paths`` whose ``--checkpoint-dir`` wrote ``checkpoint`` (a fine-tune's ``--init-from``): its
     results file and training seconds (of the variant the checkpoint is named after: ``plain-k1....pt``);
@@ -543,8 +549,8 @@ def started_from(checkpoint: Path, paths: Sequence[Path]) -> dict[str, Any]:
     variant = checkpoint.name.split("-")[0]
     for path in paths:
         doc = json.loads(path.read_text()) if path.is_file() else {}
-        words = shlex.split(doc.get("command", ""))
-        if "--checkpoint-dir" in words and Path(words[words.index("--checkpoint-dir") + 1]) == checkpoint.parent:
+        written = command_option(doc.get("command", ""), "--checkpoint-dir")
+        if written is not None and Path(written) == checkpoint.parent:
             return {"path": path, "train_seconds": doc["training"][variant]["train_seconds"]}
     raise ValueError(f"no AutoTimes run of {[str(p) for p in paths]} wrote {checkpoint} (--init-from)")
 
@@ -644,8 +650,7 @@ def gpu_rows(informer: Path = GPU_INFORMER_RUN, autotimes: Path = GPU_AUTOTIMES_
     if autotimes.is_file():
         doc = json.loads(autotimes.read_text())
         accuracy, training = doc["accuracy"]["plain, sliding"], doc["training"]["plain"]  # no timestamp embeddings
-        words = shlex.split(doc["command"])
-        windows = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else 32  # its default
+        windows = int(command_option(doc["command"], "--batch-size") or 32)  # bench/autotimes.py's default
         budget = (  # the script's batch is 256 single-channel series; bench/autotimes.py's are windows of 7 channels
             f"the official LLaMA script's: {doc['bounds']['epochs']} epochs over every window, lr {training['lr']:g} "
             f"cosine (one H200), batches of {windows} windows ({windows * 7} series; the script's: 256 series)"
