@@ -88,6 +88,26 @@ class WindowSubset:
             yield self.data.batch(order[start : start + batch_size])
 
 
+class ChannelMixedSubset(WindowSubset):
+    """The official loader's batches (thuml/AutoTimes yields one channel of one window per item): each step's
+    ``batch_size x C`` single-channel series are drawn from every (window, channel) pair of the split, where
+    ``WindowSubset`` keeps a window's C channels together. The same series a step and steps an epoch; the model
+    is channel-independent, so a (B, L, 1) batch is what its loss sees of a (B / C, L, C) one."""
+
+    def batches(self, batch_size: int, shuffle: bool = False, rng=None, shard: tuple[int, int] = (0, 1)):
+        channels = self.data.values.shape[1]
+        order = np.arange(len(self.index) * channels)
+        if shuffle:
+            (rng or np.random.default_rng()).shuffle(order)
+        order = order[shard[0] :: shard[1]]
+        per_step = batch_size * channels
+        for start in range(0, len(order), per_step):
+            pairs = order[start : start + per_step]
+            batch = self.data.batch(self.index[pairs // channels])
+            rows, channel = torch.arange(len(pairs)), torch.from_numpy(pairs % channels)
+            yield {**batch, **{k: batch[k][rows, :, channel].unsqueeze(-1) for k in ("x", "y")}}
+
+
 def choose(n: int, stride: int, cap: int | None, seed: int) -> np.ndarray:
     """Every ``stride``-th of ``n`` windows, then (if more than ``cap``) a seeded random ``cap`` of them, sorted."""
     index = np.arange(0, n, stride)
@@ -354,7 +374,7 @@ def train_variant(
     started = time.perf_counter()
     result = fit(
         model,
-        WindowSubset(prepared.train, train_index),
+        (ChannelMixedSubset if args.mix_channels else WindowSubset)(prepared.train, train_index),
         WindowSubset(prepared.val, val_index),
         cfg,  # type: ignore[arg-type]
     )
@@ -364,6 +384,7 @@ def train_variant(
         "lr": lr,
         "train_segments": model.config.train_segments,
         "train_rollout": model.config.train_rollout,
+        "mix_channels": args.mix_channels,
         "init_from": args.init_from,
         "train_windows": len(train_index),
         "val_windows": len(val_index),
@@ -508,6 +529,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=32,
         help="windows per step, each of them C series (paper: 256 series, i.e. 37 windows of ETTh1's 7 channels)",
+    )
+    parser.add_argument(
+        "--mix-channels",
+        action="store_true",
+        help="draw each step's series from every (window, channel) pair, as the official loader does (default: a "
+        "step's windows each bring their C channels)",
     )
     parser.add_argument("--lr", type=float, default=5e-4, help="paper: 5e-4, cosine")
     parser.add_argument("--max-train-windows", type=int, help="cap on training windows (default: all)")

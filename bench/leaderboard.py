@@ -510,6 +510,10 @@ AUTOTIMES_RUNS = tuple(
         # the official ETTh1 script's recipe as it is (timestamps, linear maps, 10 epochs of every window, 256 series a
         # step = 37 windows of 7 channels, 5e-4 cosine), added before it was scored
         "autotimes-paper.json",
+        # the selected recipe and the every-window recipe with the official loader's batches (--mix-channels: a
+        # step's series drawn from every window and channel), each added before it was scored
+        "autotimes-mix.json",
+        "autotimes-full-mix.json",
     )
 )
 

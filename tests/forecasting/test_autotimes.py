@@ -21,7 +21,7 @@ import torch
 
 from arcast_core.training import TrainConfig
 from forecasting import llm_backbone
-from forecasting.data import DataConfig, data_facts, prepare_data
+from forecasting.data import DataConfig, WindowDataset, data_facts, prepare_data
 from forecasting.export import (
     PARITY_TOLERANCE,
     STEP_RMS_FACTOR,
@@ -44,6 +44,7 @@ from serving.artifact import read_artifact
 from serving.manifest import ArtifactError, parse_manifest
 from serving.runners import load_runner
 from serving.runners.kv_cache import KVCacheModel, KVCacheRollout
+from tests.scripts import load_script
 
 LOOKBACK, SEGMENT = 672, 96  # the one-for-all protocol: 7 segment tokens
 _CACHE_ENV = os.environ.get(llm_backbone.ENV_CACHE_DIR)
@@ -189,6 +190,36 @@ def test_shapes_trainable_share_and_loss(tiny_llm: str, small_slice: Path) -> No
         torch.testing.assert_close(loss, torch.nn.functional.mse_loss(every, target))
     with pytest.raises(ValueError, match="train_segments x segment"):
         model.loss({**batch, "y": batch["y"][:, :10]}, 0.0)
+
+
+def test_channel_mixed_batches_hold_every_series_once_and_keep_the_loss(tiny_llm: str, small_slice: Path) -> None:
+    """bench/autotimes.py --mix-channels: each step's batch_size x C single-channel series come from every (window,
+    channel) pair of the subset, each once an epoch, with its own window's marks; a channel-independent model's loss
+    on a window's C series as one mixed batch is its loss on the window."""
+    bench = load_script("bench/autotimes.py", "bench_autotimes")
+    rows, channels, lookback, horizon = 60, 3, 8, 4
+    values = np.arange(rows)[:, None] * 10.0 + np.arange(channels)  # a series' first value names its window/channel
+    marks = np.arange(rows, dtype=np.float64)[:, None].repeat(2, axis=1)
+    data = WindowDataset(values.astype(np.float32), marks.astype(np.float32), lookback, horizon, 0)
+    index = np.arange(0, len(data), 2)
+    seen = []
+    for batch in bench.ChannelMixedSubset(data, index).batches(5, shuffle=True, rng=np.random.default_rng(0)):
+        assert batch["x"].shape[1:] == (lookback, 1) and batch["y"].shape[1:] == (horizon, 1)
+        assert len(batch["x"]) <= 5 * channels and len(batch["x_mark"]) == len(batch["x"])
+        first = batch["x"][:, 0, 0].numpy()
+        window, channel = first // 10, first % 10
+        torch.testing.assert_close(batch["x_mark"][:, 0, 0], torch.from_numpy(window.astype(np.float32)))
+        torch.testing.assert_close(batch["y"][:, 0, 0], torch.from_numpy((first + 10 * lookback).astype(np.float32)))
+        seen += list(zip(window.tolist(), channel.tolist(), strict=True))
+    assert sorted(seen) == [(float(w), float(c)) for w in index for c in range(channels)]
+    assert len({w for w, _ in seen[: 5 * channels]}) > 5  # a step mixes windows (a window batch has exactly 5)
+
+    model = tiny_model(tiny_llm, small_slice, timestamps=True)
+    prepared = prepare_data(data_config(small_slice))
+    picked = np.array([0, 30, 60])
+    (mixed,) = bench.ChannelMixedSubset(prepared.train, picked).batches(3)  # unshuffled: each window's 7 in turn
+    with torch.no_grad():
+        torch.testing.assert_close(model.loss(mixed, 0.0), model.loss(prepared.train.batch(picked), 0.0))
 
 
 @pytest.mark.parametrize("timestamps", [True, False])
