@@ -504,9 +504,12 @@ def _free_port() -> int:
 
 
 def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
-    """Median latency of one Forecast over real gRPC, 1 client, no levels / split conformal / adaptive, interleaved."""
+    """Median latency of one Forecast over real gRPC, 1 client, no levels / split conformal / adaptive, interleaved,
+    for each of ``--models`` whose S artifact the work folder's store holds."""
     from forecasting.data import DataConfig, prepare_data
+    from serving.artifact import read_artifact
     from serving.client import ArcastClient
+    from serving.runners import load_runner
 
     store = work / "store"
     prepared = prepare_data(DataConfig(dataset="ETTh1", features="S", target="OT", lookback=LOOKBACK, horizon=STEP))
@@ -527,8 +530,10 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                     pass
                 time.sleep(0.25)
             served = {m.name for m in client.list_models()}
-            for kind in ("linear", "arnet"):
+            for kind in [k for k in args.models if artifact_name(k, "S") in served]:  # --models' S artifacts
                 plain, learnt = artifact_name(kind, "S"), artifact_name(kind, "S", quantile=True)
+                # A calendar-feature model (Informer) needs the history's timestamps, as its callers send them.
+                calendar = load_runner(read_artifact(latest_artifact(work, plain))).calendar is not None
                 # variant -> (model, request options, the variant it adds to)
                 variants: dict[str, tuple[str, dict[str, Any], str]] = {
                     "none": (plain, {}, "none"),
@@ -545,11 +550,12 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                 # predecessors (seen: the quantile model's requests read 5 to 9% faster with levels than without).
                 order = np.random.default_rng(0)
                 for i in range(args.requests + 20):
-                    history = values[start + i : start + i + LOOKBACK + args.origins]
+                    rows = slice(start + i, start + i + LOOKBACK + args.origins)
+                    stamps = {"timestamps": [prepared.table.timestamps[rows]]} if calendar else {}
                     for name in order.permutation(names):
                         model, extra, _ = variants[name]
                         t0 = time.perf_counter()
-                        client.forecast(model, [history], STEP, **extra)
+                        client.forecast(model, [values[rows]], STEP, **extra, **stamps)
                         if i >= 20:  # warm-up
                             times[name].append(time.perf_counter() - t0)
                 medians = {name: float(np.median(samples)) for name, samples in times.items()}

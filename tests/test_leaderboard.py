@@ -279,3 +279,60 @@ def test_paired_scores_each_horizon_on_the_windows_it_fits(tmp_path: Path) -> No
         paired.main(["--autotimes-checkpoint", str(tmp_path / "none.pt")])
     with pytest.raises(SystemExit):
         paired.main(["--horizon", "24"])  # no --models
+
+
+def test_autotimes_ensemble_scores_the_members_mean_forecast(tmp_path: Path, data_dir: Path) -> None:
+    """bench/autotimes_ensemble.py: members must be runs it can rebuild (plain, 2 x 512 maps, sliding chosen and
+    scored, one checkpoint); each must reproduce its file's scores; the ensemble is the mean of their forecasts."""
+    ensemble = load_script("bench/autotimes_ensemble.py", "autotimes_ensemble")
+    from forecasting.data import DataConfig, prepare_data
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    command = "bench/autotimes.py --variants plain --mlp-hidden-layers 2 --mlp-hidden-dim 512 --test-stride 2"
+    run: dict[str, Any] = {
+        "command": f"{command} --checkpoint-dir {folder}",
+        "rollout_choice": {"plain": {"chosen": "sliding", "val_stride": 4}},
+        "accuracy": {"plain, sliding": {}},
+    }
+    ensemble.check_member(tmp_path, run)
+    with pytest.raises(ValueError, match="needs --mlp-hidden-dim 512"):
+        ensemble.check_member(tmp_path, {**run, "command": run["command"].replace("dim 512", "dim 256")})
+    with pytest.raises(ValueError, match="sliding rollout"):
+        ensemble.check_member(tmp_path, {**run, "rollout_choice": {"plain": {"chosen": "growing"}}})
+    with pytest.raises(ValueError, match="found 0"):
+        ensemble.member_checkpoint(run)
+    (folder / "plain-k1-lr0.001.pt").touch()
+    assert ensemble.member_checkpoint(run) == folder / "plain-k1-lr0.001.pt"
+    with pytest.raises(ValueError, match="no checkpoint"):
+        ensemble.member_checkpoint({"command": command})
+
+    # Two members whose cached forecasts are the truth plus and minus 0.1: each scores 0.01, their mean 0.
+    prepared = prepare_data(DataConfig(dataset="ETTh1", features="M", lookback=672, horizon=96))
+    work, members = tmp_path / "work", []
+    for name, offset in (("a", 0.1), ("b", -0.1)):
+        member = tmp_path / f"{name}.json"
+        recorded: dict[str, Any] = {}
+        for split, stride, seed, key in (("val", 4, 3, "validation"), ("test", 2, 2, "accuracy")):
+            values = getattr(prepared, split).values
+            index = ensemble.choose(len(values) - 672 - 96 + 1, stride, None, seed)
+            padded = np.concatenate([values, np.zeros((720, values.shape[1]), values.dtype)])
+            truth = np.stack([padded[i + 672 : i + 672 + 720] for i in index])
+            work.mkdir(exist_ok=True)
+            np.save(work / f"{name}-{split}.npy", (truth + offset).astype(np.float32))
+            recorded[key] = {"plain, sliding": {"average": {"mse": 0.01}}}
+        member.write_text(json.dumps({**run, **recorded, "baselines": {"linear": {}}}))
+        members.append(str(member))
+    out = tmp_path / "ensemble.json"
+    assert ensemble.main(["--members", *members, "--work-dir", str(work), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ensemble"]["test"]["average"]["mse"] == pytest.approx(0, abs=1e-10)
+    assert result["members"][members[0]]["val"]["average"]["mse"] == pytest.approx(0.01, rel=1e-4)
+    assert result["windows"] == {"val": 697, "test": 1393} and "linear" in result["baselines"]
+    doc = json.loads(Path(members[1]).read_text())
+    doc["accuracy"]["plain, sliding"]["average"]["mse"] = 0.02  # the file says otherwise: not this checkpoint
+    Path(members[1]).write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="not the run's"):
+        ensemble.main(["--members", *members, "--work-dir", str(work), "--out", str(out)])
+    with pytest.raises(SystemExit):
+        ensemble.main(["--members", members[0]])  # one run is no ensemble
