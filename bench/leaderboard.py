@@ -584,6 +584,8 @@ def autotimes_rows(paths: Sequence[Path] = AUTOTIMES_RUNS) -> list[dict[str, Any
         f"epochs over every {nth(bounds['train_stride'])}training window, every {nth(bounds['test_stride'])}test "
         "window, SmolLM2-135M instead of LLaMA-7B (the paper: 10 epochs, every window)"
     ]
+    if variant_of(scored) == "plain":
+        reasons.append("without the paper's timestamp embeddings (variant plain)")
     if training.get("init_from"):  # a fine-tune: its starting run's training counts too
         base = started_from(Path(training["init_from"]), paths)
         seconds += base["train_seconds"]
@@ -591,7 +593,9 @@ def autotimes_rows(paths: Sequence[Path] = AUTOTIMES_RUNS) -> list[dict[str, Any
             f"fine-tuned ({training['train_segments']} segments of the {training['train_rollout']} rollout) from the "
             f"run of {repo_path(base['path'])} ({base['train_seconds']:.0f} s of training, counted)"
         )
-    budget = f"{bounds['epochs']} epochs on 1 core ({seconds / 3600:.1f} h)"
+    threads = doc.get("machine", {}).get("torch_threads")
+    on = f"{threads} torch thread{'s' if threads != 1 else ''}" if threads else "an unrecorded number of threads"
+    budget = f"{bounds['epochs']} epochs on {on} ({seconds / 3600:.1f} h)"
     return autotimes_cells("autotimes", accuracy, seconds, budget, reasons, doc["command"])
 
 

@@ -196,6 +196,8 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
             "accuracy": cells(test),
             "validation": cells(val),
         }
+        if name == "b.json":
+            doc["machine"] = {"torch_threads": 2}
         if choice:
             doc["rollout_choice"] = {variant: {"chosen": choice, "val_stride": stride}}
         path = tmp_path / name
@@ -211,12 +213,14 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
     (row,) = leaderboard.autotimes_rows([worse, better, untested])
     assert (row["horizon"], row["mse"]) == (96, 0.45) and row["command"].endswith("--out b.json")
     assert row["reduced"] and "every 2nd training window, every test window" in row["reduced_reasons"][0]
+    assert "without the paper's timestamp embeddings" in row["reduced_reasons"][1]
+    assert row["budget"] == "3 epochs on 2 torch threads (2.0 h)"
     assert leaderboard.autotimes_rows([unchosen, tmp_path / "missing.json"]) == []
     # a fine-tune of run b: chosen on validation like any run, its starting run's training time counted with its own
     tuned = run("f.json", {"sliding": 0.42}, {"sliding": 1.0}, "sliding", init_from="work/b/plain-k1.pt")
     (row,) = leaderboard.autotimes_rows([worse, better, tuned])
     assert (row["mse"], row["train_seconds"]) == (0.42, 9000.0)
-    assert "fine-tuned (3 segments of the sliding rollout) from the run of" in row["reduced_reasons"][1]
+    assert "fine-tuned (3 segments of the sliding rollout) from the run of" in row["reduced_reasons"][2]
     orphan = run("g.json", {"sliding": 0.42}, {"sliding": 1.0}, "sliding", init_from="work/z/plain-k1.pt")
     with pytest.raises(ValueError, match=r"wrote work/z/plain-k1\.pt"):
         leaderboard.autotimes_rows([worse, orphan])
@@ -225,6 +229,7 @@ def test_autotimes_rows_come_from_the_run_and_rollout_chosen_on_validation(leade
     assert leaderboard.autotimes_choice([worse, better, stamped]) == (stamped, "timestamps, sliding")
     (row,) = leaderboard.autotimes_rows([worse, better, stamped])
     assert (row["mse"], row["train_seconds"]) == (0.44, 7200.0) and "(timestamps, sliding:" in row["reduced_reasons"][0]
+    assert len(row["reduced_reasons"]) == 1 and row["budget"].endswith("an unrecorded number of threads (2.0 h)")
     other_windows = run("e.json", {"growing": 0.3}, {"growing": 0.4}, "growing", stride=8)
     with pytest.raises(ValueError, match="different validation windows"):
         leaderboard.autotimes_choice([worse, other_windows])
