@@ -513,7 +513,9 @@ AUTOTIMES_RUNS = tuple(
         # the selected recipe and the every-window recipe with the official loader's batches (--mix-channels: a
         # step's series drawn from every window and channel), each added before it was scored
         "autotimes-mix.json",
-        "autotimes-full-mix.json",
+        # (autotimes-full-mix.json scored every 2nd test window; chosen on validation, its finished checkpoint was
+        # scored again on every test window: the same command but --test-stride and --out, validation bit for bit)
+        "autotimes-full-mix-test1.json",
     )
 )
 
