@@ -46,7 +46,7 @@ RESULTS = leaderboard.REPO_ROOT / "bench" / "results" / "paired.json"
 REBUILDABLE = (*leaderboard.BASELINES, "arnet")  # refitted in seconds, or retrained in about a minute
 # A rebuilt model must score its row's MSE within this (relative): else it is not the row's model.
 REPRODUCED_RTOL = 1e-3
-AUTOTIMES_TEST_STRIDE = 2  # bench/autotimes.py's --test-stride of the selected run (every 2nd test window)
+AUTOTIMES_TEST_STRIDE = 2  # bench/autotimes.py's default --test-stride here without --autotimes-run (every 2nd)
 
 
 def leaderboard_row(rows: list[dict[str, Any]], task: leaderboard.Task, model: str) -> dict[str, Any]:
@@ -116,11 +116,11 @@ def autotimes_comparison(
     checkpoint: Path, baseline: str, seed: int, run_file: Path | None = None
 ) -> list[dict[str, Any]]:
     """AutoTimes (a checkpoint of ``bench/autotimes.py --variants plain`` with the selected recipe's MLP maps) against
-    ``baseline`` on the windows its runs score (every 2nd test window), each rolled out to 720 h (AutoTimes: the
-    sliding rollout it serves; the baseline as the leaderboard fits it, its torch model rolled out as served), one
-    comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h. ``run_file``: the
-    results of the run that wrote the checkpoint; each row then records that run's test MSE and whether the
-    checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
+    ``baseline`` on the windows the run scored (``run_file``'s test stride; without it every 2nd), each rolled out to
+    720 h (AutoTimes: the sliding rollout it serves; the baseline as the leaderboard fits it, its torch model rolled
+    out as served), one comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h.
+    ``run_file``: the results of the run that wrote the checkpoint; each row then records that run's test MSE and
+    whether the checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
     from autotimes import HORIZONS, LOOKBACK, SEGMENT, baseline_forecast, choose, load_plain, predict
 
     started = time.perf_counter()
@@ -128,7 +128,9 @@ def autotimes_comparison(
     data = DataConfig(dataset="ETTh1", features="M", lookback=LOOKBACK, horizon=SEGMENT)
     prepared = prepare_data(data)
     split = prepared.test
-    index = choose(len(split), AUTOTIMES_TEST_STRIDE, None, seed + 2)  # bench/autotimes.py's test windows
+    # the run's own test windows (its --test-stride), so that its recorded MSE is reproduced on them
+    stride = json.loads(run_file.read_text())["bounds"]["test_stride"] if run_file else AUTOTIMES_TEST_STRIDE
+    index = choose(len(split), stride, None, seed + 2)
     model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
     blocks = -(-max(HORIZONS) // SEGMENT)
     ours = predict(model, split, index, 64, "sliding", blocks).astype(np.float64)
@@ -138,9 +140,9 @@ def autotimes_comparison(
     recorded = json.loads(run_file.read_text())["accuracy"]["plain, sliding"] if run_file else None
     out = []
     for horizon, (a, b) in losses.items():
-        lag = -(-(max(HORIZONS) if horizon == "average" else int(horizon)) // AUTOTIMES_TEST_STRIDE)  # in windows
+        lag = -(-(max(HORIZONS) if horizon == "average" else int(horizon)) // stride)  # in windows
         cell = {"protocol": "autotimes", "dataset": "ETTh1", "features": "M", "horizon": horizon}
-        facts = {"checkpoint": str(checkpoint), "test_stride": AUTOTIMES_TEST_STRIDE}
+        facts = {"checkpoint": str(checkpoint), "test_stride": stride}
         if recorded:
             facts.update(reproduction(recorded, horizon, float(a.mean())))
         out.append(comparison_row({**cell, "a": "autotimes", "b": baseline}, a, b, lag, started, **facts))
