@@ -9,8 +9,8 @@ leaderboard's choice reads, and every 2nd test window), checks that each member 
 test averages, and scores the members' mean forecast on both. Each member's forecasts are cached (``--work-dir``), so
 an interrupted study resumes. Results: ``bench/results/autotimes-ensemble.json``.
 
-    .venv/bin/python bench/autotimes_ensemble.py --threads 2 --members bench/results/autotimes-mlp.json \\
-        bench/results/autotimes-full2.json bench/results/autotimes-mix.json bench/results/autotimes-full-mix.json
+    .venv/bin/python bench/autotimes_ensemble.py --threads 2 --members bench/results/autotimes-full2.json \\
+        bench/results/autotimes-mix.json bench/results/autotimes-full-mix.json
 """
 
 from __future__ import annotations
