@@ -116,6 +116,16 @@ def choose(n: int, stride: int, cap: int | None, seed: int) -> np.ndarray:
     return index
 
 
+def scored_windows(split: WindowDataset, stride: int, cap: int | None, seed: int) -> np.ndarray:
+    """The test windows a run scores (``--test-stride``, ``--max-test-windows``): drawn with ``seed + 2``."""
+    return choose(len(split), stride, cap, seed + 2)
+
+
+def choice_windows(split: WindowDataset, stride: int, seed: int) -> np.ndarray:
+    """The validation windows a run chooses its rollout on (``--val-stride``): drawn with ``seed + 3``."""
+    return choose(len(split), stride, None, seed + 3)
+
+
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -329,7 +339,7 @@ def choose_rollout(
 ) -> str:
     """The rollout with the lowest average validation MSE over every ``--val-stride``-th validation window,
     each of ``--rollouts`` scored there as on test; the scores and the choice go into ``result``."""
-    index = choose(len(prepared.val), args.val_stride, None, args.seed + 3)
+    index = choice_windows(prepared.val, args.val_stride, args.seed)
     scores = result.setdefault("validation", {})
     for rollout in args.rollouts:
         started = time.perf_counter()
@@ -411,7 +421,7 @@ def in_context(model: AutoTimes, args: argparse.Namespace, target: str) -> dict[
         dataset=target, features=args.features, lookback=LOOKBACK, horizon=SEGMENT, data_dir=args.data_dir
     )
     prepared = prepare_data(data)
-    index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
+    index = scored_windows(prepared.test, args.test_stride, args.max_test_windows, args.seed)
     prompt = np.ascontiguousarray(prepared.train.values[: args.prompt_segments * SEGMENT][None], dtype=np.float32)
     rollout = model.config.rollout  # the validation's choice (--val-stride), else the model's default
     out: dict[str, Any] = {
@@ -676,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baselines_only:  # onto a finished run's file, on its test windows
         result = json.loads(out.read_text())
         bounds = result["bounds"]
-        index = choose(len(prepared.test), bounds["test_stride"], bounds["max_test_windows"], args.seed + 2)
+        index = scored_windows(prepared.test, bounds["test_stride"], bounds["max_test_windows"], args.seed)
         result["baselines"] = baselines(prepared, data, index)
         result["markdown"] = markdown(result)
         save(result, out)
@@ -704,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plain_model = None
     if not args.skip_accuracy:
-        test_index = choose(len(prepared.test), args.test_stride, args.max_test_windows, args.seed + 2)
+        test_index = scored_windows(prepared.test, args.test_stride, args.max_test_windows, args.seed)
         if not args.skip_test:
             result["baselines"] = baselines(prepared, data, test_index)
         save(result, out)

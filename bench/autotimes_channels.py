@@ -25,7 +25,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from autotimes import LOOKBACK, REPO_ROOT, SEGMENT, baseline_forecast, choose, load_plain, predict, save
+from autotimes import (
+    LOOKBACK,
+    REPO_ROOT,
+    SEGMENT,
+    baseline_forecast,
+    choice_windows,
+    load_plain,
+    predict,
+    save,
+    scored_windows,
+)
 from leaderboard import CLOSED_FORM, Task, linear_on_validation, timed_train
 
 from forecasting.data import DataConfig, WindowDataset, prepare_data
@@ -53,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare_data(data)
     # the windows bench/autotimes.py scores: choose_rollout's on validation, main's on test
     splits = {
-        "val": (prepared.val, choose(len(prepared.val), VAL_STRIDE, None, args.seed + 3)),
-        "test": (prepared.test, choose(len(prepared.test), TEST_STRIDE, None, args.seed + 2)),
+        "val": (prepared.val, choice_windows(prepared.val, VAL_STRIDE, args.seed)),
+        "test": (prepared.test, scored_windows(prepared.test, TEST_STRIDE, None, args.seed)),
     }
     rows: dict[str, dict[str, list[float]]] = {"val": {}, "test": {}}
     # the baselines as bench/autotimes.py's ``baselines`` fits them, rolled out by their torch models as served

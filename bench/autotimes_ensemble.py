@@ -32,12 +32,13 @@ from autotimes import (
     LOOKBACK,
     REPO_ROOT,
     SEGMENT,
-    choose,
+    choice_windows,
     load_plain,
     now,
     predict,
     save,
     score,
+    scored_windows,
 )
 from leaderboard import command_option
 
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     data = DataConfig(dataset="ETTh1", features="M", lookback=LOOKBACK, horizon=SEGMENT)
     prepared = prepare_data(data)
-    windows = {  # bench/autotimes.py's draws: test with seed + 2, validation (--val-stride 4) with seed + 3
-        "val": choose(len(prepared.val), 4, None, args.seed + 3),
-        "test": choose(len(prepared.test), 2, None, args.seed + 2),
+    windows = {  # as bench/autotimes.py draws them: validation at --val-stride 4, test at --test-stride 2
+        "val": choice_windows(prepared.val, 4, args.seed),
+        "test": scored_windows(prepared.test, 2, None, args.seed),
     }
     result: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),

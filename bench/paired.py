@@ -121,7 +121,7 @@ def autotimes_comparison(
     out as served), one comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h.
     ``run_file``: the results of the run that wrote the checkpoint; each row then records that run's test MSE and
     whether the checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
-    from autotimes import HORIZONS, LOOKBACK, SEGMENT, baseline_forecast, choose, load_plain, predict
+    from autotimes import HORIZONS, LOOKBACK, SEGMENT, baseline_forecast, load_plain, predict, scored_windows
 
     started = time.perf_counter()
     task = leaderboard.Task("autotimes", "ETTh1", "M", SEGMENT, LOOKBACK, train_horizon=SEGMENT)
@@ -130,7 +130,7 @@ def autotimes_comparison(
     split = prepared.test
     # the run's own test windows (its --test-stride), so that its recorded MSE is reproduced on them
     stride = json.loads(run_file.read_text())["bounds"]["test_stride"] if run_file else AUTOTIMES_TEST_STRIDE
-    index = choose(len(split), stride, None, seed + 2)
+    index = scored_windows(split, stride, None, seed)
     model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
     blocks = -(-max(HORIZONS) // SEGMENT)
     ours = predict(model, split, index, 64, "sliding", blocks).astype(np.float64)

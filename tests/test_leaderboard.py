@@ -318,9 +318,12 @@ def test_autotimes_ensemble_scores_the_members_mean_forecast(tmp_path: Path, dat
     for name, offset in (("a", 0.1), ("b", -0.1)):
         member = tmp_path / f"{name}.json"
         recorded: dict[str, Any] = {}
-        for split, stride, seed, key in (("val", 4, 3, "validation"), ("test", 2, 2, "accuracy")):
+        for split, key in (("val", "validation"), ("test", "accuracy")):
             values = getattr(prepared, split).values
-            index = ensemble.choose(len(values) - 672 - 96 + 1, stride, None, seed)
+            if split == "val":
+                index = ensemble.choice_windows(prepared.val, 4, 0)
+            else:
+                index = ensemble.scored_windows(prepared.test, 2, None, 0)
             padded = np.concatenate([values, np.zeros((720, values.shape[1]), values.dtype)])
             truth = np.stack([padded[i + 672 : i + 672 + 720] for i in index])
             work.mkdir(exist_ok=True)
