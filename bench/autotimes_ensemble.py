@@ -62,13 +62,12 @@ def member_checkpoint(run: dict[str, Any]) -> Path:
 
 def check_member(path: Path, run: dict[str, Any]) -> None:
     """A member must be a plain run with the 2 x 512 MLP maps that chose and scored the sliding rollout."""
-    words = shlex.split(run["command"])
     wrong = [
         f"{option} {value}"
         for option, value in (("--mlp-hidden-layers", "2"), ("--mlp-hidden-dim", "512"), ("--test-stride", "2"))
         if command_option(run["command"], option) != value
     ]
-    if "--variants" in words and command_option(run["command"], "--variants") != "plain":
+    if command_option(run["command"], "--variants") not in (None, "plain"):  # absent: bench/autotimes.py's plain
         wrong.append("--variants plain")
     if run.get("rollout_choice", {}).get("plain", {}).get("chosen") != "sliding" or VARIANT not in run["accuracy"]:
         wrong.append("validation's choice and test score of the sliding rollout")
@@ -76,20 +75,27 @@ def check_member(path: Path, run: dict[str, Any]) -> None:
         raise ValueError(f"{path}: not a member this study can use (needs {', '.join(wrong)})")
 
 
-def forecasts(member: Path, split: str, index: np.ndarray, prepared: Any, data: DataConfig, work: Path) -> np.ndarray:
-    """The member's sliding rollout (windows, 720, C) from ``index`` of ``split``, cached under ``work``."""
-    cache = work / f"{member.stem}-{split}.npy"
-    if cache.exists():
-        return np.load(cache)
-    run = json.loads(member.read_text())
-    model = load_plain(member_checkpoint(run), data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
-    blocks = -(-max(HORIZONS) // SEGMENT)
-    pred = predict(model, getattr(prepared, split), index, 16, "sliding", blocks).astype(np.float32)
-    work.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial.npy")
-    np.save(partial, pred)
-    partial.replace(cache)  # a cache file is whole or absent
-    return pred
+def member_forecasts(
+    member: Path, checkpoint: Path, windows: dict[str, np.ndarray], prepared: Any, data: DataConfig, work: Path
+) -> dict[str, np.ndarray]:
+    """The member's sliding rollouts (windows, 720, C) from each split's ``windows``, each cached under ``work``
+    (the model is loaded only where a split's cache is missing)."""
+    model = None
+    out = {}
+    for split, index in windows.items():
+        cache = work / f"{member.stem}-{split}.npy"
+        if cache.exists():
+            out[split] = np.load(cache)
+            continue
+        if model is None:
+            model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
+        blocks = -(-max(HORIZONS) // SEGMENT)
+        out[split] = predict(model, getattr(prepared, split), index, 16, "sliding", blocks).astype(np.float32)
+        work.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial.npy")
+        np.save(partial, out[split])
+        partial.replace(cache)  # a cache file is whole or absent
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.members) < 2:
         parser.error("--members: an ensemble needs at least two runs")
+    runs, checkpoints = {}, {}
     for path in args.members:
         if not path.is_file():
             parser.error(f"--members: {path} is not a file")
+        runs[path] = json.loads(path.read_text())
         try:
-            check_member(path, json.loads(path.read_text()))
-            member_checkpoint(json.loads(path.read_text()))
+            check_member(path, runs[path])
+            checkpoints[path] = member_checkpoint(runs[path])
         except ValueError as err:
             parser.error(f"--members: {err}")
     if args.threads:
@@ -127,14 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         "members": {},
     }
     recorded_key = {"val": "validation", "test": "accuracy"}
-    means = {}
-    for split, index in windows.items():
-        values = getattr(prepared, split).values
-        total = None
-        for member in args.members:
-            run = json.loads(member.read_text())
-            pred = forecasts(member, split, index, prepared, data, args.work_dir)
-            scored = score(pred, values, index)
+    totals: dict[str, np.ndarray] = {}
+    for member, run in runs.items():
+        preds = member_forecasts(member, checkpoints[member], windows, prepared, data, args.work_dir)
+        for split, pred in preds.items():
+            scored = score(pred, getattr(prepared, split).values, windows[split])
             recorded = run[recorded_key[split]][VARIANT]["average"]["mse"]
             if not np.isclose(scored["average"]["mse"], recorded, rtol=REPRODUCED_RTOL, atol=0):
                 raise SystemExit(
@@ -142,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{recorded:.4f}: the checkpoint is not the run's"
                 )
             result["members"].setdefault(str(member), {})[split] = scored
-            total = pred.astype(np.float64) if total is None else total + pred
+            totals[split] = totals[split] + pred if split in totals else pred.astype(np.float64)
             print(f"{member.name} {split}: {scored['average']['mse']:.4f}", flush=True)
-        assert total is not None
-        means[split] = score(total / len(args.members), values, index)
-        print(f"mean of {len(args.members)} {split}: {means[split]['average']['mse']:.4f}", flush=True)
-    result["ensemble"] = means
-    result["baselines"] = json.loads(args.members[0].read_text()).get("baselines", {})  # the same test windows
+    result["ensemble"] = {
+        split: score(total / len(runs), getattr(prepared, split).values, windows[split])
+        for split, total in totals.items()
+    }
+    for split, scored in result["ensemble"].items():
+        print(f"mean of {len(runs)} {split}: {scored['average']['mse']:.4f}", flush=True)
+    result["baselines"] = runs[args.members[0]].get("baselines", {})  # on the same test windows
     result["seconds"] = time.perf_counter() - started
     save(result, args.out)
     return 0

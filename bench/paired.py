@@ -128,8 +128,9 @@ def autotimes_comparison(
     data = DataConfig(dataset="ETTh1", features="M", lookback=LOOKBACK, horizon=SEGMENT)
     prepared = prepare_data(data)
     split = prepared.test
+    recorded_run = json.loads(run_file.read_text()) if run_file else None
     # the run's own test windows (its --test-stride), so that its recorded MSE is reproduced on them
-    stride = json.loads(run_file.read_text())["bounds"]["test_stride"] if run_file else AUTOTIMES_TEST_STRIDE
+    stride = recorded_run["bounds"]["test_stride"] if recorded_run else AUTOTIMES_TEST_STRIDE
     index = scored_windows(split, stride, None, seed)
     model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
     blocks = -(-max(HORIZONS) // SEGMENT)
@@ -137,7 +138,7 @@ def autotimes_comparison(
     run = leaderboard.baseline(task, baseline, None).run
     theirs = baseline_forecast(run, prepared, split, index, blocks * SEGMENT).astype(np.float64)
     losses = horizon_losses(ours, theirs, split.values, index, HORIZONS, LOOKBACK)
-    recorded = json.loads(run_file.read_text())["accuracy"]["plain, sliding"] if run_file else None
+    recorded = recorded_run["accuracy"]["plain, sliding"] if recorded_run else None
     out = []
     for horizon, (a, b) in losses.items():
         lag = -(-(max(HORIZONS) if horizon == "average" else int(horizon)) // stride)  # in windows
