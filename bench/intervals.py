@@ -505,16 +505,20 @@ def _free_port() -> int:
 
 def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
     """Median latency of one Forecast over real gRPC, 1 client, no levels / split conformal / adaptive, interleaved,
-    for each of ``--models`` whose S artifact the work folder's store holds."""
+    for each of ``--models`` whose S artifact the work folder's store holds; each model is sent its own context
+    plus ``--origins`` rows of history (every variant the same). Their rows replace those models' rows in the
+    results; other models' rows stay (a costly model can run with fewer ``--requests``)."""
     from forecasting.data import DataConfig, prepare_data
     from serving.artifact import read_artifact
     from serving.client import ArcastClient
     from serving.runners import load_runner
+    from serving.runners.forecast import ForecastRunner
 
     store = work / "store"
     prepared = prepare_data(DataConfig(dataset="ETTh1", features="S", target="OT", lookback=LOOKBACK, horizon=STEP))
     values = prepared.table.values[:, 0]
     start = prepared.borders.test[0]
+    command = " ".join(["bench/intervals.py", *sys.argv[1:]])
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", str(port)]
@@ -533,7 +537,10 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
             for kind in [k for k in args.models if artifact_name(k, "S") in served]:  # --models' S artifacts
                 plain, learnt = artifact_name(kind, "S"), artifact_name(kind, "S", quantile=True)
                 # A calendar-feature model (Informer) needs the history's timestamps, as its callers send them.
-                calendar = load_runner(read_artifact(latest_artifact(work, plain))).calendar is not None
+                runner = load_runner(read_artifact(latest_artifact(work, plain)))
+                assert isinstance(runner, ForecastRunner)
+                calendar, history = runner.calendar is not None, runner.context_length + args.origins
+                del runner
                 # variant -> (model, request options, the variant it adds to)
                 variants: dict[str, tuple[str, dict[str, Any], str]] = {
                     "none": (plain, {}, "none"),
@@ -550,7 +557,7 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                 # predecessors (seen: the quantile model's requests read 5 to 9% faster with levels than without).
                 order = np.random.default_rng(0)
                 for i in range(args.requests + 20):
-                    rows = slice(start + i, start + i + LOOKBACK + args.origins)
+                    rows = slice(start + i, start + i + history)
                     stamps = {"timestamps": [prepared.table.timestamps[rows]]} if calendar else {}
                     for name in order.permutation(names):
                         model, extra, _ = variants[name]
@@ -579,17 +586,23 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                             "paired_extra_ms": round(float(np.median(paired)) * 1e3, 4),
                             "paired_extra_pct": round(100 * float(np.median(paired)) / base, 1),
                             "paired_extra_pct_95ci": [round(100 * low / base, 1), round(100 * high / base, 1)],
-                            "history_steps": LOOKBACK + args.origins,
+                            "history_steps": history,
+                            "origins": args.origins,
+                            "command": command,
                         }
                     )
                     print(out[-1], flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else results  # rows another run added meanwhile
-    results["latency"] = out
-    results["latency_command"] = " ".join(sys.argv)
-    save(results)
+    measured = {r["model"] for r in out}
+
+    def merge(current: dict[str, Any]) -> None:
+        kept = [r for r in current.get("latency", []) if r["model"] not in measured]
+        current["latency"] = kept + out
+        current.pop("latency_command", None)  # each row carries its command
+
+    changed_results(results, merge)
 
 
 def _median_interval(samples: np.ndarray, resamples: int = 2000) -> tuple[float, float]:
@@ -668,14 +681,15 @@ def readme_table(results: dict[str, Any]) -> str:
                     f"| {q[0.9]['crps']:.4f} / {s90['crps']:.4f} |"
                 )
     if results.get("latency"):
+        origins = results["latency"][0]["origins"]
         lines += [
-            f"\n**Latency per Forecast** (one series, {results['latency'][0]['history_steps']} steps of history, "
+            f"\n**Latency per Forecast** (one series, the model's context plus {origins} rows of history, "
             "horizon 24, real gRPC, 1 client; median ms; in brackets: the extra over the same model without levels, "
             "the median of each round's paired difference (a round sends every variant once, back to back, "
             "in a random order), "
             "with its 95% bootstrap interval)\n",
             f"| model | no levels | split conformal (3 levels) | adaptive (3 levels, "
-            f"{results['latency'][0]['history_steps'] - LOOKBACK} origins) "
+            f"{origins} origins) "
             "| quantile model: no levels | quantile (3 levels) |",
             "|---|---|---|---|---|---|",
         ]
