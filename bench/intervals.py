@@ -47,11 +47,15 @@ REDUCED = {
 }
 
 
+def this_command() -> str:
+    return " ".join(["bench/intervals.py", *sys.argv[1:]])
+
+
 def save(results: dict[str, Any]) -> None:
     """Write the results, recording this invocation in ``commands`` (every command that wrote the file, in order)."""
     from arcast_core.files import atomic_write_text
 
-    command = " ".join(["bench/intervals.py", *sys.argv[1:]])
+    command = this_command()
     commands = results.setdefault("commands", [])
     if command not in commands:
         commands.append(command)
@@ -518,7 +522,7 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
     prepared = prepare_data(DataConfig(dataset="ETTh1", features="S", target="OT", lookback=LOOKBACK, horizon=STEP))
     values = prepared.table.values[:, 0]
     start = prepared.borders.test[0]
-    command = " ".join(["bench/intervals.py", *sys.argv[1:]])
+    command = this_command()
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "serving", "serve", "--store", str(store), "--port", str(port)]
@@ -540,7 +544,7 @@ def latency(args: argparse.Namespace, results: dict[str, Any], work: Path) -> No
                 runner = load_runner(read_artifact(latest_artifact(work, plain)))
                 assert isinstance(runner, ForecastRunner)
                 calendar, history = runner.calendar is not None, runner.context_length + args.origins
-                del runner
+                del runner  # AutoTimes' holds its LLM's session: the server's is the one to keep
                 # variant -> (model, request options, the variant it adds to)
                 variants: dict[str, tuple[str, dict[str, Any], str]] = {
                     "none": (plain, {}, "none"),
@@ -681,7 +685,10 @@ def readme_table(results: dict[str, Any]) -> str:
                     f"| {q[0.9]['crps']:.4f} / {s90['crps']:.4f} |"
                 )
     if results.get("latency"):
-        origins = results["latency"][0]["origins"]
+        origins = {r["origins"] for r in results["latency"]}
+        if len(origins) != 1:
+            raise ValueError(f"latency rows with different adaptive origins {sorted(origins)}: rerun them alike")
+        (origins,) = origins
         lines += [
             f"\n**Latency per Forecast** (one series, the model's context plus {origins} rows of history, "
             "horizon 24, real gRPC, 1 client; median ms; in brackets: the extra over the same model without levels, "
