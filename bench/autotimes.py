@@ -60,6 +60,7 @@ from forecasting.training import fit, model_device  # noqa: E402
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "autotimes.json"
 LOOKBACK, SEGMENT = 672, 96
 HORIZONS = (96, 192, 336, 720)
+BLOCKS = -(-max(HORIZONS) // SEGMENT)  # the segments a rollout writes to reach the longest horizon
 # ANCHORS.md: ETTh1 average over the four horizons (MSE / MAE), one-for-all.
 PAPER = {
     "AutoTimes (LLaMA-7B)": (0.389, 0.422),
@@ -252,8 +253,7 @@ def evaluate(
     score each horizon on the windows it fits in. ``prompt`` (P, C) scaled values: placed before every lookback
     (in-context forecasting)."""
     windows: WindowDataset = getattr(prepared, split)
-    n_blocks = -(-max(HORIZONS) // SEGMENT)
-    return score(predict(model, windows, index, batch_size, rollout, n_blocks, prompt), windows.values, index)
+    return score(predict(model, windows, index, batch_size, rollout, BLOCKS, prompt), windows.values, index)
 
 
 def predict(

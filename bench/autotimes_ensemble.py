@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from autotimes import (
-    HORIZONS,
+    BLOCKS,
     LOOKBACK,
     REPO_ROOT,
     SEGMENT,
@@ -89,8 +89,7 @@ def member_forecasts(
             continue
         if model is None:
             model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
-        blocks = -(-max(HORIZONS) // SEGMENT)
-        out[split] = predict(model, getattr(prepared, split), index, 16, "sliding", blocks).astype(np.float32)
+        out[split] = predict(model, getattr(prepared, split), index, 16, "sliding", BLOCKS).astype(np.float32)
         work.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial.npy")
         np.save(partial, out[split])

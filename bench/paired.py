@@ -121,7 +121,7 @@ def autotimes_comparison(
     out as served), one comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h.
     ``run_file``: the results of the run that wrote the checkpoint; each row then records that run's test MSE and
     whether the checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
-    from autotimes import HORIZONS, LOOKBACK, SEGMENT, baseline_forecast, load_plain, predict, scored_windows
+    from autotimes import BLOCKS, HORIZONS, LOOKBACK, SEGMENT, baseline_forecast, load_plain, predict, scored_windows
 
     started = time.perf_counter()
     task = leaderboard.Task("autotimes", "ETTh1", "M", SEGMENT, LOOKBACK, train_horizon=SEGMENT)
@@ -133,10 +133,9 @@ def autotimes_comparison(
     stride = recorded_run["bounds"]["test_stride"] if recorded_run else AUTOTIMES_TEST_STRIDE
     index = scored_windows(split, stride, None, seed)
     model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
-    blocks = -(-max(HORIZONS) // SEGMENT)
-    ours = predict(model, split, index, 64, "sliding", blocks).astype(np.float64)
+    ours = predict(model, split, index, 64, "sliding", BLOCKS).astype(np.float64)
     run = leaderboard.baseline(task, baseline, None).run
-    theirs = baseline_forecast(run, prepared, split, index, blocks * SEGMENT).astype(np.float64)
+    theirs = baseline_forecast(run, prepared, split, index, BLOCKS * SEGMENT).astype(np.float64)
     losses = horizon_losses(ours, theirs, split.values, index, HORIZONS, LOOKBACK)
     recorded = recorded_run["accuracy"]["plain, sliding"] if recorded_run else None
     out = []
