@@ -116,11 +116,11 @@ def autotimes_comparison(
     checkpoint: Path, baseline: str, seed: int, run_file: Path | None = None
 ) -> list[dict[str, Any]]:
     """AutoTimes (a checkpoint of ``bench/autotimes.py --variants plain`` with the selected recipe's MLP maps) against
-    ``baseline`` on the windows the run scored (``run_file``'s test stride; without it every 2nd), each rolled out to
-    720 h (AutoTimes: the sliding rollout it serves; the baseline as the leaderboard fits it, its torch model rolled
-    out as served), one comparison per horizon and one of the four horizons' mean loss on the windows that fit 720 h.
-    ``run_file``: the results of the run that wrote the checkpoint; each row then records that run's test MSE and
-    whether the checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
+    ``baseline`` on the windows the run scored (``run_file``'s test stride and cap; without it every 2nd), each
+    rolled out to 720 h (AutoTimes: the sliding rollout it serves; the baseline as the leaderboard fits it, its torch
+    model rolled out as served), one comparison per horizon and one of the four horizons' mean loss on the windows
+    that fit 720 h. ``run_file``: the results of the run that wrote the checkpoint; each row then records that run's
+    test MSE and whether the checkpoint's forecasts reproduce it (``reproduced``, within ``REPRODUCED_RTOL``)."""
     from autotimes import BLOCKS, HORIZONS, LOOKBACK, SEGMENT, baseline_forecast, load_plain, predict, scored_windows
 
     started = time.perf_counter()
@@ -129,9 +129,10 @@ def autotimes_comparison(
     prepared = prepare_data(data)
     split = prepared.test
     recorded_run = json.loads(run_file.read_text()) if run_file else None
-    # the run's own test windows (its --test-stride), so that its recorded MSE is reproduced on them
-    stride = recorded_run["bounds"]["test_stride"] if recorded_run else AUTOTIMES_TEST_STRIDE
-    index = scored_windows(split, stride, None, seed)
+    # the run's own test windows (its --test-stride and --max-test-windows), so that its recorded MSE is reproduced
+    bounds = recorded_run["bounds"] if recorded_run else {"test_stride": AUTOTIMES_TEST_STRIDE}
+    stride = bounds["test_stride"]
+    index = scored_windows(split, stride, bounds.get("max_test_windows"), seed)
     model = load_plain(checkpoint, data, prepared.n_channels, hidden_layers=2, hidden_dim=512)
     ours = predict(model, split, index, 64, "sliding", BLOCKS).astype(np.float64)
     run = leaderboard.baseline(task, baseline, None).run
